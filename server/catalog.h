@@ -1,0 +1,63 @@
+// Model catalog: the only models a job may name. Clients name a model; the
+// server resolves it to paths it trusts, so a client can never make it open
+// an arbitrary file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sinkscope/v1/analysis.pb.h"
+
+namespace sinkscope {
+namespace server {
+
+/// One catalog model, paths absolute.
+struct CatalogEntry {
+  std::string name;
+  std::string format;          // "llama2c" or "hf"
+  std::string path;            // checkpoint file (llama2c) or directory (hf)
+  std::string tokenizer_path;  // "" = none
+  std::string default_dtype = "float32";
+  std::string description;
+  /// Shape read from the checkpoint header / config.json; 0 when unknown.
+  int64_t vocab_size = 0, n_ctx = 0, n_layers = 0, d_model = 0;
+  /// False when the checkpoint could not be read at load time (jobs naming
+  /// the model are refused with FAILED_PRECONDITION).
+  bool available = false;
+  std::string unavailable_reason;
+
+  /// Public view of the entry (no paths).
+  v1::ModelInfo ToModelInfo() const;
+};
+
+/// An immutable set of models, by name.
+class ModelCatalog {
+ public:
+  /// Reads a catalog JSON file: {"models": [{name, format, path, tokenizer?,
+  /// default_dtype?, description?}, ...]} (a bare array is accepted too).
+  /// Relative paths are resolved against the file's directory. Errors name
+  /// the file and the entry: duplicate or malformed names, unknown format or
+  /// dtype, missing path. A checkpoint that cannot be read is not an error
+  /// (the entry is marked unavailable).
+  static absl::StatusOr<ModelCatalog> LoadFile(const std::string& path);
+
+  /// The entry named `name`, or nullptr.
+  const CatalogEntry* Find(const std::string& name) const;
+  /// All entries, sorted by name.
+  const std::vector<CatalogEntry>& entries() const { return entries_; }
+
+ private:
+  std::vector<CatalogEntry> entries_;
+};
+
+/// "float32" | "bfloat16" | "float16" (and fp32/bf16/fp16) -> canonical name.
+absl::StatusOr<std::string> CanonicalDtype(const std::string& name);
+/// Canonical dtype name <-> proto enum.
+v1::Dtype DtypeToProto(const std::string& canonical);
+/// "" for DTYPE_UNSPECIFIED, InvalidArgument for an unknown value.
+absl::StatusOr<std::string> DtypeFromProto(int dtype);
+
+}  // namespace server
+}  // namespace sinkscope

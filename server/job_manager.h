@@ -1,0 +1,107 @@
+// JobManager: the server's domain core between the API edge and the worker
+// pool. Owns no durable state itself (the JobStore does); it validates,
+// enqueues, notifies watchers, and tracks running jobs for cancellation.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/catalog.h"
+#include "server/job_store.h"
+#include "server/scheduler.h"
+#include "server/validation.h"
+#include "sinkscope/v1/analysis.pb.h"
+
+namespace sinkscope {
+namespace server {
+
+/// Thread-safe job operations for the API and the worker pool.
+class JobManager {
+ public:
+  /// `store`, `catalog` and `scheduler` must outlive the manager.
+  JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* scheduler,
+             RequestLimits limits, int max_attempts);
+
+  // --- API side -----------------------------------------------------------
+
+  /// Validates and stores a job (QUEUED); UNAVAILABLE while draining.
+  absl::StatusOr<v1::Job> Submit(const std::string& owner, const v1::SubmitJobRequest& request);
+  /// The job with its queue position; results when asked and COMPLETED.
+  absl::StatusOr<v1::Job> Get(const std::string& id, bool include_results);
+  /// A page of jobs, newest first.
+  absl::StatusOr<v1::ListJobsResponse> List(const v1::ListJobsRequest& request);
+  /// Cancels a job (see AnalysisService.CancelJob). `who` goes into the reason.
+  absl::StatusOr<v1::Job> Cancel(const std::string& id, const std::string& who);
+  /// Streams events with seq > after_seq through `write`, then live ones,
+  /// until the terminal event (OK). CANCELLED when `write` fails or
+  /// `client_gone` says so; UNAVAILABLE when the server shuts down.
+  absl::Status Watch(const std::string& id, int64_t after_seq,
+                     const std::function<bool(const v1::JobEvent&)>& write,
+                     const std::function<bool()>& client_gone);
+  /// The catalog's public view.
+  v1::ListModelsResponse ListModels() const;
+
+  // --- Worker-pool side ---------------------------------------------------
+
+  /// Waits up to `timeout` for a queued job and claims it for `worker`.
+  /// nullopt on timeout, while draining, or on a store error (logged).
+  std::optional<v1::Job> WaitForJob(const std::string& worker, absl::Duration timeout);
+  /// Stores a non-terminal event of the job's current attempt and notifies.
+  absl::Status RecordEvent(const v1::Job& job, const v1::JobEvent& event,
+                           std::optional<v1::JobState> new_state);
+  /// Stores a terminal event + state transactionally and notifies.
+  absl::Status Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event);
+  /// The job's worker was lost; re-queue (or fail after max_attempts when
+  /// `count_failure`) and notify.
+  absl::StatusOr<ReleaseOutcome> Release(const v1::Job& job, const std::string& reason,
+                                         bool count_failure);
+  /// Registers the function that cancels a running job's worker RPC. Returns
+  /// false when a cancel was already requested (the caller should cancel).
+  bool SetRunning(const std::string& id, std::function<void()> cancel);
+  void ClearRunning(const std::string& id);
+  /// Drops the cancel request of a finished job.
+  void ForgetCancel(const std::string& id);
+  /// Who asked to cancel `id` ("" when nobody did).
+  std::string CancelRequester(const std::string& id);
+  /// The catalog entry a job names (nullptr if it vanished).
+  const CatalogEntry* FindModel(const std::string& name) const { return catalog_->Find(name); }
+
+  // --- Life cycle ---------------------------------------------------------
+
+  /// Stop accepting jobs (Submit -> UNAVAILABLE) and stop handing them out.
+  void BeginDrain();
+  bool draining() const;
+  /// Ends every Watch with UNAVAILABLE.
+  void Shutdown();
+  /// Wakes waiters (after any change of the store made outside the manager).
+  void Notify();
+
+ private:
+  JobStore* const store_;
+  const ModelCatalog* const catalog_;
+  Scheduler* const scheduler_;
+  const RequestLimits limits_;
+  const int max_attempts_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t generation_ = 0;  // bumped on every change; waiters compare
+  bool draining_ = false;
+  bool shutdown_ = false;
+  std::map<std::string, std::function<void()>> running_;  // job id -> cancel
+  std::map<std::string, std::string> cancel_requested_;   // job id -> who
+};
+
+/// A new random job id: "j-" + 16 hex digits.
+std::string NewJobId();
+
+}  // namespace server
+}  // namespace sinkscope

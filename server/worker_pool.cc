@@ -1,0 +1,432 @@
+#include "server/worker_pool.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <utility>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/status_util.h"
+#include "sinkscope/v1/worker.grpc.pb.h"
+
+namespace sinkscope {
+namespace server {
+
+struct WorkerPool::Slot {
+  int index = 0;
+  std::string name;    // "worker-0"
+  std::string device;  // "cpu"
+  std::string socket_path;
+  pid_t pid = -1;  // guarded by WorkerPool::mu_ for reads from other threads
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::WorkerService::Stub> stub;
+  grpc::ClientContext* running_ctx = nullptr;  // guarded by WorkerPool::mu_
+  std::thread thread;
+  int restarts = 0;
+};
+
+namespace {
+
+void Log(const std::string& message) {
+  std::fprintf(stderr, "sinkscope-server: %s\n", message.c_str());
+}
+
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("killed by signal ", WTERMSIG(status));
+  return absl::StrCat("ended (wait status ", status, ")");
+}
+
+/// fork + exec with an empty signal mask and PR_SET_PDEATHSIG, so that a
+/// worker never outlives a server that dies (even by SIGKILL).
+pid_t SpawnProcess(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, nullptr);
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(JobManager* manager, ServerConfig config, std::string runtime_dir)
+    : manager_(manager), config_(std::move(config)), runtime_dir_(std::move(runtime_dir)) {
+  for (size_t i = 0; i < config_.worker_devices.size(); ++i) {
+    auto slot = std::make_unique<Slot>();
+    slot->index = static_cast<int>(i);
+    slot->name = absl::StrCat("worker-", i);
+    slot->device = config_.worker_devices[i];
+    slot->socket_path = absl::StrCat(runtime_dir_, "/w", i, ".sock");
+    slots_.push_back(std::move(slot));
+  }
+}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+absl::Status WorkerPool::Start() {
+  if (access(config_.worker_binary.c_str(), X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("worker binary ", config_.worker_binary, " is not executable"));
+  }
+  for (auto& slot : slots_) {
+    Slot* s = slot.get();
+    s->thread = std::thread([this, s] { SlotLoop(s); });
+  }
+  return absl::OkStatus();
+}
+
+void WorkerPool::SleepUnlessStopping(absl::Duration d) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, absl::ToChronoMilliseconds(d), [&] { return stopping_; });
+}
+
+bool WorkerPool::CheckHealth(Slot* slot, absl::Duration timeout) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  ctx.set_wait_for_ready(true);
+  v1::HealthRequest request;
+  v1::HealthResponse response;
+  grpc::Status status = slot->stub->Health(&ctx, request, &response);
+  return status.ok() && response.serving();
+}
+
+bool WorkerPool::EnsureWorker(Slot* slot) {
+  if (slot->pid > 0) {
+    int wstatus = 0;
+    if (waitpid(slot->pid, &wstatus, WNOHANG) == slot->pid) {
+      Log(absl::StrCat(slot->name, " (pid ", slot->pid, ") ", DescribeWaitStatus(wstatus)));
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->pid = -1;
+    }
+  }
+  if (slot->pid > 0) return true;
+
+  std::vector<std::string> argv = {config_.worker_binary, "--socket", slot->socket_path,
+                                   "--device", slot->device};
+  if (config_.worker_threads > 0) {
+    argv.push_back("--threads");
+    argv.push_back(absl::StrCat(config_.worker_threads));
+  }
+  for (const std::string& a : config_.worker_args) argv.push_back(a);
+  unlink(slot->socket_path.c_str());
+  const pid_t pid = SpawnProcess(argv);
+  if (pid < 0) {
+    Log(absl::StrCat(slot->name, ": fork failed: ", std::strerror(errno)));
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    slot->pid = pid;
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  // Reconnect quickly to a restarted worker.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 50);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
+  slot->channel = grpc::CreateCustomChannel("unix:" + slot->socket_path,
+                                            grpc::InsecureChannelCredentials(), args);
+  slot->stub = v1::WorkerService::NewStub(slot->channel);
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  while (absl::Now() < deadline) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return false;
+    }
+    int wstatus = 0;
+    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+      Log(absl::StrCat(slot->name, " (pid ", pid, ") failed to start: ", DescribeWaitStatus(wstatus)));
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->pid = -1;
+      return false;
+    }
+    if (CheckHealth(slot, absl::Milliseconds(500))) {
+      Log(absl::StrCat(slot->name, " (pid ", pid, ", ", slot->device, ") ready on unix:",
+                       slot->socket_path, slot->restarts > 0 ? absl::StrCat(", restart ", slot->restarts) : ""));
+      ++slot->restarts;
+      return true;
+    }
+  }
+  Log(absl::StrCat(slot->name, " (pid ", pid, ") did not become healthy in 60 s; killing it"));
+  ReapWorker(slot, absl::ZeroDuration(), SIGKILL);
+  return false;
+}
+
+std::string WorkerPool::ReapWorker(Slot* slot, absl::Duration grace, int kill_signal) {
+  const pid_t pid = slot->pid;
+  if (pid <= 0) return absl::StrCat(slot->name, " is not running");
+  const absl::Time deadline = absl::Now() + grace;
+  int wstatus = 0;
+  std::string how;
+  while (true) {
+    if (waitpid(pid, &wstatus, WNOHANG) == pid) {
+      how = DescribeWaitStatus(wstatus);
+      break;
+    }
+    if (absl::Now() >= deadline) {
+      kill(pid, kill_signal);
+      if (kill_signal != SIGKILL) {
+        // Give it two seconds to stop cleanly, then force it.
+        const absl::Time hard = absl::Now() + absl::Seconds(2);
+        while (absl::Now() < hard && waitpid(pid, &wstatus, WNOHANG) != pid) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        if (kill(pid, 0) == 0 && waitpid(pid, &wstatus, WNOHANG) != pid) {
+          kill(pid, SIGKILL);
+          waitpid(pid, &wstatus, 0);
+        }
+      } else {
+        waitpid(pid, &wstatus, 0);
+      }
+      how = absl::StrCat("stopped by the server (", DescribeWaitStatus(wstatus), ")");
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    slot->pid = -1;
+  }
+  unlink(slot->socket_path.c_str());
+  return absl::StrCat(slot->name, " (pid ", pid, ") ", how);
+}
+
+void WorkerPool::SlotLoop(Slot* slot) {
+  absl::Time last_health = absl::Now();
+  while (true) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) break;
+    }
+    if (!EnsureWorker(slot)) {
+      SleepUnlessStopping(absl::Seconds(1));
+      continue;
+    }
+    if (manager_->draining()) {
+      SleepUnlessStopping(absl::Milliseconds(200));
+      continue;
+    }
+    std::optional<v1::Job> job = manager_->WaitForJob(slot->name, absl::Seconds(1));
+    if (!job.has_value()) {
+      if (absl::Now() - last_health > absl::Seconds(5)) {
+        last_health = absl::Now();
+        if (!CheckHealth(slot, absl::Seconds(5))) {
+          Log(absl::StrCat(slot->name, " failed its health check; restarting: ",
+                           ReapWorker(slot, absl::ZeroDuration(), SIGKILL)));
+        }
+      }
+      continue;
+    }
+    RunJob(slot, *job);
+    last_health = absl::Now();
+  }
+  if (slot->pid > 0) ReapWorker(slot, absl::ZeroDuration(), SIGTERM);
+}
+
+void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_jobs_;
+  }
+  const v1::JobRequest& request = job.request();
+  v1::RunJobRequest run;
+  run.set_job_id(job.id());
+  run.set_attempt(job.attempts());
+  *run.mutable_request() = request;
+  const CatalogEntry* entry = manager_->FindModel(request.model());
+  absl::StatusOr<std::string> dtype = DtypeFromProto(request.dtype());
+  std::optional<absl::Status> early_failure;
+  if (entry == nullptr) {
+    early_failure = absl::NotFoundError(absl::StrCat("model ", request.model(), " left the catalog"));
+  } else if (!dtype.ok()) {
+    early_failure = dtype.status();
+  } else {
+    v1::ResolvedModel* m = run.mutable_model();
+    m->set_name(entry->name);
+    m->set_format(entry->format);
+    m->set_path(entry->path);
+    m->set_tokenizer_path(entry->tokenizer_path);
+    m->set_dtype(dtype->empty() ? entry->default_dtype : *dtype);
+  }
+
+  std::optional<v1::JobFinished> finished;
+  bool store_rejected = false;
+  int n_records = 0;
+  grpc::Status rpc_status;
+  if (!early_failure.has_value()) {
+    grpc::ClientContext ctx;
+    bool abort_now = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      slot->running_ctx = &ctx;
+      abort_now = aborting_;
+    }
+    if (!manager_->SetRunning(job.id(), [&ctx] { ctx.TryCancel(); })) abort_now = true;
+    if (abort_now) ctx.TryCancel();
+    std::unique_ptr<grpc::ClientReader<v1::WorkerEvent>> reader = slot->stub->RunJob(&ctx, run);
+    v1::WorkerEvent event;
+    while (reader->Read(&event)) {
+      v1::JobEvent job_event;
+      std::optional<v1::JobState> new_state;
+      switch (event.event_case()) {
+        case v1::WorkerEvent::kModelLoading:
+          *job_event.mutable_model_loading() = event.model_loading();
+          break;
+        case v1::WorkerEvent::kRunning:
+          *job_event.mutable_running() = event.running();
+          new_state = v1::JOB_STATE_RUNNING;
+          break;
+        case v1::WorkerEvent::kResult:
+          *job_event.mutable_result() = event.result();
+          new_state = v1::JOB_STATE_RUNNING;
+          ++n_records;
+          break;
+        case v1::WorkerEvent::kFinished:
+          finished = event.finished();
+          continue;
+        default:
+          continue;
+      }
+      absl::Status stored = manager_->RecordEvent(job, job_event, new_state);
+      if (!stored.ok()) {
+        Log(absl::StrCat(job.id(), ": not recording worker event: ", stored.ToString()));
+        store_rejected = true;
+        ctx.TryCancel();
+        break;
+      }
+    }
+    rpc_status = reader->Finish();
+    manager_->ClearRunning(job.id());
+    std::lock_guard<std::mutex> lock(mu_);
+    slot->running_ctx = nullptr;
+  }
+
+  bool aborting;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    aborting = aborting_;
+  }
+  const std::string cancelled_by = manager_->CancelRequester(job.id());
+  auto finish_cancelled = [&] {
+    v1::JobEvent e;
+    e.mutable_cancelled()->set_reason(absl::StrCat("cancelled by ", cancelled_by));
+    absl::Status s = manager_->Finish(job, v1::JOB_STATE_CANCELLED, e);
+    if (!s.ok()) Log(absl::StrCat(job.id(), ": ", s.ToString()));
+  };
+  auto finish_failed = [&](int code, const std::string& message) {
+    v1::JobEvent e;
+    e.mutable_failed()->set_code(code);
+    e.mutable_failed()->set_message(TruncateMessage(message));
+    absl::Status s = manager_->Finish(job, v1::JOB_STATE_FAILED, e);
+    if (!s.ok()) Log(absl::StrCat(job.id(), ": ", s.ToString()));
+  };
+  auto release = [&](const std::string& reason, bool count_failure) {
+    absl::StatusOr<ReleaseOutcome> r = manager_->Release(job, reason, count_failure);
+    if (!r.ok()) {
+      Log(absl::StrCat(job.id(), ": re-queueing: ", r.status().ToString()));
+    } else {
+      Log(absl::StrCat(job.id(), " attempt ", job.attempts(), ": ", reason, " -> ",
+                       *r == ReleaseOutcome::kRequeued ? "re-queued"
+                       : *r == ReleaseOutcome::kFailed ? "failed" : "already finished"));
+    }
+  };
+
+  if (early_failure.has_value()) {
+    finish_failed(static_cast<int>(early_failure->code()), std::string(early_failure->message()));
+  } else if (store_rejected) {
+    // The job was finished elsewhere (cancelled while being claimed, ...).
+    if (!cancelled_by.empty()) finish_cancelled();
+  } else if (finished.has_value()) {
+    if (finished->code() == 0) {
+      v1::JobEvent e;
+      e.mutable_completed()->set_n_records(n_records);
+      absl::Status s = manager_->Finish(job, v1::JOB_STATE_COMPLETED, e);
+      if (!s.ok()) Log(absl::StrCat(job.id(), ": recording completion: ", s.ToString()));
+    } else if (finished->code() == static_cast<int>(grpc::StatusCode::CANCELLED)) {
+      if (!cancelled_by.empty()) {
+        finish_cancelled();
+      } else {
+        release(absl::StrCat(slot->name, " stopped the job: ", finished->message()), !aborting);
+      }
+    } else {
+      finish_failed(finished->code(), finished->message());
+    }
+  } else if (!cancelled_by.empty()) {
+    finish_cancelled();
+  } else if (aborting) {
+    release("server shutting down", /*count_failure=*/false);
+  } else {
+    // The stream broke without a JobFinished: the worker is gone or wedged.
+    const std::string how = ReapWorker(slot, absl::Seconds(2), SIGKILL);
+    release(absl::StrCat(how, "; stream: ", rpc_status.error_message()), /*count_failure=*/true);
+  }
+  manager_->ForgetCancel(job.id());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_jobs_;
+  }
+  cv_.notify_all();
+}
+
+bool WorkerPool::WaitIdle(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, absl::ToChronoMilliseconds(std::max(absl::ZeroDuration(), deadline - absl::Now())),
+                      [&] { return running_jobs_ == 0; });
+}
+
+void WorkerPool::AbortRunning() {
+  std::lock_guard<std::mutex> lock(mu_);
+  aborting_ = true;
+  for (auto& slot : slots_) {
+    if (slot->running_ctx != nullptr) slot->running_ctx->TryCancel();
+  }
+}
+
+void WorkerPool::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      // Already stopped (or stopping): threads are joined below only once.
+    }
+    stopping_ = true;
+    aborting_ = true;
+    for (auto& slot : slots_) {
+      if (slot->running_ctx != nullptr) slot->running_ctx->TryCancel();
+    }
+  }
+  cv_.notify_all();
+  manager_->Shutdown();
+  for (auto& slot : slots_) {
+    if (slot->thread.joinable()) slot->thread.join();
+  }
+}
+
+std::vector<pid_t> WorkerPool::WorkerPids() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<pid_t> out;
+  for (const auto& slot : slots_) out.push_back(slot->pid);
+  return out;
+}
+
+}  // namespace server
+}  // namespace sinkscope

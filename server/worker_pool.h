@@ -1,0 +1,79 @@
+// WorkerPool: spawns one sinkscope-worker process per configured device,
+// talks to each over a Unix-domain socket, dispatches queued jobs to them,
+// health-checks them, and restarts a worker that dies (re-queueing the job
+// it held, up to max_attempts).
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "server/config.h"
+#include "server/job_manager.h"
+
+namespace grpc {
+class ClientContext;
+}
+
+namespace sinkscope {
+namespace server {
+
+/// Owns the worker processes and one dispatch thread per worker.
+class WorkerPool {
+ public:
+  /// `manager` must outlive the pool. Sockets go into `runtime_dir`.
+  WorkerPool(JobManager* manager, ServerConfig config, std::string runtime_dir);
+  ~WorkerPool();
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  /// Starts the dispatch threads; each spawns its worker and waits for it.
+  /// Fails when the worker binary is missing.
+  absl::Status Start();
+
+  /// Waits until no job is running on any worker, or `deadline`. True if idle.
+  bool WaitIdle(absl::Time deadline);
+
+  /// Cancels every running job's RPC; those jobs go back to the queue
+  /// without counting a failure. Call after JobManager::BeginDrain.
+  void AbortRunning();
+
+  /// Stops the dispatch threads and terminates the workers (SIGTERM, then
+  /// SIGKILL after a grace period).
+  void Stop();
+
+  /// Current worker pids (-1 for a worker not running), by index.
+  std::vector<pid_t> WorkerPids() const;
+
+ private:
+  struct Slot;
+  void SlotLoop(Slot* slot);
+  bool EnsureWorker(Slot* slot);
+  bool CheckHealth(Slot* slot, absl::Duration timeout);
+  void RunJob(Slot* slot, const v1::Job& job);
+  /// Waits briefly for the worker to exit (else kills it); says how it ended.
+  std::string ReapWorker(Slot* slot, absl::Duration grace, int kill_signal);
+  void SleepUnlessStopping(absl::Duration d);
+
+  JobManager* const manager_;
+  const ServerConfig config_;
+  const std::string runtime_dir_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool aborting_ = false;
+  int running_jobs_ = 0;
+};
+
+}  // namespace server
+}  // namespace sinkscope

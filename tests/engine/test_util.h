@@ -1,0 +1,22 @@
+// Helpers shared by the tests: where ../shared is, temporary directories.
+#pragma once
+
+#include <string>
+
+namespace sinkscope::testing {
+
+/// The shared/ data directory ($SINKSCOPE_SHARED_DIR, else ../shared from the
+/// source tree). Empty when it does not exist.
+std::string SharedDir();
+/// Absolute path of a file under shared/, or "" when shared/ or the file is missing.
+std::string SharedFile(const std::string& relative);
+/// A fresh empty temporary directory (removed by the OS, not by the test).
+std::string MakeTempDir(const std::string& prefix);
+
+}  // namespace sinkscope::testing
+
+/// Skips the current test when a shared/ file is missing, with the path.
+#define SKIP_IF_NO_SHARED(var, rel)                                              \
+  std::string var = ::sinkscope::testing::SharedFile(rel);                       \
+  if (var.empty()) GTEST_SKIP() << "shared data missing: " << (rel)              \
+                                << " (set SINKSCOPE_SHARED_DIR or place ../shared)"

@@ -1,0 +1,93 @@
+// Checkpoint readers: llama2.c `.bin` and Hugging Face safetensors directories.
+//
+// Both produce a ModelConfig and a map of CPU tensors under the canonical
+// (HF Llama) names below, in the file's dtype. Safetensors data are memory-
+// mapped, not read: the tensors alias the mapping, which they keep alive.
+//
+// Canonical names (l = 0..n_layers-1):
+//   model.embed_tokens.weight                   [d_vocab, d_model]
+//   model.layers.l.input_layernorm.weight       [d_model]  pre-attn norm (kPre, kSandwich)
+//   model.layers.l.self_attn.{q,k,v}_proj.weight [n_heads*d_head | n_kv_heads*d_head, d_model]
+//   model.layers.l.self_attn.{q,k,v}_proj.bias   (qkv_bias only)
+//   model.layers.l.self_attn.{q,k}_norm.weight   [d_head]   (qk_norm only)
+//   model.layers.l.self_attn.o_proj.weight      [d_model, n_heads*d_head]
+//   model.layers.l.post_attention_layernorm.weight [d_model]
+//        kPre: the pre-MLP norm (Llama); kSandwich/kPost: norm of the attention output
+//   model.layers.l.pre_feedforward_layernorm.weight  [d_model]  (kSandwich only)
+//   model.layers.l.post_feedforward_layernorm.weight [d_model]  (kSandwich, kPost)
+//   model.layers.l.mlp.{gate,up}_proj.weight    [d_ffn, d_model]
+//   model.layers.l.mlp.down_proj.weight         [d_model, d_ffn]
+//   model.norm.weight                           [d_model]
+//   lm_head.weight                              [d_vocab, d_model] (absent when tied)
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "worker/engine/config.h"
+
+namespace sinkscope {
+
+/// A loaded checkpoint: config + named CPU tensors.
+struct Checkpoint {
+  ModelConfig config;
+  std::map<std::string, at::Tensor> tensors;
+  std::string format;  // "llama2c" or "hf-safetensors"
+  std::string path;
+};
+
+/// Reads a llama2.c checkpoint (layout in shared/README.md; negative vocab_size
+/// = separate output head). RoPE layout is kAdjacentPairs. Errors name the file
+/// and the problem: truncated file, non-positive header field, size mismatch.
+absl::StatusOr<Checkpoint> LoadLlama2c(const std::string& path);
+
+/// Parses a whole llama2.c checkpoint held in memory (`size` bytes at `data`);
+/// the tensors are copies. `source` names it in messages. Used by LoadLlama2c,
+/// tests and the fuzzer.
+absl::StatusOr<Checkpoint> ParseLlama2c(const uint8_t* data, size_t size,
+                                        const std::string& source);
+
+/// Reads a HF directory: config.json + model.safetensors or
+/// model.safetensors.index.json shards; F32/F16/BF16 tensors, mmapped.
+/// RoPE layout kRotateHalves. Errors name the file, tensor and problem.
+absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
+
+/// Dispatches on the path: a directory is HF, a file ending in .bin llama2.c.
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
+
+/// Checks that every tensor the config implies is present with the right
+/// shape and finite values, and that no unexpected tensor is left. `source`
+/// names the checkpoint in messages. Called by the loaders.
+absl::Status ValidateCheckpointTensors(const ModelConfig& config,
+                                       const std::map<std::string, at::Tensor>& tensors,
+                                       const std::string& source);
+
+/// Parses a safetensors header (format spec: 8-byte little-endian header
+/// length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, data).
+/// `data` must hold the whole file. Exposed for tests and fuzzing.
+struct SafetensorsEntry {
+  std::string name;
+  std::string dtype;  // "F32", "F16", "BF16"
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;  // offsets into the data section
+};
+absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(const uint8_t* data,
+                                                                     size_t size,
+                                                                     const std::string& source,
+                                                                     size_t* data_start);
+
+/// Writes tensors (float32/float16/bfloat16, contiguous CPU) as a
+/// .safetensors file. Used by tests and fixture generators.
+absl::Status WriteSafetensors(const std::string& path,
+                              const std::map<std::string, at::Tensor>& tensors);
+
+/// Writes `config` as a HF config.json (the inverse of ParseHfConfig).
+absl::Status WriteHfConfig(const std::string& path, const ModelConfig& config);
+
+}  // namespace sinkscope

@@ -1,0 +1,60 @@
+#include "worker/engine/hooks.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace sinkscope {
+
+void HookRegistry::AddProbe(const std::string& name, Probe probe) {
+  probes_[name].push_back(std::move(probe));
+}
+
+void HookRegistry::AddIntervention(const std::string& name, Intervention fn) {
+  interventions_[name].push_back(std::move(fn));
+}
+
+std::set<std::string> HookRegistry::Names() const {
+  std::set<std::string> names;
+  for (const auto& [name, _] : probes_) names.insert(name);
+  for (const auto& [name, _] : interventions_) names.insert(name);
+  return names;
+}
+
+at::Tensor HookRegistry::Run(const std::string& name, int64_t layer, at::Tensor t) const {
+  if (auto it = interventions_.find(name); it != interventions_.end()) {
+    for (const auto& fn : it->second) t = fn(name, layer, t);
+  }
+  if (auto it = probes_.find(name); it != probes_.end()) {
+    for (const auto& probe : it->second) probe(name, layer, t);
+  }
+  return t;
+}
+
+std::string HookName(int64_t layer, const std::string& suffix) {
+  return absl::StrCat("blocks.", layer, ".", suffix);
+}
+
+const std::vector<std::string>& LayerHookSuffixes() {
+  static const std::vector<std::string> kSuffixes = {
+      "hook_resid_pre",        // [batch, pos, d_model]
+      "ln1.hook_normalized",   // [batch, pos, d_model]
+      "attn.hook_q",           // [batch, pos, head, d_head]
+      "attn.hook_k",           // [batch, pos, kv_head, d_head]
+      "attn.hook_v",           // [batch, pos, kv_head, d_head]
+      "attn.hook_rot_q",       // [batch, pos, head, d_head]
+      "attn.hook_rot_k",       // [batch, pos, kv_head, d_head]
+      "attn.hook_attn_scores", // [batch, head, q_pos, k_pos]
+      "attn.hook_pattern",     // [batch, head, q_pos, k_pos]
+      "attn.hook_z",           // [batch, pos, head, d_head]
+      "hook_attn_out",         // [batch, pos, d_model]
+      "hook_resid_mid",        // [batch, pos, d_model]
+      "ln2.hook_normalized",   // [batch, pos, d_model]
+      "mlp.hook_pre",          // [batch, pos, d_ffn]
+      "mlp.hook_pre_linear",   // [batch, pos, d_ffn]
+      "mlp.hook_post",         // [batch, pos, d_ffn]
+      "hook_mlp_out",          // [batch, pos, d_model]
+      "hook_resid_post",       // [batch, pos, d_model]
+  };
+  return kSuffixes;
+}
+
+}  // namespace sinkscope

@@ -1,0 +1,458 @@
+// The instrumented decoder forward pass. Shapes use TransformerLens names:
+// [batch, pos, d_model], [batch, pos, head, d_head], [batch, head, q_pos, k_pos].
+#include "worker/engine/model.h"
+
+#include <ATen/Context.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/argmax.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/outer.h>
+#include <ATen/ops/silu.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/status_macros.h"
+
+#if __has_include(<ATen/ops/scaled_dot_product_attention.h>)
+#include <ATen/ops/scaled_dot_product_attention.h>
+#define SINKSCOPE_HAS_SDPA 1
+#else
+#define SINKSCOPE_HAS_SDPA 0
+#endif
+
+namespace sinkscope {
+namespace {
+
+/// Signals cancellation from deep inside the forward pass.
+struct CancelledError {};
+
+/// RMSNorm computed in float32 (gain included), cast back to the model dtype.
+/// x: [..., d]; weight: [d]. An undefined weight means no gain (paper eq. 23).
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor normed = x32 * (x32.pow(2).mean({-1}, /*keepdim=*/true) + eps).rsqrt();
+  if (weight.defined()) normed = normed * weight.to(at::kFloat);
+  return normed.to(x.scalar_type());
+}
+
+/// RoPE inverse frequencies [d_head/2] (float64 math), with Llama 3 / linear scaling.
+std::vector<double> RopeInvFreq(const ModelConfig& c) {
+  const int64_t half = c.d_head / 2;
+  std::vector<double> inv(half);
+  for (int64_t i = 0; i < half; ++i) {
+    inv[i] = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.d_head));
+  }
+  const RopeScaling& s = c.rope_scaling;
+  if (s.rope_type == "linear" && s.factor > 0) {
+    for (double& f : inv) f /= s.factor;
+  } else if (s.rope_type == "llama3") {
+    // HF transformers _compute_llama3_parameters.
+    const double old_ctx = static_cast<double>(s.original_max_position_embeddings);
+    const double low_wavelen = old_ctx / s.low_freq_factor;
+    const double high_wavelen = old_ctx / s.high_freq_factor;
+    for (double& f : inv) {
+      const double wavelen = 2.0 * M_PI / f;
+      if (wavelen > low_wavelen) {
+        f = f / s.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (old_ctx / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        f = (1.0 - smooth) * f / s.factor + smooth * f;
+      }
+    }
+  }
+  return inv;
+}
+
+/// Applies RoPE to x: [batch, pos, head, d_head]; cos/sin: [pos, d_head/2] float32.
+at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     RopeLayout layout) {
+  const int64_t T = x.size(1), half = x.size(3) / 2;
+  at::Tensor c = cos.narrow(0, 0, T).view({1, T, 1, half});
+  at::Tensor s = sin.narrow(0, 0, T).view({1, T, 1, half});
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor out;
+  if (layout == RopeLayout::kRotateHalves) {
+    at::Tensor x1 = x32.narrow(3, 0, half), x2 = x32.narrow(3, half, half);
+    out = at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, 3);
+  } else {
+    at::Tensor pairs = x32.unflatten(3, {half, 2});
+    at::Tensor x0 = pairs.select(4, 0), x1 = pairs.select(4, 1);
+    out = at::stack({x0 * c - x1 * s, x0 * s + x1 * c}, 4).flatten(3);
+  }
+  return out.to(x.scalar_type());
+}
+
+/// Repeats kv heads for GQA: [batch, kv_head, pos, d_head] -> [batch, head, pos, d_head].
+at::Tensor RepeatKv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const auto B = x.size(0), KV = x.size(1), T = x.size(2), D = x.size(3);
+  return x.unsqueeze(2).expand({B, KV, n_rep, T, D}).reshape({B, KV * n_rep, T, D});
+}
+
+/// Boolean "may attend" mask [q_pos, k_pos]: causal, and within the sliding window if any.
+at::Tensor AttendMask(int64_t T, int64_t window, const at::Device& device) {
+  at::Tensor q = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)).view({T, 1});
+  at::Tensor k = q.view({1, T});
+  at::Tensor mask = k <= q;
+  if (window > 0) mask = mask.logical_and(q - k < window);
+  return mask;
+}
+
+}  // namespace
+
+absl::StatusOr<c10::ScalarType> ParseDtype(const std::string& name) {
+  std::string n = absl::AsciiStrToLower(name);
+  if (n == "float32" || n == "fp32" || n == "f32" || n == "float") return at::kFloat;
+  if (n == "bfloat16" || n == "bf16") return at::kBFloat16;
+  if (n == "float16" || n == "fp16" || n == "f16" || n == "half") return at::kHalf;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", name, "' (expected float32, bfloat16 or float16)"));
+}
+
+std::string DtypeName(c10::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kBFloat16: return "bfloat16";
+    case at::kHalf: return "float16";
+    case at::kDouble: return "float64";
+    default: return c10::toString(dtype);
+  }
+}
+
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  if (name == "cuda" || absl::StartsWith(name, "cuda:")) {
+    int64_t index = 0;
+    if (name.size() > 5 && !absl::SimpleAtoi(name.substr(5), &index)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad device '", name, "'"));
+    }
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("device '", name, "' requested but this libtorch has no CUDA device"));
+    }
+    const int n = at::detail::getCUDAHooks().getNumGPUs();
+    if (index < 0 || index >= n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("device '", name, "' out of range: ", n, " CUDA device(s)"));
+    }
+    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown device '", name, "' (expected cpu, cuda or cuda:N)"));
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10::Device device,
+                                                     c10::ScalarType dtype) {
+  if (dtype != at::kFloat && dtype != at::kBFloat16 && dtype != at::kHalf) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unsupported model dtype ", DtypeName(dtype)));
+  }
+  RETURN_IF_ERROR(ckpt.config.Validate());
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = ckpt.config;
+  m->device_ = device;
+  m->dtype_ = dtype;
+  for (std::string& name : m->HookNames()) m->hook_names_.insert(std::move(name));
+  try {
+    for (const auto& [name, t] : ckpt.tensors) {
+      at::Tensor w = t.to(device, dtype).contiguous();
+      // Never alias a memory map that the checkpoint may release.
+      if (w.data_ptr() == t.data_ptr()) w = w.clone();
+      m->weight_bytes_ += w.numel() * w.element_size();
+      m->n_params_ += w.numel();
+      m->weights_[name] = w;
+    }
+    // One RoPE code path at run time: adjacent-pair checkpoints (llama2.c) get
+    // their W_Q/W_K rows permuted into the rotate-halves layout exactly as HF's
+    // conversion script does; attention scores are unchanged (only the order
+    // of d_head coordinates in hook_q/hook_k differs from the file).
+    if (m->config_.rope_layout == RopeLayout::kAdjacentPairs) {
+      const int64_t dh = m->config_.d_head;
+      auto permute = [dh](const at::Tensor& w, int64_t n_head) {
+        const int64_t rest = w.numel() / (n_head * dh);
+        return w.reshape({n_head, dh / 2, 2, rest}).transpose(1, 2).reshape(w.sizes()).contiguous();
+      };
+      for (int64_t l = 0; l < m->config_.n_layers; ++l) {
+        const std::string p = absl::StrCat("model.layers.", l, ".self_attn.");
+        for (const char* n : {"q_proj.weight", "q_proj.bias"}) {
+          if (m->weights_.count(p + n)) m->weights_[p + n] = permute(m->weights_[p + n], m->config_.n_heads);
+        }
+        for (const char* n : {"k_proj.weight", "k_proj.bias"}) {
+          if (m->weights_.count(p + n)) m->weights_[p + n] = permute(m->weights_[p + n], m->config_.n_kv_heads);
+        }
+        for (const char* n : {"q_norm.weight", "k_norm.weight"}) {
+          if (m->weights_.count(p + n)) m->weights_[p + n] = permute(m->weights_[p + n], 1);
+        }
+      }
+      m->rope_permuted_at_load_ = true;
+      m->config_.rope_layout = RopeLayout::kRotateHalves;
+    }
+    if (dtype == at::kHalf && device.is_cpu()) {
+      try {
+        at::Tensor probe = at::ones({2, 2}, at::TensorOptions().dtype(dtype));
+        (void)at::linear(probe, probe, {});
+      } catch (const c10::Error&) {
+        return absl::UnimplementedError(
+            "dtype float16 on device cpu is not supported by this libtorch (no CPU half "
+            "matmul): use bfloat16 or float32 on cpu, or float16 on cuda");
+      }
+    }
+    if (m->config_.tied_embeddings && !m->weights_.count("lm_head.weight")) {
+      m->weights_["lm_head.weight"] = m->weights_.at("model.embed_tokens.weight");
+    }
+    const ModelConfig& c = m->config_;
+    std::vector<double> inv = RopeInvFreq(c);
+    at::Tensor inv_t =
+        at::tensor(inv, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+    at::Tensor pos = at::arange(c.n_ctx, at::TensorOptions().dtype(at::kFloat));
+    at::Tensor angles = at::outer(pos, inv_t);  // [n_ctx, d_head/2]
+    m->rope_cos_ = angles.cos().to(device);
+    m->rope_sin_ = angles.sin().to(device);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("placing weights on ", device.str(), ": ",
+                                            e.what_without_backtrace()));
+  }
+  return m;
+}
+
+at::Tensor Model::Weight(const std::string& name) const {
+  auto it = weights_.find(name);
+  return it == weights_.end() ? at::Tensor() : it->second;
+}
+
+std::string Model::Summary() const {
+  std::string s = config_.Summary();
+  if (rope_permuted_at_load_) {
+    absl::StrAppend(&s, "; RoPE: checkpoint uses adjacent pairs (llama2.c), W_Q/W_K rows "
+                        "permuted at load to rotate-halves (HF layout)");
+  }
+  absl::StrAppend(&s, "; ", DtypeName(dtype_), " on ", device_.str(), "; attention: ",
+                  fast_attention_path(), " (eager where a pattern hook is read)");
+  return s;
+}
+
+std::string Model::fast_attention_path() const { return SINKSCOPE_HAS_SDPA ? "sdpa" : "eager"; }
+
+std::vector<std::string> Model::HookNames() const {
+  std::vector<std::string> names = {"hook_embed"};
+  const bool has_ln = config_.norm_placement != NormPlacement::kPost;
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    for (const std::string& s : LayerHookSuffixes()) {
+      if (!has_ln && (s == "ln1.hook_normalized" || s == "ln2.hook_normalized")) continue;
+      names.push_back(HookName(l, s));
+    }
+  }
+  names.push_back("ln_final.hook_normalized");
+  names.push_back("unembed.hook_out");
+  return names;
+}
+
+bool Model::HasHook(const std::string& name) const { return hook_names_.count(name) > 0; }
+
+absl::Status Model::ValidateTokens(const std::vector<std::vector<int64_t>>& seqs) const {
+  if (seqs.empty()) return absl::InvalidArgumentError("no sequences given");
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    if (seqs[s].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " is empty"));
+    }
+    if (static_cast<int64_t>(seqs[s].size()) > config_.n_ctx) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " has ", seqs[s].size(),
+                                                     " tokens, more than the model's context of ",
+                                                     config_.n_ctx));
+    }
+    for (size_t p = 0; p < seqs[s].size(); ++p) {
+      const int64_t id = seqs[s][p];
+      if (id < 0 || id >= config_.d_vocab) {
+        return absl::InvalidArgumentError(absl::StrCat("token id ", id, " at sequence ", s,
+                                                       " position ", p, " is out of range [0, ",
+                                                       config_.d_vocab, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const HookRegistry& hooks,
+                                          const ForwardOptions& options) const {
+  const ModelConfig& c = config_;
+  if (tokens_in.dim() != 2 || tokens_in.size(0) == 0 || tokens_in.size(1) == 0) {
+    return absl::InvalidArgumentError("tokens must be a non-empty [batch, pos] tensor");
+  }
+  const int64_t B = tokens_in.size(0), T = tokens_in.size(1);
+  if (T > c.n_ctx) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sequence of ", T, " tokens is longer than the model's context of ", c.n_ctx));
+  }
+  for (const std::string& name : hooks.Names()) {
+    if (!HasHook(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown hook '", name, "' for this model (", c.n_layers, " layers, ",
+                       NormPlacementName(c.norm_placement), " norm)"));
+    }
+  }
+  try {
+    at::Tensor tokens = tokens_in.to(device_, at::kLong);
+    {
+      const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+      if (lo < 0 || hi >= c.d_vocab) {
+        const int64_t bad = lo < 0 ? lo : hi;
+        return absl::InvalidArgumentError(absl::StrCat("token id ", bad, " is out of range [0, ",
+                                                       c.d_vocab, ")"));
+      }
+    }
+    auto check_cancel = [&] {
+      if (options.cancel && options.cancel->load(std::memory_order_relaxed)) throw CancelledError{};
+    };
+    // Runs the hook point `suffix` of layer `l` (l < 0: a model-level name).
+    auto hook = [&](int64_t l, const char* suffix, at::Tensor t) -> at::Tensor {
+      check_cancel();
+      if (hooks.Empty()) return t;
+      const std::string name = l < 0 ? std::string(suffix) : HookName(l, suffix);
+      return hooks.Has(name) ? hooks.Run(name, l, std::move(t)) : t;
+    };
+    const bool has_pre_norm = c.norm_placement != NormPlacement::kPost;
+    const bool has_out_norm = c.norm_placement != NormPlacement::kPre;
+    const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
+    at::Tensor mask;  // built lazily: [q_pos, k_pos] bool
+    auto get_mask = [&] {
+      if (!mask.defined()) mask = AttendMask(T, c.sliding_window, device_);
+      return mask;
+    };
+
+    at::Tensor resid = at::embedding(Weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
+    resid = hook(-1, "hook_embed", resid);
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      resid = hook(l, "hook_resid_pre", resid);
+      // ---- attention block (paper block 2l+1) ----
+      at::Tensor x = resid;
+      if (has_pre_norm) {
+        x = RmsNorm(resid, Weight(p + "input_layernorm.weight"), c.norm_eps);
+        x = hook(l, "ln1.hook_normalized", x);
+      }
+      at::Tensor q = at::linear(x, Weight(p + "self_attn.q_proj.weight"),
+                                Weight(p + "self_attn.q_proj.bias"))
+                         .view({B, T, H, Dh});
+      at::Tensor k = at::linear(x, Weight(p + "self_attn.k_proj.weight"),
+                                Weight(p + "self_attn.k_proj.bias"))
+                         .view({B, T, KV, Dh});
+      at::Tensor v = at::linear(x, Weight(p + "self_attn.v_proj.weight"),
+                                Weight(p + "self_attn.v_proj.bias"))
+                         .view({B, T, KV, Dh});
+      if (c.qk_norm) {  // Qwen3 / OLMo 2: RMSNorm over d_head, before RoPE
+        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps);
+        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps);
+      }
+      q = hook(l, "attn.hook_q", q);  // [batch, pos, head, d_head]
+      k = hook(l, "attn.hook_k", k);  // [batch, pos, kv_head, d_head]
+      v = hook(l, "attn.hook_v", v);
+      q = hook(l, "attn.hook_rot_q", ApplyRope(q, rope_cos_, rope_sin_, c.rope_layout));
+      k = hook(l, "attn.hook_rot_k", ApplyRope(k, rope_cos_, rope_sin_, c.rope_layout));
+      at::Tensor qh = q.transpose(1, 2);                     // [batch, head, pos, d_head]
+      at::Tensor kh = RepeatKv(k.transpose(1, 2), H / KV);   // [batch, head, pos, d_head]
+      at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
+      const bool need_pattern = !hooks.Empty() && (hooks.Has(HookName(l, "attn.hook_attn_scores")) ||
+                                                   hooks.Has(HookName(l, "attn.hook_pattern")));
+      at::Tensor z;  // [batch, head, pos, d_head]
+      if (need_pattern || !SINKSCOPE_HAS_SDPA) {
+        at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;  // [b, h, q, k]
+        scores = scores.masked_fill(get_mask().logical_not(),
+                                    -std::numeric_limits<double>::infinity());
+        scores = hook(l, "attn.hook_attn_scores", scores);
+        at::Tensor pattern = at::softmax(scores.to(at::kFloat), -1).to(dtype_);
+        pattern = hook(l, "attn.hook_pattern", pattern);
+        z = at::matmul(pattern, vh);
+      } else {
+#if SINKSCOPE_HAS_SDPA
+        const bool causal_only = c.sliding_window <= 0 || T <= c.sliding_window;
+        z = causal_only ? at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
+                                                           vh.contiguous(), {}, 0.0, true)
+                        : at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
+                                                           vh.contiguous(), get_mask(), 0.0,
+                                                           false);
+#endif
+      }
+      z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
+      at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),
+                                       Weight(p + "self_attn.o_proj.weight"));
+      if (has_out_norm) {
+        attn_out = RmsNorm(attn_out, Weight(p + "post_attention_layernorm.weight"), c.norm_eps);
+      }
+      attn_out = hook(l, "hook_attn_out", attn_out);
+      resid = hook(l, "hook_resid_mid", resid + attn_out);
+      // ---- MLP block (paper block 2l+2) ----
+      x = resid;
+      if (c.norm_placement == NormPlacement::kPre) {
+        x = hook(l, "ln2.hook_normalized",
+                 RmsNorm(resid, Weight(p + "post_attention_layernorm.weight"), c.norm_eps));
+      } else if (c.norm_placement == NormPlacement::kSandwich) {
+        x = hook(l, "ln2.hook_normalized",
+                 RmsNorm(resid, Weight(p + "pre_feedforward_layernorm.weight"), c.norm_eps));
+      }
+      at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.gate_proj.weight")));
+      at::Tensor pre_linear =
+          hook(l, "mlp.hook_pre_linear", at::linear(x, Weight(p + "mlp.up_proj.weight")));
+      at::Tensor post = hook(l, "mlp.hook_post", at::silu(pre) * pre_linear);
+      at::Tensor mlp_out = at::linear(post, Weight(p + "mlp.down_proj.weight"));
+      if (has_out_norm) {
+        mlp_out = RmsNorm(mlp_out, Weight(p + "post_feedforward_layernorm.weight"), c.norm_eps);
+      }
+      mlp_out = hook(l, "hook_mlp_out", mlp_out);
+      resid = hook(l, "hook_resid_post", resid + mlp_out);
+    }
+    if (!options.compute_logits && !hooks.Has("ln_final.hook_normalized") &&
+        !hooks.Has("unembed.hook_out")) {
+      return at::Tensor();
+    }
+    at::Tensor final_x =
+        hook(-1, "ln_final.hook_normalized", RmsNorm(resid, Weight("model.norm.weight"), c.norm_eps));
+    at::Tensor logits = hook(-1, "unembed.hook_out", at::linear(final_x, Weight("lm_head.weight")));
+    return logits.to(at::kFloat);
+  } catch (const CancelledError&) {
+    return absl::CancelledError("forward pass cancelled");
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("forward pass: ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("forward pass: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::vector<int64_t>> Model::GenerateGreedy(const std::vector<int64_t>& prompt,
+                                                           int64_t max_new_tokens) const {
+  if (prompt.empty()) return absl::InvalidArgumentError("empty prompt");
+  RETURN_IF_ERROR(ValidateTokens({prompt}));
+  std::vector<int64_t> ids = prompt, generated;
+  HookRegistry none;
+  for (int64_t i = 0; i < max_new_tokens; ++i) {
+    if (static_cast<int64_t>(ids.size()) >= config_.n_ctx) break;
+    at::Tensor t = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+    ASSIGN_OR_RETURN(at::Tensor logits, Forward(t, none));
+    const int64_t next = logits.select(1, logits.size(1) - 1).argmax(-1).item<int64_t>();
+    ids.push_back(next);
+    generated.push_back(next);
+  }
+  return generated;
+}
+
+}  // namespace sinkscope

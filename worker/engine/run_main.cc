@@ -1,0 +1,255 @@
+// sinkscope-run: runs the engine directly, without the server.
+//
+//   sinkscope-run generate --model PATH [--tokenizer PATH] (--text STR | --ids 1,2,3)
+//                 --max-new-tokens N [--json]
+//   sinkscope-run forward  --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
+//   sinkscope-run scan     --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
+//   sinkscope-run hooks    --model PATH
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "worker/engine/checkpoint.h"
+#include "worker/engine/model.h"
+#include "worker/engine/scan.h"
+#include "worker/engine/tokenizer.h"
+
+namespace sinkscope {
+namespace {
+
+struct CommonArgs {
+  std::string model, tokenizer, text, ids, device = "cpu", dtype = "float32";
+  bool json = false;
+  int threads = 0;
+};
+
+void AddCommon(CLI::App* app, CommonArgs& a, bool needs_input) {
+  app->add_option("--model", a.model, "llama2.c .bin file or Hugging Face directory")->required();
+  app->add_option("--tokenizer", a.tokenizer, "tokenizer.bin (llama2.c) or tokenizer.model");
+  if (needs_input) {
+    auto* text = app->add_option("--text", a.text, "prompt text (needs --tokenizer)");
+    auto* ids = app->add_option("--ids", a.ids, "comma-separated token ids (BOS not added)");
+    text->excludes(ids);
+  }
+  app->add_option("--device", a.device, "cpu | cuda | cuda:N");
+  app->add_option("--dtype", a.dtype, "float32 | bfloat16 | float16");
+  app->add_option("--threads", a.threads, "intra-op threads (0 = libtorch default)");
+  app->add_flag("--json", a.json, "print JSON");
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "sinkscope-run: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+struct Loaded {
+  Checkpoint ckpt;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+
+absl::StatusOr<Loaded> Load(const CommonArgs& a) {
+  if (a.threads > 0) at::set_num_threads(a.threads);
+  Loaded out;
+  auto ckpt = LoadCheckpoint(a.model);
+  if (!ckpt.ok()) return ckpt.status();
+  out.ckpt = std::move(*ckpt);
+  auto device = ParseDevice(a.device);
+  if (!device.ok()) return device.status();
+  auto dtype = ParseDtype(a.dtype);
+  if (!dtype.ok()) return dtype.status();
+  auto model = Model::Create(out.ckpt, *device, *dtype);
+  if (!model.ok()) return model.status();
+  out.model = std::move(*model);
+  out.ckpt.tensors.clear();
+  if (!a.tokenizer.empty()) {
+    auto tok = LoadTokenizer(a.tokenizer, out.model->config().d_vocab);
+    if (!tok.ok()) return tok.status();
+    out.tokenizer = std::move(*tok);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<int64_t>> Input(const CommonArgs& a, const Loaded& m) {
+  if (!a.ids.empty()) {
+    std::vector<int64_t> ids;
+    for (absl::string_view part : absl::StrSplit(a.ids, ',', absl::SkipWhitespace())) {
+      int64_t v;
+      if (!absl::SimpleAtoi(part, &v)) {
+        return absl::InvalidArgumentError(absl::StrCat("--ids: '", part, "' is not an integer"));
+      }
+      ids.push_back(v);
+    }
+    return ids;
+  }
+  if (!m.tokenizer) return absl::InvalidArgumentError("--text needs --tokenizer");
+  return m.tokenizer->Encode(a.text, /*add_bos=*/true);
+}
+
+nlohmann::json Provenance(const CommonArgs& a, const Loaded& m) {
+  return {{"model", a.model},
+          {"format", m.ckpt.format},
+          {"dtype", DtypeName(m.model->dtype())},
+          {"device", m.model->device().str()},
+          {"summary", m.model->config().Summary()},
+          {"code_version", SINKSCOPE_CODE_VERSION}};
+}
+
+int Generate(const CommonArgs& a, int64_t max_new) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto prompt = Input(a, *m);
+  if (!prompt.ok()) return Fail(prompt.status());
+  auto gen = m->model->GenerateGreedy(*prompt, max_new);
+  if (!gen.ok()) return Fail(gen.status());
+  std::string text;
+  if (m->tokenizer) {
+    std::vector<int64_t> all = *prompt;
+    all.insert(all.end(), gen->begin(), gen->end());
+    text = m->tokenizer->Decode(all);
+  }
+  if (a.json) {
+    nlohmann::json j = {{"prompt_ids", *prompt}, {"generated_ids", *gen}};
+    if (m->tokenizer) j["text"] = text;
+    j["provenance"] = Provenance(a, *m);
+    std::cout << j.dump() << "\n";
+  } else {
+    for (size_t i = 0; i < gen->size(); ++i) std::cout << (i ? " " : "") << (*gen)[i];
+    std::cout << "\n";
+    if (m->tokenizer) std::cout << text << "\n";
+  }
+  return 0;
+}
+
+int Forward(const CommonArgs& a) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto ids = Input(a, *m);
+  if (!ids.ok()) return Fail(ids.status());
+  // Per hook: L2 norm of the whole tensor (float32) and max |value|.
+  std::vector<std::pair<std::string, std::pair<double, double>>> norms;
+  HookRegistry hooks;
+  for (const std::string& name : m->model->HookNames()) {
+    hooks.AddProbe(name, [&norms](const std::string& n, int64_t, const at::Tensor& t) {
+      at::Tensor t32 = t.to(at::kFloat);
+      at::Tensor finite = t32.masked_fill(t32.isinf(), 0);  // masked scores are -inf
+      norms.push_back({n, {finite.norm().item<double>(), finite.abs().max().item<double>()}});
+    });
+  }
+  at::Tensor tokens = at::tensor(*ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+  auto logits = m->model->Forward(tokens, hooks);
+  if (!logits.ok()) return Fail(logits.status());
+  if (a.json) {
+    nlohmann::json hooks_json = nlohmann::json::array();
+    for (const auto& [n, v] : norms) {
+      hooks_json.push_back({{"hook", n}, {"norm", v.first}, {"max_abs", v.second}});
+    }
+    std::cout << nlohmann::json{{"ids", *ids}, {"hooks", hooks_json},
+                                {"provenance", Provenance(a, *m)}}
+                     .dump()
+              << "\n";
+  } else {
+    for (const auto& [n, v] : norms) std::printf("%-36s norm %12.4f  max|x| %10.4f\n", n.c_str(), v.first, v.second);
+  }
+  return 0;
+}
+
+int Scan(const CommonArgs& a, const ScanParams& params) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto ids = Input(a, *m);
+  if (!ids.ok()) return Fail(ids.status());
+  auto summary = RunActivationScan(*m->model, {*ids}, params, nullptr, nullptr);
+  if (!summary.ok()) return Fail(summary.status());
+  nlohmann::json blocks = nlohmann::json::array();
+  auto entry = [](const ActivationEntry& e) {
+    return nlohmann::json{{"value", e.value}, {"sequence", e.sequence}, {"position", e.position},
+                          {"channel", e.channel}};
+  };
+  for (const BlockRecord& b : summary->blocks) {
+    nlohmann::json rt = nlohmann::json::array(), ot = nlohmann::json::array();
+    for (const auto& e : b.resid_top) rt.push_back(entry(e));
+    for (const auto& e : b.output_top) ot.push_back(entry(e));
+    blocks.push_back({{"block", b.id.block}, {"layer", b.id.layer}, {"sublayer", b.id.sublayer()},
+                      {"resid_top", rt}, {"output_top", ot},
+                      {"resid_median_abs", b.resid_median_abs}, {"n_massive", b.n_massive}});
+    if (!a.json) {
+      std::printf("block %3lld  layer %2lld %-4s  top|resid| %10.3f  median %8.4f  massive %lld\n",
+                  (long long)b.id.block, (long long)b.id.layer, b.id.sublayer().c_str(),
+                  b.resid_top.empty() ? 0.0 : std::fabs(b.resid_top[0].value),
+                  b.resid_median_abs.empty() ? 0.0 : b.resid_median_abs[0],
+                  (long long)b.n_massive);
+    }
+  }
+  if (a.json) {
+    nlohmann::json entries = nlohmann::json::array();
+    for (const auto& e : summary->spike_entries) entries.push_back(entry(e));
+    std::cout << nlohmann::json{{"blocks", blocks},
+                                {"spike_channels", summary->spike_channels},
+                                {"spike_tokens", summary->spike_tokens},
+                                {"spike_entries", entries},
+                                {"step_up_blocks", summary->step_up_blocks},
+                                {"step_down_blocks", summary->step_down_blocks},
+                                {"peak_abs", summary->peak_abs},
+                                {"peak_block", summary->peak_block},
+                                {"provenance", Provenance(a, *m)}}
+                     .dump()
+              << "\n";
+  } else {
+    std::printf("spike channels: %zu, spike tokens: %zu, peak |h| %.3f at block %lld\n",
+                summary->spike_channels.size(), summary->spike_tokens.size(),
+                summary->peak_abs, (long long)summary->peak_block);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace sinkscope
+
+int main(int argc, char** argv) {
+  using namespace sinkscope;
+  CLI::App app{"sinkscope-run: run the sinkscope engine directly"};
+  app.require_subcommand(1);
+  CommonArgs gen_args, fwd_args, scan_args, hook_args;
+  int64_t max_new = 16;
+  ScanParams params;
+  auto* gen = app.add_subcommand("generate", "greedy decoding");
+  AddCommon(gen, gen_args, true);
+  gen->add_option("--max-new-tokens", max_new, "tokens to generate")->check(CLI::NonNegativeNumber);
+  auto* fwd = app.add_subcommand("forward", "one forward pass; per-hook norms");
+  AddCommon(fwd, fwd_args, true);
+  auto* scan = app.add_subcommand("scan", "activation scan of one sequence");
+  AddCommon(scan, scan_args, true);
+  scan->add_option("--top-k", params.top_k);
+  scan->add_option("--abs-threshold", params.abs_threshold);
+  scan->add_option("--rel-threshold", params.rel_threshold);
+  scan->add_option("--step-fraction", params.step_fraction);
+  auto* hooks = app.add_subcommand("hooks", "list the model's hook names");
+  AddCommon(hooks, hook_args, false);
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*gen) return Generate(gen_args, max_new);
+    if (*fwd) return Forward(fwd_args);
+    if (*scan) return Scan(scan_args, params);
+    if (*hooks) {
+      auto ckpt = LoadCheckpoint(hook_args.model);
+      if (!ckpt.ok()) return Fail(ckpt.status());
+      auto model = Model::Create(*ckpt, c10::Device(c10::kCPU), at::kFloat);
+      if (!model.ok()) return Fail(model.status());
+      for (const auto& n : (*model)->HookNames()) std::cout << n << "\n";
+      return 0;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sinkscope-run: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

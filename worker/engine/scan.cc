@@ -1,0 +1,300 @@
+// Activation scan: probes on the post-residual stream and block outputs that
+// reduce each [batch, pos, d_model] tensor to top-k, median and massive
+// entries as soon as it is produced (nothing is cached across blocks).
+#include "worker/engine/scan.h"
+
+#include <ATen/TensorIndexing.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/topk.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/status_macros.h"
+
+namespace sinkscope {
+namespace {
+
+/// Keeps the k entries of largest |value|.
+void MergeTopK(std::vector<ActivationEntry>& acc, const std::vector<ActivationEntry>& more,
+               int64_t k) {
+  acc.insert(acc.end(), more.begin(), more.end());
+  std::stable_sort(acc.begin(), acc.end(), [](const ActivationEntry& a, const ActivationEntry& b) {
+    return std::fabs(a.value) > std::fabs(b.value);
+  });
+  if (static_cast<int64_t>(acc.size()) > k) acc.resize(k);
+}
+
+/// Top-k entries by |value| of h: [batch, pos, d_model] (float32, CPU or not).
+/// `seq_index[b]` maps batch row b to the request's sequence number.
+std::vector<ActivationEntry> TopK(const at::Tensor& h32, int64_t k,
+                                  const std::vector<int64_t>& seq_index) {
+  const int64_t T = h32.size(1), D = h32.size(2);
+  at::Tensor flat = h32.reshape({-1});
+  k = std::min<int64_t>(k, flat.numel());
+  auto [vals, idx] = at::topk(flat.abs(), k);
+  at::Tensor signed_vals = flat.index_select(0, idx).cpu();
+  idx = idx.cpu();
+  std::vector<ActivationEntry> out;
+  auto v = signed_vals.accessor<float, 1>();
+  auto ix = idx.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t flat_i = ix[i];
+    out.push_back({v[i], seq_index[flat_i / (T * D)], (flat_i / D) % T, flat_i % D});
+  }
+  return out;
+}
+
+struct BlockAccumulator {
+  std::vector<ActivationEntry> resid_top, output_top;
+  std::vector<float> median_by_seq;
+  float max_abs = 0;
+  int64_t n_massive = 0;
+};
+
+/// Spike entries tracked for the step-up/down analysis (counts stay exact).
+constexpr size_t kMaxTrackedEntries = 16384;
+
+/// Spike entry key (sequence, position, channel).
+using EntryKey = std::tuple<int64_t, int64_t, int64_t>;
+
+}  // namespace
+
+std::string BlockId::resid_hook() const {
+  return HookName(layer, is_mlp ? "hook_resid_post" : "hook_resid_mid");
+}
+std::string BlockId::output_hook() const {
+  return HookName(layer, is_mlp ? "hook_mlp_out" : "hook_attn_out");
+}
+BlockId BlockId::FromBlock(int64_t block) {
+  BlockId id;
+  id.block = block;
+  id.layer = (block - 1) / 2;
+  id.is_mlp = block % 2 == 0;
+  return id;
+}
+
+absl::Status ValidateScanParams(const ScanParams& p) {
+  if (p.top_k < 1 || p.top_k > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be in [1, 64], got ", p.top_k));
+  }
+  if (!(p.abs_threshold >= 0) || !std::isfinite(p.abs_threshold)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("abs_threshold must be a finite number >= 0, got ", p.abs_threshold));
+  }
+  if (!(p.rel_threshold >= 0) || !std::isfinite(p.rel_threshold)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rel_threshold must be a finite number >= 0, got ", p.rel_threshold));
+  }
+  if (!(p.step_fraction > 0 && p.step_fraction <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step_fraction must be in (0, 1], got ", p.step_fraction));
+  }
+  if (p.max_listed_entries < 0) {
+    return absl::InvalidArgumentError("max_listed_entries must be >= 0");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
+                                              const std::vector<std::vector<int64_t>>& sequences,
+                                              const ScanParams& params, const BlockFn& on_block,
+                                              const ProgressFn& progress,
+                                              const std::atomic<bool>* cancel) {
+  RETURN_IF_ERROR(ValidateScanParams(params));
+  RETURN_IF_ERROR(model.ValidateTokens(sequences));
+  const int64_t L = model.config().n_layers, n_blocks = 2 * L;
+  const int64_t n_seq = static_cast<int64_t>(sequences.size());
+
+  // Batches of equal-length sequences, at most ~16k tokens each.
+  std::map<size_t, std::vector<int64_t>> by_len;
+  for (int64_t s = 0; s < n_seq; ++s) by_len[sequences[s].size()].push_back(s);
+  std::vector<std::vector<int64_t>> batches;
+  for (auto& [len, idx] : by_len) {
+    const size_t per_batch = std::max<size_t>(1, 16384 / len);
+    for (size_t i = 0; i < idx.size(); i += per_batch) {
+      batches.emplace_back(idx.begin() + i, idx.begin() + std::min(idx.size(), i + per_batch));
+    }
+  }
+  auto make_tokens = [&](const std::vector<int64_t>& batch) {
+    const int64_t T = static_cast<int64_t>(sequences[batch[0]].size());
+    std::vector<int64_t> flat;
+    flat.reserve(batch.size() * T);
+    for (int64_t s : batch) flat.insert(flat.end(), sequences[s].begin(), sequences[s].end());
+    return at::tensor(flat, at::TensorOptions().dtype(at::kLong))
+        .view({static_cast<int64_t>(batch.size()), T});
+  };
+
+  std::vector<BlockAccumulator> acc(n_blocks + 1);
+  for (auto& a : acc) a.median_by_seq.assign(n_seq, 0.f);
+  std::vector<float> seq_max(n_seq, 0.f);
+  std::set<EntryKey> massive;  // all entries passing both thresholds in some block
+  const int64_t total_units = n_blocks * static_cast<int64_t>(batches.size());
+  int64_t units_done = 0;
+  ScanSummary summary;
+  for (const auto& s : sequences) summary.n_tokens += static_cast<int64_t>(s.size());
+
+  // ---- pass 1: per-block reductions ----
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    const std::vector<int64_t>& batch = batches[bi];
+    const bool last_batch = bi + 1 == batches.size();
+    HookRegistry hooks;
+    for (int64_t b = 1; b <= n_blocks; ++b) {
+      const BlockId id = BlockId::FromBlock(b);
+      hooks.AddProbe(id.output_hook(), [&, b](const std::string&, int64_t, const at::Tensor& t) {
+        MergeTopK(acc[b].output_top, TopK(t.to(at::kFloat), params.top_k, batch), params.top_k);
+      });
+      hooks.AddProbe(id.resid_hook(), [&, b, id](const std::string&, int64_t,
+                                                 const at::Tensor& t) {
+        BlockAccumulator& a = acc[b];
+        at::Tensor h32 = t.to(at::kFloat);
+        at::Tensor abs = h32.abs();
+        MergeTopK(a.resid_top, TopK(h32, params.top_k, batch), params.top_k);
+        for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
+          at::Tensor row = abs.select(0, r);
+          // torch.median semantics: the lower of the two middle values.
+          const float median = row.reshape({-1}).median().item<float>();
+          const float mx = row.max().item<float>();
+          const int64_t s = batch[r];
+          a.median_by_seq[s] = median;
+          a.max_abs = std::max(a.max_abs, mx);
+          seq_max[s] = std::max(seq_max[s], mx);
+          const double thr =
+              std::max(params.abs_threshold, params.rel_threshold * static_cast<double>(median));
+          at::Tensor hits = (row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
+          a.n_massive += hits.size(0);
+          auto hx = hits.accessor<int64_t, 2>();
+          for (int64_t i = 0; i < hits.size(0) && massive.size() < kMaxTrackedEntries; ++i) {
+            massive.emplace(s, hx[i][0], hx[i][1]);
+          }
+        }
+        if (last_batch && on_block) {
+          BlockRecord rec;
+          rec.id = id;
+          rec.resid_top = a.resid_top;
+          rec.output_top = a.output_top;
+          rec.resid_median_abs = a.median_by_seq;
+          rec.resid_max_abs = a.max_abs;
+          rec.n_massive = a.n_massive;
+          on_block(rec);
+        }
+        ++units_done;
+        if (progress) progress(units_done, total_units);
+      });
+    }
+    ForwardOptions opts;
+    opts.cancel = cancel;
+    opts.compute_logits = false;
+    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(make_tokens(batch), hooks, opts));
+    (void)unused;
+  }
+  for (int64_t b = 1; b <= n_blocks; ++b) {
+    BlockRecord rec;
+    rec.id = BlockId::FromBlock(b);
+    rec.resid_top = acc[b].resid_top;
+    rec.output_top = acc[b].output_top;
+    rec.resid_median_abs = acc[b].median_by_seq;
+    rec.resid_max_abs = acc[b].max_abs;
+    rec.n_massive = acc[b].n_massive;
+    if (rec.resid_max_abs > summary.peak_abs) {
+      summary.peak_abs = rec.resid_max_abs;
+      summary.peak_block = b;
+    }
+    summary.blocks.push_back(std::move(rec));
+  }
+  double seq_max_sum = 0;
+  for (float m : seq_max) seq_max_sum += m;
+  summary.spike_mean_over_sequences = static_cast<float>(seq_max_sum / std::max<int64_t>(1, n_seq));
+  if (massive.empty()) return summary;
+
+  {
+    std::set<std::pair<int64_t, int64_t>> tokens;
+    std::set<int64_t> channels;
+    for (const auto& [s, p, ch] : massive) {
+      tokens.emplace(s, p);
+      channels.insert(ch);
+    }
+    summary.spike_tokens.assign(tokens.begin(), tokens.end());
+    summary.spike_channels.assign(channels.begin(), channels.end());
+  }
+
+  // ---- pass 2: the residual value at every spike entry after every block ----
+  // trace[e][b] = h_b at entry e, b = 0 (hook_embed) .. 2L.
+  const std::vector<EntryKey> entries(massive.begin(), massive.end());
+  std::vector<std::vector<float>> trace(entries.size(), std::vector<float>(n_blocks + 1, 0.f));
+  std::map<int64_t, std::vector<size_t>> entries_by_seq;
+  for (size_t e = 0; e < entries.size(); ++e) entries_by_seq[std::get<0>(entries[e])].push_back(e);
+  for (const std::vector<int64_t>& batch : batches) {
+    std::vector<int64_t> rows, pos, ch;
+    std::vector<size_t> which;
+    for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
+      auto it = entries_by_seq.find(batch[r]);
+      if (it == entries_by_seq.end()) continue;
+      for (size_t e : it->second) {
+        rows.push_back(r);
+        pos.push_back(std::get<1>(entries[e]));
+        ch.push_back(std::get<2>(entries[e]));
+        which.push_back(e);
+      }
+    }
+    if (which.empty()) continue;
+    const auto opts_long = at::TensorOptions().dtype(at::kLong).device(model.device());
+    at::Tensor rows_t = at::tensor(rows, opts_long), pos_t = at::tensor(pos, opts_long),
+               ch_t = at::tensor(ch, opts_long);
+    auto gather = [&](int64_t b, const at::Tensor& t) {
+      at::Tensor v = t.index({rows_t, pos_t, ch_t}).to(at::kFloat).cpu();
+      auto va = v.accessor<float, 1>();
+      for (size_t i = 0; i < which.size(); ++i) trace[which[i]][b] = va[i];
+    };
+    HookRegistry hooks;
+    hooks.AddProbe("hook_embed", [&](const std::string&, int64_t, const at::Tensor& t) {
+      gather(0, t);
+    });
+    for (int64_t b = 1; b <= n_blocks; ++b) {
+      hooks.AddProbe(BlockId::FromBlock(b).resid_hook(),
+                     [&, b](const std::string&, int64_t, const at::Tensor& t) { gather(b, t); });
+    }
+    ForwardOptions opts;
+    opts.cancel = cancel;
+    opts.compute_logits = false;
+    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(make_tokens(batch), hooks, opts));
+    (void)unused;
+  }
+
+  std::set<int64_t> up, down;
+  std::vector<ActivationEntry> listed;
+  for (size_t e = 0; e < entries.size(); ++e) {
+    const std::vector<float>& h = trace[e];
+    int64_t peak_b = 1;
+    for (int64_t b = 1; b <= n_blocks; ++b) {
+      if (std::fabs(h[b]) > std::fabs(h[peak_b])) peak_b = b;
+    }
+    const float peak = h[peak_b];
+    for (int64_t b = 1; b <= n_blocks; ++b) {
+      const float out = h[b] - h[b - 1];  // block b's output at this entry
+      if (std::fabs(out) < params.step_fraction * std::fabs(peak)) continue;
+      ((out > 0) == (peak > 0) ? up : down).insert(b);
+    }
+    listed.push_back({peak, std::get<0>(entries[e]), std::get<1>(entries[e]),
+                      std::get<2>(entries[e])});
+  }
+  std::stable_sort(listed.begin(), listed.end(),
+                   [](const ActivationEntry& a, const ActivationEntry& b) {
+                     return std::fabs(a.value) > std::fabs(b.value);
+                   });
+  if (static_cast<int64_t>(listed.size()) > params.max_listed_entries) {
+    listed.resize(params.max_listed_entries);
+  }
+  summary.spike_entries = std::move(listed);
+  summary.step_up_blocks.assign(up.begin(), up.end());
+  summary.step_down_blocks.assign(down.begin(), down.end());
+  return summary;
+}
+
+}  // namespace sinkscope

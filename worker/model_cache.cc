@@ -1,0 +1,114 @@
+#include "worker/model_cache.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/checkpoint.h"
+#include "worker/engine/model.h"
+#include "worker/engine/status_macros.h"
+#include "worker/engine/tokenizer.h"
+
+namespace sinkscope {
+namespace worker {
+
+std::string ModelKey::ToString() const {
+  return absl::StrCat(name, "|", format, "|", path, "|", tokenizer_path, "|", dtype);
+}
+
+std::string FileStamp(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return "";
+  if (S_ISDIR(st.st_mode)) {
+    std::string config = path + "/config.json";
+    if (stat(config.c_str(), &st) != 0) return "dir";
+  }
+  return absl::StrCat(st.st_size, ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+}
+
+ModelCache::ModelCache(std::string device, size_t capacity)
+    : device_(std::move(device)), capacity_(std::max<size_t>(1, capacity)) {}
+
+ModelCache::~ModelCache() = default;
+
+namespace {
+
+absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std::string& device_name,
+                                                  const std::string& stamp) {
+  try {
+    ASSIGN_OR_RETURN(c10::Device device, ParseDevice(device_name));
+    ASSIGN_OR_RETURN(c10::ScalarType dtype, ParseDtype(key.dtype));
+    ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(key.path));
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(ckpt, device, dtype));
+    auto entry = std::make_shared<CachedModel>();
+    entry->key = key;
+    entry->file_stamp = stamp;
+    entry->checkpoint_format = ckpt.format;
+    if (!key.tokenizer_path.empty()) {
+      ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
+                       LoadTokenizer(key.tokenizer_path, model->config().d_vocab));
+      entry->tokenizer = std::move(tok);
+    }
+    entry->model = std::move(model);
+    return entry;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("exception while loading: ", e.what()));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key,
+                                                             bool* was_cached) {
+  const std::string stamp = FileStamp(key.path);
+  const std::string key_str = key.ToString();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      if (entries_[i]->key.ToString() != key_str) continue;
+      if (entries_[i]->file_stamp == stamp) {
+        std::shared_ptr<CachedModel> hit = entries_[i];
+        entries_.erase(entries_.begin() + i);
+        entries_.insert(entries_.begin(), hit);
+        ++hit->uses;
+        if (was_cached) *was_cached = true;
+        return hit;
+      }
+      entries_.erase(entries_.begin() + i);  // file changed: reload
+      break;
+    }
+  }
+  if (was_cached) *was_cached = false;
+  // Loading happens outside the lock (the worker runs one job at a time, so
+  // two loads of the same key do not race in practice; if they did, both
+  // would succeed and the later one would win).
+  absl::StatusOr<std::shared_ptr<CachedModel>> loaded = Load(key, device_, stamp);
+  if (!loaded.ok()) return Annotate(loaded.status(), absl::StrCat("loading model ", key.name));
+  std::lock_guard<std::mutex> lock(mu_);
+  (*loaded)->uses = 1;
+  entries_.insert(entries_.begin(), *loaded);
+  while (entries_.size() > capacity_) entries_.pop_back();
+  return *loaded;
+}
+
+std::vector<CachedModelInfo> ModelCache::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<CachedModelInfo> out;
+  for (const auto& e : entries_) {
+    CachedModelInfo info;
+    info.name = e->key.name;
+    info.path = e->key.path;
+    info.dtype = e->key.dtype;
+    info.weight_bytes = e->model->weight_bytes();
+    info.n_params = e->model->n_params();
+    info.uses = e->uses;
+    out.push_back(info);
+  }
+  return out;
+}
+
+}  // namespace worker
+}  // namespace sinkscope

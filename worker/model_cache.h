@@ -1,0 +1,76 @@
+// Models kept loaded between jobs, keyed by the resolved catalog entry.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sinkscope {
+
+class Model;
+class Tokenizer;
+
+namespace worker {
+
+/// What identifies a loaded model: the resolved catalog entry plus the
+/// checkpoint's file identity, so that a changed entry or a replaced file is
+/// reloaded.
+struct ModelKey {
+  std::string name;
+  std::string format;          // "llama2c" or "hf"
+  std::string path;            // checkpoint file or directory
+  std::string tokenizer_path;  // "" = none
+  std::string dtype;           // "float32", "bfloat16", "float16"
+
+  /// Canonical string of the fields above.
+  std::string ToString() const;
+};
+
+/// A model ready to run: weights on the worker's device and its tokenizer.
+struct CachedModel {
+  ModelKey key;
+  std::string file_stamp;        // size/mtime of the checkpoint when loaded
+  std::string checkpoint_format;  // as reported by the reader
+  std::shared_ptr<const Model> model;
+  std::shared_ptr<const Tokenizer> tokenizer;  // null when the entry has none
+  int64_t uses = 0;
+};
+
+/// Snapshot of one cache entry, for GetStatus.
+struct CachedModelInfo {
+  std::string name, path, dtype;
+  int64_t weight_bytes = 0, n_params = 0, uses = 0;
+};
+
+/// Thread-safe LRU cache of models on one device.
+class ModelCache {
+ public:
+  /// `device` is a name ParseDevice accepts ("cpu", "cuda:0"); `capacity`
+  /// is the number of models kept (at least 1).
+  ModelCache(std::string device, size_t capacity);
+  ~ModelCache();
+
+  /// Returns the model for `key`, loading it (checkpoint, Model::Create,
+  /// tokenizer) when it is not cached or its file changed. `*was_cached` tells
+  /// which. Errors of the loaders are returned annotated with the model name.
+  absl::StatusOr<std::shared_ptr<CachedModel>> Get(const ModelKey& key, bool* was_cached);
+
+  /// Entries, most recently used first.
+  std::vector<CachedModelInfo> Snapshot() const;
+
+ private:
+  const std::string device_;
+  const size_t capacity_;
+  mutable std::mutex mu_;
+  std::vector<std::shared_ptr<CachedModel>> entries_;  // MRU first
+};
+
+/// "size:mtime_ns" of a file, or of config.json for a directory; "" if absent.
+std::string FileStamp(const std::string& path);
+
+}  // namespace worker
+}  // namespace sinkscope

@@ -1,0 +1,249 @@
+#include "worker/worker_service.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <exception>
+#include <fstream>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "worker/engine/model.h"
+#include "worker/engine/scan.h"
+#include "worker/engine/status_macros.h"
+#include "worker/engine/tokenizer.h"
+#include "worker/scan_convert.h"
+
+#ifndef SINKSCOPE_CODE_VERSION
+#define SINKSCOPE_CODE_VERSION "unknown"
+#endif
+
+namespace sinkscope {
+namespace worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Turns the request's sequences into token ids (text through the tokenizer).
+absl::StatusOr<std::vector<std::vector<int64_t>>> Tokenize(const v1::JobRequest& request,
+                                                           const CachedModel& cached) {
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
+  std::vector<std::vector<int64_t>> out;
+  out.reserve(request.sequences_size());
+  for (int i = 0; i < request.sequences_size(); ++i) {
+    const v1::Sequence& seq = request.sequences(i);
+    if (seq.has_ids()) {
+      out.emplace_back(seq.ids().ids().begin(), seq.ids().ids().end());
+    } else if (seq.input_case() == v1::Sequence::kText) {
+      if (!cached.tokenizer) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", i, " is text but model ", cached.key.name, " has no tokenizer; send token ids"));
+      }
+      absl::StatusOr<std::vector<int64_t>> ids = cached.tokenizer->Encode(seq.text(), add_bos);
+      if (!ids.ok()) return Annotate(ids.status(), absl::StrCat("sequence ", i));
+      out.push_back(*std::move(ids));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " is empty"));
+    }
+    if (out.back().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no tokens"));
+    }
+    const int64_t n_ctx = cached.model->config().n_ctx;
+    if (static_cast<int64_t>(out.back().size()) > n_ctx) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has ", out.back().size(),
+                                                     " tokens, more than the context of model ",
+                                                     cached.key.name, " (", n_ctx, ")"));
+    }
+  }
+  return out;
+}
+
+absl::Status RunScan(const CachedModel& cached, const WorkerOptions& options,
+                     const v1::RunJobRequest& request,
+                     const std::vector<std::vector<int64_t>>& sequences, const EventSink& sink,
+                     const std::atomic<bool>* cancel) {
+  ScanParams params = ScanParamsFromProto(request.request().scan());
+  RETURN_IF_ERROR(ValidateScanParams(params));
+  RETURN_IF_ERROR(cached.model->ValidateTokens(sequences));
+
+  bool receiver_gone = false;
+  auto emit = [&](const v1::WorkerEvent& event) {
+    if (!receiver_gone && !sink(event)) receiver_gone = true;
+  };
+  Clock::time_point last_progress = Clock::now() - std::chrono::hours(1);
+  auto on_progress = [&](int64_t done, int64_t total) {
+    const Clock::time_point now = Clock::now();
+    if (done >= total || now - last_progress >= std::chrono::milliseconds(options.progress_interval_ms)) {
+      last_progress = now;
+      v1::WorkerEvent event;
+      event.mutable_running()->set_units_done(done);
+      event.mutable_running()->set_units_total(total);
+      emit(event);
+    }
+    if (options.test_unit_delay_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(options.test_unit_delay_ms));
+    }
+  };
+  auto on_block = [&](const BlockRecord& record) {
+    v1::WorkerEvent event;
+    *event.mutable_result()->mutable_scan_block() = ToProto(record);
+    emit(event);
+  };
+  absl::StatusOr<ScanSummary> summary =
+      RunActivationScan(*cached.model, sequences, params, on_block, on_progress, cancel);
+  if (receiver_gone) return absl::CancelledError("the server went away");
+  if (!summary.ok()) return summary.status();
+
+  v1::WorkerEvent event;
+  v1::ScanSummary* out = event.mutable_result()->mutable_scan_summary();
+  *out = ToProto(*summary);
+  *out->mutable_thresholds() = ThresholdsToProto(params);
+  v1::Provenance* prov = out->mutable_provenance();
+  prov->set_model(cached.key.name);
+  prov->set_checkpoint_format(cached.checkpoint_format);
+  prov->set_dtype(DtypeName(cached.model->dtype()));
+  prov->set_device(cached.model->device().str());
+  prov->set_attention_path(cached.model->fast_attention_path());
+  prov->set_code_version(SINKSCOPE_CODE_VERSION);
+  prov->set_n_sequences(static_cast<int32_t>(sequences.size()));
+  emit(event);
+  if (receiver_gone) return absl::CancelledError("the server went away");
+  return absl::OkStatus();
+}
+
+absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
+                          const v1::RunJobRequest& request, const EventSink& sink,
+                          const std::atomic<bool>* cancel) {
+  const v1::ResolvedModel& m = request.model();
+  ModelKey key{m.name(), m.format(), m.path(), m.tokenizer_path(), m.dtype()};
+  {
+    v1::WorkerEvent event;
+    v1::ModelLoading* loading = event.mutable_model_loading();
+    loading->set_model(m.name());
+    loading->set_progress(0);
+    loading->set_phase("loading");
+    loading->set_device(options.device);
+    if (!sink(event)) return absl::CancelledError("the server went away");
+  }
+  bool was_cached = false;
+  ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached, cache.Get(key, &was_cached));
+  {
+    v1::WorkerEvent event;
+    v1::ModelLoading* loading = event.mutable_model_loading();
+    loading->set_model(m.name());
+    loading->set_progress(1);
+    loading->set_phase(was_cached ? "cached" : "loaded");
+    loading->set_device(options.device);
+    if (!sink(event)) return absl::CancelledError("the server went away");
+  }
+  if (cancel && cancel->load()) return absl::CancelledError("cancelled");
+  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences, Tokenize(request.request(), *cached));
+  switch (request.request().params_case()) {
+    case v1::JobRequest::kScan:
+      return RunScan(*cached, options, request, sequences, sink, cancel);
+    default:
+      return absl::UnimplementedError("this worker only runs activation scans");
+  }
+}
+
+int64_t ResidentBytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+}  // namespace
+
+absl::Status RunJobToSink(ModelCache& cache, const WorkerOptions& options,
+                          const v1::RunJobRequest& request, const EventSink& sink,
+                          const std::atomic<bool>* cancel) {
+  try {
+    return RunJobUnsafe(cache, options, request, sink, cancel);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("job ", request.job_id(), ": exception: ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat("job ", request.job_id(), ": unknown exception"));
+  }
+}
+
+WorkerServiceImpl::WorkerServiceImpl(WorkerOptions options)
+    : options_(std::move(options)), cache_(options_.device, options_.cache_capacity) {}
+
+grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
+                                       const v1::RunJobRequest* request,
+                                       grpc::ServerWriter<v1::WorkerEvent>* writer) {
+  std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
+  if (!run_lock.owns_lock()) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "worker is busy with another job");
+  }
+  {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    running_job_id_ = request->job_id();
+  }
+  // The server cancels the RPC to cancel the job (or goes away): poll for it.
+  std::atomic<bool> cancel{false};
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      if (context->IsCancelled()) {
+        cancel.store(true);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  EventSink sink = [&](const v1::WorkerEvent& event) { return writer->Write(event); };
+  absl::Status status = RunJobToSink(cache_, options_, *request, sink, &cancel);
+  done.store(true);
+  watcher.join();
+  if (cancel.load() && !status.ok()) status = absl::CancelledError("cancelled");
+
+  v1::WorkerEvent finished;
+  finished.mutable_finished()->set_code(static_cast<int32_t>(status.code()));
+  finished.mutable_finished()->set_message(std::string(status.message()));
+  writer->Write(finished);
+  {
+    std::lock_guard<std::mutex> lock(status_mu_);
+    running_job_id_.clear();
+    ++jobs_run_;
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::Health(grpc::ServerContext*, const v1::HealthRequest*,
+                                       v1::HealthResponse* response) {
+  response->set_serving(true);
+  response->set_pid(getpid());
+  response->set_device(options_.device);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetStatusRequest*,
+                                          v1::WorkerStatus* response) {
+  response->set_pid(getpid());
+  response->set_device(options_.device);
+  int64_t model_bytes = 0;
+  for (const CachedModelInfo& info : cache_.Snapshot()) {
+    v1::LoadedModel* m = response->add_loaded_models();
+    m->set_name(info.name);
+    m->set_path(info.path);
+    m->set_dtype(info.dtype);
+    m->set_weight_bytes(info.weight_bytes);
+    m->set_n_params(info.n_params);
+    m->set_uses(info.uses);
+    model_bytes += info.weight_bytes;
+  }
+  response->set_model_bytes(model_bytes);
+  response->set_rss_bytes(ResidentBytes());
+  response->set_code_version(SINKSCOPE_CODE_VERSION);
+  std::lock_guard<std::mutex> lock(status_mu_);
+  response->set_running_job_id(running_job_id_);
+  response->set_jobs_run(jobs_run_);
+  return grpc::Status::OK;
+}
+
+}  // namespace worker
+}  // namespace sinkscope
