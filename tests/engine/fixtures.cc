@@ -108,3 +108,111 @@ at::Tensor PermuteForRotateHalves(const at::Tensor& w, int64_t n_head, int64_t d
 }
 
 }  // namespace sinkscope::testing
+
+namespace sinkscope::testing {
+
+Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth) {
+  ModelConfig c;
+  c.d_model = 64;
+  c.n_layers = 6;
+  c.n_heads = 4;
+  c.n_kv_heads = 4;
+  c.d_head = 16;
+  c.d_ffn = 128;
+  c.d_vocab = spec.d_vocab;
+  c.n_ctx = 256;
+  c.rope_layout = RopeLayout::kRotateHalves;
+  c.norm_placement = NormPlacement::kPre;
+  Checkpoint ck = RandomCheckpoint(c, spec.seed, 0.02);
+  auto& t = ck.tensors;
+  const int64_t s_star = 0, m_dir = 1, k = 7, D = c.d_model, dh = c.d_head;
+  PlantedTruth tr;
+  tr.spike_channel = k;
+  tr.spike_direction = s_star;
+  tr.offset_channel = m_dir;
+  tr.spike_token_ids = {1};
+  for (int64_t id : {5, 9}) {
+    if (id < c.d_vocab) tr.spike_token_ids.push_back(id);
+  }
+  tr.step_up_block = 4;
+  tr.step_down_block = 10;
+  tr.sink_heads = {{2, 0}, {2, 2}, {3, 1}};
+
+  // Embeddings: noise only in channels >= 3 (never on s*, m or k).
+  at::Tensor E = t["model.embed_tokens.weight"];
+  E.mul_(0.1);
+  E.narrow(1, 0, 3).zero_();
+  E.select(1, k).zero_();
+  E.select(1, m_dir).fill_(1.0);
+  for (int64_t id : tr.spike_token_ids) {
+    E[id].zero_();
+    E[id][s_star] = 8.0;
+  }
+  // Norm gains exactly 1 so the fixture's arithmetic is the paper's.
+  for (auto& [name, w] : t) {
+    if (name.find("layernorm") != std::string::npos || name == "model.norm.weight") w.fill_(1.0);
+  }
+  // Keep attention/MLP weights away from s*, k, m so the planted units dominate.
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".");
+    for (const char* n : {"self_attn.o_proj.weight", "mlp.down_proj.weight"}) {
+      at::Tensor w = t[p + n];
+      w.select(0, s_star).zero_();
+      w.select(0, k).zero_();
+      w.select(0, m_dir).zero_();
+    }
+    for (const char* n : {"mlp.gate_proj.weight", "mlp.up_proj.weight", "self_attn.q_proj.weight",
+                          "self_attn.k_proj.weight", "self_attn.v_proj.weight"}) {
+      at::Tensor w = t[p + n];
+      w.select(1, s_star).zero_();
+      w.select(1, k).zero_();
+    }
+  }
+  // Step-up MLP, layer 1 unit 0: output on k ~ c * (a * 8)^2 = 1280 for a = 1, c = 20.
+  {
+    const std::string p = "model.layers.1.mlp.";
+    t[p + "gate_proj.weight"][0].zero_();
+    t[p + "gate_proj.weight"][0][s_star] = 1.0;
+    t[p + "up_proj.weight"][0].zero_();
+    t[p + "up_proj.weight"][0][s_star] = 1.0;
+    t[p + "down_proj.weight"].select(1, 0).zero_();
+    t[p + "down_proj.weight"][k][0] = 20.0;
+  }
+  // Step-down MLP, layer 4 unit 0: reads e_k (h~_k ~ 8), writes -1280 on k.
+  {
+    const std::string p = "model.layers.4.mlp.";
+    t[p + "gate_proj.weight"][0].zero_();
+    t[p + "gate_proj.weight"][0][k] = 1.0;
+    t[p + "up_proj.weight"][0].zero_();
+    t[p + "up_proj.weight"][0][k] = 1.0;
+    t[p + "down_proj.weight"].select(1, 0).zero_();
+    t[p + "down_proj.weight"][k][0] = -20.0;
+  }
+  // Sink heads: u = 7 * e_{slowest pair} in the head's d_head coordinates.
+  // Queries: x~ on m is ~6.3 for ordinary tokens; keys: x~ on k is ~8 for spike tokens.
+  const int64_t slow = dh / 2 - 1;
+  for (auto [l, h] : tr.sink_heads) {
+    const std::string p = absl::StrCat("model.layers.", l, ".self_attn.");
+    at::Tensor wq = t[p + "q_proj.weight"].narrow(0, h * dh, dh);
+    at::Tensor wk = t[p + "k_proj.weight"].narrow(0, h * dh, dh);
+    wq.zero_();
+    wk.zero_();
+    wq[slow][m_dir] = 7.0 / 6.3;
+    wk[slow][k] = 7.0 / 8.0;
+  }
+  (void)D;
+  if (spec.norm_placement == NormPlacement::kSandwich) {
+    // Same weights; the Llama pre-MLP norm becomes Gemma's pre_feedforward norm.
+    ck.config.norm_placement = NormPlacement::kSandwich;
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      t[p + "pre_feedforward_layernorm.weight"] = t[p + "post_attention_layernorm.weight"].clone();
+      t[p + "post_feedforward_layernorm.weight"] = at::ones({c.d_model});
+    }
+  }
+  ck.format = "test-planted";
+  if (truth) *truth = tr;
+  return ck;
+}
+
+}  // namespace sinkscope::testing

@@ -23,3 +23,41 @@ Checkpoint RandomCheckpoint(const ModelConfig& config, uint64_t seed, double sca
 at::Tensor PermuteForRotateHalves(const at::Tensor& w, int64_t n_head, int64_t d_head);
 
 }  // namespace sinkscope::testing
+
+namespace sinkscope::testing {
+
+/// Ground truth of a planted-mechanism checkpoint (see PlantedCheckpoint).
+struct PlantedTruth {
+  int64_t spike_channel = 0;        // k: where the step-up MLP writes
+  int64_t spike_direction = 0;      // s* = e_{spike_direction} in embedding space
+  int64_t offset_channel = 0;       // common offset m = e_{offset_channel}
+  std::vector<int64_t> spike_token_ids;  // tokens whose embedding is aligned with s*
+  int64_t step_up_block = 0;        // paper numbering
+  int64_t step_down_block = 0;
+  std::vector<std::pair<int64_t, int64_t>> sink_heads;  // (layer, head)
+};
+
+/// Options of the planted fixture.
+struct PlantedSpec {
+  int64_t d_vocab = 64;
+  NormPlacement norm_placement = NormPlacement::kPre;  // kSandwich: same weights + extra norms
+  uint64_t seed = 1234;
+};
+
+/// A Llama-architecture checkpoint (HF layout, 6 layers, d_model 64, 4 heads
+/// of 16) with the paper's mechanism planted (issue "attention sinks"):
+///  - s* = e_0; the spike tokens' embeddings are 8 s*, the others are the
+///    common offset m = e_1 plus noise in channels 3.. (orthogonal to s*, e_k);
+///  - step-up MLP at layer 1 (block 4): unit 0 has W_gate = W_up = a s*,
+///    W_down[k, 0] = c, so a spike token gets ~ c a^2 (s* . h~)^2 ~ 1280 on
+///    channel k = 7 (directional quadratic amplifier, paper eq. 19);
+///  - step-down MLP at layer 4 (block 10): reads e_k, writes -1280 e_k;
+///  - sink heads (2,0), (2,2), (3,1): W_K maps e_k (a spike token after RMSNorm)
+///    to u and W_Q maps m to u, u in the slowest-rotating RoPE pair, so every
+///    query puts most of its mass on the spike token;
+///  - everything else small random weights.
+/// With NormPlacement::kSandwich the same weights get an extra RMSNorm on
+/// each block output, which bounds every coordinate by sqrt(d_model).
+Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth);
+
+}  // namespace sinkscope::testing

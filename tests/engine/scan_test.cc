@@ -1,2 +1,193 @@
+// Activation scan: ground truth on the planted-mechanism fixture, and the
+// per-block statistics against an independent computation on full tensors.
+#include "worker/engine/scan.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
-TEST(Placeholder, Builds) { EXPECT_TRUE(true); }
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "tests/engine/fixtures.h"
+#include "tests/engine/test_util.h"
+
+namespace sinkscope {
+namespace {
+
+using testing::PlantedCheckpoint;
+using testing::PlantedSpec;
+using testing::PlantedTruth;
+
+std::unique_ptr<Model> Make(const Checkpoint& ck) {
+  auto m = Model::Create(ck, c10::Device(c10::kCPU), at::kFloat);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return std::move(*m);
+}
+
+TEST(ActivationScan, FindsThePlantedSpikeStepUpAndStepDown) {
+  PlantedTruth truth;
+  Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, &truth);
+  auto model = Make(ck);
+  std::vector<std::vector<int64_t>> seqs = {{1, 10, 11, 12, 13, 14, 15, 16},
+                                            {1, 20, 21, 22, 23, 24, 25, 26, 27, 28}};
+  std::vector<int64_t> streamed;
+  int64_t last_done = 0, last_total = 0;
+  auto r = RunActivationScan(
+      *model, seqs, ScanParams{},
+      [&](const BlockRecord& b) { streamed.push_back(b.id.block); },
+      [&](int64_t done, int64_t total) {
+        EXPECT_EQ(done, last_done + 1);
+        last_done = done;
+        last_total = total;
+      });
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<int64_t> all_blocks;
+  for (int64_t b = 1; b <= 12; ++b) all_blocks.push_back(b);
+  EXPECT_EQ(streamed, all_blocks) << "one record per block, in order";
+  EXPECT_EQ(last_done, last_total);
+  EXPECT_EQ(r->spike_channels, std::vector<int64_t>{truth.spike_channel});
+  EXPECT_EQ(r->spike_tokens, (std::vector<std::pair<int64_t, int64_t>>{{0, 0}, {1, 0}}));
+  EXPECT_EQ(r->step_up_blocks, std::vector<int64_t>{truth.step_up_block});
+  EXPECT_EQ(r->step_down_blocks, std::vector<int64_t>{truth.step_down_block});
+  // Analytic value after the step-up block: c * SiLU(a * 8) * (a * 8), c = 20, a = 1
+  // (RMSNorm of 8 e_0 plus a small attention perturbation is ~8 e_0).
+  const double expected = 20.0 * (8.0 / (1.0 + std::exp(-8.0))) * 8.0;
+  for (int64_t b = truth.step_up_block; b < truth.step_down_block; ++b) {
+    const BlockRecord& rec = r->blocks[b - 1];
+    ASSERT_FALSE(rec.resid_top.empty());
+    EXPECT_EQ(rec.resid_top[0].channel, truth.spike_channel) << "block " << b;
+    EXPECT_EQ(rec.resid_top[0].position, 0);
+    EXPECT_NEAR(rec.resid_top[0].value, expected, 0.01 * expected) << "block " << b;
+    EXPECT_EQ(rec.n_massive, 2) << "one spike entry per sequence, block " << b;
+  }
+  EXPECT_EQ(r->blocks[2].n_massive, 0) << "block 3 is before the step-up";
+  EXPECT_GT(r->blocks[3].output_top[0].value, 1000) << "the step-up block's output carries it";
+  EXPECT_LT(r->blocks[9].output_top[0].value, -1000) << "the step-down block's output cancels it";
+  EXPECT_NEAR(r->peak_abs, expected, 0.01 * expected);
+  EXPECT_EQ(r->blocks[0].id.layer, 0);
+  EXPECT_FALSE(r->blocks[0].id.is_mlp);
+  EXPECT_EQ(r->blocks[3].id.layer, 1);
+  EXPECT_TRUE(r->blocks[3].id.is_mlp);
+  EXPECT_EQ(r->blocks[3].id.resid_hook(), "blocks.1.hook_resid_post");
+}
+
+TEST(ActivationScan, SandwichNormLeavesNoMassiveActivation) {
+  PlantedSpec spec;
+  spec.norm_placement = NormPlacement::kSandwich;
+  Checkpoint ck = PlantedCheckpoint(spec, nullptr);
+  auto model = Make(ck);
+  auto r = RunActivationScan(*model, {{1, 10, 11, 12, 13, 14}}, ScanParams{}, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->spike_channels.empty());
+  EXPECT_TRUE(r->step_up_blocks.empty());
+  // Each block adds a normalised vector: every coordinate <= sqrt(d_model) = 8 per block.
+  EXPECT_LT(r->peak_abs, 100.0);
+}
+
+TEST(ActivationScan, ThresholdsAreParameters) {
+  Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
+  auto model = Make(ck);
+  ScanParams p;
+  p.abs_threshold = 5000;  // above the planted ~1280: nothing passes
+  auto r = RunActivationScan(*model, {{1, 10, 11, 12}}, p, nullptr, nullptr);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->spike_channels.empty());
+}
+
+// Independent computation: capture full post-residual tensors with probes and
+// compute top-k and the (lower) median by sorting in float64.
+TEST(ActivationScan, StatisticsMatchFullTensorComputation) {
+  SKIP_IF_NO_SHARED(path, "models/stories260K/stories260K.bin");
+  auto ck = LoadLlama2c(path);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  auto model = Make(*ck);
+  std::vector<std::vector<int64_t>> seqs = {{1, 461, 401, 378, 455, 473, 13},
+                                            {1, 300, 301, 302},
+                                            {1, 100, 200, 300, 400, 500, 7}};
+  ScanParams params;
+  params.top_k = 4;
+  auto r = RunActivationScan(*model, seqs, params, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->blocks.size(), 10u);
+  // Reference, one sequence at a time.
+  std::map<std::string, std::vector<at::Tensor>> full;  // hook -> per sequence [pos, d_model]
+  for (const auto& s : seqs) {
+    HookRegistry hooks;
+    for (int64_t b = 1; b <= 10; ++b) {
+      for (const std::string& h : {BlockId::FromBlock(b).resid_hook(),
+                                   BlockId::FromBlock(b).output_hook()}) {
+        hooks.AddProbe(h, [&full](const std::string& n, int64_t, const at::Tensor& t) {
+          full[n].push_back(t.squeeze(0).to(at::kDouble).clone());
+        });
+      }
+    }
+    at::Tensor ids = at::tensor(s, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+    ASSERT_TRUE(model->Forward(ids, hooks).ok());
+  }
+  for (const BlockRecord& rec : r->blocks) {
+    for (bool resid : {true, false}) {
+      const auto& tensors = full[resid ? rec.id.resid_hook() : rec.id.output_hook()];
+      std::vector<double> all;
+      for (const auto& t : tensors) {
+        at::Tensor flat = t.reshape({-1}).abs();
+        std::vector<double> v(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+        all.insert(all.end(), v.begin(), v.end());
+      }
+      std::sort(all.rbegin(), all.rend());
+      const auto& top = resid ? rec.resid_top : rec.output_top;
+      ASSERT_EQ(top.size(), 4u);
+      for (size_t i = 0; i < 4; ++i) {
+        EXPECT_NEAR(std::fabs(top[i].value), all[i], 1e-4 * (1 + all[i]))
+            << "block " << rec.id.block << (resid ? " resid" : " output") << " rank " << i;
+        // The reported location holds the reported signed value.
+        const double at_loc =
+            tensors[top[i].sequence][top[i].position][top[i].channel].item<double>();
+        EXPECT_NEAR(at_loc, top[i].value, 1e-4 * (1 + all[i]));
+      }
+    }
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      at::Tensor flat = full[rec.id.resid_hook()][s].reshape({-1}).abs();
+      std::vector<double> v(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+      std::sort(v.begin(), v.end());
+      const double lower_median = v[(v.size() - 1) / 2];
+      EXPECT_NEAR(rec.resid_median_abs[s], lower_median, 1e-5 * (1 + lower_median));
+    }
+  }
+}
+
+TEST(ActivationScan, BadParametersAreRefusedByName) {
+  Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
+  auto model = Make(ck);
+  auto expect_bad = [&](ScanParams p, const std::string& name) {
+    auto r = RunActivationScan(*model, {{1, 2, 3}}, p, nullptr, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(name), std::string::npos) << r.status();
+  };
+  ScanParams p;
+  p.top_k = 0;
+  expect_bad(p, "top_k");
+  p = ScanParams{};
+  p.top_k = 100000;
+  expect_bad(p, "top_k");
+  p = ScanParams{};
+  p.abs_threshold = -1;
+  expect_bad(p, "abs_threshold");
+  p = ScanParams{};
+  p.rel_threshold = -3;
+  expect_bad(p, "rel_threshold");
+  p = ScanParams{};
+  p.step_fraction = 0;
+  expect_bad(p, "step_fraction");
+  auto r = RunActivationScan(*model, {{1, 2, 64}}, ScanParams{}, nullptr, nullptr);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("token id 64"), std::string::npos) << r.status();
+  auto empty = RunActivationScan(*model, {}, ScanParams{}, nullptr, nullptr);
+  EXPECT_FALSE(empty.ok());
+}
+
+}  // namespace
+}  // namespace sinkscope
