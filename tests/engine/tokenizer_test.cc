@@ -23,13 +23,11 @@ namespace sinkscope {
 namespace {
 
 /// Expects `haystack` (a string) to contain `needle`.
-#define EXPECT_CONTAINS(haystack, needle)                                  \
-  do {                                                                     \
-    const std::string h_ = (haystack);                                     \
-    EXPECT_NE(h_.find(needle), std::string::npos) << "[" << h_ << "] lacks [" \
-                                                  << (needle) << "]";      \
+#define EXPECT_CONTAINS(haystack, needle)                                                         \
+  do {                                                                                            \
+    const std::string h_ = (haystack);                                                            \
+    EXPECT_NE(h_.find(needle), std::string::npos) << "[" << h_ << "] lacks [" << (needle) << "]"; \
   } while (0)
-
 
 std::string ReadAll(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -75,8 +73,7 @@ std::vector<VocabCase> LoadVocabCases(const std::string& inp_path, const std::st
     cases.push_back(std::move(c));
     ++i;
   }
-  EXPECT_EQ(inputs.size(), cases.size()) << "inputs in " << inp_path << " vs lines in "
-                                         << out_path;
+  EXPECT_EQ(inputs.size(), cases.size()) << "inputs in " << inp_path << " vs lines in " << out_path;
   return cases;
 }
 
@@ -287,8 +284,8 @@ TEST(Llama2cTokenizer, Llama2VocabOnLlamaCppVectors) {
     if (*got == cases[i].ids) {
       ++matched;
     } else {
-      std::cout << "[ llama2c differs ] case " << i << " input [" << cases[i].input
-                << "]\n  want " << Ids(cases[i].ids) << "\n  got  " << Ids(*got) << "\n";
+      std::cout << "[ llama2c differs ] case " << i << " input [" << cases[i].input << "]\n  want "
+                << Ids(cases[i].ids) << "\n  got  " << Ids(*got) << "\n";
     }
   }
   std::cout << "llama2.c algorithm matches " << matched << " of " << cases.size()
@@ -322,8 +319,7 @@ TEST(SentencePieceTokenizer, ReproducesLlamaCppVectors) {
   for (size_t i = 0; i < cases.size(); ++i) {
     auto got = (*tok)->Encode(cases[i].input, false);
     ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_EQ(Ids(*got), Ids(cases[i].ids)) << "case " << i << " input [" << cases[i].input
-                                            << "]";
+    EXPECT_EQ(Ids(*got), Ids(cases[i].ids)) << "case " << i << " input [" << cases[i].input << "]";
     auto with_bos = (*tok)->Encode(cases[i].input, true);
     ASSERT_TRUE(with_bos.ok());
     ASSERT_FALSE(with_bos->empty());
@@ -343,8 +339,7 @@ TEST(SentencePieceTokenizer, DecodeAndPieces) {
   auto ids = (*tok)->Encode(text, true);
   ASSERT_TRUE(ids.ok());
   EXPECT_EQ((*tok)->Decode(*ids), text);
-  EXPECT_EQ((*tok)->Encode("bad \xFF", false).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*tok)->Encode("bad \xFF", false).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(SentencePieceTokenizer, SameVocabularyAsLlama2cFile) {
@@ -429,8 +424,7 @@ class MalformedLlama2c : public ::testing::Test {
 
 // A valid 4-token vocabulary: <unk>, BOS, EOS, "a".
 std::string Valid4() {
-  return I32(7) + Token(0, "<unk>") + Token(0, "\n<s>\n") + Token(0, "\n</s>\n") +
-         Token(-1, "a");
+  return I32(7) + Token(0, "<unk>") + Token(0, "\n<s>\n") + Token(0, "\n</s>\n") + Token(-1, "a");
 }
 
 TEST_F(MalformedLlama2c, ValidSmallFileLoads) {
@@ -489,6 +483,26 @@ TEST_F(MalformedLlama2c, HugeVocabSizeDoesNotAllocate) {
   absl::Status st = Load("v.bin", Valid4(), int64_t{1} << 30);
   EXPECT_CONTAINS(std::string(st.message()), "truncated at token 4 of 1073741824");
   EXPECT_CONTAINS(std::string(Load("v0.bin", Valid4(), 0).message()), "vocab_size");
+}
+
+TEST_F(MalformedLlama2c, EveryTruncationAndCorruptionIsAnError) {
+  const std::string full = Valid4();
+  for (size_t n = 0; n < full.size(); ++n) {
+    absl::Status st = Load("cut.bin", full.substr(0, n), 4);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << "prefix " << n;
+  }
+  // Random byte corruption: loads or fails cleanly, and a loaded one encodes.
+  std::mt19937 rng(1);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::string data = full;
+    data[rng() % data.size()] = static_cast<char>(rng());
+    WriteAll(dir_ + "/rand.bin", data);
+    auto tok = LoadLlama2cTokenizer(dir_ + "/rand.bin", 4);
+    if (tok.ok()) {
+      (void)(*tok)->Encode("a a", true);
+      (void)(*tok)->Decode({0, 1, 2, 3, 99, -1});
+    }
+  }
 }
 
 TEST(Tokenizer, MissingFileNamesPath) {

@@ -5,6 +5,10 @@
 // aliases the mapping through at::from_blob; the deleter holds a shared_ptr to
 // the mapping, so the file is unmapped when the last tensor dies. A tensor
 // whose data is not aligned to its element size is copied instead.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -17,16 +21,11 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/from_blob.h>
-#include <c10/util/Exception.h>
-#include <nlohmann/json.hpp>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
@@ -51,19 +50,23 @@ constexpr size_t kMaxRank = 16;
 // Element size of every dtype in the safetensors spec; 0 = unknown.
 size_t DtypeSize(const std::string& dtype) {
   static const std::map<std::string, size_t> kSizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-      {"I64", 8},  {"U64", 8}, {"F64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"I64", 8}, {"U64", 8},     {"F64", 8}};
   auto it = kSizes.find(dtype);
   return it == kSizes.end() ? 0 : it->second;
 }
 
 // Loadable dtypes; returns false for the others.
 bool ToScalarType(const std::string& dtype, at::ScalarType* out) {
-  if (dtype == "F32") *out = at::kFloat;
-  else if (dtype == "F16") *out = at::kHalf;
-  else if (dtype == "BF16") *out = at::kBFloat16;
-  else return false;
+  if (dtype == "F32")
+    *out = at::kFloat;
+  else if (dtype == "F16")
+    *out = at::kHalf;
+  else if (dtype == "BF16")
+    *out = at::kBFloat16;
+  else
+    return false;
   return true;
 }
 
@@ -141,8 +144,8 @@ absl::StatusOr<SafetensorsEntry> ParseEntry(const std::string& name, const json&
   }
   if (e.end - e.begin != nbytes) {
     return bad(absl::StrCat("data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin,
-                            " bytes, but shape ", ShapeString(e.shape), " x ", e.dtype,
-                            " needs ", nbytes));
+                            " bytes, but shape ", ShapeString(e.shape), " x ", e.dtype, " needs ",
+                            nbytes));
   }
   return e;
 }
@@ -168,8 +171,8 @@ class Mapping {
     auto m = std::shared_ptr<Mapping>(new Mapping());
     m->size_ = static_cast<size_t>(st.st_size);
     if (m->size_ > 0) {
-      void* a = ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE,
-                       fd, 0);
+      void* a =
+          ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
       if (a == MAP_FAILED) {
         const int err = errno;
         ::close(fd);
@@ -203,8 +206,7 @@ bool IsIgnoredTensor(const std::string& name) {
 }
 
 // Maps `path` and adds its tensors to `out` (error on a duplicate name).
-absl::Status LoadSafetensorsFile(const std::string& path,
-                                 std::map<std::string, at::Tensor>* out,
+absl::Status LoadSafetensorsFile(const std::string& path, std::map<std::string, at::Tensor>* out,
                                  std::set<std::string>* names_in_file) {
   ASSIGN_OR_RETURN(std::shared_ptr<Mapping> map, Mapping::Open(path));
   size_t data_start = 0;
@@ -231,7 +233,8 @@ absl::Status LoadSafetensorsFile(const std::string& path,
       if (e.end > e.begin) std::memcpy(t.data_ptr(), ptr, e.end - e.begin);
     } else {
       std::shared_ptr<Mapping> keep = map;
-      t = at::from_blob(ptr, e.shape, [keep](void*) mutable { keep.reset(); }, options);
+      t = at::from_blob(
+          ptr, e.shape, [keep](void*) mutable { keep.reset(); }, options);
     }
     (*out)[e.name] = std::move(t);
   }
@@ -240,8 +243,8 @@ absl::Status LoadSafetensorsFile(const std::string& path,
 
 // Plain file name of a shard: no directories, no "..".
 bool IsPlainFileName(const std::string& name) {
-  return !name.empty() && name != "." && name != ".." &&
-         name.find('/') == std::string::npos && name.find('\0') == std::string::npos;
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
 }
 
 absl::Status LoadShards(const std::string& dir, const std::string& index_path,
@@ -259,9 +262,9 @@ absl::Status LoadShards(const std::string& dir, const std::string& index_path,
   std::map<std::string, std::vector<std::string>> by_shard;  // shard -> tensor names
   for (auto it = wm->begin(); it != wm->end(); ++it) {
     if (!it->is_string() || !IsPlainFileName(it->get<std::string>())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          index_path, ": weight_map entry for ", it.key(), " must be a plain file name, got ",
-          it->dump()));
+      return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map entry for ",
+                                                     it.key(), " must be a plain file name, got ",
+                                                     it->dump()));
     }
     by_shard[it->get<std::string>()].push_back(it.key());
   }
@@ -274,9 +277,8 @@ absl::Status LoadShards(const std::string& dir, const std::string& index_path,
     RETURN_IF_ERROR(LoadSafetensorsFile(shard_path, out, &in_file));
     for (const std::string& name : names) {
       if (in_file.count(name) == 0) {
-        return absl::InvalidArgumentError(absl::StrCat(index_path, ": tensor ", name,
-                                                       " is mapped to ", shard,
-                                                       ", which does not contain it"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            index_path, ": tensor ", name, " is mapped to ", shard, ", which does not contain it"));
       }
     }
   }
@@ -306,8 +308,8 @@ absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir) {
     source = index;
     RETURN_IF_ERROR(LoadShards(dir, index, &ck.tensors));
   } else {
-    return absl::NotFoundError(absl::StrCat(
-        dir, ": neither model.safetensors nor model.safetensors.index.json exists"));
+    return absl::NotFoundError(
+        absl::StrCat(dir, ": neither model.safetensors nor model.safetensors.index.json exists"));
   }
   // Tied: HF ignores a stored lm_head.weight and uses the embedding.
   if (ck.config.tied_embeddings) ck.tensors.erase("lm_head.weight");
@@ -322,15 +324,15 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(const uint8
                                                                      const std::string& source,
                                                                      size_t* data_start) {
   if (size < 8) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": file has ", size, " bytes, shorter than the 8-byte header length"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": file has ", size, " bytes, shorter than the 8-byte header length"));
   }
   uint64_t n = 0;
   std::memcpy(&n, data, 8);
   if (n > size - 8) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": header length ", n,
-                                                   " exceeds the file size (", size,
-                                                   " bytes, ", size - 8, " after the length)"));
+                                                   " exceeds the file size (", size, " bytes, ",
+                                                   size - 8, " after the length)"));
   }
   if (n > kMaxHeaderBytes) {
     return absl::InvalidArgumentError(

@@ -3,6 +3,9 @@
 // The file is mmapped once; after the header and the size check the weights
 // are copied into one float32 buffer, and every tensor is a contiguous view of
 // it (so a Checkpoint owns its memory and the file can go away).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -14,10 +17,6 @@
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <c10/util/Exception.h>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -56,8 +55,8 @@ struct CheckedCount {
 
 absl::Status CheckHeader(const Llama2cHeader& h, const std::string& source) {
   auto bad = [&](const char* field, int32_t v, const char* what) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": header field ", field, " = ", v,
-                                                   " ", what, " (", HeaderString(h), ")"));
+    return absl::InvalidArgumentError(absl::StrCat(source, ": header field ", field, " = ", v, " ",
+                                                   what, " (", HeaderString(h), ")"));
   };
   if (h.dim <= 0) return bad("dim", h.dim, "must be positive");
   if (h.hidden_dim <= 0) return bad("hidden_dim", h.hidden_dim, "must be positive");
@@ -78,8 +77,7 @@ absl::Status CheckHeader(const Llama2cHeader& h, const std::string& source) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size,
-                                     const std::string& source) {
+absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size, const std::string& source) {
   if (size < kHeaderBytes) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": truncated: file has ", size,
                                                    " bytes, the header needs ", kHeaderBytes));
@@ -96,26 +94,26 @@ absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size,
 
   // Float counts of each array, in file order (0 = skipped array).
   CheckedCount total;
-  total.Add({vocab, dim});          // token_embedding
-  total.Add({L, dim});              // rms_att
-  total.Add({L, dim, dim});         // wq
-  total.Add({L, kv_dim, dim});      // wk
-  total.Add({L, kv_dim, dim});      // wv
-  total.Add({L, dim, dim});         // wo
-  total.Add({L, dim});              // rms_ffn
-  total.Add({L, hidden, dim});      // w1
-  total.Add({L, dim, hidden});      // w2
-  total.Add({L, hidden, dim});      // w3
-  total.Add({dim});                 // rms_final
-  total.Add({seq, head / 2});       // freq_cis_real (legacy, skipped)
-  total.Add({seq, head / 2});       // freq_cis_imag (legacy, skipped)
+  total.Add({vocab, dim});               // token_embedding
+  total.Add({L, dim});                   // rms_att
+  total.Add({L, dim, dim});              // wq
+  total.Add({L, kv_dim, dim});           // wk
+  total.Add({L, kv_dim, dim});           // wv
+  total.Add({L, dim, dim});              // wo
+  total.Add({L, dim});                   // rms_ffn
+  total.Add({L, hidden, dim});           // w1
+  total.Add({L, dim, hidden});           // w2
+  total.Add({L, hidden, dim});           // w3
+  total.Add({dim});                      // rms_final
+  total.Add({seq, head / 2});            // freq_cis_real (legacy, skipped)
+  total.Add({seq, head / 2});            // freq_cis_imag (legacy, skipped)
   if (!shared) total.Add({vocab, dim});  // wcls
   uint64_t expected_bytes = 0;
   if (total.overflow || __builtin_mul_overflow(total.value, uint64_t{4}, &expected_bytes) ||
       __builtin_add_overflow(expected_bytes, uint64_t{kHeaderBytes}, &expected_bytes) ||
       total.value > static_cast<uint64_t>(INT64_MAX)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": header implies an impossibly large file (", HeaderString(h), ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": header implies an impossibly large file (", HeaderString(h), ")"));
   }
   if (expected_bytes != size) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -1,16 +1,16 @@
 // ValidateCheckpointTensors: the config's implied tensor set, shapes, finiteness.
-#include <algorithm>
-#include <cmath>
-#include <map>
-#include <string>
-#include <vector>
-
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/any.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/isnan.h>
 #include <ATen/ops/sum.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -74,8 +74,7 @@ std::map<std::string, Shape> ExpectedTensors(const ModelConfig& c) {
 // Lists at most a few names, then "(and N more)".
 std::string NameList(const std::vector<std::string>& names) {
   constexpr size_t kShow = 6;
-  std::vector<std::string> shown(names.begin(),
-                                 names.begin() + std::min(kShow, names.size()));
+  std::vector<std::string> shown(names.begin(), names.begin() + std::min(kShow, names.size()));
   std::string s = absl::StrJoin(shown, ", ");
   if (names.size() > kShow) absl::StrAppend(&s, " (and ", names.size() - kShow, " more)");
   return s;
@@ -84,15 +83,14 @@ std::string NameList(const std::vector<std::string>& names) {
 // OK when every value of `t` is finite. Fast path: a finite sum implies finite
 // elements (NaN and Inf propagate); only a non-finite sum, which may also be an
 // overflow, pays for the exact elementwise check.
-absl::Status CheckFinite(const std::string& name, const at::Tensor& t,
-                         const std::string& source) {
+absl::Status CheckFinite(const std::string& name, const at::Tensor& t, const std::string& source) {
   if (t.numel() == 0) return absl::OkStatus();
   const double sum = t.sum().item<double>();
   if (std::isfinite(sum)) return absl::OkStatus();
   if (at::isfinite(t).all().item<bool>()) return absl::OkStatus();
   const bool has_nan = at::isnan(t).any().item<bool>();
-  return absl::InvalidArgumentError(absl::StrCat(source, ": tensor ", name, " contains ",
-                                                 has_nan ? "NaN" : "Inf", " values"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, ": tensor ", name, " contains ", has_nan ? "NaN" : "Inf", " values"));
 }
 
 absl::Status ValidateImpl(const ModelConfig& config,
@@ -115,8 +113,8 @@ absl::Status ValidateImpl(const ModelConfig& config,
     }
     if (t.sizes() != c10::IntArrayRef(shape)) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": tensor ", name, " has shape ",
-                                                     ShapeString(t.sizes()),
-                                                     ", config implies ", ShapeString(shape)));
+                                                     ShapeString(t.sizes()), ", config implies ",
+                                                     ShapeString(shape)));
     }
     if (!t.is_floating_point()) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": tensor ", name, " has dtype ",
@@ -129,14 +127,13 @@ absl::Status ValidateImpl(const ModelConfig& config,
   }
   if (!missing.empty()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": missing tensor", missing.size() > 1 ? "s " : " ",
-                     NameList(missing), " (config: ", config.Summary(), ")"));
+        absl::StrCat(source, ": missing tensor", missing.size() > 1 ? "s " : " ", NameList(missing),
+                     " (config: ", config.Summary(), ")"));
   }
   if (!unexpected.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": unexpected tensor", unexpected.size() > 1 ? "s " : " ",
-                     NameList(unexpected), " not implied by the config (", config.Summary(),
-                     ")"));
+                     NameList(unexpected), " not implied by the config (", config.Summary(), ")"));
   }
   for (const auto& [name, t] : tensors) {
     if (absl::Status s = CheckFinite(name, t, source); !s.ok()) return s;

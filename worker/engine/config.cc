@@ -31,9 +31,8 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -77,8 +76,8 @@ absl::Status GetInt(const json& j, const char* field, bool required, const std::
   return FieldError(source, field, absl::StrCat("must be an integer, got ", JsonTypeName(*it)));
 }
 
-absl::Status GetDouble(const json& j, const char* field, bool required,
-                       const std::string& source, double* out) {
+absl::Status GetDouble(const json& j, const char* field, bool required, const std::string& source,
+                       double* out) {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) {
     return required ? FieldError(source, field, "missing") : absl::OkStatus();
@@ -100,8 +99,8 @@ absl::Status GetBool(const json& j, const char* field, const std::string& source
   return absl::OkStatus();
 }
 
-absl::Status GetString(const json& j, const char* field, bool required,
-                       const std::string& source, std::string* out) {
+absl::Status GetString(const json& j, const char* field, bool required, const std::string& source,
+                       std::string* out) {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) {
     return required ? FieldError(source, field, "missing") : absl::OkStatus();
@@ -114,8 +113,7 @@ absl::Status GetString(const json& j, const char* field, bool required,
 }
 
 // bos/eos: int, list of ints (first one wins) or null.
-absl::Status GetTokenId(const json& j, const char* field, const std::string& source,
-                        int64_t* out) {
+absl::Status GetTokenId(const json& j, const char* field, const std::string& source, int64_t* out) {
   auto it = j.find(field);
   if (it == j.end() || it->is_null()) return absl::OkStatus();
   if (it->is_array()) {
@@ -164,9 +162,9 @@ absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& j, const std::string& 
   RETURN_IF_ERROR(GetString(j, "model_type", true, source, &c.model_type));
   const std::string& mt = c.model_type;
   if (mt != "llama" && mt != "mistral" && mt != "qwen2" && mt != "qwen3") {
-    return FieldError(source, "model_type",
-                      absl::StrCat("has unsupported value '", mt,
-                                   "' (supported: llama, mistral, qwen2, qwen3)"));
+    return FieldError(
+        source, "model_type",
+        absl::StrCat("has unsupported value '", mt, "' (supported: llama, mistral, qwen2, qwen3)"));
   }
   std::string act = "silu";
   RETURN_IF_ERROR(GetString(j, "hidden_act", false, source, &act));
@@ -209,7 +207,8 @@ absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& j, const std::string& 
   RETURN_IF_ERROR(GetString(j, "sinkscope_norm_placement", false, source, &placement));
   if (!placement.empty()) {
     auto p = ParseNormPlacement(placement);
-    if (!p.ok()) return FieldError(source, "sinkscope_norm_placement", std::string(p.status().message()));
+    if (!p.ok())
+      return FieldError(source, "sinkscope_norm_placement", std::string(p.status().message()));
     c.norm_placement = *p;
   }
   std::string layout;
@@ -282,9 +281,8 @@ absl::Status ModelConfig::Validate() const {
   RETURN_IF_ERROR(positive("d_vocab", d_vocab));
   RETURN_IF_ERROR(positive("n_ctx", n_ctx));
   if (n_heads % n_kv_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("n_heads (", n_heads,
-                                                   ") must be a multiple of n_kv_heads (",
-                                                   n_kv_heads, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "n_heads (", n_heads, ") must be a multiple of n_kv_heads (", n_kv_heads, ")"));
   }
   if (d_head % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("d_head must be even for RoPE, got ", d_head));
@@ -313,9 +311,9 @@ absl::Status ModelConfig::Validate() const {
     if (rs.rope_type == "llama3") {
       if (!(rs.low_freq_factor > 0) || !(rs.high_freq_factor > rs.low_freq_factor) ||
           !std::isfinite(rs.high_freq_factor)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "rope_scaling needs 0 < low_freq_factor < high_freq_factor, got ",
-            rs.low_freq_factor, " and ", rs.high_freq_factor));
+        return absl::InvalidArgumentError(
+            absl::StrCat("rope_scaling needs 0 < low_freq_factor < high_freq_factor, got ",
+                         rs.low_freq_factor, " and ", rs.high_freq_factor));
       }
       if (rs.original_max_position_embeddings <= 0) {
         return absl::InvalidArgumentError(
@@ -365,9 +363,9 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
         absl::StrCat(path, ": model_type '", mt, "' cannot be written as config.json"));
   }
   if (c.qk_norm != (mt == "qwen3")) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        path, ": qk_norm is expressed only by model_type qwen3 (qk_norm=", c.qk_norm,
-        ", model_type=", mt, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": qk_norm is expressed only by model_type qwen3 (qk_norm=", c.qk_norm,
+                     ", model_type=", mt, ")"));
   }
   if (mt == "qwen2" && !c.qkv_bias) {
     return absl::InvalidArgumentError(

@@ -105,8 +105,7 @@ class Llama2cTokenizer final : public Tokenizer {
   Llama2cTokenizer(const Llama2cTokenizer&) = delete;
   Llama2cTokenizer& operator=(const Llama2cTokenizer&) = delete;
 
-  absl::StatusOr<std::vector<int64_t>> Encode(std::string_view text,
-                                              bool add_bos) const override {
+  absl::StatusOr<std::vector<int64_t>> Encode(std::string_view text, bool add_bos) const override {
     if (!IsValidUtf8(text)) {
       return absl::InvalidArgumentError("llama2c tokenizer: text is not valid UTF-8");
     }
@@ -224,8 +223,7 @@ class Llama2cTokenizer final : public Tokenizer {
       heap.pop();
       Symbol& l = sym[c.left];
       Symbol& r = sym[c.right];
-      if (!l.alive || !r.alive || l.next != c.right || l.id != c.left_id ||
-          r.id != c.right_id) {
+      if (!l.alive || !r.alive || l.next != c.right || l.id != c.left_id || r.id != c.right_id) {
         continue;  // stale
       }
       l.id = c.merged_id;
@@ -241,7 +239,7 @@ class Llama2cTokenizer final : public Tokenizer {
 
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
-  std::vector<std::string> decoded_;  // byte pieces as their byte
+  std::vector<std::string> decoded_;                      // byte pieces as their byte
   std::unordered_map<std::string_view, int32_t> lookup_;  // views into pieces_
 };
 
@@ -261,8 +259,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
   Reader r(*data);
   int32_t max_token_length = 0;
   if (!r.ReadI32(&max_token_length)) {
-    return fail(absl::StrCat("truncated header: ", data->size(),
-                             " bytes, need 4 for max_token_length"));
+    return fail(
+        absl::StrCat("truncated header: ", data->size(), " bytes, need 4 for max_token_length"));
   }
   if (max_token_length < 0) {
     return fail(absl::StrCat("negative max_token_length ", max_token_length));
@@ -277,8 +275,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
     float score = 0;
     int32_t len = 0;
     if (!r.ReadF32(&score) || !r.ReadI32(&len)) {
-      return fail(absl::StrCat("truncated at token ", i, " of ", vocab_size,
-                               " (score/length header)"));
+      return fail(
+          absl::StrCat("truncated at token ", i, " of ", vocab_size, " (score/length header)"));
     }
     if (len < 0) return fail(absl::StrCat("token ", i, " has negative length ", len));
     if (len > max_token_length) {
@@ -294,8 +292,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
     scores.push_back(score);
   }
   // Trailing bytes are ignored, as llama2.c does.
-  return std::unique_ptr<Tokenizer>(
-      new Llama2cTokenizer(std::move(pieces), std::move(scores)));
+  return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(pieces), std::move(scores)));
 }
 
 }  // namespace sinkscope

@@ -51,6 +51,15 @@ struct SpmLibrary {
 const SpmLibrary& Library() {
   static const SpmLibrary* const lib = [] {
     auto* l = new SpmLibrary;
+    // Already in the global scope (linked in): RTLD_DEEPBIND would not apply
+    // and its protobuf calls would bind to libprotobuf and abort.
+    if (void* linked = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_NOLOAD)) {
+      dlclose(linked);
+      l->error =
+          "libsentencepiece.so.0 is linked into the process; it must only be "
+          "dlopen()ed (its bundled protobuf clashes with libtorch's)";
+      return l;
+    }
     void* h = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (h == nullptr) {
       const char* e = dlerror();
@@ -98,10 +107,8 @@ static_assert(sizeof(SpmStatus) == sizeof(sentencepiece::util::Status));
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wcast-function-type"
 using LoadFn = SpmStatus (SentencePieceProcessor::*)(std::string_view);
-using EncodeFn = SpmStatus (SentencePieceProcessor::*)(std::string_view,
-                                                        std::vector<int>*) const;
-using DecodeFn = SpmStatus (SentencePieceProcessor::*)(const std::vector<int>&,
-                                                        std::string*) const;
+using EncodeFn = SpmStatus (SentencePieceProcessor::*)(std::string_view, std::vector<int>*) const;
+using DecodeFn = SpmStatus (SentencePieceProcessor::*)(const std::vector<int>&, std::string*) const;
 const LoadFn kLoad = reinterpret_cast<LoadFn>(
     static_cast<sentencepiece::util::Status (SentencePieceProcessor::*)(std::string_view)>(
         &SentencePieceProcessor::Load));
@@ -118,8 +125,7 @@ class SentencePieceTokenizer final : public Tokenizer {
   explicit SentencePieceTokenizer(std::unique_ptr<SentencePieceProcessor> sp)
       : sp_(std::move(sp)) {}
 
-  absl::StatusOr<std::vector<int64_t>> Encode(std::string_view text,
-                                              bool add_bos) const override {
+  absl::StatusOr<std::vector<int64_t>> Encode(std::string_view text, bool add_bos) const override {
     if (!IsValidUtf8(text)) {
       return absl::InvalidArgumentError("sentencepiece tokenizer: text is not valid UTF-8");
     }
@@ -141,8 +147,8 @@ class SentencePieceTokenizer final : public Tokenizer {
     const std::string& piece = sp_->IdToPiece(static_cast<int>(id));
     if (sp_->IsByte(static_cast<int>(id)) && piece.size() == 6) {
       // `<0xXX>`: the raw byte.
-      return std::string(1, static_cast<char>(std::strtol(piece.substr(3, 2).c_str(),
-                                                          nullptr, 16)));
+      return std::string(1,
+                         static_cast<char>(std::strtol(piece.substr(3, 2).c_str(), nullptr, 16)));
     }
     // U+2581 (the whitespace marker) is a space.
     std::string out;

@@ -1,0 +1,386 @@
+// Sink analysis (eq. 27-28) and self-attention profile, reduced in probes on
+// attn.hook_pattern / attn.hook_attn_scores of the requested layers only.
+#include "worker/engine/sinks.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "worker/engine/status_macros.h"
+
+namespace sinkscope {
+namespace {
+
+/// Equal-length groups of token sequences, batched.
+struct Batches {
+  std::vector<std::vector<std::vector<int64_t>>> batches;  // [batch][row] -> ids
+  std::vector<std::vector<int64_t>> row_to_window;          // [batch][row] -> window index
+};
+
+Batches MakeBatches(const std::vector<std::vector<int64_t>>& windows, size_t max_tokens = 16384) {
+  std::map<size_t, std::vector<int64_t>> by_len;
+  for (size_t i = 0; i < windows.size(); ++i) by_len[windows[i].size()].push_back(i);
+  Batches out;
+  for (auto& [len, idx] : by_len) {
+    const size_t per = std::max<size_t>(1, max_tokens / len);
+    for (size_t i = 0; i < idx.size(); i += per) {
+      std::vector<std::vector<int64_t>> rows;
+      std::vector<int64_t> map;
+      for (size_t j = i; j < std::min(idx.size(), i + per); ++j) {
+        rows.push_back(windows[idx[j]]);
+        map.push_back(idx[j]);
+      }
+      out.batches.push_back(std::move(rows));
+      out.row_to_window.push_back(std::move(map));
+    }
+  }
+  return out;
+}
+
+at::Tensor ToTensor(const std::vector<std::vector<int64_t>>& rows) {
+  std::vector<int64_t> flat;
+  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
+  return at::tensor(flat, at::TensorOptions().dtype(at::kLong))
+      .view({static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())});
+}
+
+absl::Status CheckLayers(const std::vector<int64_t>& layers, const ModelConfig& c) {
+  for (int64_t l : layers) {
+    if (l < 0 || l >= c.n_layers) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, " does not exist: the model has ",
+                                                     c.n_layers, " layers (0..", c.n_layers - 1,
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> AllLayers(const ModelConfig& c) {
+  std::vector<int64_t> v(c.n_layers);
+  for (int64_t l = 0; l < c.n_layers; ++l) v[l] = l;
+  return v;
+}
+
+/// Per-head accumulators of the sink analysis.
+struct HeadAcc {
+  double max_importance = 0, sink = 0, gu = 0, gu_sink = 0, dist = 0, dist_wo = 0, gap = 0;
+  int64_t gap_n = 0, dist_wo_n = 0;
+  std::map<int64_t, int64_t> argmax_votes;
+};
+
+}  // namespace
+
+absl::Status ValidateSinkParams(const SinkParams& p, const ModelConfig& c) {
+  if (p.window < 2) {
+    return absl::InvalidArgumentError(absl::StrCat("window T must be >= 2, got ", p.window));
+  }
+  if (p.window > c.n_ctx) {
+    return absl::InvalidArgumentError(absl::StrCat("window T = ", p.window,
+                                                   " exceeds the model's context of ", c.n_ctx));
+  }
+  if (!(p.epsilon > 0 && p.epsilon < 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("epsilon must be in (0, 1), got ", p.epsilon));
+  }
+  return CheckLayers(p.layers, c);
+}
+
+absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
+                                            const std::vector<std::vector<int64_t>>& sequences,
+                                            const SinkParams& params, const LayerSinkFn& on_layer,
+                                            const ProgressFn& progress,
+                                            const std::atomic<bool>* cancel) {
+  const ModelConfig& c = model.config();
+  RETURN_IF_ERROR(ValidateSinkParams(params, c));
+  RETURN_IF_ERROR(model.ValidateTokens(sequences));
+  // Cut (or window) every sequence to T tokens.
+  std::vector<std::vector<int64_t>> windows;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const auto& seq = sequences[s];
+    if (seq.size() < 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s, " has ", seq.size(), " token(s); the sink analysis needs >= 2"));
+    }
+    const size_t T = static_cast<size_t>(params.window);
+    if (!params.windowed || seq.size() <= T) {
+      windows.emplace_back(seq.begin(), seq.begin() + std::min(seq.size(), T));
+    } else {
+      for (size_t i = 0; i + 2 <= seq.size(); i += T) {
+        windows.emplace_back(seq.begin() + i, seq.begin() + std::min(seq.size(), i + T));
+      }
+    }
+  }
+  const std::vector<int64_t> layers = params.layers.empty() ? AllLayers(c) : params.layers;
+  const int64_t H = c.n_heads, n_win = static_cast<int64_t>(windows.size());
+  std::map<int64_t, std::vector<HeadAcc>> acc;  // layer -> heads
+  std::map<int64_t, double> layer_ratio_sum, layer_gu_ratio_sum;
+  for (int64_t l : layers) acc[l].resize(H);
+  Batches batches = MakeBatches(windows);
+  const int64_t total = static_cast<int64_t>(layers.size() * batches.batches.size());
+  int64_t done = 0;
+  SinkSummary summary;
+  summary.window = params.window;
+  summary.n_sequences = n_win;
+
+  auto finish_layer = [&](int64_t l) {
+    LayerSinkRecord rec;
+    rec.layer = l;
+    int64_t n_sink = 0;
+    for (int64_t h = 0; h < H; ++h) {
+      const HeadAcc& a = acc[l][h];
+      HeadSinkStats s;
+      s.layer = l;
+      s.head = h;
+      s.max_importance = a.max_importance / n_win;
+      s.sink_fraction = a.sink / n_win;
+      s.is_sink_head = s.sink_fraction >= 0.5;
+      s.gu_first_key_score = a.gu / n_win;
+      s.gu_sink_fraction = a.gu_sink / n_win;
+      s.mean_attention_distance = a.dist / n_win;
+      s.mean_attention_distance_without_sink = a.dist_wo_n ? a.dist_wo / a.dist_wo_n : 0;
+      s.mean_logit_gap = a.gap_n ? a.gap / a.gap_n : 0;
+      int64_t best = -1;
+      for (const auto& [k, votes] : a.argmax_votes) {
+        if (best < 0 || votes > a.argmax_votes.at(best)) best = k;
+      }
+      s.argmax_key = std::max<int64_t>(best, 0);
+      n_sink += s.is_sink_head;
+      rec.heads.push_back(s);
+    }
+    rec.sink_ratio = layer_ratio_sum[l] / n_win;
+    (void)n_sink;
+    if (on_layer) on_layer(rec);
+    summary.layers.push_back(std::move(rec));
+  };
+
+  for (size_t bi = 0; bi < batches.batches.size(); ++bi) {
+    const auto& rows = batches.batches[bi];
+    const int64_t T = static_cast<int64_t>(rows[0].size());
+    const bool last = bi + 1 == batches.batches.size();
+    HookRegistry hooks;
+    // Scores of the current layer, kept only until its pattern arrives.
+    at::Tensor scores;
+    for (int64_t l : layers) {
+      hooks.AddProbe(HookName(l, "attn.hook_attn_scores"),
+                     [&scores](const std::string&, int64_t, const at::Tensor& t) {
+                       scores = t.to(at::kDouble);
+                     });
+      hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l, T](const std::string&, int64_t,
+                                                                 const at::Tensor& t) {
+        at::Tensor A = t.to(at::kDouble);  // [batch, head, q_pos, k_pos]
+        const int64_t B = A.size(0);
+        const auto opts = A.options();
+        // eq. 27: alpha_k = (1/T) sum_t A[t, k]
+        at::Tensor alpha = A.sum(2) / static_cast<double>(T);  // [batch, head, k]
+        const int64_t half = std::max<int64_t>(1, T / 2);
+        auto [max_alpha, kstar] = alpha.narrow(2, 0, half).max(-1);  // [batch, head]
+        at::Tensor gu = alpha.select(2, 0);  // Gu et al.: sum_t A[t,0] / (T - 0)
+        at::Tensor tpos = at::arange(T, opts).view({T, 1}), kpos = at::arange(T, opts).view({1, T});
+        at::Tensor dist = (tpos - kpos).clamp_min(0);  // [q, k]
+        at::Tensor mean_dist = (A * dist).sum({2, 3}) / static_cast<double>(T);
+        // Without the sink key: drop column k*, renormalise rows that keep mass.
+        at::Tensor onehot = (kpos.view({1, 1, 1, T}) == kstar.to(at::kDouble).view({B, H, 1, 1}))
+                                .to(at::kDouble);  // [b, h, 1, k]
+        at::Tensor A_wo = A * (1 - onehot);
+        at::Tensor row_mass = A_wo.sum(-1, true);
+        at::Tensor valid_row = (row_mass > 1e-12).to(at::kDouble);  // [b, h, q, 1]
+        at::Tensor A_norm = A_wo / row_mass.clamp_min(1e-12);
+        at::Tensor dist_wo = ((A_norm * dist).sum(-1, true) * valid_row).sum({2, 3});
+        at::Tensor n_valid = valid_row.sum({2, 3});
+        // Logit gap between k* and the other visible keys, for queries t > k*.
+        at::Tensor gap_sum, gap_n;
+        if (scores.defined()) {
+          at::Tensor finite = scores.isfinite();
+          at::Tensor S0 = at::where(finite, scores, at::zeros_like(scores));
+          at::Tensor Fd = finite.to(at::kDouble);
+          at::Tensor idx = kstar.view({B, H, 1, 1}).expand({B, H, T, 1});
+          at::Tensor s_sink = S0.gather(3, idx).squeeze(3);  // [b, h, q]
+          at::Tensor other_sum = S0.sum(-1) - s_sink;
+          at::Tensor other_n = Fd.sum(-1) - Fd.gather(3, idx).squeeze(3);
+          at::Tensor q_after = (tpos.view({1, 1, T}) > kstar.to(at::kDouble).view({B, H, 1}));
+          at::Tensor ok = q_after.logical_and(other_n > 0).to(at::kDouble);
+          at::Tensor gap = (s_sink - other_sum / other_n.clamp_min(1)) * ok;
+          gap_sum = gap.sum(-1);
+          gap_n = ok.sum(-1);
+          scores = at::Tensor();
+        }
+        auto ma = max_alpha.cpu(), ks = kstar.cpu(), g = gu.cpu(), md = mean_dist.cpu(),
+             dw = dist_wo.cpu(), nv = n_valid.cpu();
+        for (int64_t b = 0; b < B; ++b) {
+          int64_t sinks = 0, gu_sinks = 0;
+          for (int64_t h = 0; h < H; ++h) {
+            HeadAcc& a = acc[l][h];
+            const double m = ma[b][h].item<double>(), gv = g[b][h].item<double>();
+            a.max_importance += m;
+            a.sink += m > params.epsilon;
+            a.gu += gv;
+            a.gu_sink += gv > params.epsilon;
+            a.dist += md[b][h].item<double>();
+            const double nvalid = nv[b][h].item<double>();
+            if (nvalid > 0) {
+              a.dist_wo += dw[b][h].item<double>() / nvalid;
+              ++a.dist_wo_n;
+            }
+            a.argmax_votes[ks[b][h].item<int64_t>()]++;
+            if (gap_sum.defined()) {
+              const double n = gap_n[b][h].item<double>();
+              if (n > 0) {
+                a.gap += gap_sum[b][h].item<double>() / n;
+                ++a.gap_n;
+              }
+            }
+            sinks += m > params.epsilon;
+            gu_sinks += gv > params.epsilon;
+          }
+          layer_ratio_sum[l] += static_cast<double>(sinks) / H;
+          layer_gu_ratio_sum[l] += static_cast<double>(gu_sinks) / H;
+        }
+        if (last) finish_layer(l);
+        ++done;
+        if (progress) progress(done, total);
+      });
+    }
+    ForwardOptions opts;
+    opts.cancel = cancel;
+    opts.compute_logits = false;
+    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ToTensor(rows), hooks, opts));
+    (void)unused;
+  }
+  // Model-level: eq. 28 averaged over sequences = mean over layers of layer ratios.
+  double ratio = 0, gu_ratio = 0;
+  std::array<double, 6> grp{};  // sink/other: dist, dist_wo, gap
+  std::array<int64_t, 2> grp_n{};
+  for (const LayerSinkRecord& rec : summary.layers) {
+    ratio += rec.sink_ratio;
+    gu_ratio += layer_gu_ratio_sum[rec.layer] / n_win;
+    for (const HeadSinkStats& s : rec.heads) {
+      const int g = s.is_sink_head ? 0 : 1;
+      grp[3 * g + 0] += s.mean_attention_distance;
+      grp[3 * g + 1] += s.mean_attention_distance_without_sink;
+      grp[3 * g + 2] += s.mean_logit_gap;
+      grp_n[g]++;
+      summary.n_sink_heads += s.is_sink_head;
+      summary.n_heads++;
+    }
+  }
+  const double nl = std::max<size_t>(1, summary.layers.size());
+  summary.sink_ratio = ratio / nl;
+  summary.gu_sink_ratio = gu_ratio / nl;
+  auto mean = [&](int g, int k) { return grp_n[g] ? grp[3 * g + k] / grp_n[g] : 0.0; };
+  summary.sink_heads_distance = mean(0, 0);
+  summary.sink_heads_distance_without_sink = mean(0, 1);
+  summary.sink_heads_logit_gap = mean(0, 2);
+  summary.other_heads_distance = mean(1, 0);
+  summary.other_heads_distance_without_sink = mean(1, 1);
+  summary.other_heads_logit_gap = mean(1, 2);
+  return summary;
+}
+
+const char* TokenGroupName(TokenGroup g) {
+  switch (g) {
+    case TokenGroup::kFirst: return "first";
+    case TokenGroup::kDelimiter: return "delimiter";
+    case TokenGroup::kOther: return "other";
+  }
+  return "?";
+}
+
+absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
+    const Model& model, const std::vector<std::vector<int64_t>>& sequences,
+    const SelfAttentionParams& params,
+    const std::function<void(const SelfAttentionLayer&)>& on_layer, const ProgressFn& progress,
+    const std::atomic<bool>* cancel) {
+  const ModelConfig& c = model.config();
+  RETURN_IF_ERROR(model.ValidateTokens(sequences));
+  RETURN_IF_ERROR(CheckLayers(params.layers, c));
+  for (int64_t id : params.delimiter_ids) {
+    if (id < 0 || id >= c.d_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("delimiter token id ", id, " is out of range [0, ", c.d_vocab, ")"));
+    }
+  }
+  SelfAttentionProfile out;
+  out.profiled_layers = params.layers;
+  if (out.profiled_layers.empty()) {
+    ASSIGN_OR_RETURN(ScanSummary scan,
+                     RunActivationScan(model, sequences, ScanParams{}, nullptr, nullptr, cancel));
+    const int64_t last = scan.step_up_blocks.empty()
+                             ? c.n_layers - 1
+                             : BlockId::FromBlock(scan.step_up_blocks.front()).layer;
+    for (int64_t l = 0; l <= last; ++l) out.profiled_layers.push_back(l);
+  }
+  const std::set<int64_t> delims(params.delimiter_ids.begin(), params.delimiter_ids.end());
+  const int64_t H = c.n_heads;
+  std::map<int64_t, SelfAttentionLayer> acc;
+  for (int64_t l : out.profiled_layers) {
+    SelfAttentionLayer& a = acc[l];
+    a.layer = l;
+    a.per_token.resize(sequences.size());
+    a.per_head_group_mean.assign(H, {0, 0, 0});
+  }
+  auto group_of = [&](int64_t s, int64_t p) {
+    if (p == 0) return TokenGroup::kFirst;
+    return delims.count(sequences[s][p]) ? TokenGroup::kDelimiter : TokenGroup::kOther;
+  };
+  Batches batches = MakeBatches(sequences);
+  const int64_t total = static_cast<int64_t>(out.profiled_layers.size() * batches.batches.size());
+  int64_t done = 0;
+  for (size_t bi = 0; bi < batches.batches.size(); ++bi) {
+    const auto& rows = batches.batches[bi];
+    const auto& row_seq = batches.row_to_window[bi];
+    const bool last = bi + 1 == batches.batches.size();
+    HookRegistry hooks;
+    for (int64_t l : out.profiled_layers) {
+      hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l](const std::string&, int64_t,
+                                                              const at::Tensor& t) {
+        at::Tensor diag = t.to(at::kDouble).diagonal(0, -2, -1).cpu();  // [batch, head, pos]
+        SelfAttentionLayer& a = acc[l];
+        for (int64_t r = 0; r < diag.size(0); ++r) {
+          const int64_t s = row_seq[r];
+          auto d = diag[r];
+          for (int64_t p = 0; p < diag.size(2); ++p) {
+            const int g = static_cast<int>(group_of(s, p));
+            double head_mean = 0;
+            for (int64_t h = 0; h < H; ++h) {
+              const double v = d[h][p].item<double>();
+              head_mean += v;
+              a.per_head_group_mean[h][g] += v;
+            }
+            head_mean /= H;
+            a.per_token[s].push_back(static_cast<float>(head_mean));
+            a.group_mean[g] += head_mean;
+            a.group_count[g]++;
+          }
+        }
+        if (last) {
+          for (int g = 0; g < 3; ++g) {
+            const double n = std::max<int64_t>(1, a.group_count[g]);
+            a.group_mean[g] /= n;
+            for (int64_t h = 0; h < H; ++h) a.per_head_group_mean[h][g] /= n;
+          }
+          if (on_layer) on_layer(a);
+        }
+        ++done;
+        if (progress) progress(done, total);
+      });
+    }
+    ForwardOptions opts;
+    opts.cancel = cancel;
+    opts.compute_logits = false;
+    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ToTensor(rows), hooks, opts));
+    (void)unused;
+  }
+  for (int64_t l : out.profiled_layers) out.layers.push_back(std::move(acc[l]));
+  return out;
+}
+
+}  // namespace sinkscope
