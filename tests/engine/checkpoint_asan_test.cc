@@ -3,6 +3,8 @@
 // exactly its own size, so any read past the end is an ASan report. The
 // parsers must return a Status, never crash, for: every truncation, byte
 // flips in the headers, and hostile header fields.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -13,9 +15,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/randn.h>
 
 #include "tests/engine/test_util.h"
 #include "worker/engine/checkpoint.h"
@@ -112,9 +111,9 @@ TEST(AsanSafetensors, EveryTruncationAndFlip) {
     }
   }
   // Hostile header lengths.
-  for (uint64_t len : {uint64_t{0}, uint64_t{1}, header_len + 1, uint64_t(good.size()),
-                       uint64_t(good.size() - 8), uint64_t(good.size() - 7), ~uint64_t{0},
-                       uint64_t{1} << 63}) {
+  for (uint64_t len :
+       {uint64_t{0}, uint64_t{1}, header_len + 1, uint64_t(good.size()), uint64_t(good.size() - 8),
+        uint64_t(good.size() - 7), ~uint64_t{0}, uint64_t{1} << 63}) {
     Bytes m = good;
     std::memcpy(m.data(), &len, 8);
     (void)ParseSafetensorsCopy(m, m.size());
@@ -156,8 +155,8 @@ TEST(AsanSafetensors, TruncatedFilesThroughTheLoader) {
   ASSERT_TRUE(WriteSafetensors(dir + "/model.safetensors", TinyWeights()).ok());
   ASSERT_TRUE(LoadHfDirectory(dir).ok());
   const Bytes good = ReadAll(dir + "/model.safetensors");
-  for (size_t n : {size_t{0}, size_t{7}, size_t{8}, size_t{100}, good.size() / 2,
-                   good.size() - 1}) {
+  for (size_t n :
+       {size_t{0}, size_t{7}, size_t{8}, size_t{100}, good.size() / 2, good.size() - 1}) {
     std::ofstream(dir + "/model.safetensors", std::ios::binary | std::ios::trunc)
         .write(reinterpret_cast<const char*>(good.data()), static_cast<std::streamsize>(n));
     EXPECT_FALSE(LoadHfDirectory(dir).ok()) << n;
@@ -167,8 +166,8 @@ TEST(AsanSafetensors, TruncatedFilesThroughTheLoader) {
 Bytes TinyLlama2c() {
   // dim 8, hidden 12, 2 layers, 2 heads, 1 kv head, untied vocab 16, seq 4.
   const int32_t h[7] = {8, 12, 2, 2, 1, -16, 4};
-  const size_t floats = 16 * 8 + 2 * 8 + 2 * 64 + 2 * 2 * 4 * 8 + 2 * 64 + 2 * 8 +
-                        3 * 2 * 12 * 8 + 8 + 4 * 4 + 16 * 8;
+  const size_t floats = 16 * 8 + 2 * 8 + 2 * 64 + 2 * 2 * 4 * 8 + 2 * 64 + 2 * 8 + 3 * 2 * 12 * 8 +
+                        8 + 4 * 4 + 16 * 8;
   Bytes b(28 + 4 * floats, 0);
   std::memcpy(b.data(), h, 28);
   for (size_t i = 0; i < floats; ++i) {
@@ -189,8 +188,7 @@ TEST(AsanLlama2c, EveryTruncationAndHostileHeaders) {
   const int32_t interesting[] = {0, 1, -1, 2, 3, 7, 8, 16, 1 << 30, INT32_MIN, INT32_MAX, -16};
   for (int i = 0; i < 3000; ++i) {
     Bytes m = good;
-    int32_t v = (rng.Next() % 2) ? interesting[rng.Next() % 12]
-                                 : static_cast<int32_t>(rng.Next());
+    int32_t v = (rng.Next() % 2) ? interesting[rng.Next() % 12] : static_cast<int32_t>(rng.Next());
     const size_t field = rng.Next() % 7;
     std::memcpy(m.data() + 4 * field, &v, 4);
     (void)ParseLlama2cCopy(m, m.size());

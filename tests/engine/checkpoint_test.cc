@@ -1,5 +1,10 @@
 // Checkpoint readers: the shared llama2.c models, safetensors round trips,
 // config.json round trips and one test per malformed input.
+#include "worker/engine/checkpoint.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,17 +14,12 @@
 #include <iterator>
 #include <limits>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/equal.h>
-#include <ATen/ops/randn.h>
-#include <nlohmann/json.hpp>
-
 #include "tests/engine/test_util.h"
-#include "worker/engine/checkpoint.h"
 #include "worker/engine/config.h"
 
 namespace sinkscope {
@@ -208,8 +208,8 @@ TEST(Llama2cTest, TruncatedFileNamesSizes) {
   ASSERT_FALSE(ck.ok());
   EXPECT_EQ(ck.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(ck.status().message()),
-              AllOf(HasSubstr("truncated.bin"), HasSubstr("truncated"),
-                    HasSubstr("1056540 bytes"), HasSubstr("file has 1056440 bytes")));
+              AllOf(HasSubstr("truncated.bin"), HasSubstr("truncated"), HasSubstr("1056540 bytes"),
+                    HasSubstr("file has 1056440 bytes")));
 
   WriteAll(path, bytes.data(), 10);  // shorter than the header
   ck = LoadLlama2c(path);
@@ -473,9 +473,8 @@ TEST(HfMalformedTest, OffsetsOutOfRange) {
   const std::string h =
       R"({"model.norm.weight":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}})";
   absl::Status s = LoadStatus(DirWithRawSafetensors(h, h.size(), 16));
-  EXPECT_THAT(std::string(s.message()),
-              AllOf(HasSubstr("model.norm.weight"), HasSubstr("out of range"),
-                    HasSubstr("16 bytes")));
+  EXPECT_THAT(std::string(s.message()), AllOf(HasSubstr("model.norm.weight"),
+                                              HasSubstr("out of range"), HasSubstr("16 bytes")));
   // begin > end.
   const std::string h2 =
       R"({"model.norm.weight":{"dtype":"F32","shape":[0],"data_offsets":[8,4]}})";
@@ -751,8 +750,7 @@ TEST(ConfigTest, WriteParseRoundTrip) {
   // Configs config.json cannot express are refused.
   ModelConfig bad = TinyConfig();
   bad.qk_norm = true;  // qk_norm needs model_type qwen3
-  EXPECT_THAT(std::string(WriteHfConfig(dir + "/config.json", bad).message()),
-              HasSubstr("qwen3"));
+  EXPECT_THAT(std::string(WriteHfConfig(dir + "/config.json", bad).message()), HasSubstr("qwen3"));
   bad = TinyConfig();
   bad.model_type = "qwen2";  // qwen2 always has q/k/v bias
   EXPECT_FALSE(WriteHfConfig(dir + "/config.json", bad).ok());
