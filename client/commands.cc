@@ -1,0 +1,364 @@
+#include "client/commands.h"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/render.h"
+#include "sinkscope/v1/analysis.grpc.pb.h"
+
+namespace sinkscope {
+namespace client {
+namespace {
+
+/// Reconnection attempts when an event stream breaks (backoff 1, 2, 4, ... s).
+constexpr int kMaxWatchReconnects = 5;
+
+/// One channel to the server and the per-call metadata and deadlines.
+class Connection {
+ public:
+  explicit Connection(const GlobalOptions& global) : global_(global) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(64 << 20);
+    stub_ = v1::AnalysisService::NewStub(
+        grpc::CreateCustomChannel(global.server, grpc::InsecureChannelCredentials(), args));
+  }
+
+  /// Adds identity metadata and the deadline (`streaming`: the watch deadline).
+  void Prepare(grpc::ClientContext* context, bool streaming) const {
+    if (!global_.token.empty()) {
+      context->AddMetadata("authorization", absl::StrCat("Bearer ", global_.token));
+    }
+    if (!global_.user.empty()) context->AddMetadata("x-sinkscope-user", global_.user);
+    double s = streaming ? global_.wait_timeout_s : global_.timeout_s;
+    if (s > 0) {
+      context->set_deadline(std::chrono::system_clock::now() +
+                            std::chrono::milliseconds(static_cast<int64_t>(s * 1000)));
+    }
+  }
+
+  v1::AnalysisService::Stub& stub() { return *stub_; }
+  const GlobalOptions& global() const { return global_; }
+
+ private:
+  const GlobalOptions& global_;
+  std::unique_ptr<v1::AnalysisService::Stub> stub_;
+};
+
+/// Prints "sinkscope: <CODE>: <message>" to stderr; returns exit code 1.
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "sinkscope: %s: %s\n", StatusCodeName(code).c_str(), message.c_str());
+  return 1;
+}
+
+int Fail(const grpc::Status& status, const GlobalOptions& global) {
+  std::string message = status.error_message();
+  if (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+      status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+    absl::StrAppend(&message, " (server ", global.server, ")");
+  }
+  return Fail(static_cast<int>(status.error_code()), message);
+}
+
+/// Prints `message` as JSON on stdout; returns 0, or 1 when it cannot.
+int PrintJson(const google::protobuf::Message& message, bool pretty = true) {
+  absl::StatusOr<std::string> json = ToJson(message, pretty);
+  if (!json.ok()) return Fail(static_cast<int>(json.status().code()),
+                              std::string(json.status().message()));
+  std::fwrite(json->data(), 1, json->size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
+void PrintText(const std::string& text) {
+  std::fwrite(text.data(), 1, text.size(), stdout);
+  std::fflush(stdout);
+}
+
+/// The status line on stderr: rewritten in place on a terminal, one line per
+/// change otherwise.
+class ProgressLine {
+ public:
+  explicit ProgressLine(bool quiet) : quiet_(quiet), tty_(isatty(STDERR_FILENO) == 1) {}
+  ~ProgressLine() { Finish(); }
+
+  void Show(const std::string& line, bool permanent) {
+    if (quiet_) return;
+    if (tty_) {
+      std::string shown = line;
+      winsize ws{};
+      if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 1 &&
+          shown.size() >= ws.ws_col) {
+        shown.resize(ws.ws_col - 1);
+      }
+      std::fprintf(stderr, "\r%s\033[K%s", shown.c_str(), permanent ? "\n" : "");
+      active_ = !permanent;
+    } else if (line != last_) {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    last_ = line;
+    std::fflush(stderr);
+  }
+
+  /// Ends a line left open on the terminal.
+  void Finish() {
+    if (active_) std::fputc('\n', stderr);
+    active_ = false;
+    std::fflush(stderr);
+  }
+
+  /// Prints a message of its own (e.g. reconnecting) without garbling the line.
+  void Note(const std::string& message) {
+    Finish();
+    std::fprintf(stderr, "%s\n", message.c_str());
+  }
+
+ private:
+  bool quiet_;
+  bool tty_;
+  bool active_ = false;
+  std::string last_;
+};
+
+// Ctrl-C while watching: the job keeps running on the server; say how to get
+// back to it. Only async-signal-safe calls in the handler.
+char g_interrupt_message[256] = "";
+
+void OnInterrupt(int) {
+  ssize_t ignored = write(STDERR_FILENO, g_interrupt_message, std::strlen(g_interrupt_message));
+  (void)ignored;
+  _exit(130);
+}
+
+void ArmInterruptMessage(const std::string& job_id) {
+  std::snprintf(g_interrupt_message, sizeof(g_interrupt_message),
+                "\nsinkscope: interrupted; job %s continues on the server "
+                "(sinkscope watch %s, sinkscope cancel %s)\n",
+                job_id.c_str(), job_id.c_str(), job_id.c_str());
+  struct sigaction action {};
+  action.sa_handler = OnInterrupt;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+/// Streams a job's events to the progress line until its terminal event,
+/// reconnecting (resuming after the last seq) when the stream breaks. Then
+/// prints the result: the job with its records as JSON, or the text tables.
+int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOptions& options) {
+  const GlobalOptions& global = conn.global();
+  ArmInterruptMessage(job_id);
+  JobProgress progress(job_id);
+  ProgressLine line(global.quiet);
+  int64_t after_seq = options.after_seq;
+  int reconnects = 0;
+  while (true) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/true);
+    v1::WatchJobRequest request;
+    request.set_job_id(job_id);
+    request.set_after_seq(after_seq);
+    std::unique_ptr<grpc::ClientReader<v1::JobEvent>> reader =
+        conn.stub().WatchJob(&context, request);
+    v1::JobEvent event;
+    while (reader->Read(&event)) {
+      reconnects = 0;
+      after_seq = std::max(after_seq, event.seq());
+      if (global.json && options.events) {
+        line.Finish();
+        if (int rc = PrintJson(event, /*pretty=*/false); rc != 0) return rc;
+      }
+      if (progress.Apply(event)) line.Show(progress.status_line(), progress.status_is_permanent());
+    }
+    grpc::Status status = reader->Finish();
+    if (progress.done()) break;
+    // A broken stream of a job we have seen: reconnect and resume.
+    bool retryable = status.ok() || status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    if (retryable && after_seq > 0 && reconnects < kMaxWatchReconnects) {
+      int delay_s = 1 << reconnects++;
+      line.Note(absl::StrCat("sinkscope: event stream of job ", job_id, " ended (",
+                             status.ok() ? "server closed it" : status.error_message(),
+                             "); reconnecting in ", delay_s, " s"));
+      std::this_thread::sleep_for(std::chrono::seconds(delay_s));
+      continue;
+    }
+    line.Finish();
+    if (status.ok()) {
+      return Fail(static_cast<int>(grpc::StatusCode::UNAVAILABLE),
+                  absl::StrCat("event stream of job ", job_id, " ended before the job finished"));
+    }
+    return Fail(status, global);
+  }
+  line.Finish();
+  signal(SIGINT, SIG_DFL);
+
+  if (global.json && !options.events) {
+    // The job as it ended, with the records of the completing attempt.
+    v1::Job job;
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    grpc::Status status = conn.stub().GetJob(&context, request, &job);
+    if (!status.ok()) {
+      job.set_id(job_id);
+      job.set_state(progress.state());
+    }
+    job.clear_results();
+    for (const auto& record : progress.records()) *job.add_results() = record;
+    if (int rc = PrintJson(job); rc != 0) return rc;
+  } else if (!global.json && progress.state() == v1::JOB_STATE_COMPLETED) {
+    std::string text = RenderResults(progress.records());
+    PrintText(text.empty() ? "no result records\n" : text);
+  }
+
+  switch (progress.state()) {
+    case v1::JOB_STATE_COMPLETED:
+      return 0;
+    case v1::JOB_STATE_FAILED:
+      return Fail(progress.failure().code(), progress.failure().message());
+    default:  // CANCELLED
+      return Fail(static_cast<int>(grpc::StatusCode::CANCELLED),
+                  progress.failure().message().empty()
+                      ? absl::StrCat("job ", job_id, " was cancelled")
+                      : absl::StrCat("job ", job_id, ": ", progress.failure().message()));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv) {
+  std::vector<int32_t> ids;
+  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    int32_t id = 0;
+    if (!absl::SimpleAtoi(item, &id)) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not a token id"));
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("no token ids given");
+  return ids;
+}
+
+absl::StatusOr<v1::Dtype> ParseDtype(const std::string& name) {
+  std::string n = absl::AsciiStrToLower(name);
+  if (n == "float32" || n == "f32" || n == "fp32") return v1::DTYPE_FLOAT32;
+  if (n == "bfloat16" || n == "bf16") return v1::DTYPE_BFLOAT16;
+  if (n == "float16" || n == "f16" || n == "fp16" || n == "half") return v1::DTYPE_FLOAT16;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype '", name, "' (float32, bfloat16 or float16)"));
+}
+
+absl::StatusOr<v1::JobState> ParseJobState(const std::string& name) {
+  std::string n = absl::AsciiStrToUpper(name);
+  if (n.rfind("JOB_STATE_", 0) != 0) n = "JOB_STATE_" + n;
+  v1::JobState state;
+  if (!v1::JobState_Parse(n, &state) || state == v1::JOB_STATE_UNSPECIFIED) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown job state '", name,
+        "' (queued, model_loading, running, completed, failed, cancelled)"));
+  }
+  return state;
+}
+
+int RunScan(const GlobalOptions& global, const ScanOptions& options) {
+  Connection conn(global);
+  v1::Job job;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  grpc::Status status = conn.stub().SubmitJob(&context, options.request, &job);
+  if (!status.ok()) return Fail(status, global);
+  if (options.detach) {
+    if (global.json) return PrintJson(job);
+    PrintText(absl::StrCat(job.id(), "\n"));
+    return 0;
+  }
+  return WatchAndPrint(conn, job.id(), options.watch);
+}
+
+int RunWatch(const GlobalOptions& global, const std::string& job_id,
+             const WatchOptions& options) {
+  Connection conn(global);
+  return WatchAndPrint(conn, job_id, options);
+}
+
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {
+  Connection conn(global);
+  v1::Job job;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  v1::GetJobRequest request;
+  request.set_job_id(job_id);
+  request.set_include_results(include_results);
+  grpc::Status status = conn.stub().GetJob(&context, request, &job);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(job);
+  std::string text = RenderJob(job);
+  if (job.results_size() > 0) {
+    std::vector<v1::ResultRecord> records(job.results().begin(), job.results().end());
+    absl::StrAppend(&text, "\n", RenderResults(records));
+  }
+  PrintText(text);
+  return 0;
+}
+
+int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request) {
+  Connection conn(global);
+  v1::ListJobsResponse response;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  grpc::Status status = conn.stub().ListJobs(&context, request, &response);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(response);
+  PrintText(RenderJobsTable(response));
+  return 0;
+}
+
+int RunCancel(const GlobalOptions& global, const std::string& job_id) {
+  Connection conn(global);
+  v1::Job job;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  v1::CancelJobRequest request;
+  request.set_job_id(job_id);
+  grpc::Status status = conn.stub().CancelJob(&context, request, &job);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(job);
+  if (job.state() == v1::JOB_STATE_CANCELLED) {
+    PrintText(absl::StrCat("job ", job.id(), ": CANCELLED\n"));
+  } else {
+    PrintText(absl::StrCat("job ", job.id(), ": cancellation requested (now ",
+                           JobStateName(job.state()), "; sinkscope watch ", job.id(),
+                           " to see it end)\n"));
+  }
+  return 0;
+}
+
+int RunModels(const GlobalOptions& global) {
+  Connection conn(global);
+  v1::ListModelsResponse response;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  grpc::Status status = conn.stub().ListModels(&context, v1::ListModelsRequest(), &response);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(response);
+  PrintText(RenderModels(response));
+  return 0;
+}
+
+}  // namespace client
+}  // namespace sinkscope

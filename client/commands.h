@@ -1,0 +1,68 @@
+// The sinkscope client's commands: one function per subcommand, each making
+// the RPCs and printing through client/render.h. Results go to stdout,
+// progress and errors to stderr. Each returns the process exit code:
+// 0 success, 1 RPC failure or failed/cancelled job (after printing
+// "sinkscope: <CODE>: <message>" to stderr).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "sinkscope/v1/analysis.pb.h"
+
+namespace sinkscope {
+namespace client {
+
+/// Options shared by every command.
+struct GlobalOptions {
+  /// host:port or unix:/path.
+  std::string server = "127.0.0.1:50051";
+  /// Sent as "authorization: Bearer <token>" when not empty.
+  std::string token;
+  /// Sent as "x-sinkscope-user" when not empty (the server's interim identity).
+  std::string user;
+  /// Print the result as protobuf JSON (proto field names) on stdout.
+  bool json = false;
+  /// No progress on stderr.
+  bool quiet = false;
+  /// Deadline of each unary RPC, seconds (<= 0: none).
+  double timeout_s = 30;
+  /// Deadline of an event stream (watching a job), seconds (<= 0: none).
+  double wait_timeout_s = 0;
+};
+
+/// Watch-time options of `scan` and `watch`.
+struct WatchOptions {
+  /// Print each event as one JSON line while watching (with --json).
+  bool events = false;
+  /// Resume after this event seq.
+  int64_t after_seq = 0;
+};
+
+/// `sinkscope scan`: the request is complete (model, sequences, params).
+struct ScanOptions {
+  v1::SubmitJobRequest request;
+  /// Print the job and exit once it is queued.
+  bool detach = false;
+  WatchOptions watch;
+};
+
+int RunScan(const GlobalOptions& global, const ScanOptions& options);
+int RunWatch(const GlobalOptions& global, const std::string& job_id, const WatchOptions& options);
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results);
+int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
+int RunCancel(const GlobalOptions& global, const std::string& job_id);
+int RunModels(const GlobalOptions& global);
+
+/// Parses "1,461, 401" into token ids; INVALID_ARGUMENT names the bad item.
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv);
+/// Parses "float32" / "f32" / "bfloat16" / "bf16" / "float16" / "f16" / "fp16".
+absl::StatusOr<v1::Dtype> ParseDtype(const std::string& name);
+/// Parses "queued", "running", "JOB_STATE_FAILED", ... (case-insensitive).
+absl::StatusOr<v1::JobState> ParseJobState(const std::string& name);
+
+}  // namespace client
+}  // namespace sinkscope

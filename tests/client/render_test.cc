@@ -1,0 +1,377 @@
+// Renderers of the sinkscope client, fed hand-built proto messages.
+#include "client/render.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace sinkscope {
+namespace client {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+v1::ActivationEntry Entry(float value, int seq, int pos, int ch) {
+  v1::ActivationEntry e;
+  e.set_value(value);
+  e.set_sequence(seq);
+  e.set_position(pos);
+  e.set_channel(ch);
+  return e;
+}
+
+v1::ScanBlock Block(int block, std::vector<v1::ActivationEntry> resid, float median,
+                    v1::ActivationEntry output, int64_t n_massive) {
+  v1::ScanBlock b;
+  b.set_block(block);
+  b.set_layer((block - 1) / 2);
+  b.set_sublayer(block % 2 == 1 ? "attn" : "mlp");
+  b.set_resid_hook(absl::StrCat("blocks.", (block - 1) / 2,
+                                block % 2 == 1 ? ".hook_resid_mid" : ".hook_resid_post"));
+  b.set_output_hook(absl::StrCat("blocks.", (block - 1) / 2,
+                                 block % 2 == 1 ? ".hook_attn_out" : ".hook_mlp_out"));
+  float max_abs = 0;
+  for (const auto& e : resid) {
+    *b.add_resid_top() = e;
+    max_abs = std::max(max_abs, std::fabs(e.value()));
+  }
+  *b.add_output_top() = output;
+  b.add_median_abs(median);
+  b.set_max_abs(max_abs);
+  b.set_n_massive(n_massive);
+  return b;
+}
+
+v1::BlockRef Ref(int block) {
+  v1::BlockRef r;
+  r.set_block(block);
+  r.set_layer((block - 1) / 2);
+  r.set_sublayer(block % 2 == 1 ? "attn" : "mlp");
+  return r;
+}
+
+v1::ScanSummary Summary() {
+  v1::ScanSummary s;
+  auto* t = s.add_spike_tokens();
+  t->set_sequence(0);
+  t->set_position(0);
+  s.add_spike_channels(23);
+  s.add_spike_channels(41);
+  *s.add_spike_entries() = Entry(1234.5f, 0, 0, 23);
+  *s.add_spike_entries() = Entry(-987.25f, 0, 0, 41);
+  *s.add_step_up_blocks() = Ref(4);
+  *s.add_step_down_blocks() = Ref(9);
+  s.set_peak_abs(1234.5f);
+  *s.mutable_peak_block() = Ref(6);
+  s.set_spike_mean_over_sequences(1234.5f);
+  auto* th = s.mutable_thresholds();
+  th->set_top_k(3);
+  th->set_abs_threshold(100);
+  th->set_rel_threshold(1000);
+  th->set_step_fraction(0.5);
+  auto* p = s.mutable_provenance();
+  p->set_model("stories260K");
+  p->set_checkpoint_format("llama2c");
+  p->set_dtype("float32");
+  p->set_device("cpu");
+  p->set_attention_path("eager");
+  p->set_code_version("0.1.0+abc1234");
+  p->set_n_tokens(3);
+  p->set_n_sequences(1);
+  return s;
+}
+
+TEST(BlockLabelTest, NamesBlockLayerAndSublayer) {
+  EXPECT_EQ(BlockLabel(4, 1, "mlp"), "4 (layer 1 mlp)");
+  EXPECT_EQ(BlockLabel(1, 0, "attn"), "1 (layer 0 attn)");
+  EXPECT_EQ(BlockLabel(Ref(62)), "62 (layer 30 mlp)");
+  // A missing sublayer follows the block's parity.
+  EXPECT_EQ(BlockLabel(7, 3, ""), "7 (layer 3 attn)");
+}
+
+TEST(FormatTest, ValuesAreSigned) {
+  EXPECT_EQ(FormatValue(1234.5), "+1234.50");
+  EXPECT_EQ(FormatValue(-987.25), "-987.25");
+  EXPECT_EQ(FormatValue(-0.01234), "-0.0123");
+  EXPECT_EQ(FormatValue(2.5e7), "+2.500e+07");
+  EXPECT_EQ(FormatEntry(Entry(-42.0f, 1, 5, 17)), "-42.00 (1,5,17)");
+}
+
+TEST(FormatTest, NamesCodesStatesAndTypes) {
+  EXPECT_EQ(StatusCodeName(3), "INVALID_ARGUMENT");
+  EXPECT_EQ(StatusCodeName(16), "UNAUTHENTICATED");
+  EXPECT_EQ(StatusCodeName(99), "CODE_99");
+  EXPECT_EQ(JobStateName(v1::JOB_STATE_MODEL_LOADING), "MODEL_LOADING");
+  EXPECT_EQ(JobTypeName(v1::JOB_TYPE_ACTIVATION_SCAN), "ACTIVATION_SCAN");
+  EXPECT_EQ(DtypeName(v1::DTYPE_BFLOAT16), "bfloat16");
+}
+
+TEST(FormatTableTest, AlignsColumns) {
+  std::string t = FormatTable({{"a", "bb"}, {"ccc", "d"}}, {1});
+  EXPECT_EQ(t, "a    bb\n---  --\nccc   d\n");
+}
+
+TEST(ScanTableTest, ShowsBlocksWithSignedEntries) {
+  std::vector<v1::ScanBlock> blocks = {
+      Block(3, {Entry(-12.5f, 0, 2, 7), Entry(3.25f, 0, 1, 9), Entry(-1.0f, 0, 0, 1)}, 0.25f,
+            Entry(-4.0f, 0, 2, 7), 0),
+      Block(4, {Entry(1234.5f, 0, 0, 23), Entry(-987.25f, 0, 0, 41), Entry(50.0f, 0, 1, 3)},
+            0.5f, Entry(1200.0f, 0, 0, 23), 2),
+  };
+  std::string table = RenderScanTable(blocks);
+  EXPECT_THAT(table, HasSubstr("3 (layer 1 attn)"));
+  EXPECT_THAT(table, HasSubstr("4 (layer 1 mlp)"));
+  EXPECT_THAT(table, HasSubstr("+1234.50 (0,0,23)"));
+  EXPECT_THAT(table, HasSubstr("-987.25 (0,0,41)"));
+  EXPECT_THAT(table, HasSubstr("-12.50 (0,2,7)"));
+  EXPECT_THAT(table, HasSubstr("+1200.00 (0,0,23)"));  // block output top-1
+  EXPECT_THAT(table, HasSubstr("|resid| top-3"));
+  EXPECT_THAT(table, HasSubstr("median|h|"));
+  EXPECT_THAT(table, HasSubstr("0.5000"));
+  // Header, rule, two rows.
+  EXPECT_EQ(std::count(table.begin(), table.end(), '\n'), 4);
+}
+
+TEST(ScanTableTest, MedianRangeOverSequences) {
+  v1::ScanBlock b = Block(1, {Entry(1.0f, 0, 0, 0)}, 0.125f, Entry(1.0f, 0, 0, 0), 0);
+  b.add_median_abs(0.375f);
+  EXPECT_THAT(RenderScanTable({b}), HasSubstr("0.1250..0.3750"));
+}
+
+TEST(ScanSummaryTest, ShowsSpikesStepsPeakThresholdsProvenance) {
+  std::string s = RenderScanSummary(Summary());
+  EXPECT_THAT(s, HasSubstr("Spike tokens (1):"));
+  EXPECT_THAT(s, HasSubstr("(seq 0, pos 0)"));
+  EXPECT_THAT(s, HasSubstr("Spike channels (2):"));
+  EXPECT_THAT(s, HasSubstr("23, 41"));
+  EXPECT_THAT(s, HasSubstr("+1234.50 (0,0,23), -987.25 (0,0,41)"));
+  EXPECT_THAT(s, HasSubstr("Step-up blocks:       block 4 (layer 1 mlp)"));
+  EXPECT_THAT(s, HasSubstr("Step-down blocks:     block 9 (layer 4 attn)"));
+  EXPECT_THAT(s, HasSubstr("1234.50 at block 6 (layer 2 mlp)"));
+  EXPECT_THAT(s, HasSubstr("|h| > 100 and |h| > 1000 x median|h|; step fraction 0.5; top-k 3"));
+  EXPECT_THAT(s, HasSubstr("model stories260K (llama2c), dtype float32, device cpu"));
+  EXPECT_THAT(s, HasSubstr("code 0.1.0+abc1234"));
+  EXPECT_THAT(s, HasSubstr("3 tokens in 1 sequence\n"));
+}
+
+TEST(ScanSummaryTest, EmptyListsSayNone) {
+  v1::ScanSummary s;
+  std::string text = RenderScanSummary(s);
+  EXPECT_THAT(text, HasSubstr("Spike tokens (0):     none"));
+  EXPECT_THAT(text, HasSubstr("Step-up blocks:       none"));
+  EXPECT_THAT(text, Not(HasSubstr("Provenance")));
+}
+
+TEST(ScanSummaryTest, CapsSpikeEntries) {
+  v1::ScanSummary s;
+  for (int i = 0; i < 12; ++i) *s.add_spike_entries() = Entry(200.0f + i, 0, 0, i);
+  EXPECT_THAT(RenderScanSummary(s, 10), HasSubstr("... (2 more)"));
+}
+
+TEST(ResultsTest, TableThenSummary) {
+  std::vector<v1::ResultRecord> records(2);
+  *records[0].mutable_scan_block() =
+      Block(4, {Entry(-300.0f, 0, 0, 5)}, 0.1f, Entry(-290.0f, 0, 0, 5), 1);
+  *records[1].mutable_scan_summary() = Summary();
+  std::string text = RenderResults(records);
+  size_t table = text.find("4 (layer 1 mlp)");
+  size_t summary = text.find("Step-up blocks");
+  ASSERT_NE(table, std::string::npos);
+  ASSERT_NE(summary, std::string::npos);
+  EXPECT_LT(table, summary);
+  EXPECT_THAT(text, HasSubstr("-300.00 (0,0,5)"));
+}
+
+TEST(JsonTest, UsesProtoFieldNames) {
+  v1::Job job;
+  job.set_id("j-0123456789abcdef");
+  job.set_state(v1::JOB_STATE_COMPLETED);
+  job.set_type(v1::JOB_TYPE_ACTIVATION_SCAN);
+  job.mutable_request()->set_model("stories260K");
+  job.mutable_request()->add_sequences()->mutable_ids()->add_ids(1);
+  *job.add_results()->mutable_scan_block() =
+      Block(4, {Entry(-300.0f, 0, 0, 5)}, 0.1f, Entry(-290.0f, 0, 0, 5), 1);
+  *job.add_results()->mutable_scan_summary() = Summary();
+  absl::StatusOr<std::string> json = ToJson(job);
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_THAT(*json, HasSubstr("\"state\": \"JOB_STATE_COMPLETED\""));
+  EXPECT_THAT(*json, HasSubstr("\"scan_block\""));
+  EXPECT_THAT(*json, HasSubstr("\"resid_top\""));
+  EXPECT_THAT(*json, HasSubstr("\"median_abs\""));
+  EXPECT_THAT(*json, HasSubstr("\"step_up_blocks\""));
+  EXPECT_THAT(*json, HasSubstr("\"spike_mean_over_sequences\""));
+  EXPECT_THAT(*json, HasSubstr("\"code_version\""));
+  // Default-valued fields are printed too (scripts need not guess).
+  EXPECT_THAT(*json, HasSubstr("\"queue_position\""));
+  EXPECT_THAT(*json, Not(HasSubstr("residTop")));
+  EXPECT_THAT(*json, Not(HasSubstr("stepUpBlocks")));
+  std::string compact = *ToJson(job, /*pretty=*/false);
+  EXPECT_EQ(compact.find('\n'), std::string::npos);
+}
+
+TEST(JobsTableTest, ListsJobs) {
+  v1::ListJobsResponse response;
+  v1::Job* job = response.add_jobs();
+  job->set_id("j-00000000000000aa");
+  job->set_type(v1::JOB_TYPE_ACTIVATION_SCAN);
+  job->mutable_request()->set_model("stories260K");
+  job->set_state(v1::JOB_STATE_QUEUED);
+  job->set_queue_position(2);
+  job->set_owner("alice");
+  job->mutable_create_time()->set_seconds(1772965703);  // 2026-03-08 10:28:23 UTC
+  response.set_next_page_token("tok");
+  std::string t = RenderJobsTable(response, absl::UTCTimeZone());
+  EXPECT_THAT(t, HasSubstr("id"));
+  EXPECT_THAT(t, HasSubstr("owner"));
+  EXPECT_THAT(t, HasSubstr("j-00000000000000aa  ACTIVATION_SCAN  stories260K  QUEUED (2)"));
+  EXPECT_THAT(t, HasSubstr("2026-03-08 10:28:23  alice"));
+  EXPECT_THAT(t, HasSubstr("--page-token tok"));
+}
+
+TEST(JobsTableTest, EmptyListSaysSo) {
+  EXPECT_EQ(RenderJobsTable(v1::ListJobsResponse(), absl::UTCTimeZone()), "no jobs\n");
+}
+
+TEST(JobTest, ShowsStateErrorAndInputs) {
+  v1::Job job;
+  job.set_id("j-1");
+  job.set_state(v1::JOB_STATE_FAILED);
+  job.mutable_error()->set_code(3);
+  job.mutable_error()->set_message("token id 9999 out of range");
+  job.mutable_request()->set_model("stories260K");
+  auto* ids = job.mutable_request()->add_sequences()->mutable_ids();
+  for (int id : {1, 461, 401}) ids->add_ids(id);
+  job.mutable_request()->add_sequences()->set_text("Once upon a time");
+  job.mutable_request()->mutable_scan()->set_top_k(5);
+  std::string t = RenderJob(job, absl::UTCTimeZone());
+  EXPECT_THAT(t, HasSubstr("FAILED"));
+  EXPECT_THAT(t, HasSubstr("INVALID_ARGUMENT: token id 9999 out of range"));
+  EXPECT_THAT(t, HasSubstr("ids [1 461 401]"));
+  EXPECT_THAT(t, HasSubstr("text \"Once upon a time\""));
+  EXPECT_THAT(t, HasSubstr("top_k 5"));
+  EXPECT_THAT(t, HasSubstr("started     -"));
+}
+
+TEST(ModelsTest, ListsCatalog) {
+  v1::ListModelsResponse response;
+  v1::ModelInfo* m = response.add_models();
+  m->set_name("stories260K");
+  m->set_format("llama2c");
+  m->set_default_dtype(v1::DTYPE_FLOAT32);
+  m->set_n_layers(5);
+  m->set_d_model(64);
+  m->set_vocab_size(512);
+  m->set_n_ctx(512);
+  std::string t = RenderModels(response);
+  EXPECT_THAT(t, HasSubstr("stories260K"));
+  EXPECT_THAT(t, HasSubstr("float32"));
+  EXPECT_THAT(t, HasSubstr("no (ids)"));
+  EXPECT_THAT(t, HasSubstr("10"));  // 2L blocks
+}
+
+v1::JobEvent Event(int64_t seq, int attempt) {
+  v1::JobEvent e;
+  e.set_job_id("j-1");
+  e.set_seq(seq);
+  e.set_attempt(attempt);
+  return e;
+}
+
+TEST(JobProgressTest, StatusLines) {
+  JobProgress p("j-1");
+  v1::JobEvent e = Event(1, 0);
+  e.mutable_queued()->set_position(2);
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-1: QUEUED (position 2)");
+  EXPECT_EQ(p.state(), v1::JOB_STATE_QUEUED);
+
+  e = Event(2, 1);
+  e.mutable_model_loading()->set_model("stories260K");
+  e.mutable_model_loading()->set_phase("loading");
+  e.mutable_model_loading()->set_progress(0.4f);
+  e.mutable_model_loading()->set_device("cpu");
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-1: MODEL_LOADING stories260K (loading 40%, cpu)");
+
+  e = Event(3, 1);
+  e.mutable_model_loading()->set_model("stories260K");
+  e.mutable_model_loading()->set_phase("cached");
+  e.mutable_model_loading()->set_progress(1.0f);
+  p.Apply(e);
+  EXPECT_EQ(p.status_line(), "job j-1: MODEL_LOADING stories260K (cached)");
+
+  e = Event(4, 1);
+  e.mutable_running()->set_units_done(7);
+  e.mutable_running()->set_units_total(10);
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-1: RUNNING 7/10 blocks");
+  EXPECT_FALSE(p.status_is_permanent());
+  EXPECT_FALSE(p.done());
+
+  e = Event(5, 1);
+  e.mutable_failed()->set_code(3);
+  e.mutable_failed()->set_message("sequence 0 is longer than the context");
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_TRUE(p.done());
+  EXPECT_TRUE(p.status_is_permanent());
+  EXPECT_EQ(p.status_line(),
+            "job j-1: FAILED INVALID_ARGUMENT: sequence 0 is longer than the context");
+  EXPECT_EQ(p.failure().code(), 3);
+  EXPECT_EQ(p.last_seq(), 5);
+}
+
+TEST(JobProgressTest, RetryDiscardsEarlierAttemptRecords) {
+  JobProgress p("j-1");
+  v1::JobEvent e = Event(1, 1);
+  *e.mutable_result()->mutable_scan_block() = Block(1, {Entry(1, 0, 0, 0)}, 1, Entry(1, 0, 0, 0), 0);
+  EXPECT_FALSE(p.Apply(e));
+  EXPECT_EQ(p.records().size(), 1u);
+
+  e = Event(2, 1);
+  e.mutable_retrying()->set_failed_attempt(1);
+  e.mutable_retrying()->set_reason("worker 0 exited");
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_THAT(p.status_line(), HasSubstr("RETRYING (attempt 1 lost: worker 0 exited)"));
+  EXPECT_TRUE(p.records().empty());
+
+  // A late record of the lost attempt is ignored.
+  e = Event(3, 1);
+  *e.mutable_result()->mutable_scan_block() = Block(2, {Entry(1, 0, 0, 0)}, 1, Entry(1, 0, 0, 0), 0);
+  p.Apply(e);
+  EXPECT_TRUE(p.records().empty());
+
+  for (int block : {1, 2}) {
+    e = Event(3 + block, 2);
+    *e.mutable_result()->mutable_scan_block() =
+        Block(block, {Entry(1, 0, 0, 0)}, 1, Entry(1, 0, 0, 0), 0);
+    p.Apply(e);
+  }
+  e = Event(6, 2);
+  e.mutable_completed()->set_n_records(2);
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-1: COMPLETED (2 records)");
+  EXPECT_EQ(p.state(), v1::JOB_STATE_COMPLETED);
+  ASSERT_EQ(p.records().size(), 2u);
+  EXPECT_EQ(p.records()[1].scan_block().block(), 2);
+}
+
+TEST(JobProgressTest, Cancelled) {
+  JobProgress p("j-1");
+  v1::JobEvent e = Event(1, 0);
+  e.mutable_cancelled()->set_reason("cancelled by alice");
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-1: CANCELLED (cancelled by alice)");
+  EXPECT_EQ(p.state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(p.done());
+}
+
+}  // namespace
+}  // namespace client
+}  // namespace sinkscope
