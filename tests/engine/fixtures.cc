@@ -199,7 +199,17 @@ Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth) {
     wk.zero_();
     wq[slow][m_dir] = 7.0 / 6.3;
     wk[slow][k] = 7.0 / 8.0;
+    // Values that matter: what the sink head copies from the spike token is
+    // a sizeable vector (never on s*, m or k), so removing the sink changes
+    // every later token's residual stream.
+    at::Tensor wv = t[p + "v_proj.weight"].narrow(0, h * dh, dh);
+    wv.mul_(4.0);
+    at::Tensor wo = t[p + "o_proj.weight"].narrow(1, h * dh, dh);
+    wo.mul_(4.0);
   }
+  // An unembedding with structure, so that changes of the final state show in
+  // the next-token distributions.
+  t["lm_head.weight"].mul_(25.0);
   (void)D;
   if (spec.norm_placement == NormPlacement::kSandwich) {
     // Same weights; the Llama pre-MLP norm becomes Gemma's pre_feedforward norm.
