@@ -2,7 +2,7 @@
 // pool of sinkscope-worker processes.
 //
 //   sinkscope-server --config deploy/server.json
-//   sinkscope-server --listen 127.0.0.1:50051 --database jobs.db --workers cpu,cpu \
+//   sinkscope-server --listen 127.0.0.1:50051 --database jobs.db --workers cpu,cpu
 //                    --catalog deploy/catalog.json
 //
 // SIGTERM / SIGINT: stop accepting jobs, let running jobs finish for up to

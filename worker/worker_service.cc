@@ -175,8 +175,10 @@ WorkerServiceImpl::WorkerServiceImpl(WorkerOptions options)
 grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
                                        const v1::RunJobRequest* request,
                                        grpc::ServerWriter<v1::WorkerEvent>* writer) {
-  std::unique_lock<std::mutex> run_lock(run_mu_, std::try_to_lock);
-  if (!run_lock.owns_lock()) {
+  // A cancelled job may still be unwinding (it stops at the next hook point):
+  // wait for it a little before refusing.
+  std::unique_lock<std::timed_mutex> run_lock(run_mu_, std::defer_lock);
+  if (!run_lock.try_lock_for(std::chrono::seconds(30))) {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "worker is busy with another job");
   }
   {

@@ -52,7 +52,7 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
  private:
   const WorkerOptions options_;
   ModelCache cache_;
-  std::mutex run_mu_;  // held while a job runs
+  std::timed_mutex run_mu_;  // held while a job runs
   std::mutex status_mu_;
   std::string running_job_id_;
   int64_t jobs_run_ = 0;

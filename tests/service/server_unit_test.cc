@@ -1,0 +1,207 @@
+// Unit tests of the server's domain pieces, without processes or torch:
+// the SQLite job store, request validation, the catalog and status mapping.
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "server/catalog.h"
+#include "server/sqlite_job_store.h"
+#include "server/status_util.h"
+#include "server/validation.h"
+
+namespace sinkscope {
+namespace server {
+namespace {
+
+namespace fs = std::filesystem;
+
+class StoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/ssu-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    auto store = SqliteJobStore::Open(dir_ + "/jobs.db", false);
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  v1::Job Create(const std::string& id, const std::string& owner = "u",
+                 const std::string& client_request_id = "") {
+    NewJob job;
+    job.id = id;
+    job.owner = owner;
+    job.type = v1::JOB_TYPE_ACTIVATION_SCAN;
+    job.request.set_model("m");
+    job.client_request_id = client_request_id;
+    bool created = false;
+    auto out = store_->CreateJob(job, &created);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return *out;
+  }
+
+  std::string dir_;
+  std::unique_ptr<SqliteJobStore> store_;
+};
+
+TEST_F(StoreTest, FifoClaimAndEvents) {
+  Create("a");
+  Create("b");
+  auto queued = store_->ListQueued();
+  ASSERT_TRUE(queued.ok());
+  ASSERT_EQ(queued->size(), 2u);
+  EXPECT_EQ((*queued)[0].id, "a");
+  auto events = store_->EventsSince("b", 0, 10);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u);
+  EXPECT_EQ((*events)[0].queued().position(), 2);
+
+  auto claimed = store_->ClaimJob("a", "w0");
+  ASSERT_TRUE(claimed.ok());
+  EXPECT_EQ(claimed->attempts(), 1);
+  EXPECT_EQ(claimed->state(), v1::JOB_STATE_MODEL_LOADING);
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->ClaimJob("a", "w1").status()));
+
+  v1::JobEvent result;
+  result.mutable_result()->mutable_scan_block()->set_block(1);
+  ASSERT_TRUE(store_->AppendEvent("a", 1, result, v1::JOB_STATE_RUNNING).ok());
+  // A stale attempt cannot write.
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->AppendEvent("a", 2, result, std::nullopt).status()));
+
+  v1::JobEvent done;
+  done.mutable_completed()->set_n_records(1);
+  ASSERT_TRUE(store_->FinishJob("a", 1, v1::JOB_STATE_COMPLETED, done).ok());
+  // Never completed twice.
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      store_->FinishJob("a", 1, v1::JOB_STATE_COMPLETED, done).status()));
+  auto results = store_->Results("a");
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->size(), 1u);
+  EXPECT_EQ((*results)[0].scan_block().block(), 1);
+  auto job = store_->GetJob("a");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_EQ(job->last_event_seq(), 3);
+  EXPECT_TRUE(absl::IsNotFound(store_->GetJob("zzz").status()));
+}
+
+TEST_F(StoreTest, LostWorkerRequeuesThenFails) {
+  Create("a");
+  v1::JobEvent block;
+  block.mutable_result()->mutable_scan_block()->set_block(1);
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    ASSERT_TRUE(store_->ClaimJob("a", "w0").ok());
+    ASSERT_TRUE(store_->AppendEvent("a", attempt, block, v1::JOB_STATE_RUNNING).ok());
+    auto r = store_->ReleaseLostJob("a", attempt, "killed by signal 9", true, 3);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(*r, ReleaseOutcome::kRequeued);
+  }
+  ASSERT_TRUE(store_->ClaimJob("a", "w0").ok());
+  auto r = store_->ReleaseLostJob("a", 3, "killed by signal 9", true, 3);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(*r, ReleaseOutcome::kFailed);
+  auto job = store_->GetJob("a");
+  EXPECT_EQ(job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job->error().code(), static_cast<int>(absl::StatusCode::kUnavailable));
+  EXPECT_NE(job->error().message().find("signal 9"), std::string::npos);
+  EXPECT_TRUE(store_->Results("a")->empty());
+}
+
+TEST_F(StoreTest, RestartRequeuesInterruptedAndKeepsCompleted) {
+  Create("a");
+  Create("b");
+  Create("c");
+  ASSERT_TRUE(store_->ClaimJob("a", "w0").ok());
+  v1::JobEvent done;
+  done.mutable_completed();
+  ASSERT_TRUE(store_->FinishJob("a", 1, v1::JOB_STATE_COMPLETED, done).ok());
+  ASSERT_TRUE(store_->ClaimJob("b", "w0").ok());
+  // Reopen (a restart).
+  store_.reset();
+  auto store = SqliteJobStore::Open(dir_ + "/jobs.db", false);
+  ASSERT_TRUE(store.ok());
+  store_ = std::move(*store);
+  auto ids = store_->RequeueInterrupted("server restarted");
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(*ids, std::vector<std::string>{"b"});
+  auto queued = store_->ListQueued();
+  ASSERT_EQ(queued->size(), 2u);
+  EXPECT_EQ((*queued)[0].id, "b");  // keeps its FIFO place
+  EXPECT_EQ(store_->GetJob("a")->state(), v1::JOB_STATE_COMPLETED);
+}
+
+TEST_F(StoreTest, ClientRequestIdIsIdempotentPerOwner) {
+  v1::Job a = Create("a", "alice", "r1");
+  v1::Job b = Create("b", "alice", "r1");
+  v1::Job c = Create("c", "bob", "r1");
+  EXPECT_EQ(b.id(), "a");
+  EXPECT_EQ(c.id(), "c");
+  JobFilter filter;
+  filter.owner = "alice";
+  auto page = store_->ListJobs(filter);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->jobs.size(), 1u);
+}
+
+TEST(ValidationTest, Utf8) {
+  EXPECT_TRUE(IsValidUtf8("héllo ✓ 𝄞"));
+  EXPECT_FALSE(IsValidUtf8("\xC3\x28"));
+  EXPECT_FALSE(IsValidUtf8("\xC0\xAF"));          // overlong
+  EXPECT_FALSE(IsValidUtf8("\xED\xA0\x80"));      // surrogate
+  EXPECT_FALSE(IsValidUtf8("\xF4\x90\x80\x80"));  // > U+10FFFF
+}
+
+TEST(StatusTest, TruncatesAndKeepsCode) {
+  grpc::Status s = ToGrpcStatus(absl::InvalidArgumentError(std::string(10000, 'x')));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LE(s.error_message().size(), kMaxStatusMessageBytes);
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+}
+
+TEST(CatalogTest, DeployCatalogResolvesAgainstItsDirectory) {
+  auto catalog = ModelCatalog::LoadFile(std::string(SINKSCOPE_SOURCE_DIR) + "/deploy/catalog.json");
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  const CatalogEntry* stories = catalog->Find("stories260K");
+  ASSERT_NE(stories, nullptr);
+  EXPECT_EQ(fs::weakly_canonical(stories->path),
+            fs::weakly_canonical(fs::path(SINKSCOPE_SOURCE_DIR) / "../shared/models/stories260K/stories260K.bin"));
+  EXPECT_TRUE(stories->tokenizer_path.empty());
+  const CatalogEntry* aidreams = catalog->Find("aidreams260K");
+  ASSERT_NE(aidreams, nullptr);
+  EXPECT_FALSE(aidreams->tokenizer_path.empty());
+  if (stories->available) {
+    EXPECT_EQ(stories->vocab_size, 512);
+    EXPECT_EQ(stories->n_ctx, 512);
+    EXPECT_EQ(stories->n_layers, 5);
+    EXPECT_EQ(stories->d_model, 64);
+  }
+  EXPECT_EQ(catalog->Find("../etc/passwd"), nullptr);
+}
+
+TEST(CatalogTest, RejectsBadEntries) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  std::string dir = mkdtemp(tmpl);
+  std::ofstream(dir + "/c.json") << R"({"models": [{"name": "a b", "format": "llama2c", "path": "x"}]})";
+  EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/c.json").ok());
+  std::ofstream(dir + "/d.json") << R"({"models": [{"name": "a", "format": "gguf", "path": "x"}]})";
+  EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/d.json").ok());
+  std::ofstream(dir + "/e.json") << R"({"models": [{"name": "a", "format": "llama2c", "path": "missing.bin"}]})";
+  auto c = ModelCatalog::LoadFile(dir + "/e.json");
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->Find("a")->available);
+  RequestLimits limits;
+  v1::JobRequest req;
+  req.set_model("a");
+  req.add_sequences()->mutable_ids()->add_ids(1);
+  req.mutable_scan();
+  EXPECT_TRUE(absl::IsFailedPrecondition(ValidateJobRequest(req, *c, limits)));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace server
+}  // namespace sinkscope
