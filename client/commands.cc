@@ -7,13 +7,16 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -34,8 +37,19 @@ class Connection {
   explicit Connection(const GlobalOptions& global) : global_(global) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
-    stub_ = v1::AnalysisService::NewStub(
-        grpc::CreateCustomChannel(global.server, grpc::InsecureChannelCredentials(), args));
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (!global.tls_ca.empty()) {
+      std::ifstream in(global.tls_ca, std::ios::binary);
+      std::stringstream pem;
+      pem << in.rdbuf();
+      if (!in || pem.str().empty()) {
+        std::fprintf(stderr, "sinkscope: cannot read --tls-ca %s\n", global.tls_ca.c_str());
+      }
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = pem.str();
+      credentials = grpc::SslCredentials(ssl);
+    }
+    stub_ = v1::AnalysisService::NewStub(grpc::CreateCustomChannel(global.server, credentials, args));
   }
 
   /// Adds identity metadata and the deadline (`streaming`: the watch deadline).
@@ -159,10 +173,12 @@ void ArmInterruptMessage(const std::string& job_id) {
 /// Streams a job's events to the progress line until its terminal event,
 /// reconnecting (resuming after the last seq) when the stream breaks. Then
 /// prints the result: the job with its records as JSON, or the text tables.
-int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOptions& options) {
+int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOptions& options,
+                  const std::string& unit = "blocks") {
   const GlobalOptions& global = conn.global();
   ArmInterruptMessage(job_id);
   JobProgress progress(job_id);
+  progress.set_unit(unit);
   ProgressLine line(global.quiet);
   int64_t after_seq = options.after_seq;
   int reconnects = 0;
@@ -254,6 +270,57 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv) {
   return ids;
 }
 
+absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv) {
+  std::vector<int32_t> out;
+  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    int32_t v = 0;
+    if (!absl::SimpleAtoi(item, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not an integer"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no values given");
+  return out;
+}
+
+absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::string& csv) {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    std::vector<absl::string_view> parts = absl::StrSplit(item, absl::ByAnyChar(":."));
+    int32_t layer = 0, head = 0;
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &layer) ||
+        !absl::SimpleAtoi(parts[1], &head)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", item, "' is not a layer:head pair (e.g. 2:0)"));
+    }
+    out.emplace_back(layer, head);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no heads given");
+  return out;
+}
+
+absl::StatusOr<std::vector<float>> ParseFloats(const std::string& text) {
+  std::vector<float> out;
+  for (absl::string_view item :
+       absl::StrSplit(text, absl::ByAnyChar(", \t\n\r"), absl::SkipEmpty())) {
+    float v = 0;
+    if (!absl::SimpleAtof(item, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not a number"));
+    }
+    out.push_back(v);
+  }
+  if (out.empty()) return absl::InvalidArgumentError("no values given");
+  return out;
+}
+
+absl::StatusOr<std::string> Unescape(const std::string& text) {
+  std::string out, error;
+  if (!absl::CUnescape(text, &out, &error)) {
+    return absl::InvalidArgumentError(absl::StrCat("bad escape in '", text, "': ", error));
+  }
+  return out;
+}
+
 absl::StatusOr<v1::Dtype> ParseDtype(const std::string& name) {
   std::string n = absl::AsciiStrToLower(name);
   if (n == "float32" || n == "f32" || n == "fp32") return v1::DTYPE_FLOAT32;
@@ -287,13 +354,23 @@ int RunScan(const GlobalOptions& global, const ScanOptions& options) {
     PrintText(absl::StrCat(job.id(), "\n"));
     return 0;
   }
-  return WatchAndPrint(conn, job.id(), options.watch);
+  return WatchAndPrint(conn, job.id(), options.watch, ProgressUnit(job.type()));
 }
 
 int RunWatch(const GlobalOptions& global, const std::string& job_id,
              const WatchOptions& options) {
   Connection conn(global);
-  return WatchAndPrint(conn, job_id, options);
+  // The job's type names the progress unit; watching works without it.
+  std::string unit = "units";
+  {
+    v1::Job job;
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::GetJobRequest request;
+    request.set_job_id(job_id);
+    if (conn.stub().GetJob(&context, request, &job).ok()) unit = ProgressUnit(job.type());
+  }
+  return WatchAndPrint(conn, job_id, options, unit);
 }
 
 int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -22,6 +23,9 @@ struct GlobalOptions {
   std::string server = "127.0.0.1:50051";
   /// Sent as "authorization: Bearer <token>" when not empty.
   std::string token;
+  /// PEM CA certificate(s): connect with TLS, verifying the server against
+  /// them ("" = plaintext).
+  std::string tls_ca;
   /// Sent as "x-sinkscope-user" when not empty (the server's interim identity).
   std::string user;
   /// Print the result as protobuf JSON (proto field names) on stdout.
@@ -50,6 +54,8 @@ struct ScanOptions {
   WatchOptions watch;
 };
 
+/// Submits `options.request` (any job type) and watches it; prints the
+/// result with the renderer of its records.
 int RunScan(const GlobalOptions& global, const ScanOptions& options);
 int RunWatch(const GlobalOptions& global, const std::string& job_id, const WatchOptions& options);
 int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results);
@@ -59,6 +65,14 @@ int RunModels(const GlobalOptions& global);
 
 /// Parses "1,461, 401" into token ids; INVALID_ARGUMENT names the bad item.
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv);
+/// Parses "0,1, 5" into integers (any sign); INVALID_ARGUMENT names the bad item.
+absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv);
+/// Parses "2:0,2:2,3:1" (layer:head pairs; "." also separates).
+absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::string& csv);
+/// Parses floats separated by commas or whitespace.
+absl::StatusOr<std::vector<float>> ParseFloats(const std::string& text);
+/// C escapes of a command-line string: "\n" -> newline, "\t", "\\", "\x2e".
+absl::StatusOr<std::string> Unescape(const std::string& text);
 /// Parses "float32" / "f32" / "bfloat16" / "bf16" / "float16" / "f16" / "fp16".
 absl::StatusOr<v1::Dtype> ParseDtype(const std::string& name);
 /// Parses "queued", "running", "JOB_STATE_FAILED", ... (case-insensitive).

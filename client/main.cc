@@ -7,6 +7,10 @@
 //   sinkscope get j-0123456789abcdef
 //   sinkscope watch j-0123456789abcdef
 //   sinkscope cancel j-0123456789abcdef
+//   sinkscope sinks --model my-llama --text "..." -T 64 --epsilon 0.3
+//   sinkscope first-token-probe --model my-llama --batch-size 1024
+//   sinkscope perplexity --model stories260K --corpus tinyshakespeare --token-budget 4096
+//   sinkscope sink-ablation --model my-llama --corpus tinyshakespeare --heads 2:0,2:2
 //
 // Exit codes: 0 success; 1 RPC error or failed/cancelled job (the server's
 // code and message on stderr as "sinkscope: <CODE>: <message>"); 2 usage error.
@@ -52,6 +56,206 @@ bool ReadTextFile(const std::string& path, std::string* text) {
   return true;
 }
 
+/// The input and submission flags every analysis subcommand shares.
+struct InputFlags {
+  std::string model, dtype, request_id;
+  std::vector<std::string> texts, id_lists, files;
+  bool no_bos = false, detach = false, events = false;
+  CLI::Option* text_opt = nullptr;
+  CLI::Option* ids_opt = nullptr;
+  CLI::Option* file_opt = nullptr;
+
+  /// `with_sequences`: the command reads input sequences.
+  void Add(CLI::App* cmd, bool with_sequences) {
+    cmd->add_option("-m,--model", model, "Catalog model (see 'sinkscope models')")->required();
+    if (with_sequences) {
+      text_opt = cmd->add_option("--text", texts, "Input text (repeat for several sequences)")
+                     ->allow_extra_args(false);
+      ids_opt = cmd->add_option("--ids", id_lists,
+                                "Token ids, comma-separated, used verbatim (repeatable)")
+                    ->allow_extra_args(false);
+      file_opt = cmd->add_option("--file", files, "Text file, one sequence ('-' = stdin; repeatable)")
+                     ->allow_extra_args(false);
+      cmd->add_flag("--no-bos", no_bos, "Do not prepend BOS to text sequences");
+    }
+    cmd->add_option("--dtype", dtype, "float32, bfloat16 or float16 (default: model's)");
+    cmd->add_option("--request-id", request_id, "Idempotency key: resubmitting returns the job");
+    cmd->add_flag("--detach", detach, "Print the job id and exit once queued");
+    cmd->add_flag("--events", events, "With --json: print every event as a JSON line");
+  }
+
+  /// Fills the request's model, sequences (command-line order), BOS and
+  /// dtype. Returns "" or a usage error.
+  std::string Fill(CLI::App* cmd, sinkscope::client::ScanOptions* options) const {
+    options->detach = detach;
+    options->watch.events = events;
+    options->request.set_client_request_id(request_id);
+    v1::JobRequest* request = options->request.mutable_request();
+    request->set_model(model);
+    size_t next_text = 0, next_ids = 0, next_file = 0;
+    for (const CLI::Option* opt : cmd->parse_order()) {
+      if (opt == nullptr) continue;
+      if (opt == text_opt && next_text < texts.size()) {
+        request->add_sequences()->set_text(texts[next_text++]);
+      } else if (opt == ids_opt && next_ids < id_lists.size()) {
+        const std::string& csv = id_lists[next_ids++];
+        auto ids = sinkscope::client::ParseIds(csv);
+        if (!ids.ok()) return absl::StrCat("--ids ", csv, ": ", ids.status().message());
+        request->add_sequences()->mutable_ids()->mutable_ids()->Add(ids->begin(), ids->end());
+      } else if (opt == file_opt && next_file < files.size()) {
+        const std::string& path = files[next_file++];
+        std::string text;
+        if (!ReadTextFile(path, &text)) return absl::StrCat("--file: cannot read ", path);
+        request->add_sequences()->set_text(text);
+      }
+    }
+    if (no_bos) request->set_add_bos(false);
+    if (!dtype.empty()) {
+      auto d = sinkscope::client::ParseDtype(dtype);
+      if (!d.ok()) return absl::StrCat("--dtype: ", d.status().message());
+      request->set_dtype(*d);
+    }
+    return "";
+  }
+};
+
+/// "--flag: message" for a bad list value.
+std::string ListError(const std::string& flag, const absl::Status& status) {
+  return absl::StrCat(flag, ": ", status.message());
+}
+
+/// Flags of an evaluation (perplexity, interventions).
+struct EvalFlags {
+  std::string corpus;
+  int chunk_length = 0;
+  int64_t token_budget = 0;
+  CLI::Option* chunk_opt = nullptr;
+  CLI::Option* budget_opt = nullptr;
+
+  void Add(CLI::App* cmd) {
+    cmd->add_option("--corpus", corpus,
+                    "Catalog corpus (see 'sinkscope models'); else --text/--ids/--file, "
+                    "concatenated into one stream");
+    chunk_opt = cmd->add_option("--chunk-length", chunk_length,
+                                "Tokens per chunk, context reset at each (server default 128)");
+    budget_opt = cmd->add_option("--token-budget", token_budget,
+                                 "Tokens fed at most (default: the whole stream)");
+  }
+  void Fill(v1::EvalCorpus* eval) const {
+    eval->set_corpus(corpus);
+    if (chunk_opt->count() > 0) eval->set_chunk_length(chunk_length);
+    if (budget_opt->count() > 0) eval->set_token_budget(token_budget);
+  }
+};
+
+/// Flags of one constant substitution.
+struct SubstitutionFlags {
+  std::string mode, channels, positions, constant, constant_file;
+  int block = 0;
+  bool channels_only = false;
+
+  void Add(CLI::App* cmd) {
+    cmd->add_option("--mode", mode, "mean (default), constant or zero");
+    cmd->add_option("--block", block,
+                    "Paper block (1..2L) whose post-residual is replaced (0 = detected step-up block)");
+    cmd->add_flag("--channels-only", channels_only, "Replace only the spike channels");
+    cmd->add_option("--channels", channels, "Channels replaced (with --channels-only), comma-separated");
+    cmd->add_option("--positions", positions, "Positions replaced in each chunk (default: spike tokens)");
+    cmd->add_option("--constant", constant, "Mode constant: the vector, comma-separated");
+    cmd->add_option("--constant-file", constant_file, "Mode constant: a file of numbers");
+  }
+  std::string Fill(v1::ConstantSubstitution* s) const {
+    s->set_mode(mode);
+    s->set_block(block);
+    s->set_channels_only(channels_only);
+    if (!channels.empty()) {
+      auto v = sinkscope::client::ParseIntList(channels);
+      if (!v.ok()) return ListError("--channels", v.status());
+      s->mutable_channels()->Add(v->begin(), v->end());
+    }
+    if (!positions.empty()) {
+      auto v = sinkscope::client::ParseIntList(positions);
+      if (!v.ok()) return ListError("--positions", v.status());
+      s->mutable_positions()->Add(v->begin(), v->end());
+    }
+    std::string values = constant;
+    if (!constant_file.empty() && !ReadTextFile(constant_file, &values)) {
+      return absl::StrCat("--constant-file: cannot read ", constant_file);
+    }
+    if (!values.empty()) {
+      auto v = sinkscope::client::ParseFloats(values);
+      if (!v.ok()) return ListError("--constant", v.status());
+      s->mutable_constant()->Add(v->begin(), v->end());
+    }
+    return "";
+  }
+};
+
+/// Flags of one sink ablation.
+struct AblationFlags {
+  std::string method, heads, sink_positions;
+
+  void Add(CLI::App* cmd, const std::string& prefix = "") {
+    cmd->add_option("--" + prefix + "method", method, "mask (default), zero-prob or zero-value");
+    cmd->add_option("--" + prefix + "heads", heads,
+                    "layer:head pairs, e.g. 2:0,2:2 (default: the detected sink heads)");
+    cmd->add_option("--" + prefix + "sink-positions", sink_positions, "Sink key positions (default 0)");
+  }
+  std::string Fill(v1::SinkAblation* a, const std::string& prefix = "") const {
+    a->set_method(method);
+    if (!heads.empty()) {
+      auto v = sinkscope::client::ParseHeads(heads);
+      if (!v.ok()) return ListError("--" + prefix + "heads", v.status());
+      for (auto [l, h] : *v) {
+        v1::HeadRef* ref = a->add_heads();
+        ref->set_layer(l);
+        ref->set_head(h);
+      }
+    }
+    if (!sink_positions.empty()) {
+      auto v = sinkscope::client::ParseIntList(sink_positions);
+      if (!v.ok()) return ListError("--" + prefix + "sink-positions", v.status());
+      a->mutable_sink_positions()->Add(v->begin(), v->end());
+    }
+    return "";
+  }
+};
+
+/// Shared flags of the intervention front-ends.
+struct ExperimentFlags {
+  double abs_threshold = 0, rel_threshold = 0, step_fraction = 0;
+  CLI::Option* abs_opt = nullptr;
+  CLI::Option* rel_opt = nullptr;
+  CLI::Option* step_opt = nullptr;
+  std::vector<std::string> calibration_ids, calibration_texts;
+
+  void Add(CLI::App* cmd) {
+    abs_opt = cmd->add_option("--abs-threshold", abs_threshold, "Spike if |h| > X (default 100)");
+    rel_opt = cmd->add_option("--rel-threshold", rel_threshold,
+                              "... and |h| > X * median|h| (default 1000)");
+    step_opt = cmd->add_option("--step-fraction", step_fraction,
+                               "Step-up block rule (default 0.5)");
+    cmd->add_option("--calibration-ids", calibration_ids,
+                    "Calibration sequence for mode mean, token ids (repeatable)")
+        ->allow_extra_args(false);
+    cmd->add_option("--calibration-text", calibration_texts,
+                    "Calibration sequence for mode mean, text (repeatable)")
+        ->allow_extra_args(false);
+  }
+  std::string Fill(v1::InterventionRequest* r) const {
+    if (abs_opt->count() > 0) r->set_abs_threshold(abs_threshold);
+    if (rel_opt->count() > 0) r->set_rel_threshold(rel_threshold);
+    if (step_opt->count() > 0) r->set_step_fraction(step_fraction);
+    for (const std::string& csv : calibration_ids) {
+      auto ids = sinkscope::client::ParseIds(csv);
+      if (!ids.ok()) return ListError("--calibration-ids", ids.status());
+      r->add_calibration()->mutable_ids()->mutable_ids()->Add(ids->begin(), ids->end());
+    }
+    for (const std::string& t : calibration_texts) r->add_calibration()->set_text(t);
+    return "";
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -67,6 +271,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--token", global.token, "Bearer token, sent as 'authorization' metadata")
       ->envname("SINKSCOPE_TOKEN");
+  app.add_option("--tls-ca", global.tls_ca, "PEM CA file: use TLS and verify the server with it")
+      ->envname("SINKSCOPE_TLS_CA");
   app.add_option("--user", global.user,
                  "Caller name, sent as 'x-sinkscope-user' metadata (until auth lands)")
       ->envname("SINKSCOPE_USER");
@@ -149,7 +355,121 @@ int main(int argc, char** argv) {
   cancel->add_option("id", cancel_id, "Job id")->required();
 
   // models
-  CLI::App* models = app.add_subcommand("models", "List the server's model catalog");
+  CLI::App* models = app.add_subcommand("models", "List the server's model catalog and corpora");
+
+  // sinks
+  CLI::App* sinks = app.add_subcommand(
+      "sinks", "Attention-sink scan: sink ratio per layer and head (paper eq. 27-28)");
+  InputFlags sinks_in;
+  sinks_in.Add(sinks, true);
+  int window = 0;
+  double epsilon = 0;
+  bool windowed = false;
+  std::string sinks_layers;
+  CLI::Option* window_opt =
+      sinks->add_option("-T,--window", window, "Tokens per sequence T (server default 64)");
+  sinks->add_flag("--windowed", windowed, "Split long sequences into windows of T");
+  CLI::Option* eps_opt =
+      sinks->add_option("--epsilon", epsilon, "Sink-head threshold (server default 0.3)");
+  sinks->add_option("--layers", sinks_layers, "Layers, comma-separated (default all)");
+
+  // first-token-probe
+  CLI::App* probe = app.add_subcommand(
+      "first-token-probe",
+      "Which tokens become spike tokens at position 0 (paper Table 2, eq. 22)");
+  InputFlags probe_in;
+  probe_in.Add(probe, false);
+  std::string probe_tokens, probe_prefix;
+  int range_begin = 0, range_end = 0, batch_size = 0, max_exceptions = 0;
+  double probe_abs = 0, probe_rel = 0;
+  probe->add_option("--tokens", probe_tokens, "Token ids probed, comma-separated (default: a range)");
+  CLI::Option* rb_opt = probe->add_option("--range-begin", range_begin, "First id of the range (default 0)");
+  CLI::Option* re_opt =
+      probe->add_option("--range-end", range_end, "End of the range, exclusive (default vocab size)");
+  probe->add_option("--prefix", probe_prefix, "Control prefix ids (default: BOS)");
+  CLI::Option* pabs_opt = probe->add_option("--abs-threshold", probe_abs, "Spike if |h| > X (default 100)");
+  CLI::Option* prel_opt =
+      probe->add_option("--rel-threshold", probe_rel, "... and |h| > X * median|h| (default 1000)");
+  CLI::Option* bs_opt =
+      probe->add_option("--batch-size", batch_size, "Tokens per forward pass (default 512)");
+  CLI::Option* mx_opt = probe->add_option("--max-exceptions", max_exceptions,
+                                          "Exceptions listed (default 256)");
+
+  // spike-similarity
+  CLI::App* similarity = app.add_subcommand(
+      "spike-similarity", "Cosine of spike tokens around the step-up block (paper Fig. 5, eq. 25)");
+  InputFlags sim_in;
+  sim_in.Add(similarity, true);
+  double sim_abs = 0, sim_rel = 0, sim_step = 0;
+  int step_up_block = 0;
+  CLI::Option* sabs_opt = similarity->add_option("--abs-threshold", sim_abs, "Spike if |h| > X (default 100)");
+  CLI::Option* srel_opt =
+      similarity->add_option("--rel-threshold", sim_rel, "... and |h| > X * median|h| (default 1000)");
+  CLI::Option* sstep_opt =
+      similarity->add_option("--step-fraction", sim_step, "Step-up block rule (default 0.5)");
+  similarity->add_option("--step-up-block", step_up_block, "Paper block to use (default: detected)");
+
+  // self-attention-profile
+  CLI::App* selfattn = app.add_subcommand(
+      "self-attention-profile",
+      "A[t,t] of first, delimiter and other tokens in early layers (paper section 3.1.3)");
+  InputFlags sa_in;
+  sa_in.Add(selfattn, true);
+  std::string sa_layers, delimiter_ids;
+  std::vector<std::string> delimiters;
+  selfattn->add_option("--layers", sa_layers, "Layers (default: up to the step-up block's layer)");
+  selfattn->add_option("--delimiter-ids", delimiter_ids, "Delimiter token ids, comma-separated");
+  selfattn->add_option("--delimiter", delimiters,
+                       "Delimiter as text, C escapes allowed: '.' or '\\n' (repeatable; models "
+                       "with a tokenizer)")
+      ->allow_extra_args(false);
+
+  // perplexity
+  CLI::App* perplexity = app.add_subcommand(
+      "perplexity", "Perplexity of a catalog corpus or of the given text / ids, per chunk");
+  InputFlags ppl_in;
+  ppl_in.Add(perplexity, true);
+  EvalFlags ppl_eval;
+  ppl_eval.Add(perplexity);
+
+  // constant-substitution
+  CLI::App* substitution = app.add_subcommand(
+      "constant-substitution",
+      "Replace massive activations by a constant (mean / constant / zero), measure PPL and KL "
+      "(paper finding 6)");
+  InputFlags sub_in;
+  sub_in.Add(substitution, true);
+  EvalFlags sub_eval;
+  sub_eval.Add(substitution);
+  SubstitutionFlags sub_flags;
+  sub_flags.Add(substitution);
+  ExperimentFlags sub_exp;
+  sub_exp.Add(substitution);
+  AblationFlags sub_also;  // composed after the substitution
+  bool sub_also_ablate = false;
+  substitution->add_flag("--also-ablate", sub_also_ablate,
+                         "Compose: also ablate sinks (see --ablate-method/--ablate-heads)");
+  sub_also.Add(substitution, "ablate-");
+
+  // sink-ablation
+  CLI::App* ablation = app.add_subcommand(
+      "sink-ablation",
+      "Remove attention to the sink in chosen heads (mask / zero-prob / zero-value), measure PPL "
+      "and KL (paper finding 6)");
+  InputFlags abl_in;
+  abl_in.Add(ablation, true);
+  EvalFlags abl_eval;
+  abl_eval.Add(ablation);
+  AblationFlags abl_flags;
+  abl_flags.Add(ablation);
+  ExperimentFlags abl_exp;
+  abl_exp.Add(ablation);
+  std::string abl_also_mode;
+  int abl_also_block = 0;
+  ablation->add_option("--also-substitute", abl_also_mode,
+                       "Compose: also substitute massive activations first (mean, constant or zero)");
+  ablation->add_option("--substitute-block", abl_also_block,
+                       "Block of --also-substitute (default: detected step-up block)");
 
   try {
     app.parse(argc, argv);
@@ -219,5 +539,110 @@ int main(int argc, char** argv) {
   }
   if (cancel->parsed()) return sinkscope::client::RunCancel(global, cancel_id);
   if (models->parsed()) return sinkscope::client::RunModels(global);
+
+  sinkscope::client::ScanOptions options;
+  v1::JobRequest* request = options.request.mutable_request();
+  auto int_list = [](const std::string& flag, const std::string& csv,
+                     google::protobuf::RepeatedField<int32_t>* out) -> std::string {
+    if (csv.empty()) return "";
+    auto v = sinkscope::client::ParseIntList(csv);
+    if (!v.ok()) return ListError(flag, v.status());
+    out->Add(v->begin(), v->end());
+    return "";
+  };
+  std::string error;
+  if (sinks->parsed()) {
+    if (!(error = sinks_in.Fill(sinks, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0) return Usage("sinks needs --text, --ids or --file");
+    v1::SinksRequest* p = request->mutable_sinks();
+    if (window_opt->count() > 0) p->set_window(window);
+    p->set_windowed(windowed);
+    if (eps_opt->count() > 0) p->set_epsilon(epsilon);
+    if (!(error = int_list("--layers", sinks_layers, p->mutable_layers())).empty()) return Usage(error);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (probe->parsed()) {
+    if (!(error = probe_in.Fill(probe, &options)).empty()) return Usage(error);
+    v1::FirstTokenProbeRequest* p = request->mutable_first_token_probe();
+    if (!(error = int_list("--tokens", probe_tokens, p->mutable_token_ids())).empty()) return Usage(error);
+    if (!(error = int_list("--prefix", probe_prefix, p->mutable_prefix())).empty()) return Usage(error);
+    if (rb_opt->count() > 0) p->set_range_begin(range_begin);
+    if (re_opt->count() > 0) p->set_range_end(range_end);
+    if (pabs_opt->count() > 0) p->set_abs_threshold(probe_abs);
+    if (prel_opt->count() > 0) p->set_rel_threshold(probe_rel);
+    if (bs_opt->count() > 0) p->set_batch_size(batch_size);
+    if (mx_opt->count() > 0) p->set_max_listed_exceptions(max_exceptions);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (similarity->parsed()) {
+    if (!(error = sim_in.Fill(similarity, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0) return Usage("spike-similarity needs --text, --ids or --file");
+    v1::SpikeSimilarityRequest* p = request->mutable_spike_similarity();
+    if (sabs_opt->count() > 0) p->set_abs_threshold(sim_abs);
+    if (srel_opt->count() > 0) p->set_rel_threshold(sim_rel);
+    if (sstep_opt->count() > 0) p->set_step_fraction(sim_step);
+    if (step_up_block > 0) p->set_step_up_block(step_up_block);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (selfattn->parsed()) {
+    if (!(error = sa_in.Fill(selfattn, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0) {
+      return Usage("self-attention-profile needs --text, --ids or --file");
+    }
+    v1::SelfAttentionProfileRequest* p = request->mutable_self_attention_profile();
+    if (!(error = int_list("--layers", sa_layers, p->mutable_layers())).empty()) return Usage(error);
+    if (!(error = int_list("--delimiter-ids", delimiter_ids, p->mutable_delimiter_ids())).empty()) {
+      return Usage(error);
+    }
+    for (const std::string& d : delimiters) {
+      auto text = sinkscope::client::Unescape(d);
+      if (!text.ok()) return Usage(ListError("--delimiter", text.status()));
+      p->add_delimiters(*text);
+    }
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (perplexity->parsed()) {
+    if (!(error = ppl_in.Fill(perplexity, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0 && ppl_eval.corpus.empty()) {
+      return Usage("perplexity needs --corpus, or --text, --ids or --file");
+    }
+    ppl_eval.Fill(request->mutable_perplexity()->mutable_eval());
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (substitution->parsed()) {
+    if (!(error = sub_in.Fill(substitution, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0 && sub_eval.corpus.empty()) {
+      return Usage("constant-substitution needs --corpus, or --text, --ids or --file");
+    }
+    v1::InterventionRequest* p = request->mutable_constant_substitution();
+    sub_eval.Fill(p->mutable_eval());
+    if (!(error = sub_flags.Fill(p->add_interventions()->mutable_substitution())).empty()) {
+      return Usage(error);
+    }
+    if (sub_also_ablate &&
+        !(error = sub_also.Fill(p->add_interventions()->mutable_ablation(), "ablate-")).empty()) {
+      return Usage(error);
+    }
+    if (!(error = sub_exp.Fill(p)).empty()) return Usage(error);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (ablation->parsed()) {
+    if (!(error = abl_in.Fill(ablation, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0 && abl_eval.corpus.empty()) {
+      return Usage("sink-ablation needs --corpus, or --text, --ids or --file");
+    }
+    v1::InterventionRequest* p = request->mutable_sink_ablation();
+    abl_eval.Fill(p->mutable_eval());
+    if (!abl_also_mode.empty()) {
+      v1::ConstantSubstitution* s = p->add_interventions()->mutable_substitution();
+      s->set_mode(abl_also_mode);
+      s->set_block(abl_also_block);
+    }
+    if (!(error = abl_flags.Fill(p->add_interventions()->mutable_ablation())).empty()) {
+      return Usage(error);
+    }
+    if (!(error = abl_exp.Fill(p)).empty()) return Usage(error);
+    return sinkscope::client::RunScan(global, options);
+  }
   return Usage("no command");
 }

@@ -64,7 +64,24 @@ std::string DescribeSequence(const v1::Sequence& seq) {
 }
 
 std::string DescribeParams(const v1::JobRequest& request) {
-  if (!request.has_scan()) return "-";
+  if (request.params_case() != v1::JobRequest::kScan) {
+    if (request.params_case() == v1::JobRequest::PARAMS_NOT_SET) return "-";
+    absl::StatusOr<std::string> json;
+    switch (request.params_case()) {
+      case v1::JobRequest::kSinks: json = ToJson(request.sinks(), false); break;
+      case v1::JobRequest::kFirstTokenProbe: json = ToJson(request.first_token_probe(), false); break;
+      case v1::JobRequest::kSpikeSimilarity: json = ToJson(request.spike_similarity(), false); break;
+      case v1::JobRequest::kPerplexity: json = ToJson(request.perplexity(), false); break;
+      case v1::JobRequest::kConstantSubstitution: json = ToJson(request.constant_substitution(), false); break;
+      case v1::JobRequest::kSinkAblation: json = ToJson(request.sink_ablation(), false); break;
+      case v1::JobRequest::kSelfAttentionProfile: json = ToJson(request.self_attention_profile(), false); break;
+      default: return "-";
+    }
+    if (!json.ok()) return "-";
+    std::string text = *json;
+    if (text.size() > 400) text = text.substr(0, 400) + "...";
+    return text;
+  }
   const v1::ActivationScanRequest& s = request.scan();
   std::vector<std::string> parts;
   if (s.has_top_k()) parts.push_back(absl::StrCat("top_k ", s.top_k()));
@@ -247,33 +264,393 @@ std::string RenderScanSummary(const v1::ScanSummary& s, int max_entries) {
   return out;
 }
 
+std::string FormatProvenance(const v1::Provenance& p) {
+  return absl::StrCat("model ", p.model(), " (", p.checkpoint_format(), "), dtype ", p.dtype(),
+                      ", device ", p.device(), ", attention ", p.attention_path(), ", code ",
+                      p.code_version(), "; ", Count(p.n_tokens(), "token"), " in ",
+                      Count(p.n_sequences(), "sequence"));
+}
+
+namespace {
+
+std::string Fixed(double v, int digits = 4) { return absl::StrFormat("%.*f", digits, v); }
+
+std::string HeadLabel(const v1::HeadRef& h) { return absl::StrCat("(", h.layer(), ",", h.head(), ")"); }
+
+std::string Percent(double ratio) { return absl::StrFormat("%.2f%%", 100.0 * ratio); }
+
+std::string JoinInts(const google::protobuf::RepeatedField<int32_t>& v, size_t max = 32) {
+  std::vector<std::string> items;
+  for (int32_t x : v) items.push_back(absl::StrCat(x));
+  return JoinCapped(items, max);
+}
+
+void AppendProvenance(std::string* out, bool has, const v1::Provenance& p) {
+  if (has) absl::StrAppend(out, Key("Provenance"), FormatProvenance(p), "\n");
+}
+
+std::string FormatEval(const v1::EvalUsed& e) {
+  return absl::StrCat(e.corpus().empty() ? "request sequences" : absl::StrCat("corpus ", e.corpus()),
+                      " (", Count(e.stream_tokens(), "token"), "), chunks of ", e.chunk_length(),
+                      ", token budget ", e.token_budget() < 0 ? std::string("all") : absl::StrCat(e.token_budget()));
+}
+
+std::string FormatThresholds(const v1::SpikeThresholds& t) {
+  return absl::StrFormat("|h| > %g and |h| > %g x median|h|; step fraction %g", t.abs_threshold(),
+                         t.rel_threshold(), t.step_fraction());
+}
+
+/// Relative change b -> a, signed percent.
+std::string RelChange(double before, double after) {
+  if (before == 0) return "-";
+  return absl::StrFormat("%+.4g%%", 100.0 * (after - before) / before);
+}
+
+}  // namespace
+
+std::string RenderSinkTable(const std::vector<v1::SinkLayer>& layers) {
+  std::vector<std::vector<std::string>> rows = {{"layer", "head", "sink", "max alpha", "key",
+                                                 "sink frac", "gu alpha_0", "distance",
+                                                 "dist w/o sink", "logit gap"}};
+  for (const auto& layer : layers) {
+    for (const auto& h : layer.heads()) {
+      rows.push_back({absl::StrCat(h.layer()), absl::StrCat(h.head()), h.is_sink_head() ? "*" : "",
+                      Fixed(h.max_importance()), absl::StrCat(h.argmax_key()),
+                      Fixed(h.sink_fraction(), 2), Fixed(h.gu_first_key_score()),
+                      Fixed(h.mean_attention_distance(), 2),
+                      Fixed(h.mean_attention_distance_without_sink(), 2),
+                      Fixed(h.mean_logit_gap(), 2)});
+    }
+  }
+  std::string out = FormatTable(rows, {0, 1, 3, 4, 5, 6, 7, 8, 9});
+  std::vector<std::string> ratios;
+  for (const auto& layer : layers) {
+    ratios.push_back(absl::StrCat("layer ", layer.layer(), " ", Percent(layer.sink_ratio()), " (",
+                                  layer.n_sink_heads(), "/", layer.heads_size(), ")"));
+  }
+  absl::StrAppend(&out, "Sink ratio per layer: ", JoinCapped(ratios, 64, "; "), "\n");
+  return out;
+}
+
+std::string RenderSinkSummary(const v1::SinkSummary& s) {
+  std::string out;
+  absl::StrAppend(&out, Key("Sink ratio (eq. 28)"), Percent(s.sink_ratio()), "  (",
+                  s.n_sink_heads(), " of ", s.n_heads(), " heads are sink heads)\n");
+  absl::StrAppend(&out, Key("Gu et al. ratio"), Percent(s.gu_sink_ratio()),
+                  "  [key 0 only, sum_t A[t,0] / (T - 0)]\n");
+  std::vector<std::string> heads;
+  for (const auto& h : s.sink_heads()) heads.push_back(HeadLabel(h));
+  absl::StrAppend(&out, Key("Sink heads (layer,head)"), JoinCapped(heads, 32), "\n");
+  absl::StrAppend(&out, Key("Windows"), s.n_windows(), "\n\n");
+  std::vector<std::vector<std::string>> rows = {
+      {"", "mean attention distance", "distance without sink", "logit gap"},
+      {"sink heads", Fixed(s.sink_heads_distance(), 2), Fixed(s.sink_heads_distance_without_sink(), 2),
+       Fixed(s.sink_heads_logit_gap(), 2)},
+      {"other heads", Fixed(s.other_heads_distance(), 2),
+       Fixed(s.other_heads_distance_without_sink(), 2), Fixed(s.other_heads_logit_gap(), 2)}};
+  absl::StrAppend(&out, FormatTable(rows, {1, 2, 3}), "\n");
+  if (s.has_params()) {
+    const auto& p = s.params();
+    absl::StrAppend(&out, Key("Parameters"),
+                    absl::StrFormat("T = %d%s, epsilon %g, layers %s", p.window(),
+                                    p.windowed() ? " (windowed)" : "", p.epsilon(),
+                                    JoinInts(p.layers(), 64)),
+                    "\n");
+  }
+  AppendProvenance(&out, s.has_provenance(), s.provenance());
+  return out;
+}
+
+std::string RenderFirstTokenProbe(const v1::FirstTokenProbeResult& r) {
+  std::string out;
+  absl::StrAppend(&out, Key("Tokens probed"), r.n_tokens(), "\n");
+  absl::StrAppend(&out, Key("Spike at position 0"), r.n_spike_at_first(), " (",
+                  Percent(r.ratio_at_first()), ")\n");
+  absl::StrAppend(&out, Key("Spike in control"), r.n_spike_in_control(), " (",
+                  Percent(r.ratio_in_control()), ")  [after the prefix]\n");
+  absl::StrAppend(&out, Key("Not spiking at 0"), JoinInts(r.not_spiking_at_first()),
+                  r.n_tokens() - r.n_spike_at_first() > r.not_spiking_at_first_size()
+                      ? absl::StrCat("  (", r.n_tokens() - r.n_spike_at_first(), " in all)")
+                      : "",
+                  "\n");
+  absl::StrAppend(&out, Key("Spiking in control"), JoinInts(r.spiking_in_control()),
+                  r.n_spike_in_control() > r.spiking_in_control_size()
+                      ? absl::StrCat("  (", r.n_spike_in_control(), " in all)")
+                      : "",
+                  "\n");
+  std::vector<std::string> bins;
+  for (int b = 1; b < r.first_spike_block_histogram_size(); ++b) {
+    if (r.first_spike_block_histogram(b) > 0) {
+      bins.push_back(absl::StrCat("block ", BlockLabel(b, (b - 1) / 2, ""), ": ",
+                                  r.first_spike_block_histogram(b)));
+    }
+  }
+  absl::StrAppend(&out, Key("First spike at"), JoinCapped(bins, 64, "; "), "\n");
+  absl::StrAppend(&out, Key("Timing"),
+                  absl::StrFormat("%.3f s total, %.3f s in forward passes", r.total_seconds(),
+                                  r.forward_seconds()),
+                  "\n");
+  if (r.has_params()) {
+    const auto& p = r.params();
+    absl::StrAppend(
+        &out, Key("Parameters"),
+        p.token_ids().empty() ? absl::StrCat("range [", p.range_begin(), ", ", p.range_end(), ")")
+                              : absl::StrCat("tokens ", JoinInts(p.token_ids(), 16)),
+        ", prefix [", JoinInts(p.prefix(), 16), "], ",
+        absl::StrFormat("|h| > %g and > %g x median|h|, batch %d", p.abs_threshold(),
+                        p.rel_threshold(), p.batch_size()),
+        "\n");
+  }
+  AppendProvenance(&out, r.has_provenance(), r.provenance());
+  return out;
+}
+
+std::string RenderSpikeSimilarity(const v1::SpikeSimilaritySummary& s) {
+  std::string out;
+  std::vector<std::string> tokens;
+  for (int i = 0; i < s.spike_tokens_size(); ++i) {
+    const auto& t = s.spike_tokens(i);
+    tokens.push_back(absl::StrCat("(seq ", t.sequence(), ", pos ", t.position(),
+                                  i < s.token_ids_size() ? absl::StrCat(", id ", s.token_ids(i)) : "",
+                                  ")"));
+  }
+  absl::StrAppend(&out, Key(absl::StrCat("Spike tokens (", tokens.size(), ")")),
+                  JoinCapped(tokens, 16), "\n");
+  if (s.has_step_up_block()) {
+    absl::StrAppend(&out, Key("Step-up block"), "block ", BlockLabel(s.step_up_block()), "\n");
+  }
+  absl::StrAppend(&out, "\nPairwise cosine of the spike tokens' hidden states (eq. 25):\n");
+  std::vector<std::vector<std::string>> rows = {{"where", "hook", "mean off-diag", "min off-diag"}};
+  auto add = [&](const std::string& where, bool has, const v1::CosineMatrix& m) {
+    if (!has) return;
+    rows.push_back({where, m.hook(), Fixed(m.mean_off_diagonal(), 6), Fixed(m.min_off_diagonal(), 6)});
+  };
+  add("before step-up", s.has_before(), s.before());
+  add("after step-up", s.has_after(), s.after());
+  add("after next norm", s.has_normalized(), s.normalized());
+  absl::StrAppend(&out, FormatTable(rows, {2, 3}));
+  if (s.has_after() && s.after().n() > 1 && s.after().n() <= 8) {
+    absl::StrAppend(&out, "\nCosine after the step-up block:\n");
+    const int n = s.after().n();
+    for (int i = 0; i < n; ++i) {
+      std::vector<std::string> row;
+      for (int j = 0; j < n && i * n + j < s.after().values_size(); ++j) {
+        row.push_back(Fixed(s.after().values(i * n + j), 4));
+      }
+      absl::StrAppend(&out, "  ", absl::StrJoin(row, "  "), "\n");
+    }
+  }
+  if (s.has_thresholds()) absl::StrAppend(&out, "\n", Key("Thresholds"), FormatThresholds(s.thresholds()), "\n");
+  AppendProvenance(&out, s.has_provenance(), s.provenance());
+  return out;
+}
+
+std::string RenderSelfAttentionTable(const std::vector<v1::SelfAttentionLayer>& layers) {
+  std::vector<std::vector<std::string>> rows = {
+      {"layer", "first A[t,t]", "delimiter A[t,t]", "other A[t,t]", "tokens (first/delim/other)"}};
+  for (const auto& l : layers) {
+    std::vector<std::string> row = {absl::StrCat(l.layer())};
+    std::vector<std::string> counts;
+    for (int g = 0; g < 3; ++g) {
+      if (g < l.groups_size()) {
+        row.push_back(l.groups(g).count() > 0 ? Fixed(l.groups(g).mean()) : "-");
+        counts.push_back(absl::StrCat(l.groups(g).count()));
+      } else {
+        row.push_back("-");
+      }
+    }
+    row.push_back(absl::StrJoin(counts, "/"));
+    rows.push_back(std::move(row));
+  }
+  return FormatTable(rows, {0, 1, 2, 3});
+}
+
+std::string RenderSelfAttentionSummary(const v1::SelfAttentionSummary& s) {
+  std::string out;
+  absl::StrAppend(&out, Key("Layers profiled"), JoinInts(s.layers(), 64), "\n");
+  absl::StrAppend(&out, Key("Delimiter ids"), JoinInts(s.delimiter_ids(), 32), "\n");
+  for (const auto& d : s.resolved_delimiters()) {
+    absl::StrAppend(&out, Key(absl::StrCat("  \"", absl::CHexEscape(d.text()), "\"")),
+                    JoinInts(d.ids(), 16), "\n");
+  }
+  AppendProvenance(&out, s.has_provenance(), s.provenance());
+  return out;
+}
+
+std::string RenderPerplexityChunks(const std::vector<v1::PerplexityChunk>& chunks) {
+  std::string out;
+  for (const auto& c : chunks) {
+    absl::StrAppend(&out, absl::StrFormat("chunk %4d  tokens %d..%d  scored %d  loss %.6f  ppl %.4f\n",
+                                          c.index(), c.first_token(), c.first_token() + c.n_scored(),
+                                          c.n_scored(), c.mean_loss(), c.perplexity()));
+  }
+  return out;
+}
+
+std::string RenderPerplexitySummary(const v1::PerplexitySummary& s) {
+  std::string out;
+  absl::StrAppend(&out, Key("Perplexity"), absl::StrFormat("%.6f", s.perplexity()),
+                  absl::StrFormat("  (mean loss %.6f nats over %d scored tokens, %d chunks)",
+                                  s.mean_loss(), s.n_scored(), s.n_chunks()),
+                  "\n");
+  if (s.has_eval()) absl::StrAppend(&out, Key("Evaluation"), FormatEval(s.eval()), "\n");
+  AppendProvenance(&out, s.has_provenance(), s.provenance());
+  return out;
+}
+
+std::string RenderInterventionChunks(const std::vector<v1::InterventionChunk>& chunks) {
+  std::vector<std::vector<std::string>> rows = {
+      {"chunk", "first token", "scored", "baseline ppl", "intervened ppl", "change", "KL mean"}};
+  for (const auto& c : chunks) {
+    rows.push_back({absl::StrCat(c.index()), absl::StrCat(c.first_token()), absl::StrCat(c.n_scored()),
+                    Fixed(c.baseline_perplexity()), Fixed(c.intervened_perplexity()),
+                    RelChange(c.baseline_perplexity(), c.intervened_perplexity()),
+                    absl::StrFormat("%.4g", c.kl_mean())});
+  }
+  return FormatTable(rows, {0, 1, 2, 3, 4, 5, 6});
+}
+
+std::string RenderInterventionSummary(const v1::InterventionSummary& s) {
+  std::string out;
+  absl::StrAppend(&out, Key("Perplexity"),
+                  absl::StrFormat("baseline %.6f -> intervened %.6f (%s) over %d scored tokens",
+                                  s.baseline_perplexity(), s.intervened_perplexity(),
+                                  RelChange(s.baseline_perplexity(), s.intervened_perplexity()),
+                                  s.n_scored()),
+                  "\n");
+  if (s.has_kl()) {
+    const auto& k = s.kl();
+    absl::StrAppend(&out, Key("KL(base || interv.)"),
+                    absl::StrFormat("all %.4g; spike tokens %.4g (%d); after spike %.4g (%d); "
+                                    "rest %.4g (%d) nats",
+                                    k.all(), k.spike(), k.n_spike(), k.after_spike(),
+                                    k.n_after_spike(), k.rest(), k.n_rest()),
+                    "\n");
+  }
+  for (int i = 0; i < s.interventions_size(); ++i) {
+    const auto& iv = s.interventions(i);
+    std::string text;
+    if (iv.has_substitution()) {
+      const auto& sub = iv.substitution();
+      text = absl::StrCat("substitute ", sub.mode(), " at block ",
+                          sub.has_block() ? BlockLabel(sub.block()) : "?",
+                          sub.channels_only() ? absl::StrCat(", channels ", JoinInts(sub.channels(), 16))
+                                              : ", whole state",
+                          ", positions ",
+                          sub.positions().empty() ? std::string("spike tokens") : JoinInts(sub.positions(), 16),
+                          ", |values| ", sub.values_size());
+      if (sub.values_size() > 0) {
+        double norm = 0;
+        for (float v : sub.values()) norm += static_cast<double>(v) * v;
+        absl::StrAppend(&text, absl::StrFormat(" (norm %.4g)", std::sqrt(norm)));
+      }
+    } else if (iv.has_ablation()) {
+      const auto& a = iv.ablation();
+      std::vector<std::string> heads;
+      for (const auto& h : a.heads()) heads.push_back(HeadLabel(h));
+      text = absl::StrCat("ablate (", a.method(), ") heads ", JoinCapped(heads, 24),
+                          ", sink positions ", JoinInts(a.sink_positions(), 16));
+    }
+    absl::StrAppend(&out, Key(absl::StrCat("Intervention ", i)), text, "\n");
+  }
+  if (s.head_effects_size() > 0) {
+    std::vector<std::vector<std::string>> rows = {
+        {"head", "|z| base", "|z| interv.", "distance base", "distance interv."}};
+    for (const auto& e : s.head_effects()) {
+      rows.push_back({absl::StrCat("(", e.layer(), ",", e.head(), ")"), Fixed(e.z_norm_baseline()),
+                      Fixed(e.z_norm_intervened()), Fixed(e.distance_baseline(), 2),
+                      Fixed(e.distance_intervened(), 2)});
+    }
+    absl::StrAppend(&out, "\nPer ablated head:\n", FormatTable(rows, {1, 2, 3, 4}));
+  }
+  if (s.residual_shifts_size() > 0) {
+    std::vector<std::vector<std::string>> rows = {{"block", "rel. shift spike", "rel. shift rest"}};
+    for (const auto& r : s.residual_shifts()) {
+      rows.push_back({BlockLabel(r.block()), absl::StrFormat("%.4g", r.relative_change_spike()),
+                      absl::StrFormat("%.4g", r.relative_change_rest())});
+    }
+    absl::StrAppend(&out, "\nResidual shift ||h_int - h_base|| / ||h_base||:\n",
+                    FormatTable(rows, {1, 2}));
+  }
+  out += "\n";
+  if (s.has_eval()) absl::StrAppend(&out, Key("Evaluation"), FormatEval(s.eval()), "\n");
+  if (s.has_thresholds()) absl::StrAppend(&out, Key("Thresholds"), FormatThresholds(s.thresholds()), "\n");
+  absl::StrAppend(&out, Key("Calibration"),
+                  s.n_calibration_sequences() > 0 ? Count(s.n_calibration_sequences(), "sequence")
+                                                  : std::string("the evaluation chunks"),
+                  "\n");
+  AppendProvenance(&out, s.has_provenance(), s.provenance());
+  return out;
+}
+
+std::string ProgressUnit(v1::JobType type) {
+  switch (type) {
+    case v1::JOB_TYPE_ACTIVATION_SCAN: return "blocks";
+    case v1::JOB_TYPE_FIRST_TOKEN_PROBE: return "tokens";
+    default: return "units";
+  }
+}
+
 std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   std::vector<v1::ScanBlock> blocks;
-  const v1::ScanSummary* summary = nullptr;
+  std::vector<v1::SinkLayer> sink_layers;
+  std::vector<v1::SelfAttentionLayer> sa_layers;
+  std::vector<v1::PerplexityChunk> ppl_chunks;
+  std::vector<v1::InterventionChunk> iv_chunks;
+  std::vector<std::string> summaries;
   int other = 0;
   for (const auto& r : records) {
-    if (r.has_scan_block()) {
-      blocks.push_back(r.scan_block());
-    } else if (r.has_scan_summary()) {
-      summary = &r.scan_summary();
-    } else {
-      ++other;
+    switch (r.record_case()) {
+      case v1::ResultRecord::kScanBlock: blocks.push_back(r.scan_block()); break;
+      case v1::ResultRecord::kScanSummary: summaries.push_back(RenderScanSummary(r.scan_summary())); break;
+      case v1::ResultRecord::kSinkLayer: sink_layers.push_back(r.sink_layer()); break;
+      case v1::ResultRecord::kSinkSummary: summaries.push_back(RenderSinkSummary(r.sink_summary())); break;
+      case v1::ResultRecord::kFirstTokenProbe:
+        summaries.push_back(RenderFirstTokenProbe(r.first_token_probe()));
+        break;
+      case v1::ResultRecord::kSpikeSimilarity:
+        summaries.push_back(RenderSpikeSimilarity(r.spike_similarity()));
+        break;
+      case v1::ResultRecord::kSelfAttentionLayer: sa_layers.push_back(r.self_attention_layer()); break;
+      case v1::ResultRecord::kSelfAttentionSummary:
+        summaries.push_back(RenderSelfAttentionSummary(r.self_attention_summary()));
+        break;
+      case v1::ResultRecord::kPerplexityChunk: ppl_chunks.push_back(r.perplexity_chunk()); break;
+      case v1::ResultRecord::kPerplexitySummary:
+        summaries.push_back(RenderPerplexitySummary(r.perplexity_summary()));
+        break;
+      case v1::ResultRecord::kInterventionChunk: iv_chunks.push_back(r.intervention_chunk()); break;
+      case v1::ResultRecord::kInterventionSummary:
+        summaries.push_back(RenderInterventionSummary(r.intervention_summary()));
+        break;
+      default: ++other; break;
     }
   }
   std::string out;
-  if (!blocks.empty()) {
-    absl::StrAppend(&out,
-                    "Activation scan per block (post-residual = hook_resid_mid after attn, "
-                    "hook_resid_post after mlp;\nentries: signed value (seq,pos,ch))\n\n",
-                    RenderScanTable(blocks));
-  }
-  if (summary != nullptr) {
+  auto section = [&out](const std::string& text) {
+    if (text.empty()) return;
     if (!out.empty()) out += "\n";
-    absl::StrAppend(&out, RenderScanSummary(*summary));
+    out += text;
+  };
+  if (!blocks.empty()) {
+    section(absl::StrCat("Activation scan per block (post-residual = hook_resid_mid after attn, "
+                         "hook_resid_post after mlp;\nentries: signed value (seq,pos,ch))\n\n",
+                         RenderScanTable(blocks)));
   }
+  if (!sink_layers.empty()) {
+    section(absl::StrCat("Attention sinks per layer and head (eq. 27: max_k alpha_k over keys "
+                         "k < T/2; * = sink head)\n\n",
+                         RenderSinkTable(sink_layers)));
+  }
+  if (!sa_layers.empty()) {
+    section(absl::StrCat("Self-attention A[t,t] by token group, mean over heads (section 3.1.3)\n\n",
+                         RenderSelfAttentionTable(sa_layers)));
+  }
+  if (!ppl_chunks.empty()) section(RenderPerplexityChunks(ppl_chunks));
+  if (!iv_chunks.empty()) section(RenderInterventionChunks(iv_chunks));
+  for (const std::string& s : summaries) section(s);
   if (other > 0) {
-    absl::StrAppend(&out, Count(other, "record"),
-                    " of a kind this client cannot show (use --json)\n");
+    section(absl::StrCat(Count(other, "record"), " of a kind this client cannot show (use --json)\n"));
   }
   return out;
 }
@@ -340,15 +717,26 @@ std::string RenderJobsTable(const v1::ListJobsResponse& response, absl::TimeZone
 std::string RenderModels(const v1::ListModelsResponse& response) {
   std::vector<std::vector<std::string>> rows = {
       {"name", "format", "dtype", "tokenizer", "vocab", "n_ctx", "layers", "blocks", "d_model",
-       "description"}};
+       "heads", "description"}};
   for (const auto& m : response.models()) {
     rows.push_back({m.name(), m.format(), DtypeName(m.default_dtype()),
                     m.has_tokenizer() ? "yes" : "no (ids)", absl::StrCat(m.vocab_size()),
                     absl::StrCat(m.n_ctx()), absl::StrCat(m.n_layers()),
                     absl::StrCat(2 * m.n_layers()), absl::StrCat(m.d_model()),
-                    m.description()});
+                    absl::StrCat(m.n_heads()), m.description()});
   }
-  return FormatTable(rows, {4, 5, 6, 7, 8});
+  std::string out = FormatTable(rows, {4, 5, 6, 7, 8, 9});
+  if (response.corpora_size() > 0) {
+    std::vector<std::vector<std::string>> corpora = {
+        {"corpus", "bytes", "tokenizer", "description"}};
+    for (const auto& c : response.corpora()) {
+      corpora.push_back({c.name(), absl::StrCat(c.size_bytes()),
+                         c.has_tokenizer() ? "own (for models without one)" : "model's",
+                         c.description()});
+    }
+    absl::StrAppend(&out, "\n", FormatTable(corpora, {1}));
+  }
+  return out;
 }
 
 bool JobProgress::Apply(const v1::JobEvent& event) {
@@ -383,7 +771,7 @@ bool JobProgress::Apply(const v1::JobEvent& event) {
       status_line_ = absl::StrCat(prefix, "RUNNING");
       if (event.running().units_total() > 0) {
         absl::StrAppend(&status_line_, " ", event.running().units_done(), "/",
-                        event.running().units_total(), " blocks");
+                        event.running().units_total(), " ", unit_);
       }
       return true;
     case v1::JobEvent::kResult:

@@ -63,8 +63,44 @@ std::string RenderScanTable(const std::vector<v1::ScanBlock>& blocks);
 /// are listed (the rest are counted).
 std::string RenderScanSummary(const v1::ScanSummary& summary, int max_entries = 10);
 
-/// Table and summary of a scan's records (either may be absent).
+/// "model stories260K (llama2c), dtype float32, device cpu, attention sdpa,
+/// code 0.1; 40 tokens in 2 sequences".
+std::string FormatProvenance(const v1::Provenance& provenance);
+
+/// Sinks: one row per (layer, head): max alpha_k (eq. 27) and its key, the
+/// fraction of sequences in which the head sinks, "*" for a sink head, the
+/// Gu et al. score, attention distance with / without the sink, logit gap;
+/// with each layer's sink ratio.
+std::string RenderSinkTable(const std::vector<v1::SinkLayer>& layers);
+/// Sinks summary: sink ratio (eq. 28), the sink heads, sink heads against
+/// the other heads, parameters and provenance.
+std::string RenderSinkSummary(const v1::SinkSummary& summary);
+/// First-token probe: counts and ratios (Table 2), exceptions, the block
+/// where spikes first appear, timing, parameters and provenance.
+std::string RenderFirstTokenProbe(const v1::FirstTokenProbeResult& result);
+/// Spike similarity: spike tokens, step-up block, the three cosine matrices
+/// (mean / min off-diagonal; the matrices themselves when small).
+std::string RenderSpikeSimilarity(const v1::SpikeSimilaritySummary& summary);
+/// Self-attention profile: per layer, mean A[t,t] of first / delimiter /
+/// other tokens.
+std::string RenderSelfAttentionTable(const std::vector<v1::SelfAttentionLayer>& layers);
+std::string RenderSelfAttentionSummary(const v1::SelfAttentionSummary& summary);
+/// Perplexity: one line per chunk, then the total.
+std::string RenderPerplexityChunks(const std::vector<v1::PerplexityChunk>& chunks);
+std::string RenderPerplexitySummary(const v1::PerplexitySummary& summary);
+/// Interventions: per chunk baseline vs intervened perplexity and KL; then
+/// the summary (perplexities, KL by position class, the resolved
+/// interventions, per-head effects, residual shifts).
+std::string RenderInterventionChunks(const std::vector<v1::InterventionChunk>& chunks);
+std::string RenderInterventionSummary(const v1::InterventionSummary& summary);
+
+/// Every record kind of every job type, grouped: per-unit table, then the
+/// summary.
 std::string RenderResults(const std::vector<v1::ResultRecord>& records);
+
+/// The unit of a job type's Running progress: "blocks" (scan), "tokens"
+/// (first-token probe), "units" otherwise.
+std::string ProgressUnit(v1::JobType type);
 
 /// Key/value view of one job (for `sinkscope get`), without its results.
 std::string RenderJob(const v1::Job& job, absl::TimeZone tz = absl::LocalTimeZone());
@@ -84,6 +120,9 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& ts, absl::TimeZon
 class JobProgress {
  public:
   explicit JobProgress(std::string job_id) : job_id_(std::move(job_id)) {}
+
+  /// Unit named in RUNNING lines (default "blocks").
+  void set_unit(std::string unit) { unit_ = std::move(unit); }
 
   /// Applies one event. Returns true when the status line changed (result
   /// records do not change it).
@@ -110,6 +149,7 @@ class JobProgress {
 
  private:
   std::string job_id_;
+  std::string unit_ = "blocks";
   std::string status_line_;
   bool permanent_ = false;
   int64_t last_seq_ = 0;

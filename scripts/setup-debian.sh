@@ -11,6 +11,7 @@ PKGS=(
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev
+  libssl-dev openssl prometheus
 )
 missing=()
 for p in "${PKGS[@]}"; do

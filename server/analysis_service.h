@@ -1,22 +1,30 @@
-// AnalysisService: the public gRPC edge. Thin: reads the caller's identity,
-// calls JobManager, maps absl::Status to grpc::Status once.
+// AnalysisService: the public gRPC edge. Thin: authenticates the caller,
+// enforces job ownership, calls JobManager, maps absl::Status to grpc::Status
+// once, and counts every call in sinkscope_grpc_requests_total.
 #pragma once
 
 #include <string>
 
+#include "server/auth.h"
 #include "server/job_manager.h"
+#include "server/metrics.h"
 #include "sinkscope/v1/analysis.grpc.pb.h"
 
 namespace sinkscope {
 namespace server {
 
-/// Metadata key naming the caller until authentication lands.
-inline constexpr char kUserMetadataKey[] = "x-sinkscope-user";
-
 /// gRPC implementation of sinkscope.v1.AnalysisService (synchronous API).
+///
+/// Isolation (auth "token"): a user sees, watches and cancels only their own
+/// jobs; another user's job id answers NOT_FOUND exactly like an unknown id
+/// (so ids cannot be probed). ListJobs is restricted to the caller's jobs
+/// (an `owner` filter naming someone else returns nothing). Admin tokens see
+/// everything. Calls without a valid token: UNAUTHENTICATED.
 class AnalysisServiceImpl final : public v1::AnalysisService::Service {
  public:
-  explicit AnalysisServiceImpl(JobManager* manager) : manager_(manager) {}
+  /// `metrics` may be null.
+  AnalysisServiceImpl(JobManager* manager, const Authenticator* auth, Metrics* metrics)
+      : manager_(manager), auth_(auth), metrics_(metrics) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
                          v1::Job* response) override;
@@ -32,12 +40,11 @@ class AnalysisServiceImpl final : public v1::AnalysisService::Service {
                           v1::ListModelsResponse* response) override;
 
  private:
+  grpc::Status Done(const char* method, const absl::Status& status);
   JobManager* const manager_;
+  const Authenticator* const auth_;
+  Metrics* const metrics_;
 };
-
-/// The caller's user name from metadata ("anonymous" when absent). Only
-/// printable ASCII, at most 64 characters; InvalidArgument otherwise.
-absl::StatusOr<std::string> CallerIdentity(const grpc::ServerContext& context);
 
 }  // namespace server
 }  // namespace sinkscope

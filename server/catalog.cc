@@ -40,6 +40,7 @@ absl::Status ProbeLlama2c(CatalogEntry* e) {
   }
   e->d_model = header[0];
   e->n_layers = header[2];
+  e->n_heads = header[3];
   e->vocab_size = std::abs(header[5]);
   e->n_ctx = header[6];
   return absl::OkStatus();
@@ -58,6 +59,7 @@ absl::Status ProbeHf(CatalogEntry* e) {
     e->n_ctx = j.value("max_position_embeddings", int64_t{0});
     e->n_layers = j.value("num_hidden_layers", int64_t{0});
     e->d_model = j.value("hidden_size", int64_t{0});
+    e->n_heads = j.value("num_attention_heads", int64_t{0});
   } catch (const nlohmann::json::exception& ex) {
     return absl::DataLossError(absl::StrCat(config_path, ": ", ex.what()));
   }
@@ -109,7 +111,33 @@ v1::ModelInfo CatalogEntry::ToModelInfo() const {
   info.set_n_ctx(static_cast<int32_t>(n_ctx));
   info.set_n_layers(static_cast<int32_t>(n_layers));
   info.set_d_model(static_cast<int32_t>(d_model));
+  info.set_n_heads(static_cast<int32_t>(n_heads));
   return info;
+}
+
+v1::CorpusInfo CorpusEntry::ToCorpusInfo() const {
+  v1::CorpusInfo info;
+  info.set_name(name);
+  info.set_description(available ? description
+                                  : absl::StrCat(description, description.empty() ? "" : " ",
+                                                 "[unavailable: ", unavailable_reason, "]"));
+  info.set_size_bytes(size_bytes);
+  info.set_available(available);
+  info.set_has_tokenizer(!tokenizer_path.empty());
+  return info;
+}
+
+std::string CorpusNameOf(const v1::JobRequest& request) {
+  switch (request.params_case()) {
+    case v1::JobRequest::kPerplexity:
+      return request.perplexity().eval().corpus();
+    case v1::JobRequest::kConstantSubstitution:
+      return request.constant_substitution().eval().corpus();
+    case v1::JobRequest::kSinkAblation:
+      return request.sink_ablation().eval().corpus();
+    default:
+      return "";
+  }
 }
 
 absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
@@ -165,12 +193,60 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
       if (!probe.ok()) e.unavailable_reason = std::string(probe.message());
       catalog.entries_.push_back(std::move(e));
     }
+    const nlohmann::json empty = nlohmann::json::array();
+    const nlohmann::json& corpora = !j.is_array() && j.contains("corpora") ? j["corpora"] : empty;
+    if (!corpora.is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": \"corpora\" is not an array"));
+    }
+    for (size_t i = 0; i < corpora.size(); ++i) {
+      const nlohmann::json& m = corpora[i];
+      const std::string where = absl::StrCat(path, ": corpus ", i);
+      CorpusEntry e;
+      e.name = m.at("name").get<std::string>();
+      if (!IsValidName(e.name)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": bad name \"", e.name, "\" (letters, digits, . _ -)"));
+      }
+      for (const CorpusEntry& other : catalog.corpora_) {
+        if (other.name == e.name) {
+          return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate name ", e.name));
+        }
+      }
+      e.path = ResolvePath(dir, m.at("path").get<std::string>());
+      if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
+        e.tokenizer_path = ResolvePath(dir, m["tokenizer"].get<std::string>());
+      }
+      e.description = m.value("description", std::string());
+      struct stat st;
+      // Reasons are shown to clients: no paths in them.
+      if (stat(e.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        e.unavailable_reason = "its text file cannot be read";
+      } else if (st.st_size == 0) {
+        e.unavailable_reason = "its text file is empty";
+      } else if (!e.tokenizer_path.empty() && stat(e.tokenizer_path.c_str(), &st) != 0) {
+        e.unavailable_reason = "its tokenizer cannot be read";
+      } else {
+        stat(e.path.c_str(), &st);
+        e.size_bytes = st.st_size;
+        e.available = true;
+      }
+      catalog.corpora_.push_back(std::move(e));
+    }
   } catch (const nlohmann::json::exception& ex) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", ex.what()));
   }
   std::sort(catalog.entries_.begin(), catalog.entries_.end(),
             [](const CatalogEntry& a, const CatalogEntry& b) { return a.name < b.name; });
+  std::sort(catalog.corpora_.begin(), catalog.corpora_.end(),
+            [](const CorpusEntry& a, const CorpusEntry& b) { return a.name < b.name; });
   return catalog;
+}
+
+const CorpusEntry* ModelCatalog::FindCorpus(const std::string& name) const {
+  for (const CorpusEntry& e : corpora_) {
+    if (e.name == name) return &e;
+  }
+  return nullptr;
 }
 
 const CatalogEntry* ModelCatalog::Find(const std::string& name) const {

@@ -22,7 +22,7 @@ struct CatalogEntry {
   std::string default_dtype = "float32";
   std::string description;
   /// Shape read from the checkpoint header / config.json; 0 when unknown.
-  int64_t vocab_size = 0, n_ctx = 0, n_layers = 0, d_model = 0;
+  int64_t vocab_size = 0, n_ctx = 0, n_layers = 0, d_model = 0, n_heads = 0;
   /// False when the checkpoint could not be read at load time (jobs naming
   /// the model are refused with FAILED_PRECONDITION).
   bool available = false;
@@ -32,25 +32,52 @@ struct CatalogEntry {
   v1::ModelInfo ToModelInfo() const;
 };
 
-/// An immutable set of models, by name.
+/// One catalog corpus (text for perplexity and intervention jobs), path absolute.
+struct CorpusEntry {
+  std::string name;
+  std::string path;            // UTF-8 text file
+  std::string tokenizer_path;  // "" = none; used for models without a tokenizer
+  std::string description;
+  int64_t size_bytes = 0;
+  /// False when the file could not be read or is empty at load time (jobs
+  /// naming it are refused with FAILED_PRECONDITION).
+  bool available = false;
+  std::string unavailable_reason;
+
+  /// Public view of the entry (no paths).
+  v1::CorpusInfo ToCorpusInfo() const;
+};
+
+/// An immutable set of models and corpora, by name.
 class ModelCatalog {
  public:
   /// Reads a catalog JSON file: {"models": [{name, format, path, tokenizer?,
-  /// default_dtype?, description?}, ...]} (a bare array is accepted too).
-  /// Relative paths are resolved against the file's directory. Errors name
-  /// the file and the entry: duplicate or malformed names, unknown format or
-  /// dtype, missing path. A checkpoint that cannot be read is not an error
-  /// (the entry is marked unavailable).
+  /// default_dtype?, description?}, ...], "corpora": [{name, path,
+  /// tokenizer?, description?}, ...]} (a bare array of models is accepted
+  /// too; "corpora" is optional). Relative paths are resolved against the
+  /// file's directory. Errors name the file and the entry: duplicate or
+  /// malformed names, unknown format or dtype, missing path. A checkpoint or
+  /// corpus that cannot be read is not an error (the entry is marked
+  /// unavailable).
   static absl::StatusOr<ModelCatalog> LoadFile(const std::string& path);
 
   /// The entry named `name`, or nullptr.
   const CatalogEntry* Find(const std::string& name) const;
   /// All entries, sorted by name.
   const std::vector<CatalogEntry>& entries() const { return entries_; }
+  /// The corpus named `name`, or nullptr.
+  const CorpusEntry* FindCorpus(const std::string& name) const;
+  /// All corpora, sorted by name.
+  const std::vector<CorpusEntry>& corpora() const { return corpora_; }
 
  private:
   std::vector<CatalogEntry> entries_;
+  std::vector<CorpusEntry> corpora_;
 };
+
+/// The catalog corpus a request names (perplexity / intervention jobs), or
+/// "" when it names none.
+std::string CorpusNameOf(const v1::JobRequest& request);
 
 /// "float32" | "bfloat16" | "float16" (and fp32/bf16/fp16) -> canonical name.
 absl::StatusOr<std::string> CanonicalDtype(const std::string& name);

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -90,6 +91,32 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
         config.worker_threads = v.get<int>();
       } else if (key == "sync_full") {
         config.sync_full = v.get<bool>();
+      } else if (key == "auth") {
+        config.auth = v.get<std::string>();
+      } else if (key == "tls_cert") {
+        config.tls_cert = ResolvePath(dir, v.get<std::string>());
+      } else if (key == "tls_key") {
+        config.tls_key = ResolvePath(dir, v.get<std::string>());
+      } else if (key == "allow_insecure_remote") {
+        config.allow_insecure_remote = v.get<bool>();
+      } else if (key == "metrics_listen") {
+        config.metrics_listen = v.get<std::string>();
+      } else if (key == "metrics_max_users") {
+        config.metrics_max_users = v.get<int>();
+      } else if (key == "user_weights") {
+        config.user_weights = v.get<std::map<std::string, double>>();
+      } else if (key == "max_queued_per_user") {
+        config.max_queued_per_user = v.get<int>();
+      } else if (key == "max_running_per_user") {
+        config.max_running_per_user = v.get<int>();
+      } else if (key == "worker_memory_bytes") {
+        if (v.is_array()) {
+          config.worker_memory_bytes = v.get<std::vector<int64_t>>();
+        } else {
+          config.worker_memory_bytes = {v.get<int64_t>()};
+        }
+      } else if (key == "queue_event_interval_ms") {
+        config.queue_event_interval_ms = v.get<int>();
       } else {
         return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
       }
@@ -111,7 +138,65 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.max_total_tokens < 1) return absl::InvalidArgumentError("max_total_tokens must be >= 1");
   if (c.database.empty()) return absl::InvalidArgumentError("database path is empty");
   if (c.catalog.empty()) return absl::InvalidArgumentError("catalog path is empty");
+  if (c.auth != "auto" && c.auth != "none" && c.auth != "token") {
+    return absl::InvalidArgumentError("auth must be \"auto\", \"none\" or \"token\"");
+  }
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert and tls_key must be given together");
+  }
+  if (!IsLoopbackAddress(c.listen) && !c.allow_insecure_remote) {
+    if (c.tls_cert.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "listen ", c.listen, " is not a loopback address: configure tls_cert and tls_key ",
+          "(or set allow_insecure_remote: true)"));
+    }
+    if (EffectiveAuthMode(c) == "none") {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "auth \"none\" on the non-loopback address ", c.listen,
+          " needs allow_insecure_remote: true"));
+    }
+  }
+  for (const auto& [user, w] : c.user_weights) {
+    if (!(w > 0)) return absl::InvalidArgumentError(absl::StrCat("user_weights[", user, "] must be > 0"));
+  }
+  if (c.max_queued_per_user < 1) return absl::InvalidArgumentError("max_queued_per_user must be >= 1");
+  if (c.max_running_per_user < 0) return absl::InvalidArgumentError("max_running_per_user must be >= 0");
+  if (c.worker_memory_bytes.size() > 1 && c.worker_memory_bytes.size() != c.worker_devices.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("worker_memory_bytes has ", c.worker_memory_bytes.size(),
+                                                   " entries for ", c.worker_devices.size(), " workers"));
+  }
+  for (int64_t b : c.worker_memory_bytes) {
+    if (b < 0) return absl::InvalidArgumentError("worker_memory_bytes must be >= 0");
+  }
+  if (c.queue_event_interval_ms < 0) return absl::InvalidArgumentError("queue_event_interval_ms must be >= 0");
+  if (c.metrics_max_users < 0) return absl::InvalidArgumentError("metrics_max_users must be >= 0");
   return absl::OkStatus();
+}
+
+bool IsLoopbackAddress(const std::string& listen) {
+  if (absl::StartsWith(listen, "unix:") || absl::StartsWith(listen, "unix-abstract:")) return true;
+  std::string host = listen;
+  if (absl::StartsWith(host, "ipv4:")) host = host.substr(5);
+  if (absl::StartsWith(host, "ipv6:")) host = host.substr(5);
+  if (absl::StartsWith(host, "[")) {
+    size_t close = host.find(']');
+    host = close == std::string::npos ? host : host.substr(1, close - 1);
+  } else {
+    size_t colon = host.rfind(':');
+    if (colon != std::string::npos) host = host.substr(0, colon);
+  }
+  return host == "localhost" || host == "::1" || absl::StartsWith(host, "127.");
+}
+
+std::string EffectiveAuthMode(const ServerConfig& config) {
+  if (config.auth != "auto") return config.auth;
+  return IsLoopbackAddress(config.listen) ? "none" : "token";
+}
+
+int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index) {
+  if (config.worker_memory_bytes.empty()) return 0;
+  if (config.worker_memory_bytes.size() == 1) return config.worker_memory_bytes[0];
+  return index < config.worker_memory_bytes.size() ? config.worker_memory_bytes[index] : 0;
 }
 
 }  // namespace server

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,7 +42,45 @@ struct ServerConfig {
   int worker_threads = 0;
   /// SQLite synchronous=FULL (durable against power loss) instead of NORMAL.
   bool sync_full = true;
+
+  // --- Shared host: identity, transport, scheduling, memory, metrics --------
+
+  /// "token" (API tokens, `authorization: Bearer ...`), "none" (dev: the
+  /// caller names itself with x-sinkscope-user, no isolation) or "auto"
+  /// (default: "none" on loopback / unix sockets, "token" otherwise).
+  std::string auth = "auto";
+  /// PEM certificate chain and private key: TLS on the public port when both are set.
+  std::string tls_cert;
+  std::string tls_key;
+  /// Allow plaintext (or auth "none") on a non-loopback address.
+  bool allow_insecure_remote = false;
+  /// Prometheus /metrics address ("" = no metrics endpoint).
+  std::string metrics_listen = "127.0.0.1:9464";
+  /// Users with their own label value in per-user metrics (first seen first);
+  /// later users are reported as "other".
+  int metrics_max_users = 20;
+  /// Fair-share weights by user (default 1).
+  std::map<std::string, double> user_weights;
+  /// Most QUEUED jobs per user (SubmitJob answers RESOURCE_EXHAUSTED beyond).
+  int max_queued_per_user = 1000;
+  /// Most running jobs per user (0 = no limit).
+  int max_running_per_user = 0;
+  /// Memory budget per worker, bytes (0 = unlimited); one entry per worker,
+  /// or a single entry for all. GPU memory for cuda workers, host memory
+  /// (weights + activations, not the runtime's baseline) for cpu workers.
+  std::vector<int64_t> worker_memory_bytes;
+  /// Minimum interval between two updated Queued events of one job.
+  int queue_event_interval_ms = 1000;
 };
+
+/// True for "unix:...", 127.0.0.0/8, "localhost" and [::1] addresses.
+bool IsLoopbackAddress(const std::string& listen);
+
+/// The effective auth mode ("token" or "none") of `config`.
+std::string EffectiveAuthMode(const ServerConfig& config);
+
+/// Budget of worker `index` (0 = unlimited).
+int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index);
 
 /// Splits "cpu,cpu,cuda:0" into devices; InvalidArgument on an empty item.
 absl::StatusOr<std::vector<std::string>> ParseWorkerDevices(const std::string& list);

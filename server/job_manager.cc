@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <set>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -37,6 +38,113 @@ void JobManager::Notify() {
   cv_.notify_all();
 }
 
+JobManager::~JobManager() {
+  Shutdown();
+  if (position_thread_.joinable()) position_thread_.join();
+}
+
+void JobManager::Configure(SharedHostOptions options, Metrics* metrics) {
+  shared_ = options;
+  metrics_ = metrics;
+}
+
+void JobManager::StartBackground() {
+  position_thread_ = std::thread([this] { PositionLoop(); });
+}
+
+absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller) {
+  if (caller.admin || id.empty()) return absl::OkStatus();
+  absl::StatusOr<v1::Job> job = store_->GetJob(id);
+  if (!job.ok()) return job.status();
+  if (job->owner() != caller.user) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& request) {
+  const CatalogEntry* entry = catalog_->Find(request.model());
+  if (entry == nullptr) return absl::NotFoundError(absl::StrCat("unknown model ", request.model()));
+  ModelShape shape;
+  {
+    std::lock_guard<std::mutex> lock(shapes_mu_);
+    auto it = shapes_.find(entry->name);
+    if (it == shapes_.end()) {
+      absl::StatusOr<ModelShape> read = ReadModelShape(*entry);
+      if (!read.ok()) return read.status();
+      it = shapes_.emplace(entry->name, *read).first;
+    }
+    shape = it->second;
+  }
+  absl::StatusOr<std::string> dtype = DtypeFromProto(request.dtype());
+  if (!dtype.ok()) return dtype.status();
+  return EstimateJobMemory(shape, dtype->empty() ? entry->default_dtype : *dtype, request);
+}
+
+JobTraits JobManager::TraitsOf(const std::string& id) {
+  JobTraits traits;
+  absl::StatusOr<v1::Job> job = store_->GetJob(id);
+  if (!job.ok()) return traits;
+  traits.model = job->request().model();
+  traits.type = job->type();
+  absl::StatusOr<MemoryEstimate> est = Estimate(job->request());
+  if (est.ok()) traits.need_bytes = est->total();
+  return traits;
+}
+
+void JobManager::PositionLoop() {
+  int64_t seen = -1;
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(5), [&] { return shutdown_ || generation_ != seen; });
+      if (shutdown_) return;
+      seen = generation_;
+    }
+    RefreshPositions();
+    // Throttle: at most one round of updated Queued events per interval.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, std::chrono::milliseconds(std::max(50, shared_.queue_event_interval_ms)),
+                 [&] { return shutdown_; });
+    if (shutdown_) return;
+  }
+}
+
+void JobManager::RefreshPositions() {
+  absl::StatusOr<std::vector<std::pair<QueuedJob, int32_t>>> positions = scheduler_->Positions();
+  if (!positions.ok()) return;
+  std::map<std::string, int32_t> now;
+  std::map<std::string, int> queued_by_user;
+  for (const auto& [job, pos] : *positions) {
+    now[job.id] = pos;
+    ++queued_by_user[job.owner];
+    auto it = last_position_.find(job.id);
+    if (it != last_position_.end() && it->second == pos) continue;
+    if (it == last_position_.end()) {
+      // First sight: compare with the position stored at submission.
+      absl::StatusOr<std::vector<v1::JobEvent>> events = store_->EventsSince(job.id, 0, 1);
+      if (events.ok() && !events->empty() && events->front().has_queued() &&
+          events->front().queued().position() == pos && job.attempts == 0) {
+        continue;
+      }
+      absl::StatusOr<v1::Job> stored = store_->GetJob(job.id);
+      if (stored.ok() && job.attempts > 0) {
+        // A re-queued job: compare with its latest Queued event, if it is the last event.
+        absl::StatusOr<std::vector<v1::JobEvent>> last =
+            store_->EventsSince(job.id, stored->last_event_seq() - 1, 1);
+        if (last.ok() && !last->empty() && last->front().has_queued() &&
+            last->front().queued().position() == pos) {
+          continue;
+        }
+      }
+    }
+    if (store_->AppendQueuedEvent(job.id, pos).ok()) Notify();
+  }
+  last_position_ = std::move(now);
+  if (metrics_ != nullptr) {
+    metrics_->SetQueueDepth(queued_by_user);
+    metrics_->SetRunning(scheduler_->RunningByUser());
+  }
+}
+
 absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
                                            const v1::SubmitJobRequest& request) {
   if (draining()) return absl::UnavailableError("server is shutting down; not accepting jobs");
@@ -46,16 +154,51 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   }
   absl::Status valid = ValidateJobRequest(request.request(), *catalog_, limits_);
   if (!valid.ok()) return valid;
+  if (request.priority() < -100 || request.priority() > 100) {
+    return absl::InvalidArgumentError("priority must be in -100..100");
+  }
+  JobTraits traits;
+  traits.model = request.request().model();
+  traits.type = JobTypeOf(request.request());
+  absl::StatusOr<MemoryEstimate> estimate = Estimate(request.request());
+  if (estimate.ok()) {
+    traits.need_bytes = estimate->total();
+    if (shared_.max_worker_budget > 0 && estimate->total() > shared_.max_worker_budget) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "job needs an estimated ", estimate->total(), " bytes (", HumanBytes(estimate->total()),
+          ": weights ", HumanBytes(estimate->weight_bytes), " + activations ",
+          HumanBytes(estimate->activation_bytes), ") but the largest worker memory budget is ",
+          shared_.max_worker_budget, " bytes (", HumanBytes(shared_.max_worker_budget),
+          "); send fewer or shorter sequences, or a smaller dtype"));
+    }
+  }
+  std::unique_lock<std::mutex> submit_lock(submit_mu_);
+  {
+    absl::StatusOr<std::map<std::string, int>> queued = scheduler_->QueuedByUser();
+    if (!queued.ok()) return queued.status();
+    auto it = queued->find(owner);
+    if (it != queued->end() && it->second >= shared_.max_queued_per_user) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "user ", owner, " already has ", it->second, " queued jobs (limit ",
+          shared_.max_queued_per_user, "); wait for some to finish"));
+    }
+  }
   NewJob job;
   job.id = NewJobId();
   job.owner = owner;
   job.type = JobTypeOf(request.request());
   job.request = request.request();
   job.client_request_id = request.client_request_id();
+  job.priority = request.priority();
   bool created = false;
   absl::StatusOr<v1::Job> stored = store_->CreateJob(job, &created);
+  submit_lock.unlock();
   if (!stored.ok()) return stored.status();
-  if (created) Notify();
+  if (created) {
+    scheduler_->RememberTraits(stored->id(), traits);
+    if (metrics_ != nullptr) metrics_->JobSubmitted(stored->type(), owner);
+    Notify();
+  }
   if (stored->state() == v1::JOB_STATE_QUEUED) {
     absl::StatusOr<int32_t> position = scheduler_->QueuePosition(stored->id());
     if (position.ok()) stored->set_queue_position(*position);
@@ -123,7 +266,10 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::str
     // FailedPrecondition: it finished or was claimed meanwhile; a claimed
     // job sees the cancel request when it registers as running.
     if (!stored.ok() && !absl::IsFailedPrecondition(stored.status())) return stored.status();
-    if (stored.ok()) ForgetCancel(id);
+    if (stored.ok()) {
+      ForgetCancel(id);
+      if (metrics_ != nullptr) metrics_->JobFinished(job->type(), "cancelled", -1);
+    }
     Notify();
   }
   return store_->GetJob(id);
@@ -172,6 +318,7 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
 v1::ListModelsResponse JobManager::ListModels() const {
   v1::ListModelsResponse out;
   for (const CatalogEntry& e : catalog_->entries()) *out.add_models() = e.ToModelInfo();
+  for (const CorpusEntry& c : catalog_->corpora()) *out.add_corpora() = c.ToCorpusInfo();
   return out;
 }
 
@@ -189,6 +336,12 @@ std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::D
       std::fprintf(stderr, "sinkscope-server: claiming a job: %s\n", job.status().ToString().c_str());
     } else if (job->has_value()) {
       Notify();  // state changed, positions moved
+      if (metrics_ != nullptr) {
+        const v1::Job& j = **job;
+        const double wait = (j.start_time().seconds() - j.create_time().seconds()) +
+                            (j.start_time().nanos() - j.create_time().nanos()) * 1e-9;
+        metrics_->JobQueueWait(j.type(), wait);
+      }
       return **job;
     }
     std::unique_lock<std::mutex> lock(mu_);
@@ -207,8 +360,32 @@ absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& eve
   return stored.status();
 }
 
+namespace {
+
+double SecondsSinceStart(const v1::Job& job) {
+  if (!job.has_start_time()) return -1;
+  const absl::Time start = absl::FromUnixSeconds(job.start_time().seconds()) +
+                           absl::Nanoseconds(job.start_time().nanos());
+  return absl::ToDoubleSeconds(absl::Now() - start);
+}
+
+const char* OutcomeLabel(v1::JobState state) {
+  switch (state) {
+    case v1::JOB_STATE_COMPLETED: return "completed";
+    case v1::JOB_STATE_CANCELLED: return "cancelled";
+    default: return "failed";
+  }
+}
+
+}  // namespace
+
 absl::Status JobManager::Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event) {
   absl::StatusOr<v1::JobEvent> stored = store_->FinishJob(job.id(), job.attempts(), state, event);
+  if (stored.ok() && metrics_ != nullptr) {
+    const double seconds = SecondsSinceStart(job);
+    metrics_->JobFinished(job.type(), OutcomeLabel(state), seconds);
+    if (seconds > 0) metrics_->AddUserWorkerSeconds(job.owner(), seconds);
+  }
   Notify();
   return stored.status();
 }
@@ -217,6 +394,11 @@ absl::StatusOr<ReleaseOutcome> JobManager::Release(const v1::Job& job, const std
                                                    bool count_failure) {
   absl::StatusOr<ReleaseOutcome> r =
       store_->ReleaseLostJob(job.id(), job.attempts(), reason, count_failure, max_attempts_);
+  if (r.ok() && metrics_ != nullptr) {
+    const double seconds = SecondsSinceStart(job);
+    if (seconds > 0) metrics_->AddUserWorkerSeconds(job.owner(), seconds);
+    if (*r == ReleaseOutcome::kFailed) metrics_->JobFinished(job.type(), "failed", seconds);
+  }
   Notify();
   return r;
 }

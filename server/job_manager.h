@@ -11,10 +11,14 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "server/auth.h"
 #include "server/catalog.h"
+#include "server/memory_estimate.h"
+#include "server/metrics.h"
 #include "server/job_store.h"
 #include "server/scheduler.h"
 #include "server/validation.h"
@@ -23,12 +27,41 @@
 namespace sinkscope {
 namespace server {
 
+/// Shared-host settings of the manager.
+struct SharedHostOptions {
+  /// Most QUEUED jobs per owner (RESOURCE_EXHAUSTED at submission beyond).
+  int max_queued_per_user = 1000;
+  /// Largest worker memory budget, bytes; 0 when some worker is unlimited.
+  /// A job whose estimate exceeds it is refused with RESOURCE_EXHAUSTED.
+  int64_t max_worker_budget = 0;
+  /// Minimum interval between updated Queued events.
+  int queue_event_interval_ms = 1000;
+};
+
 /// Thread-safe job operations for the API and the worker pool.
 class JobManager {
  public:
   /// `store`, `catalog` and `scheduler` must outlive the manager.
   JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* scheduler,
              RequestLimits limits, int max_attempts);
+  ~JobManager();
+
+  /// Shared-host settings and metrics (`metrics` may be null; must outlive
+  /// the manager). Call before StartBackground.
+  void Configure(SharedHostOptions options, Metrics* metrics);
+  /// Starts the thread that keeps Queued positions truthful (and the queue
+  /// gauges current); it ends at Shutdown.
+  void StartBackground();
+
+  /// OK when `caller` may see job `id` (its owner, or an admin); NOT_FOUND
+  /// otherwise, with the same message as for an unknown job.
+  absl::Status CheckAccess(const std::string& id, const Caller& caller);
+  /// The memory a job would need (weights in its dtype + activations).
+  absl::StatusOr<MemoryEstimate> Estimate(const v1::JobRequest& request);
+  /// Traits of a stored job for the scheduler.
+  JobTraits TraitsOf(const std::string& id);
+  Metrics* metrics() const { return metrics_; }
+  Scheduler* scheduler() const { return scheduler_; }
 
   // --- API side -----------------------------------------------------------
 
@@ -73,6 +106,8 @@ class JobManager {
   std::string CancelRequester(const std::string& id);
   /// The catalog entry a job names (nullptr if it vanished).
   const CatalogEntry* FindModel(const std::string& name) const { return catalog_->Find(name); }
+  /// The catalog corpus a job names (nullptr if it vanished).
+  const CorpusEntry* FindCorpus(const std::string& name) const { return catalog_->FindCorpus(name); }
 
   // --- Life cycle ---------------------------------------------------------
 
@@ -98,6 +133,17 @@ class JobManager {
   bool shutdown_ = false;
   std::map<std::string, std::function<void()>> running_;  // job id -> cancel
   std::map<std::string, std::string> cancel_requested_;   // job id -> who
+
+  void PositionLoop();
+  /// Appends a Queued event when a queued job's position changed.
+  void RefreshPositions();
+  SharedHostOptions shared_;
+  Metrics* metrics_ = nullptr;
+  std::mutex submit_mu_;  // per-user queue limit check + insert
+  std::mutex shapes_mu_;
+  std::map<std::string, ModelShape> shapes_;  // catalog name -> shape
+  std::thread position_thread_;
+  std::map<std::string, int32_t> last_position_;  // position thread only
 };
 
 /// A new random job id: "j-" + 16 hex digits.

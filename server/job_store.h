@@ -24,6 +24,7 @@ struct NewJob {
   v1::JobType type = v1::JOB_TYPE_UNSPECIFIED;
   v1::JobRequest request;
   std::string client_request_id;  // "" = none
+  int32_t priority = 0;           // higher runs first within the owner's jobs
 };
 
 /// A queued job as the scheduler sees it.
@@ -31,6 +32,11 @@ struct QueuedJob {
   std::string id;
   std::string owner;
   int64_t queue_seq = 0;  // FIFO order of submission
+  int32_t attempts = 0;   // dispatches so far (events of a re-queued job use it)
+  int32_t priority = 0;   // SubmitJobRequest.priority
+  // Filled by the Scheduler (not stored): model name and estimated bytes.
+  std::string model;
+  int64_t need_bytes = 0;
 };
 
 /// ListJobs filter and page.
@@ -81,6 +87,11 @@ class JobStore {
   virtual absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& id, int32_t attempt,
                                                    const v1::JobEvent& event,
                                                    std::optional<v1::JobState> new_state) = 0;
+
+  /// Appends a Queued{position} event to a job that is QUEUED (its position
+  /// moved). FailedPrecondition when it is not QUEUED any more.
+  virtual absl::StatusOr<v1::JobEvent> AppendQueuedEvent(const std::string& id,
+                                                         int32_t position) = 0;
 
   /// Moves a job to a terminal state (COMPLETED, FAILED, CANCELLED) with its
   /// terminal event, in one transaction: a job is finished at most once.

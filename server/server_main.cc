@@ -7,13 +7,21 @@
 //
 // SIGTERM / SIGINT: stop accepting jobs, let running jobs finish for up to
 // drain_timeout_s, put the others back in the queue (durably), exit 0.
+//
+// API tokens (stored hashed in the database's api_tokens table):
+//   sinkscope-server --database jobs.db token create --user alice [--admin]
+//   sinkscope-server --database jobs.db token list
+//   sinkscope-server --database jobs.db token revoke --id 3   (or --user alice)
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <memory>
 #include <string>
 
@@ -22,6 +30,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/analysis_service.h"
+#include "server/auth.h"
+#include "server/metrics.h"
 #include "server/catalog.h"
 #include "server/config.h"
 #include "server/job_manager.h"
@@ -49,8 +59,105 @@ std::string DefaultWorkerBinary() {
   return (self.parent_path() / "sinkscope-worker").string();
 }
 
+std::string ReadWholeFile(const std::string& path, bool* ok) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  *ok = static_cast<bool>(in);
+  return s.str();
+}
+
+std::string FormatTime(int64_t micros) {
+  if (micros == 0) return "-";
+  std::time_t t = static_cast<std::time_t>(micros / 1000000);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+/// `token create|revoke|list` on the configured database.
+int RunTokenCommand(const ServerConfig& config, const std::string& command, const std::string& user,
+                    bool admin, int64_t id) {
+  using namespace sinkscope::server;
+  absl::StatusOr<std::unique_ptr<TokenStore>> tokens = TokenStore::Open(config.database);
+  if (!tokens.ok()) {
+    Log(tokens.status().ToString());
+    return 1;
+  }
+  if (command == "create") {
+    TokenInfo info;
+    absl::StatusOr<std::string> token = (*tokens)->Create(user, admin, &info);
+    if (!token.ok()) {
+      Log(token.status().ToString());
+      return 1;
+    }
+    std::printf("%s\n", token->c_str());
+    std::fprintf(stderr,
+                 "token %lld for user %s%s created; it is shown only once. Clients send it as "
+                 "\"authorization: Bearer <token>\" (sinkscope --token or SINKSCOPE_TOKEN).\n",
+                 static_cast<long long>(info.id), user.c_str(), admin ? " (admin)" : "");
+    return 0;
+  }
+  if (command == "revoke") {
+    if (id > 0) {
+      absl::Status s = (*tokens)->Revoke(id);
+      if (!s.ok()) {
+        Log(s.ToString());
+        return 1;
+      }
+      std::printf("revoked token %lld\n", static_cast<long long>(id));
+      return 0;
+    }
+    if (user.empty()) {
+      Log("token revoke: give --id N or --user NAME");
+      return 2;
+    }
+    absl::StatusOr<int> n = (*tokens)->RevokeUser(user);
+    if (!n.ok()) {
+      Log(n.status().ToString());
+      return 1;
+    }
+    std::printf("revoked %d token(s) of %s\n", *n, user.c_str());
+    return 0;
+  }
+  absl::StatusOr<std::vector<TokenInfo>> list = (*tokens)->List();
+  if (!list.ok()) {
+    Log(list.status().ToString());
+    return 1;
+  }
+  std::printf("%-6s %-24s %-6s %-21s %s\n", "ID", "USER", "ADMIN", "CREATED", "REVOKED");
+  for (const TokenInfo& t : *list) {
+    std::printf("%-6lld %-24s %-6s %-21s %s\n", static_cast<long long>(t.id), t.user.c_str(),
+                t.admin ? "yes" : "no", FormatTime(t.create_us).c_str(),
+                FormatTime(t.revoke_us).c_str());
+  }
+  return 0;
+}
+
 int Run(const ServerConfig& config) {
   using namespace sinkscope::server;
+  const std::string auth_mode = EffectiveAuthMode(config);
+  Metrics metrics(config.metrics_max_users);
+  if (!config.metrics_listen.empty()) {
+    absl::StatusOr<int> port = metrics.Expose(config.metrics_listen);
+    if (port.ok()) {
+      const std::string host = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
+      Log(absl::StrCat("metrics on http://", host, ":", *port, "/metrics"));
+    } else {
+      // Serving jobs matters more than metrics: say so loudly and go on.
+      Log(absl::StrCat("WARNING: ", port.status().message(), "; running without /metrics"));
+    }
+  }
+  std::unique_ptr<TokenStore> tokens;
+  if (auth_mode == "token") {
+    absl::StatusOr<std::unique_ptr<TokenStore>> opened = TokenStore::Open(config.database);
+    if (!opened.ok()) {
+      Log(opened.status().ToString());
+      return 1;
+    }
+    tokens = *std::move(opened);
+  }
+  Authenticator authenticator(auth_mode, tokens.get());
   absl::StatusOr<ModelCatalog> catalog = ModelCatalog::LoadFile(config.catalog);
   if (!catalog.ok()) {
     Log(catalog.status().ToString());
@@ -59,6 +166,10 @@ int Run(const ServerConfig& config) {
   for (const CatalogEntry& e : catalog->entries()) {
     Log(absl::StrCat("model ", e.name, " (", e.format, ")",
                      e.available ? "" : absl::StrCat(" UNAVAILABLE: ", e.unavailable_reason)));
+  }
+  for (const CorpusEntry& c : catalog->corpora()) {
+    Log(absl::StrCat("corpus ", c.name, " (", c.path, ")",
+                     c.available ? "" : absl::StrCat(" UNAVAILABLE: ", c.unavailable_reason)));
   }
   absl::StatusOr<std::unique_ptr<SqliteJobStore>> store =
       SqliteJobStore::Open(config.database, config.sync_full);
@@ -91,18 +202,53 @@ int Run(const ServerConfig& config) {
   RequestLimits limits;
   limits.max_sequences = config.max_sequences;
   limits.max_total_tokens = config.max_total_tokens;
-  Scheduler scheduler(store->get(), std::make_unique<FifoPolicy>());
+  JobManager* manager_ptr = nullptr;
+  Scheduler scheduler(
+      store->get(),
+      std::make_unique<FairSharePolicy>(config.user_weights, config.max_running_per_user),
+      [&manager_ptr](const std::string& id) {
+        return manager_ptr != nullptr ? manager_ptr->TraitsOf(id) : JobTraits();
+      });
   JobManager manager(store->get(), &*catalog, &scheduler, limits, config.max_attempts);
+  SharedHostOptions shared;
+  shared.max_queued_per_user = config.max_queued_per_user;
+  shared.queue_event_interval_ms = config.queue_event_interval_ms;
+  for (size_t i = 0; i < config.worker_devices.size(); ++i) {
+    const int64_t budget = WorkerMemoryBudget(config, i);
+    if (budget == 0) {
+      shared.max_worker_budget = 0;
+      break;
+    }
+    shared.max_worker_budget = std::max(shared.max_worker_budget, budget);
+  }
+  manager.Configure(shared, &metrics);
+  manager_ptr = &manager;
+  manager.StartBackground();
   WorkerPool pool(&manager, config, runtime_dir);
   if (absl::Status s = pool.Start(); !s.ok()) {
     Log(s.ToString());
     return 1;
   }
 
-  AnalysisServiceImpl service(&manager);
+  AnalysisServiceImpl service(&manager, &authenticator, &metrics);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &port);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!config.tls_cert.empty()) {
+    bool cert_ok = false, key_ok = false;
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    pair.cert_chain = ReadWholeFile(config.tls_cert, &cert_ok);
+    pair.private_key = ReadWholeFile(config.tls_key, &key_ok);
+    if (!cert_ok || !key_ok || pair.cert_chain.empty() || pair.private_key.empty()) {
+      Log(absl::StrCat("cannot read tls_cert ", config.tls_cert, " / tls_key ", config.tls_key));
+      pool.Stop();
+      return 1;
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back(pair);
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(config.listen, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_request_bytes));
   builder.SetMaxSendMessageSize(64 << 20);
@@ -113,8 +259,10 @@ int Run(const ServerConfig& config) {
     pool.Stop();
     return 1;
   }
-  Log(absl::StrCat("listening on ", config.listen, " (", config.worker_devices.size(),
-                   " worker(s), database ", config.database, ")"));
+  Log(absl::StrCat("listening on ", config.listen,
+                   config.listen.rfind("unix:", 0) == 0 ? "" : absl::StrCat(" (port ", port, ")"),
+                   config.tls_cert.empty() ? ", plaintext" : ", TLS", ", auth ", auth_mode, " (",
+                   config.worker_devices.size(), " worker(s), database ", config.database, ")"));
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -157,7 +305,13 @@ int main(int argc, char** argv) {
   std::string config_file, listen, database, workers, catalog, worker_binary, runtime_dir;
   int max_attempts = 0, drain_timeout_s = -1, worker_threads = -1;
   std::vector<std::string> worker_args;
+  std::string auth, metrics_listen, tls_cert, tls_key;
   app.add_option("--config", config_file, "JSON config file (flags override it)");
+  app.add_option("--auth", auth, "auto (default), none or token");
+  app.add_option("--metrics-listen", metrics_listen,
+                 "Prometheus /metrics address (default 127.0.0.1:9464; \"off\" = none)");
+  app.add_option("--tls-cert", tls_cert, "PEM certificate chain: TLS on the public port");
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--listen", listen, "Address: host:port or unix:/path (default 127.0.0.1:50051)");
   app.add_option("--database", database, "SQLite database file (default sinkscope.db)");
   app.add_option("--workers", workers, "Worker devices, comma-separated, e.g. cpu,cpu");
@@ -169,6 +323,22 @@ int main(int argc, char** argv) {
   app.add_option("--worker-threads", worker_threads, "Intra-op threads per worker (0 = default)");
   app.add_option("--worker-arg", worker_args, "Extra argument for every worker (repeatable)")
       ->allow_extra_args(false);
+  std::string token_user;
+  bool token_admin = false;
+  int64_t token_id = 0;
+  CLI::App* token = app.add_subcommand("token", "Manage API tokens (in the server's database)");
+  token->require_subcommand(1);
+  token->fallthrough();
+  CLI::App* token_create = token->add_subcommand("create", "Create a token and print it once");
+  token_create->add_option("--user", token_user, "User the token stands for")->required();
+  token_create->add_flag("--admin", token_admin, "Admin token: sees and cancels every job");
+  token_create->fallthrough();
+  CLI::App* token_revoke = token->add_subcommand("revoke", "Revoke a token (--id) or a user's tokens");
+  token_revoke->add_option("--id", token_id, "Token id (see token list)");
+  token_revoke->add_option("--user", token_user, "Revoke every token of this user");
+  token_revoke->fallthrough();
+  CLI::App* token_list = token->add_subcommand("list", "List tokens (never their secrets)");
+  token_list->fallthrough();
   CLI11_PARSE(app, argc, argv);
 
   ServerConfig config;
@@ -197,6 +367,15 @@ int main(int argc, char** argv) {
   if (drain_timeout_s >= 0) config.drain_timeout_s = drain_timeout_s;
   if (worker_threads >= 0) config.worker_threads = worker_threads;
   for (const std::string& a : worker_args) config.worker_args.push_back(a);
+  if (!auth.empty()) config.auth = auth;
+  if (!metrics_listen.empty()) config.metrics_listen = metrics_listen == "off" ? "" : metrics_listen;
+  if (!tls_cert.empty()) config.tls_cert = tls_cert;
+  if (!tls_key.empty()) config.tls_key = tls_key;
+  if (token->parsed()) {
+    const std::string command = token_create->parsed() ? "create"
+                                : token_revoke->parsed() ? "revoke" : "list";
+    return RunTokenCommand(config, command, token_user, token_admin, token_id);
+  }
   if (config.worker_binary.empty()) config.worker_binary = DefaultWorkerBinary();
   if (absl::Status s = sinkscope::server::ValidateServerConfig(config); !s.ok()) {
     Log(s.ToString());

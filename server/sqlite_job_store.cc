@@ -33,7 +33,8 @@ constexpr const char* kSchema[] = {
       last_seq INTEGER NOT NULL DEFAULT 0,
       result_attempt INTEGER NOT NULL DEFAULT 0,
       client_request_id TEXT NOT NULL DEFAULT '',
-      worker TEXT NOT NULL DEFAULT '')
+      worker TEXT NOT NULL DEFAULT '',
+      priority INTEGER NOT NULL DEFAULT 0)
     )sql",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, queue_seq)",
     "CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, queue_seq)",
@@ -202,6 +203,17 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   STORE_RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
   for (const char* sql : kSchema) STORE_RETURN_IF_ERROR(store->Exec(sql));
   {
+    // Databases created before job priorities: add the column.
+    Stmt cols(db, "SELECT COUNT(*) FROM pragma_table_info('jobs') WHERE name = 'priority'");
+    STORE_RETURN_IF_ERROR(cols.prepare_status());
+    absl::StatusOr<bool> row = cols.Step();
+    if (!row.ok()) return row.status();
+    if (cols.Int(0) == 0) {
+      STORE_RETURN_IF_ERROR(
+          store->Exec("ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0"));
+    }
+  }
+  {
     Stmt s(db, "SELECT version FROM schema_version");
     STORE_RETURN_IF_ERROR(s.prepare_status());
     absl::StatusOr<bool> row = s.Step();
@@ -301,11 +313,11 @@ absl::StatusOr<v1::Job> SqliteJobStore::CreateJob(const NewJob& job, bool* creat
   const int64_t queue_seq = next.Int(0);
   Stmt ins(db_,
            "INSERT INTO jobs (id, queue_seq, owner, type, state, request, create_us, "
-           "client_request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+           "client_request_id, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
   STORE_RETURN_IF_ERROR(ins.prepare_status());
   ins.Bind(1, job.id).Bind(2, queue_seq).Bind(3, job.owner).Bind(4, int64_t{job.type});
   ins.Bind(5, int64_t{v1::JOB_STATE_QUEUED}).BindBlob(6, job.request.SerializeAsString());
-  ins.Bind(7, NowMicros()).Bind(8, job.client_request_id);
+  ins.Bind(7, NowMicros()).Bind(8, job.client_request_id).Bind(9, int64_t{job.priority});
   STORE_RETURN_IF_ERROR(ins.Run());
   absl::StatusOr<int32_t> position = QueuePositionLocked(queue_seq);
   if (!position.ok()) return position.status();
@@ -363,7 +375,9 @@ absl::StatusOr<JobPage> SqliteJobStore::ListJobs(const JobFilter& filter) {
 
 absl::StatusOr<std::vector<QueuedJob>> SqliteJobStore::ListQueued() {
   std::lock_guard<std::mutex> lock(mu_);
-  Stmt s(db_, "SELECT id, owner, queue_seq FROM jobs WHERE state = ? ORDER BY queue_seq");
+  Stmt s(db_,
+         "SELECT id, owner, queue_seq, attempts, priority FROM jobs WHERE state = ? "
+         "ORDER BY queue_seq");
   STORE_RETURN_IF_ERROR(s.prepare_status());
   s.Bind(1, int64_t{v1::JOB_STATE_QUEUED});
   std::vector<QueuedJob> out;
@@ -371,7 +385,13 @@ absl::StatusOr<std::vector<QueuedJob>> SqliteJobStore::ListQueued() {
     absl::StatusOr<bool> row = s.Step();
     if (!row.ok()) return row.status();
     if (!*row) break;
-    out.push_back(QueuedJob{s.Text(0), s.Text(1), s.Int(2)});
+    QueuedJob job;
+    job.id = s.Text(0);
+    job.owner = s.Text(1);
+    job.queue_seq = s.Int(2);
+    job.attempts = static_cast<int32_t>(s.Int(3));
+    job.priority = static_cast<int32_t>(s.Int(4));
+    out.push_back(std::move(job));
   }
   return out;
 }
@@ -419,6 +439,26 @@ absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendEvent(const std::string& id, 
     s.Bind(1, int64_t{*new_state}).Bind(2, id);
     STORE_RETURN_IF_ERROR(s.Run());
   }
+  STORE_RETURN_IF_ERROR(tx.Commit());
+  return stored;
+}
+
+absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendQueuedEvent(const std::string& id,
+                                                              int32_t position) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Transaction tx(db_);
+  STORE_RETURN_IF_ERROR(tx.status());
+  absl::StatusOr<v1::Job> job = GetJobLocked(id);
+  if (!job.ok()) return job.status();
+  if (job->state() != v1::JOB_STATE_QUEUED) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", id, " is not queued"));
+  }
+  v1::JobEvent event;
+  event.mutable_queued()->set_position(position);
+  // Events written while queued carry attempt 0 on a first run, else the
+  // attempt that was lost (as its Retrying event).
+  absl::StatusOr<v1::JobEvent> stored = InsertEventLocked(id, job->attempts(), event);
+  if (!stored.ok()) return stored.status();
   STORE_RETURN_IF_ERROR(tx.Commit());
   return stored;
 }

@@ -29,6 +29,7 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<JobPage> ListJobs(const JobFilter& filter) override;
   absl::StatusOr<std::vector<QueuedJob>> ListQueued() override;
   absl::StatusOr<v1::Job> ClaimJob(const std::string& id, const std::string& worker) override;
+  absl::StatusOr<v1::JobEvent> AppendQueuedEvent(const std::string& id, int32_t position) override;
   absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& id, int32_t attempt,
                                            const v1::JobEvent& event,
                                            std::optional<v1::JobState> new_state) override;

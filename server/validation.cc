@@ -49,10 +49,359 @@ v1::JobType JobTypeOf(const v1::JobRequest& request) {
   switch (request.params_case()) {
     case v1::JobRequest::kScan:
       return v1::JOB_TYPE_ACTIVATION_SCAN;
+    case v1::JobRequest::kSinks:
+      return v1::JOB_TYPE_SINKS;
+    case v1::JobRequest::kFirstTokenProbe:
+      return v1::JOB_TYPE_FIRST_TOKEN_PROBE;
+    case v1::JobRequest::kSpikeSimilarity:
+      return v1::JOB_TYPE_SPIKE_SIMILARITY;
+    case v1::JobRequest::kPerplexity:
+      return v1::JOB_TYPE_PERPLEXITY;
+    case v1::JobRequest::kConstantSubstitution:
+      return v1::JOB_TYPE_CONSTANT_SUBSTITUTION;
+    case v1::JobRequest::kSinkAblation:
+      return v1::JOB_TYPE_SINK_ABLATION;
+    case v1::JobRequest::kSelfAttentionProfile:
+      return v1::JOB_TYPE_SELF_ATTENTION_PROFILE;
     default:
       return v1::JOB_TYPE_UNSPECIFIED;
   }
 }
+
+namespace {
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+bool FiniteNonNegative(double v) { return std::isfinite(v) && v >= 0; }
+
+/// Abs/rel thresholds (and the step fraction) of a spike rule under `prefix`.
+absl::Status CheckThresholds(const std::string& prefix, bool has_abs, double abs, bool has_rel,
+                             double rel, bool has_step = false, double step = 0.5) {
+  if (has_abs && !FiniteNonNegative(abs)) {
+    return Invalid(absl::StrCat(prefix, ".abs_threshold must be a finite number >= 0, got ", abs));
+  }
+  if (has_rel && !FiniteNonNegative(rel)) {
+    return Invalid(absl::StrCat(prefix, ".rel_threshold must be a finite number >= 0, got ", rel));
+  }
+  if (has_step && !(step > 0 && step <= 1)) {
+    return Invalid(absl::StrCat(prefix, ".step_fraction must be in (0, 1], got ", step));
+  }
+  return absl::OkStatus();
+}
+
+/// Layer indices against the model (n_layers 0 = unknown: not checked).
+absl::Status CheckLayers(const std::string& field,
+                         const google::protobuf::RepeatedField<int32_t>& layers,
+                         const CatalogEntry& model) {
+  for (int i = 0; i < layers.size(); ++i) {
+    if (layers[i] < 0 || (model.n_layers > 0 && layers[i] >= model.n_layers)) {
+      return Invalid(absl::StrCat(field, ": layer ", layers[i], " does not exist: model ",
+                                  model.name, " has layers 0..", model.n_layers - 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTokenId(const std::string& what, int64_t id, const CatalogEntry& model) {
+  if (id < 0 || (model.vocab_size > 0 && id >= model.vocab_size)) {
+    return Invalid(absl::StrCat(what, ": token id ", id, " is outside [0, ", model.vocab_size,
+                                ") of model ", model.name));
+  }
+  return absl::OkStatus();
+}
+
+/// Sequences (`label` names them in messages); adds their token estimate.
+absl::Status CheckSequences(const std::string& label,
+                            const google::protobuf::RepeatedPtrField<v1::Sequence>& sequences,
+                            const CatalogEntry& model, int64_t min_ids, int64_t* total_tokens) {
+  for (int i = 0; i < sequences.size(); ++i) {
+    const v1::Sequence& seq = sequences[i];
+    const std::string name = absl::StrCat(label, " ", i);
+    switch (seq.input_case()) {
+      case v1::Sequence::kText: {
+        if (seq.text().empty()) return Invalid(absl::StrCat(name, " is empty text"));
+        if (model.tokenizer_path.empty()) {
+          return Invalid(absl::StrCat(name, " is text but model ", model.name,
+                                      " has no tokenizer; send token ids"));
+        }
+        if (!IsValidUtf8(seq.text())) return Invalid(absl::StrCat(name, " is not valid UTF-8"));
+        // A token covers at least one byte; + BOS.
+        *total_tokens += static_cast<int64_t>(seq.text().size()) + 1;
+        break;
+      }
+      case v1::Sequence::kIds: {
+        const auto& ids = seq.ids().ids();
+        if (ids.empty()) return Invalid(absl::StrCat(name, " has no token ids"));
+        if (model.n_ctx > 0 && ids.size() > model.n_ctx) {
+          return Invalid(absl::StrCat(name, " has ", ids.size(),
+                                      " tokens, more than the context of model ", model.name,
+                                      " (", model.n_ctx, ")"));
+        }
+        if (ids.size() < min_ids) {
+          return Invalid(absl::StrCat(name, " has ", ids.size(), " token(s); this job needs >= ",
+                                      min_ids));
+        }
+        for (int k = 0; k < ids.size(); ++k) {
+          if (ids[k] < 0 || (model.vocab_size > 0 && ids[k] >= model.vocab_size)) {
+            return Invalid(absl::StrCat(name, " position ", k, ": token id ", ids[k],
+                                        " is outside [0, ", model.vocab_size, ") of model ",
+                                        model.name));
+          }
+        }
+        *total_tokens += ids.size();
+        break;
+      }
+      default:
+        return Invalid(absl::StrCat(name, " is empty: set text or ids"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSinks(const v1::SinksRequest& r, const CatalogEntry& model) {
+  if (r.has_window() && r.window() < 2) {
+    return Invalid(absl::StrCat("sinks.window (T) must be >= 2, got ", r.window()));
+  }
+  if (r.has_window() && model.n_ctx > 0 && r.window() > model.n_ctx) {
+    return Invalid(absl::StrCat("sinks.window (T) = ", r.window(), " exceeds the context of model ",
+                                model.name, " (", model.n_ctx, ")"));
+  }
+  if (r.has_epsilon() && !(r.epsilon() > 0 && r.epsilon() < 1)) {
+    return Invalid(absl::StrCat("sinks.epsilon must be in (0, 1), got ", r.epsilon()));
+  }
+  return CheckLayers("sinks.layers", r.layers(), model);
+}
+
+absl::Status ValidateFirstToken(const v1::FirstTokenProbeRequest& r, const CatalogEntry& model) {
+  for (int32_t id : r.token_ids()) {
+    if (absl::Status s = CheckTokenId("first_token_probe.token_ids", id, model); !s.ok()) return s;
+  }
+  if (r.token_ids().empty()) {
+    const int64_t begin = r.has_range_begin() ? r.range_begin() : 0;
+    const int64_t end = r.has_range_end() ? r.range_end() : model.vocab_size;
+    if (begin < 0 || (model.vocab_size > 0 && end > model.vocab_size) || begin >= end) {
+      return Invalid(absl::StrCat("first_token_probe.range_begin/range_end: the vocabulary range [",
+                                  begin, ", ", end, ") is empty or outside [0, ", model.vocab_size,
+                                  ") of model ", model.name));
+    }
+  } else if (r.has_range_begin() || r.has_range_end()) {
+    return Invalid("first_token_probe: give token_ids or a range (range_begin/range_end), not both");
+  }
+  for (int32_t id : r.prefix()) {
+    if (absl::Status s = CheckTokenId("first_token_probe.prefix", id, model); !s.ok()) return s;
+  }
+  if (model.n_ctx > 0 && r.prefix_size() + 1 > model.n_ctx) {
+    return Invalid(absl::StrCat("first_token_probe.prefix has ", r.prefix_size(),
+                                " tokens; with the probed token that exceeds the context of model ",
+                                model.name, " (", model.n_ctx, ")"));
+  }
+  if (absl::Status s = CheckThresholds("first_token_probe", r.has_abs_threshold(),
+                                       r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold());
+      !s.ok()) {
+    return s;
+  }
+  if (r.has_batch_size() && (r.batch_size() < 1 || r.batch_size() > 65536)) {
+    return Invalid(absl::StrCat("first_token_probe.batch_size must be in 1..65536, got ",
+                                r.batch_size()));
+  }
+  if (r.has_max_listed_exceptions() && r.max_listed_exceptions() < 0) {
+    return Invalid(absl::StrCat("first_token_probe.max_listed_exceptions must be >= 0, got ",
+                                r.max_listed_exceptions()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSpikeSimilarity(const v1::SpikeSimilarityRequest& r,
+                                     const CatalogEntry& model) {
+  if (absl::Status s = CheckThresholds("spike_similarity", r.has_abs_threshold(),
+                                       r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold(),
+                                       r.has_step_fraction(), r.step_fraction());
+      !s.ok()) {
+    return s;
+  }
+  if (r.step_up_block() < 0 || (model.n_layers > 0 && r.step_up_block() > 2 * model.n_layers)) {
+    return Invalid(absl::StrCat("spike_similarity.step_up_block: block ", r.step_up_block(),
+                                " does not exist: model ", model.name, " has blocks 1..",
+                                2 * model.n_layers));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSelfAttention(const v1::SelfAttentionProfileRequest& r,
+                                   const CatalogEntry& model) {
+  if (absl::Status s = CheckLayers("self_attention_profile.layers", r.layers(), model); !s.ok()) {
+    return s;
+  }
+  for (int32_t id : r.delimiter_ids()) {
+    if (absl::Status s = CheckTokenId("self_attention_profile.delimiter_ids", id, model); !s.ok()) {
+      return s;
+    }
+  }
+  for (const std::string& d : r.delimiters()) {
+    if (model.tokenizer_path.empty()) {
+      return Invalid(absl::StrCat("self_attention_profile.delimiters: model ", model.name,
+                                  " has no tokenizer; give delimiter_ids"));
+    }
+    if (d.empty() || d.size() > 64 || !IsValidUtf8(d)) {
+      return Invalid("self_attention_profile.delimiters: each must be 1..64 bytes of UTF-8");
+    }
+  }
+  return absl::OkStatus();
+}
+
+/// The evaluation input of a perplexity / intervention job.
+absl::Status ValidateEval(const std::string& field, const v1::EvalCorpus& eval,
+                          const v1::JobRequest& request, const ModelCatalog& catalog,
+                          const CatalogEntry& model) {
+  if (!eval.corpus().empty()) {
+    const CorpusEntry* corpus = catalog.FindCorpus(eval.corpus());
+    if (corpus == nullptr) {
+      std::string names;
+      for (const CorpusEntry& c : catalog.corpora()) absl::StrAppend(&names, names.empty() ? "" : ", ", c.name);
+      return absl::NotFoundError(absl::StrCat(field, ".corpus: \"", eval.corpus().substr(0, 128),
+                                              "\" is not a corpus of the catalog (",
+                                              names.empty() ? "it has none" : names,
+                                              "); see ListModels"));
+    }
+    if (!corpus->available) {
+      return absl::FailedPreconditionError(absl::StrCat("corpus ", corpus->name,
+                                                        " is not available on this server: ",
+                                                        corpus->unavailable_reason));
+    }
+    if (model.tokenizer_path.empty() && corpus->tokenizer_path.empty()) {
+      return Invalid(absl::StrCat(field, ".corpus: model ", model.name,
+                                  " has no tokenizer and corpus ", corpus->name,
+                                  " brings none; send token ids as sequences"));
+    }
+    if (request.sequences_size() > 0) {
+      return Invalid(absl::StrCat(field, ": give a catalog corpus or sequences, not both"));
+    }
+  } else if (request.sequences_size() == 0) {
+    return Invalid(absl::StrCat("empty corpus: name a catalog corpus in ", field,
+                                ".corpus or send the text / token ids as sequences"));
+  }
+  if (eval.has_chunk_length() &&
+      (eval.chunk_length() < 2 || (model.n_ctx > 0 && eval.chunk_length() > model.n_ctx))) {
+    return Invalid(absl::StrCat(field, ".chunk_length must be in 2..", model.n_ctx,
+                                " (the context of model ", model.name, "), got ",
+                                eval.chunk_length()));
+  }
+  if (eval.has_token_budget() && eval.token_budget() < 2) {
+    return Invalid(absl::StrCat(field, ".token_budget must be >= 2 tokens (or unset for the whole corpus), got ",
+                                eval.token_budget()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateIntervention(const std::string& field, const v1::InterventionRequest& r,
+                                  const v1::JobRequest& request, const ModelCatalog& catalog,
+                                  const CatalogEntry& model, int64_t* total_tokens) {
+  if (absl::Status s = ValidateEval(absl::StrCat(field, ".eval"), r.eval(), request, catalog, model);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckThresholds(field, r.has_abs_threshold(), r.abs_threshold(),
+                                       r.has_rel_threshold(), r.rel_threshold(),
+                                       r.has_step_fraction(), r.step_fraction());
+      !s.ok()) {
+    return s;
+  }
+  const int64_t chunk = r.eval().has_chunk_length() ? r.eval().chunk_length() : 128;
+  const int64_t n_blocks = 2 * model.n_layers;
+  int n_sub = 0, n_abl = 0;
+  for (int i = 0; i < r.interventions_size(); ++i) {
+    const v1::InterventionSpec& spec = r.interventions(i);
+    const std::string where = absl::StrCat(field, ".interventions[", i, "]");
+    if (spec.has_substitution()) {
+      ++n_sub;
+      const v1::ConstantSubstitution& s = spec.substitution();
+      const std::string& mode = s.mode();
+      if (!mode.empty() && mode != "mean" && mode != "constant" && mode != "zero") {
+        return Invalid(absl::StrCat(where, ".substitution.mode: unknown mode \"", mode.substr(0, 64),
+                                    "\" (mean, constant or zero)"));
+      }
+      if (s.block() < 0 || (n_blocks > 0 && s.block() > n_blocks)) {
+        return Invalid(absl::StrCat(where, ".substitution.block: block ", s.block(),
+                                    " does not exist: model ", model.name, " has blocks 1..",
+                                    n_blocks, " (0 = the detected step-up block)"));
+      }
+      for (int32_t c : s.channels()) {
+        if (c < 0 || (model.d_model > 0 && c >= model.d_model)) {
+          return Invalid(absl::StrCat(where, ".substitution.channels: channel ", c,
+                                      " is outside [0, ", model.d_model, ") of model ", model.name));
+        }
+      }
+      if (!s.channels().empty() && !s.channels_only()) {
+        return Invalid(absl::StrCat(where, ".substitution.channels needs channels_only"));
+      }
+      for (int32_t p : s.positions()) {
+        if (p < 0 || p >= chunk) {
+          return Invalid(absl::StrCat(where, ".substitution.positions: position ", p,
+                                      " is outside a chunk of ", chunk, " tokens"));
+        }
+      }
+      if (mode == "constant") {
+        const int64_t width = s.channels_only() ? s.channels_size() : model.d_model;
+        if (s.constant().empty()) {
+          return Invalid(absl::StrCat(where, ".substitution.constant is empty; mode constant needs ",
+                                      s.channels_only() ? "one value per channel"
+                                                        : absl::StrCat("d_model = ", model.d_model, " values")));
+        }
+        if (width > 0 && s.constant_size() != width) {
+          return Invalid(absl::StrCat(
+              where, ".substitution.constant has width ", s.constant_size(), " but needs ", width,
+              s.channels_only() ? " (one value per channel)"
+                                : absl::StrCat(" (d_model of model ", model.name, ")")));
+        }
+        for (float v : s.constant()) {
+          if (!std::isfinite(v)) return Invalid(absl::StrCat(where, ".substitution.constant is not finite"));
+        }
+      } else if (!s.constant().empty()) {
+        return Invalid(absl::StrCat(where, ".substitution.constant is only used with mode constant"));
+      }
+    } else if (spec.has_ablation()) {
+      ++n_abl;
+      const v1::SinkAblation& a = spec.ablation();
+      const std::string& method = a.method();
+      if (!method.empty() && method != "mask" && method != "zero-prob" && method != "zero-value") {
+        return Invalid(absl::StrCat(where, ".ablation.method: unknown method \"",
+                                    method.substr(0, 64), "\" (mask, zero-prob or zero-value)"));
+      }
+      for (const v1::HeadRef& h : a.heads()) {
+        if (h.layer() < 0 || (model.n_layers > 0 && h.layer() >= model.n_layers)) {
+          return Invalid(absl::StrCat(where, ".ablation.heads: layer ", h.layer(),
+                                      " does not exist: model ", model.name, " has layers 0..",
+                                      model.n_layers - 1));
+        }
+        if (h.head() < 0 || (model.n_heads > 0 && h.head() >= model.n_heads)) {
+          return Invalid(absl::StrCat(where, ".ablation.heads: head index ", h.head(),
+                                      " is out of range: model ", model.name, " has heads 0..",
+                                      model.n_heads - 1));
+        }
+      }
+      for (int32_t p : a.sink_positions()) {
+        if (p < 0 || p >= chunk) {
+          return Invalid(absl::StrCat(where, ".ablation.sink_positions: position ", p,
+                                      " is outside a chunk of ", chunk, " tokens"));
+        }
+      }
+    } else {
+      return Invalid(absl::StrCat(where, " is empty: set substitution or ablation"));
+    }
+  }
+  if (request.params_case() == v1::JobRequest::kConstantSubstitution && r.interventions_size() > 0 &&
+      n_sub == 0) {
+    return Invalid("constant_substitution.interventions has no substitution (use sink_ablation)");
+  }
+  if (request.params_case() == v1::JobRequest::kSinkAblation && r.interventions_size() > 0 &&
+      n_abl == 0) {
+    return Invalid("sink_ablation.interventions has no ablation (use constant_substitution)");
+  }
+  return CheckSequences(absl::StrCat(field, ".calibration sequence"), r.calibration(), model, 1,
+                        total_tokens);
+}
+
+}  // namespace
 
 absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan) {
   if (scan.has_top_k() && (scan.top_k() < 1 || scan.top_k() > 64)) {
@@ -95,68 +444,68 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown dtype value ", request.dtype()));
   }
+  int64_t total_tokens = 0;
+  // What the job reads: sequences required (1), forbidden (0) or optional (-1).
+  int sequences_needed = 1;
+  int64_t min_ids = 1;
+  absl::Status params = absl::OkStatus();
   switch (request.params_case()) {
-    case v1::JobRequest::kScan: {
-      absl::Status s = ValidateScanRequest(request.scan());
-      if (!s.ok()) return s;
+    case v1::JobRequest::kScan:
+      params = ValidateScanRequest(request.scan());
       break;
-    }
+    case v1::JobRequest::kSinks:
+      params = ValidateSinks(request.sinks(), *model);
+      min_ids = 2;
+      break;
+    case v1::JobRequest::kFirstTokenProbe:
+      params = ValidateFirstToken(request.first_token_probe(), *model);
+      sequences_needed = 0;
+      break;
+    case v1::JobRequest::kSpikeSimilarity:
+      params = ValidateSpikeSimilarity(request.spike_similarity(), *model);
+      break;
+    case v1::JobRequest::kSelfAttentionProfile:
+      params = ValidateSelfAttention(request.self_attention_profile(), *model);
+      break;
+    case v1::JobRequest::kPerplexity:
+      params = ValidateEval("perplexity.eval", request.perplexity().eval(), request, catalog, *model);
+      sequences_needed = -1;
+      break;
+    case v1::JobRequest::kConstantSubstitution:
+      params = ValidateIntervention("constant_substitution", request.constant_substitution(),
+                                    request, catalog, *model, &total_tokens);
+      sequences_needed = -1;
+      break;
+    case v1::JobRequest::kSinkAblation:
+      params = ValidateIntervention("sink_ablation", request.sink_ablation(), request, catalog,
+                                    *model, &total_tokens);
+      sequences_needed = -1;
+      break;
     case v1::JobRequest::PARAMS_NOT_SET:
-      return absl::InvalidArgumentError("no job parameters: set one of the params (e.g. scan)");
+      return absl::InvalidArgumentError(
+          "no job parameters: set one of the params (e.g. scan, sinks, perplexity)");
     default:
-      return absl::UnimplementedError("this job type is not implemented yet");
+      return absl::UnimplementedError("this job type is not implemented by this server");
   }
-  if (request.sequences_size() == 0) {
+  if (!params.ok()) return params;
+  if (sequences_needed == 1 && request.sequences_size() == 0) {
     return absl::InvalidArgumentError("no input: give at least one sequence (text or token ids)");
+  }
+  if (sequences_needed == 0 && request.sequences_size() > 0) {
+    return absl::InvalidArgumentError(
+        "first_token_probe takes no sequences: give token_ids or a vocabulary range");
   }
   if (request.sequences_size() > limits.max_sequences) {
     return absl::ResourceExhaustedError(absl::StrCat("too many sequences: ", request.sequences_size(),
                                                      " > ", limits.max_sequences));
   }
-  int64_t total_tokens = 0;
-  for (int i = 0; i < request.sequences_size(); ++i) {
-    const v1::Sequence& seq = request.sequences(i);
-    switch (seq.input_case()) {
-      case v1::Sequence::kText: {
-        if (seq.text().empty()) {
-          return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " is empty text"));
-        }
-        if (model->tokenizer_path.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "sequence ", i, " is text but model ", model->name,
-              " has no tokenizer; send token ids"));
-        }
-        if (!IsValidUtf8(seq.text())) {
-          return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " is not valid UTF-8"));
-        }
-        // A token covers at least one byte; + BOS.
-        total_tokens += static_cast<int64_t>(seq.text().size()) + 1;
-        break;
-      }
-      case v1::Sequence::kIds: {
-        const auto& ids = seq.ids().ids();
-        if (ids.empty()) {
-          return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no token ids"));
-        }
-        if (model->n_ctx > 0 && ids.size() > model->n_ctx) {
-          return absl::InvalidArgumentError(
-              absl::StrCat("sequence ", i, " has ", ids.size(), " tokens, more than the context of model ",
-                           model->name, " (", model->n_ctx, ")"));
-        }
-        for (int k = 0; k < ids.size(); ++k) {
-          if (ids[k] < 0 || (model->vocab_size > 0 && ids[k] >= model->vocab_size)) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "sequence ", i, " position ", k, ": token id ", ids[k], " is outside [0, ",
-                model->vocab_size, ") of model ", model->name));
-          }
-        }
-        total_tokens += ids.size();
-        break;
-      }
-      default:
-        return absl::InvalidArgumentError(
-            absl::StrCat("sequence ", i, " is empty: set text or ids"));
-    }
+  // Evaluation streams are cut into chunks: a sequence may exceed the context.
+  CatalogEntry for_sequences = *model;
+  if (sequences_needed == -1) for_sequences.n_ctx = 0;
+  if (absl::Status s = CheckSequences("sequence", request.sequences(), for_sequences, min_ids,
+                                      &total_tokens);
+      !s.ok()) {
+    return s;
   }
   if (total_tokens > limits.max_total_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("request too large: up to ", total_tokens,

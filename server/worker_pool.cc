@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
@@ -32,6 +34,8 @@ struct WorkerPool::Slot {
   grpc::ClientContext* running_ctx = nullptr;  // guarded by WorkerPool::mu_
   std::thread thread;
   int restarts = 0;
+  int64_t budget_bytes = 0;      // memory budget (0 = unlimited)
+  std::string state = "down";    // guarded by WorkerPool::mu_
 };
 
 namespace {
@@ -76,11 +80,40 @@ WorkerPool::WorkerPool(JobManager* manager, ServerConfig config, std::string run
     slot->name = absl::StrCat("worker-", i);
     slot->device = config_.worker_devices[i];
     slot->socket_path = absl::StrCat(runtime_dir_, "/w", i, ".sock");
+    slot->budget_bytes = WorkerMemoryBudget(config_, i);
     slots_.push_back(std::move(slot));
   }
 }
 
 WorkerPool::~WorkerPool() { Stop(); }
+
+void WorkerPool::SetState(Slot* slot, const char* state) {
+  std::map<std::string, int> counts;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (slot->state == state) return;
+    slot->state = state;
+    for (const auto& s : slots_) ++counts[s->state];
+  }
+  if (Metrics* m = manager_->metrics()) m->SetWorkerStates(counts);
+}
+
+void WorkerPool::RefreshStatus(Slot* slot) {
+  if (!slot->stub) return;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::GetStatusRequest request;
+  v1::WorkerStatus status;
+  if (!slot->stub->GetStatus(&ctx, request, &status).ok()) return;
+  std::set<std::string> models;
+  for (const v1::LoadedModel& m : status.loaded_models()) models.insert(m.name());
+  manager_->scheduler()->UpdateWorker(slot->name, slot->budget_bytes, std::move(models));
+  if (Metrics* m = manager_->metrics()) {
+    m->SetWorkerMemory(slot->name, "rss", status.rss_bytes());
+    m->SetWorkerMemory(slot->name, "device_models", status.model_bytes());
+    m->SetWorkerMemory(slot->name, "budget", slot->budget_bytes);
+  }
+}
 
 absl::Status WorkerPool::Start() {
   if (access(config_.worker_binary.c_str(), X_OK) != 0) {
@@ -89,6 +122,9 @@ absl::Status WorkerPool::Start() {
   }
   for (auto& slot : slots_) {
     Slot* s = slot.get();
+    manager_->scheduler()->UpdateWorker(s->name, s->budget_bytes, std::set<std::string>());
+    if (Metrics* m = manager_->metrics()) m->SetWorkerMemory(s->name, "budget", s->budget_bytes);
+    SetState(s, "down");
     s->thread = std::thread([this, s] { SlotLoop(s); });
   }
   return absl::OkStatus();
@@ -119,12 +155,17 @@ bool WorkerPool::EnsureWorker(Slot* slot) {
     }
   }
   if (slot->pid > 0) return true;
+  SetState(slot, "starting");
 
   std::vector<std::string> argv = {config_.worker_binary, "--socket", slot->socket_path,
                                    "--device", slot->device};
   if (config_.worker_threads > 0) {
     argv.push_back("--threads");
     argv.push_back(absl::StrCat(config_.worker_threads));
+  }
+  if (slot->budget_bytes > 0) {
+    argv.push_back("--memory-budget-bytes");
+    argv.push_back(absl::StrCat(slot->budget_bytes));
   }
   for (const std::string& a : config_.worker_args) argv.push_back(a);
   unlink(slot->socket_path.c_str());
@@ -156,19 +197,30 @@ bool WorkerPool::EnsureWorker(Slot* slot) {
     int wstatus = 0;
     if (waitpid(pid, &wstatus, WNOHANG) == pid) {
       Log(absl::StrCat(slot->name, " (pid ", pid, ") failed to start: ", DescribeWaitStatus(wstatus)));
-      std::lock_guard<std::mutex> lock(mu_);
-      slot->pid = -1;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        slot->pid = -1;
+      }
+      SetState(slot, "down");
       return false;
     }
     if (CheckHealth(slot, absl::Milliseconds(500))) {
       Log(absl::StrCat(slot->name, " (pid ", pid, ", ", slot->device, ") ready on unix:",
                        slot->socket_path, slot->restarts > 0 ? absl::StrCat(", restart ", slot->restarts) : ""));
+      if (slot->restarts > 0) {
+        if (Metrics* m = manager_->metrics()) m->WorkerRestarted();
+      }
       ++slot->restarts;
+      // A fresh process caches nothing.
+      manager_->scheduler()->UpdateWorker(slot->name, slot->budget_bytes, std::set<std::string>());
+      SetState(slot, "idle");
+      RefreshStatus(slot);
       return true;
     }
   }
   Log(absl::StrCat(slot->name, " (pid ", pid, ") did not become healthy in 60 s; killing it"));
   ReapWorker(slot, absl::ZeroDuration(), SIGKILL);
+  SetState(slot, "down");
   return false;
 }
 
@@ -207,6 +259,7 @@ std::string WorkerPool::ReapWorker(Slot* slot, absl::Duration grace, int kill_si
     std::lock_guard<std::mutex> lock(mu_);
     slot->pid = -1;
   }
+  SetState(slot, "down");
   unlink(slot->socket_path.c_str());
   return absl::StrCat(slot->name, " (pid ", pid, ") ", how);
 }
@@ -233,11 +286,19 @@ void WorkerPool::SlotLoop(Slot* slot) {
         if (!CheckHealth(slot, absl::Seconds(5))) {
           Log(absl::StrCat(slot->name, " failed its health check; restarting: ",
                            ReapWorker(slot, absl::ZeroDuration(), SIGKILL)));
+        } else {
+          RefreshStatus(slot);
         }
       }
       continue;
     }
+    SetState(slot, "busy");
     RunJob(slot, *job);
+    manager_->scheduler()->JobEnded(job->id());
+    if (slot->pid > 0) {
+      SetState(slot, "idle");
+      RefreshStatus(slot);
+    }
     last_health = absl::Now();
   }
   if (slot->pid > 0) ReapWorker(slot, absl::ZeroDuration(), SIGTERM);
@@ -267,10 +328,32 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     m->set_path(entry->path);
     m->set_tokenizer_path(entry->tokenizer_path);
     m->set_dtype(dtype->empty() ? entry->default_dtype : *dtype);
+    // A catalog corpus (perplexity / intervention jobs) becomes a path here.
+    if (const std::string corpus_name = CorpusNameOf(request); !corpus_name.empty()) {
+      const CorpusEntry* corpus = manager_->FindCorpus(corpus_name);
+      if (corpus == nullptr) {
+        early_failure = absl::NotFoundError(absl::StrCat("corpus ", corpus_name, " left the catalog"));
+      } else {
+        v1::ResolvedCorpus* c = run.mutable_corpus();
+        c->set_name(corpus->name);
+        c->set_path(corpus->path);
+        c->set_tokenizer_path(corpus->tokenizer_path);
+      }
+    }
+  }
+
+  if (!early_failure.has_value()) {
+    absl::StatusOr<MemoryEstimate> estimate = manager_->Estimate(request);
+    if (estimate.ok()) {
+      run.set_estimated_weight_bytes(estimate->weight_bytes);
+      run.set_estimated_activation_bytes(estimate->activation_bytes);
+    }
   }
 
   std::optional<v1::JobFinished> finished;
   bool store_rejected = false;
+  int64_t n_tokens = 0;
+  std::optional<absl::Time> load_started;
   int n_records = 0;
   grpc::Status rpc_status;
   if (!early_failure.has_value()) {
@@ -291,6 +374,13 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       switch (event.event_case()) {
         case v1::WorkerEvent::kModelLoading:
           *job_event.mutable_model_loading() = event.model_loading();
+          if (event.model_loading().phase() == "loading") {
+            load_started = absl::Now();
+          } else if (event.model_loading().phase() == "loaded" && load_started.has_value()) {
+            if (Metrics* m = manager_->metrics()) {
+              m->ModelLoaded(absl::ToDoubleSeconds(absl::Now() - *load_started));
+            }
+          }
           break;
         case v1::WorkerEvent::kRunning:
           *job_event.mutable_running() = event.running();
@@ -300,6 +390,9 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
           *job_event.mutable_result() = event.result();
           new_state = v1::JOB_STATE_RUNNING;
           ++n_records;
+          if (event.result().has_scan_summary()) {
+            n_tokens = event.result().scan_summary().provenance().n_tokens();
+          }
           break;
         case v1::WorkerEvent::kFinished:
           finished = event.finished();
@@ -360,6 +453,12 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     if (finished->code() == 0) {
       v1::JobEvent e;
       e.mutable_completed()->set_n_records(n_records);
+      if (n_tokens == 0) {  // job types without a scan summary: count the ids
+        for (const v1::Sequence& seq : request.sequences()) {
+          n_tokens += seq.has_ids() ? seq.ids().ids_size() : 0;
+        }
+      }
+      if (Metrics* m = manager_->metrics()) m->TokensProcessed(n_tokens);
       absl::Status s = manager_->Finish(job, v1::JOB_STATE_COMPLETED, e);
       if (!s.ok()) Log(absl::StrCat(job.id(), ": recording completion: ", s.ToString()));
     } else if (finished->code() == static_cast<int>(grpc::StatusCode::CANCELLED)) {

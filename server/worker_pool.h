@@ -62,6 +62,11 @@ class WorkerPool {
   /// Waits briefly for the worker to exit (else kills it); says how it ended.
   std::string ReapWorker(Slot* slot, absl::Duration grace, int kill_signal);
   void SleepUnlessStopping(absl::Duration d);
+  /// Asks the worker for its cached models and memory; updates the
+  /// scheduler's view and the memory gauges.
+  void RefreshStatus(Slot* slot);
+  /// Records a slot's state ("starting", "idle", "busy", "down") in metrics.
+  void SetState(Slot* slot, const char* state);
 
   JobManager* const manager_;
   const ServerConfig config_;

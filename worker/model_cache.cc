@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <exception>
 #include <utility>
 
@@ -61,8 +62,36 @@ absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std
 
 }  // namespace
 
+void ModelCache::EvictLocked(int64_t extra, const CachedModel* keep) {
+  if (budget_bytes_ <= 0) return;
+  auto cached = [&] {
+    int64_t sum = 0;
+    for (const auto& e : entries_) sum += e->model->weight_bytes();
+    return sum;
+  };
+  while (cached() + extra > budget_bytes_) {
+    size_t victim = entries_.size();
+    for (size_t i = entries_.size(); i-- > 0;) {
+      if (entries_[i].get() != keep) {
+        victim = i;
+        break;
+      }
+    }
+    if (victim == entries_.size()) return;
+    std::fprintf(stderr,
+                 "sinkscope-worker: evicting model %s (%lld weight bytes) to stay within the "
+                 "memory budget of %lld bytes\n",
+                 entries_[victim]->key.name.c_str(),
+                 static_cast<long long>(entries_[victim]->model->weight_bytes()),
+                 static_cast<long long>(budget_bytes_));
+    entries_.erase(entries_.begin() + victim);
+  }
+}
+
 absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key,
-                                                             bool* was_cached) {
+                                                             bool* was_cached,
+                                                             int64_t need_weight_bytes,
+                                                             int64_t reserve_bytes) {
   const std::string stamp = FileStamp(key.path);
   const std::string key_str = key.ToString();
   {
@@ -74,6 +103,7 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
         entries_.erase(entries_.begin() + i);
         entries_.insert(entries_.begin(), hit);
         ++hit->uses;
+        EvictLocked(reserve_bytes, hit.get());
         if (was_cached) *was_cached = true;
         return hit;
       }
@@ -82,6 +112,10 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
     }
   }
   if (was_cached) *was_cached = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    EvictLocked(need_weight_bytes + reserve_bytes, nullptr);
+  }
   // Loading happens outside the lock (the worker runs one job at a time, so
   // two loads of the same key do not race in practice; if they did, both
   // would succeed and the later one would win).
@@ -91,6 +125,7 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
   (*loaded)->uses = 1;
   entries_.insert(entries_.begin(), *loaded);
   while (entries_.size() > capacity_) entries_.pop_back();
+  EvictLocked(reserve_bytes, loaded->get());
   return *loaded;
 }
 

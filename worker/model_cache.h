@@ -57,7 +57,15 @@ class ModelCache {
   /// Returns the model for `key`, loading it (checkpoint, Model::Create,
   /// tokenizer) when it is not cached or its file changed. `*was_cached` tells
   /// which. Errors of the loaders are returned annotated with the model name.
-  absl::StatusOr<std::shared_ptr<CachedModel>> Get(const ModelKey& key, bool* was_cached);
+  /// With a memory budget, least recently used models are evicted first so
+  /// that the cached weights (+ `need_weight_bytes` for a model to load) +
+  /// `reserve_bytes` (the job's activations) fit in it.
+  absl::StatusOr<std::shared_ptr<CachedModel>> Get(const ModelKey& key, bool* was_cached,
+                                                   int64_t need_weight_bytes = 0,
+                                                   int64_t reserve_bytes = 0);
+
+  /// Memory budget for weights + a job's activations (0 = unlimited).
+  void set_budget_bytes(int64_t bytes) { budget_bytes_ = bytes; }
 
   /// Entries, most recently used first.
   std::vector<CachedModelInfo> Snapshot() const;
@@ -65,6 +73,9 @@ class ModelCache {
  private:
   const std::string device_;
   const size_t capacity_;
+  int64_t budget_bytes_ = 0;
+  /// Evicts LRU entries (never `keep`) until cached weights + extra fit.
+  void EvictLocked(int64_t extra, const CachedModel* keep);
   mutable std::mutex mu_;
   std::vector<std::shared_ptr<CachedModel>> entries_;  // MRU first
 };

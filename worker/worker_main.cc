@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", options.device, "Device: cpu, cuda, cuda:N")->capture_default_str();
   app.add_option("--cache-capacity", options.cache_capacity, "Models kept loaded")
       ->capture_default_str();
+  app.add_option("--memory-budget-bytes", options.memory_budget_bytes,
+                 "Memory budget for cached models + a job's activations (0 = unlimited)");
   app.add_option("--threads", threads, "Intra-op threads (0 = libtorch default)")
       ->capture_default_str();
   app.add_option("--test-unit-delay-ms", options.test_unit_delay_ms,

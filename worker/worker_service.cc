@@ -14,6 +14,7 @@
 #include "worker/engine/scan.h"
 #include "worker/engine/status_macros.h"
 #include "worker/engine/tokenizer.h"
+#include "worker/analysis_jobs.h"
 #include "worker/scan_convert.h"
 
 #ifndef SINKSCOPE_CODE_VERSION
@@ -25,40 +26,6 @@ namespace worker {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-/// Turns the request's sequences into token ids (text through the tokenizer).
-absl::StatusOr<std::vector<std::vector<int64_t>>> Tokenize(const v1::JobRequest& request,
-                                                           const CachedModel& cached) {
-  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
-  std::vector<std::vector<int64_t>> out;
-  out.reserve(request.sequences_size());
-  for (int i = 0; i < request.sequences_size(); ++i) {
-    const v1::Sequence& seq = request.sequences(i);
-    if (seq.has_ids()) {
-      out.emplace_back(seq.ids().ids().begin(), seq.ids().ids().end());
-    } else if (seq.input_case() == v1::Sequence::kText) {
-      if (!cached.tokenizer) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "sequence ", i, " is text but model ", cached.key.name, " has no tokenizer; send token ids"));
-      }
-      absl::StatusOr<std::vector<int64_t>> ids = cached.tokenizer->Encode(seq.text(), add_bos);
-      if (!ids.ok()) return Annotate(ids.status(), absl::StrCat("sequence ", i));
-      out.push_back(*std::move(ids));
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " is empty"));
-    }
-    if (out.back().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has no tokens"));
-    }
-    const int64_t n_ctx = cached.model->config().n_ctx;
-    if (static_cast<int64_t>(out.back().size()) > n_ctx) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", i, " has ", out.back().size(),
-                                                     " tokens, more than the context of model ",
-                                                     cached.key.name, " (", n_ctx, ")"));
-    }
-  }
-  return out;
-}
 
 absl::Status RunScan(const CachedModel& cached, const WorkerOptions& options,
                      const v1::RunJobRequest& request,
@@ -128,7 +95,8 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
     if (!sink(event)) return absl::CancelledError("the server went away");
   }
   bool was_cached = false;
-  ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached, cache.Get(key, &was_cached));
+  ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached, cache.Get(key, &was_cached, request.estimated_weight_bytes(),
+                                                    request.estimated_activation_bytes()));
   {
     v1::WorkerEvent event;
     v1::ModelLoading* loading = event.mutable_model_loading();
@@ -139,13 +107,20 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
     if (!sink(event)) return absl::CancelledError("the server went away");
   }
   if (cancel && cancel->load()) return absl::CancelledError("cancelled");
-  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences, Tokenize(request.request(), *cached));
-  switch (request.request().params_case()) {
-    case v1::JobRequest::kScan:
-      return RunScan(*cached, options, request, sequences, sink, cancel);
-    default:
-      return absl::UnimplementedError("this worker only runs activation scans");
+  const v1::JobRequest& job = request.request();
+  const v1::JobRequest::ParamsCase kind = job.params_case();
+  // Evaluation streams (perplexity, interventions) are chunked: their
+  // sequences may be longer than the context.
+  const bool evaluation = kind == v1::JobRequest::kPerplexity ||
+                          kind == v1::JobRequest::kConstantSubstitution ||
+                          kind == v1::JobRequest::kSinkAblation;
+  ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences,
+                   TokenizeSequences(job.sequences(), job.has_add_bos() ? job.add_bos() : true,
+                                     *cached, "sequence", /*check_ctx=*/!evaluation));
+  if (kind == v1::JobRequest::kScan) {
+    return RunScan(*cached, options, request, sequences, sink, cancel);
   }
+  return RunAnalysisJob(JobContext{*cached, options, request, sink, cancel}, sequences);
 }
 
 int64_t ResidentBytes() {
@@ -170,7 +145,9 @@ absl::Status RunJobToSink(ModelCache& cache, const WorkerOptions& options,
 }
 
 WorkerServiceImpl::WorkerServiceImpl(WorkerOptions options)
-    : options_(std::move(options)), cache_(options_.device, options_.cache_capacity) {}
+    : options_(std::move(options)), cache_(options_.device, options_.cache_capacity) {
+  cache_.set_budget_bytes(options_.memory_budget_bytes);
+}
 
 grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
                                        const v1::RunJobRequest* request,

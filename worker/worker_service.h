@@ -19,6 +19,8 @@ namespace worker {
 struct WorkerOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N"
   size_t cache_capacity = 2;    // models kept loaded
+  /// Memory budget for cached weights + a job's activations (0 = unlimited).
+  int64_t memory_budget_bytes = 0;
   /// Test-only: sleep this long after each unit of progress (makes jobs long
   /// enough to kill a worker in the middle of one).
   int64_t test_unit_delay_ms = 0;

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -370,6 +372,269 @@ TEST(JobProgressTest, Cancelled) {
   EXPECT_EQ(p.status_line(), "job j-1: CANCELLED (cancelled by alice)");
   EXPECT_EQ(p.state(), v1::JOB_STATE_CANCELLED);
   EXPECT_TRUE(p.done());
+}
+
+
+// ---- analysis job types ----
+
+v1::Provenance Prov() {
+  v1::Provenance p;
+  p.set_model("planted");
+  p.set_checkpoint_format("hf-safetensors");
+  p.set_dtype("float32");
+  p.set_device("cpu");
+  p.set_attention_path("sdpa");
+  p.set_code_version("test");
+  p.set_n_tokens(112);
+  p.set_n_sequences(3);
+  return p;
+}
+
+v1::SinkLayer SinkLayerRecord(int layer, std::vector<int> sink_heads) {
+  v1::SinkLayer l;
+  l.set_layer(layer);
+  for (int h = 0; h < 4; ++h) {
+    v1::HeadSinkStats* s = l.add_heads();
+    s->set_layer(layer);
+    s->set_head(h);
+    const bool sink = std::count(sink_heads.begin(), sink_heads.end(), h) > 0;
+    s->set_is_sink_head(sink);
+    s->set_max_importance(sink ? 0.9688 : 0.1234);
+    s->set_sink_fraction(sink ? 1.0 : 0.0);
+    s->set_mean_attention_distance(sink ? 15.5 : 3.25);
+    s->set_mean_logit_gap(sink ? 12.25 : 0.5);
+  }
+  l.set_sink_ratio(sink_heads.size() / 4.0);
+  l.set_n_sink_heads(static_cast<int>(sink_heads.size()));
+  return l;
+}
+
+TEST(SinksRenderTest, TableMarksSinkHeads) {
+  std::string t = RenderSinkTable({SinkLayerRecord(2, {0, 2}), SinkLayerRecord(3, {1})});
+  EXPECT_THAT(t, HasSubstr("max alpha"));
+  // One row per head; sink heads carry "*".
+  size_t rows = 0, marked = 0;
+  std::istringstream in(t);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("0.9688") != std::string::npos) {
+      ++rows;
+      marked += line.find('*') != std::string::npos;
+    } else if (line.find("0.1234") != std::string::npos) {
+      ++rows;
+      EXPECT_EQ(line.find('*'), std::string::npos) << line;
+    }
+  }
+  EXPECT_EQ(rows, 8u);
+  EXPECT_EQ(marked, 3u);
+  EXPECT_THAT(t, HasSubstr("layer 2 50.00% (2/4)"));
+  EXPECT_THAT(t, HasSubstr("layer 3 25.00% (1/4)"));
+}
+
+TEST(SinksRenderTest, SummaryComparesSinkHeadsWithOthers) {
+  v1::SinkSummary s;
+  s.set_sink_ratio(0.125);
+  s.set_n_sink_heads(3);
+  s.set_n_heads(24);
+  for (auto [l, h] : std::vector<std::pair<int, int>>{{2, 0}, {2, 2}, {3, 1}}) {
+    auto* r = s.add_sink_heads();
+    r->set_layer(l);
+    r->set_head(h);
+  }
+  s.set_sink_heads_distance(15.5);
+  s.set_other_heads_distance(3.25);
+  s.set_sink_heads_logit_gap(12.25);
+  s.mutable_params()->set_window(32);
+  s.mutable_params()->set_epsilon(0.3);
+  *s.mutable_provenance() = Prov();
+  std::string t = RenderSinkSummary(s);
+  EXPECT_THAT(t, HasSubstr("12.50%"));
+  EXPECT_THAT(t, HasSubstr("3 of 24 heads"));
+  EXPECT_THAT(t, HasSubstr("(2,0), (2,2), (3,1)"));
+  EXPECT_THAT(t, HasSubstr("sink heads"));
+  EXPECT_THAT(t, HasSubstr("other heads"));
+  EXPECT_THAT(t, HasSubstr("15.50"));
+  EXPECT_THAT(t, HasSubstr("T = 32, epsilon 0.3"));
+  EXPECT_THAT(t, HasSubstr("model planted (hf-safetensors), dtype float32, device cpu"));
+}
+
+TEST(FirstTokenRenderTest, CountsRatiosExceptionsHistogram) {
+  v1::FirstTokenProbeResult r;
+  r.set_n_tokens(64);
+  r.set_n_spike_at_first(3);
+  r.set_ratio_at_first(3.0 / 64);
+  r.set_n_spike_in_control(3);
+  r.set_ratio_in_control(3.0 / 64);
+  for (int id : {1, 5, 9}) r.add_spiking_in_control(id);
+  r.add_not_spiking_at_first(0);
+  r.add_not_spiking_at_first(2);
+  for (int b = 0; b <= 12; ++b) r.add_first_spike_block_histogram(b == 4 ? 3 : 0);
+  r.set_total_seconds(0.5);
+  r.set_forward_seconds(0.25);
+  r.mutable_params()->set_range_end(64);
+  r.mutable_params()->add_prefix(1);
+  *r.mutable_provenance() = Prov();
+  std::string t = RenderFirstTokenProbe(r);
+  EXPECT_THAT(t, HasSubstr("Tokens probed:        64"));
+  EXPECT_THAT(t, HasSubstr("3 (4.69%)"));
+  EXPECT_THAT(t, HasSubstr("1, 5, 9"));
+  EXPECT_THAT(t, HasSubstr("(61 in all)"));
+  EXPECT_THAT(t, HasSubstr("block 4 (layer 1 mlp): 3"));
+  EXPECT_THAT(t, HasSubstr("0.500 s total"));
+  EXPECT_THAT(t, HasSubstr("range [0, 64)"));
+}
+
+TEST(SpikeSimilarityRenderTest, ShowsThreeMatrices) {
+  v1::SpikeSimilaritySummary s;
+  for (int i = 0; i < 2; ++i) {
+    auto* t = s.add_spike_tokens();
+    t->set_sequence(i);
+    s.add_token_ids(i == 0 ? 1 : 5);
+  }
+  *s.mutable_step_up_block() = Ref(4);
+  auto fill = [](v1::CosineMatrix* m, const std::string& hook, double off) {
+    m->set_hook(hook);
+    m->set_n(2);
+    for (double v : {1.0, off, off, 1.0}) m->add_values(v);
+    m->set_mean_off_diagonal(off);
+    m->set_min_off_diagonal(off);
+  };
+  fill(s.mutable_before(), "blocks.1.hook_resid_mid", 0.25);
+  fill(s.mutable_after(), "blocks.1.hook_resid_post", 0.9999);
+  fill(s.mutable_normalized(), "blocks.2.ln1.hook_normalized", 0.99995);
+  std::string t = RenderSpikeSimilarity(s);
+  EXPECT_THAT(t, HasSubstr("block 4 (layer 1 mlp)"));
+  EXPECT_THAT(t, HasSubstr("before step-up"));
+  EXPECT_THAT(t, HasSubstr("after step-up"));
+  EXPECT_THAT(t, HasSubstr("after next norm"));
+  EXPECT_THAT(t, HasSubstr("0.999900"));
+  EXPECT_THAT(t, HasSubstr("id 5"));
+}
+
+TEST(SelfAttentionRenderTest, GroupsPerLayer) {
+  v1::SelfAttentionLayer l;
+  l.set_layer(0);
+  for (auto [g, m, n] : std::vector<std::tuple<std::string, double, int>>{
+           {"first", 1.0, 2}, {"delimiter", 0.75, 3}, {"other", 0.125, 8}}) {
+    auto* o = l.add_groups();
+    o->set_group(g);
+    o->set_mean(m);
+    o->set_count(n);
+  }
+  std::string t = RenderSelfAttentionTable({l});
+  EXPECT_THAT(t, HasSubstr("1.0000"));
+  EXPECT_THAT(t, HasSubstr("0.7500"));
+  EXPECT_THAT(t, HasSubstr("2/3/8"));
+  v1::SelfAttentionSummary s;
+  auto* d = s.add_resolved_delimiters();
+  d->set_text("\n");
+  d->add_ids(13);
+  EXPECT_THAT(RenderSelfAttentionSummary(s), HasSubstr("\"\\n\""));
+}
+
+TEST(PerplexityRenderTest, OneLinePerChunkThenTotal) {
+  std::vector<v1::ResultRecord> records(3);
+  for (int i = 0; i < 2; ++i) {
+    auto* c = records[i].mutable_perplexity_chunk();
+    c->set_index(i);
+    c->set_first_token(128 * i);
+    c->set_n_scored(127);
+    c->set_mean_loss(2.0 + i);
+    c->set_perplexity(std::exp(2.0 + i));
+  }
+  auto* s = records[2].mutable_perplexity_summary();
+  s->set_perplexity(12.1825);
+  s->set_n_scored(254);
+  s->set_n_chunks(2);
+  s->mutable_eval()->set_corpus("tinyshakespeare");
+  s->mutable_eval()->set_chunk_length(128);
+  s->mutable_eval()->set_token_budget(-1);
+  std::string t = RenderResults(records);
+  EXPECT_THAT(t, HasSubstr("chunk    0  tokens 0..127  scored 127  loss 2.000000  ppl 7.3891"));
+  EXPECT_THAT(t, HasSubstr("chunk    1  tokens 128..255"));
+  EXPECT_THAT(t, HasSubstr("Perplexity:           12.182500"));
+  EXPECT_THAT(t, HasSubstr("corpus tinyshakespeare"));
+  EXPECT_THAT(t, HasSubstr("token budget all"));
+  EXPECT_LT(t.find("chunk    1"), t.find("Perplexity:"));
+}
+
+TEST(InterventionRenderTest, ChunksThenSummaryWithResolvedInterventions) {
+  std::vector<v1::ResultRecord> records(2);
+  auto* c = records[0].mutable_intervention_chunk();
+  c->set_index(0);
+  c->set_n_scored(31);
+  c->set_baseline_perplexity(10.0);
+  c->set_intervened_perplexity(10.5);
+  c->set_kl_mean(0.0123);
+  auto* s = records[1].mutable_intervention_summary();
+  s->set_baseline_perplexity(10.0);
+  s->set_intervened_perplexity(10.5);
+  s->set_n_scored(31);
+  s->mutable_kl()->set_all(0.0123);
+  s->mutable_kl()->set_spike(0.5);
+  s->mutable_kl()->set_n_spike(1);
+  auto* sub = s->add_interventions()->mutable_substitution();
+  sub->set_mode("mean");
+  *sub->mutable_block() = Ref(4);
+  sub->add_values(3);
+  sub->add_values(4);
+  auto* abl = s->add_interventions()->mutable_ablation();
+  abl->set_method("mask");
+  auto* h = abl->add_heads();
+  h->set_layer(2);
+  h->set_head(0);
+  abl->add_sink_positions(0);
+  auto* e = s->add_head_effects();
+  e->set_layer(2);
+  e->set_head(0);
+  e->set_distance_baseline(15.5);
+  e->set_distance_intervened(7.5);
+  *s->mutable_provenance() = Prov();
+  std::string t = RenderResults(records);
+  EXPECT_THAT(t, HasSubstr("baseline ppl"));
+  EXPECT_THAT(t, HasSubstr("+5%"));
+  EXPECT_THAT(t, HasSubstr("baseline 10.000000 -> intervened 10.500000"));
+  EXPECT_THAT(t, HasSubstr("spike tokens 0.5 (1)"));
+  EXPECT_THAT(t, HasSubstr("substitute mean at block 4 (layer 1 mlp)"));
+  EXPECT_THAT(t, HasSubstr("(norm 5)"));
+  EXPECT_THAT(t, HasSubstr("ablate (mask) heads (2,0)"));
+  EXPECT_THAT(t, HasSubstr("Per ablated head"));
+  EXPECT_THAT(t, HasSubstr("15.50"));
+  EXPECT_LT(t.find("baseline ppl"), t.find("Perplexity:"));
+}
+
+TEST(ResultsTest, EveryKindIsShown) {
+  std::vector<v1::ResultRecord> records(2);
+  *records[0].mutable_sink_layer() = SinkLayerRecord(0, {});
+  records[1].mutable_sink_summary()->set_n_heads(4);
+  std::string t = RenderResults(records);
+  EXPECT_THAT(t, HasSubstr("Attention sinks per layer"));
+  EXPECT_THAT(t, HasSubstr("Sink ratio (eq. 28)"));
+  EXPECT_THAT(t, Not(HasSubstr("cannot show")));
+}
+
+TEST(JobProgressTest, UnitFollowsJobType) {
+  EXPECT_EQ(ProgressUnit(v1::JOB_TYPE_ACTIVATION_SCAN), "blocks");
+  EXPECT_EQ(ProgressUnit(v1::JOB_TYPE_FIRST_TOKEN_PROBE), "tokens");
+  JobProgress p("j-2");
+  p.set_unit(ProgressUnit(v1::JOB_TYPE_FIRST_TOKEN_PROBE));
+  v1::JobEvent e = Event(3, 1);
+  e.mutable_running()->set_units_done(16);
+  e.mutable_running()->set_units_total(64);
+  EXPECT_TRUE(p.Apply(e));
+  EXPECT_EQ(p.status_line(), "job j-2: RUNNING 16/64 tokens");
+}
+
+TEST(ModelsTest, ListsCorpora) {
+  v1::ListModelsResponse response;
+  response.add_models()->set_name("planted");
+  auto* c = response.add_corpora();
+  c->set_name("tinyshakespeare");
+  c->set_size_bytes(1115394);
+  c->set_has_tokenizer(true);
+  std::string t = RenderModels(response);
+  EXPECT_THAT(t, HasSubstr("tinyshakespeare"));
+  EXPECT_THAT(t, HasSubstr("1115394"));
 }
 
 }  // namespace

@@ -24,11 +24,7 @@ using testing::PlantedCheckpoint;
 using testing::PlantedSpec;
 using testing::PlantedTruth;
 
-std::unique_ptr<Model> Make(const Checkpoint& ck) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), at::kFloat);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return std::move(*m);
-}
+using testing::MakeCpuModel;
 
 /// Independent NLL: log-sum-exp by hand in float64 over the engine's logits
 /// of one chunk, context reset at the chunk start.
@@ -74,7 +70,7 @@ void CheckPerplexity(const std::string& model_rel) {
   if (path.empty()) GTEST_SKIP() << "shared data missing: " << model_rel;
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
-  auto model = Make(*ck);
+  auto model = MakeCpuModel(*ck);
   std::string why;
   std::vector<int64_t> ids = ShakespeareSlice(512, &why);
   if (ids.empty()) GTEST_SKIP() << why;
@@ -109,7 +105,7 @@ TEST(Perplexity, Aidreams260KOnShakespeareSlice) { CheckPerplexity("models/aidre
 TEST(Perplexity, Stories260KOnSameIds) { CheckPerplexity("models/stories260K/stories260K.bin"); }
 
 TEST(Perplexity, BadRequests) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   EvalParams p;
   EXPECT_FALSE(RunPerplexity(*model, {}, p, nullptr, nullptr).ok()) << "empty corpus";
   p.token_budget = 0;
@@ -144,7 +140,7 @@ InterventionSpec Substitution(SubstitutionSpec::Mode mode, int64_t block) {
 
 TEST(ConstantSubstitution, MeanKeepsPerplexityZeroBreaksIt) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   const std::vector<int64_t> corpus = PlantedCorpus(3, 32);
   ExperimentParams p;
   p.eval.chunk_length = 32;
@@ -174,7 +170,7 @@ TEST(ConstantSubstitution, MeanKeepsPerplexityZeroBreaksIt) {
 }
 
 TEST(ConstantSubstitution, WritingBackTheSameTensorHasZeroKl) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   // A constant equal to the state itself, taken from a first run.
   const std::vector<int64_t> corpus = PlantedCorpus(2, 16);
   at::Tensor state;
@@ -202,7 +198,7 @@ TEST(ConstantSubstitution, WritingBackTheSameTensorHasZeroKl) {
 // heads bit-identical); later layers respond only through the residual stream.
 TEST(SinkAblation, MaskChangesExactlyThePlantedHeads) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   const ModelConfig& c = model->config();
   std::vector<int64_t> ids = PlantedCorpus(1, 24);
   at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
@@ -248,7 +244,7 @@ TEST(SinkAblation, MaskChangesExactlyThePlantedHeads) {
 
 TEST(SinkAblation, ExperimentReportsPerHeadEffects) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   ExperimentParams p;
   p.eval.chunk_length = 32;
   InterventionSpec a;
@@ -270,7 +266,7 @@ TEST(SinkAblation, ExperimentReportsPerHeadEffects) {
 }
 
 TEST(Experiments, BadRequestsAreRefused) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   const std::vector<int64_t> corpus = PlantedCorpus(1, 16);
   auto bad = [&](ExperimentParams p, const std::vector<int64_t>& toks, const std::string& what) {
     auto r = RunInterventionExperiment(*model, toks, p, nullptr, nullptr);

@@ -7,6 +7,8 @@
 #include <ATen/core/Generator.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <gtest/gtest.h>
+
 #include "absl/strings/str_cat.h"
 
 namespace sinkscope::testing {
@@ -100,6 +102,12 @@ Checkpoint RandomCheckpoint(const ModelConfig& c, uint64_t seed, double scale) {
   t["model.norm.weight"] = norm(c.d_model);
   if (!c.tied_embeddings) t["lm_head.weight"] = randn({c.d_vocab, c.d_model}, scale);
   return ck;
+}
+
+std::unique_ptr<Model> MakeCpuModel(const Checkpoint& ck, c10::ScalarType dtype) {
+  auto m = Model::Create(ck, c10::Device(c10::kCPU), dtype);
+  EXPECT_TRUE(m.ok()) << m.status();
+  return m.ok() ? std::move(*m) : nullptr;
 }
 
 at::Tensor PermuteForRotateHalves(const at::Tensor& w, int64_t n_head, int64_t d_head) {

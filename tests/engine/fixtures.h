@@ -4,7 +4,10 @@
 
 #include <string>
 
+#include <memory>
+
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/model.h"
 
 namespace sinkscope::testing {
 
@@ -16,6 +19,9 @@ ModelConfig SmallConfig(const std::string& family);
 /// Random weights (normal, std `scale`; norms near 1) for `config`, under the
 /// canonical names of checkpoint.h. Deterministic in `seed`.
 Checkpoint RandomCheckpoint(const ModelConfig& config, uint64_t seed, double scale = 0.08);
+
+/// Model::Create on cpu (float32 by default); fails the current test on error.
+std::unique_ptr<Model> MakeCpuModel(const Checkpoint& ck, c10::ScalarType dtype = at::kFloat);
 
 /// HF conversion permutation of a q/k weight [n_head * d_head, d_model]:
 /// llama2.c adjacent-pair rows -> HF rotate-halves rows (transformers'

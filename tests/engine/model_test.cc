@@ -31,11 +31,7 @@ at::Tensor Ids(const std::vector<int64_t>& ids) {
   return at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
 }
 
-std::unique_ptr<Model> MakeModel(const Checkpoint& ck, c10::ScalarType dtype = at::kFloat) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), dtype);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return m.ok() ? std::move(*m) : nullptr;
-}
+using testing::MakeCpuModel;
 
 // ---------------------------------------------------------------------------
 // Independent float64 reference: token-by-token loops, written from the HF
@@ -169,7 +165,7 @@ class FamilyTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FamilyTest, LogitsMatchFloat64Reference) {
   Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 7);
-  auto model = MakeModel(ck);
+  auto model = MakeCpuModel(ck);
   ASSERT_NE(model, nullptr);
   std::vector<int64_t> ids = {1, 5, 9, 33, 2, 17, 60, 4, 4, 8, 12, 3};
   auto logits = model->Forward(Ids(ids), HookRegistry());
@@ -181,7 +177,7 @@ TEST_P(FamilyTest, LogitsMatchFloat64Reference) {
 
 TEST_P(FamilyTest, HookInvariants) {
   Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 11);
-  auto model = MakeModel(ck);
+  auto model = MakeCpuModel(ck);
   ASSERT_NE(model, nullptr);
   std::map<std::string, at::Tensor> seen;
   HookRegistry hooks;
@@ -222,8 +218,8 @@ TEST_P(FamilyTest, HookInvariants) {
 
 TEST_P(FamilyTest, Bfloat16StaysNearFloat32) {
   Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 13);
-  auto f32 = MakeModel(ck, at::kFloat);
-  auto bf16 = MakeModel(ck, at::kBFloat16);
+  auto f32 = MakeCpuModel(ck, at::kFloat);
+  auto bf16 = MakeCpuModel(ck, at::kBFloat16);
   ASSERT_TRUE(f32 && bf16);
   std::vector<int64_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
   auto a = f32->Forward(Ids(ids), HookRegistry());
@@ -251,7 +247,7 @@ INSTANTIATE_TEST_SUITE_P(AllFamilies, FamilyTest,
                                            "sandwich", "post"));
 
 TEST(ModelErrors, UnknownHookIsNamed) {
-  auto model = MakeModel(RandomCheckpoint(SmallConfig("llama2"), 1));
+  auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));
   HookRegistry hooks;
   hooks.AddProbe("blocks.7.hook_resid_post", [](auto&, auto, auto&) {});
   auto r = model->Forward(Ids({1, 2}), hooks);
@@ -259,7 +255,7 @@ TEST(ModelErrors, UnknownHookIsNamed) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(r.status().message().find("blocks.7.hook_resid_post"), std::string::npos);
   // A post-norm model has no ln1 hook.
-  auto post = MakeModel(RandomCheckpoint(SmallConfig("post"), 1));
+  auto post = MakeCpuModel(RandomCheckpoint(SmallConfig("post"), 1));
   HookRegistry ln;
   ln.AddProbe("blocks.0.ln1.hook_normalized", [](auto&, auto, auto&) {});
   auto r2 = post->Forward(Ids({1, 2}), ln);
@@ -268,7 +264,7 @@ TEST(ModelErrors, UnknownHookIsNamed) {
 }
 
 TEST(ModelErrors, TokenOutOfRangeIsNamed) {
-  auto model = MakeModel(RandomCheckpoint(SmallConfig("llama2"), 1));
+  auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));
   auto r = model->Forward(Ids({1, 64}), HookRegistry());
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("64"), std::string::npos) << r.status();
@@ -281,7 +277,7 @@ TEST(ModelErrors, TokenOutOfRangeIsNamed) {
 }
 
 TEST(ModelErrors, CancelledBetweenHooks) {
-  auto model = MakeModel(RandomCheckpoint(SmallConfig("llama2"), 1));
+  auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));
   std::atomic<bool> cancel{false};
   int calls = 0;
   HookRegistry hooks;
@@ -299,7 +295,7 @@ TEST(ModelErrors, CancelledBetweenHooks) {
 
 TEST(ModelInterventions, ReplacementPropagates) {
   Checkpoint ck = RandomCheckpoint(SmallConfig("llama2"), 3);
-  auto model = MakeModel(ck);
+  auto model = MakeCpuModel(ck);
   HookRegistry hooks;
   hooks.AddIntervention("blocks.1.hook_resid_pre",
                         [](auto&, auto, const at::Tensor& t) { return t * 0; });
@@ -324,7 +320,7 @@ TEST(RealCheckpoints, Stories260KGreedyFromBos) {
   SKIP_IF_NO_SHARED(path, "models/stories260K/stories260K.bin");
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
-  auto model = MakeModel(*ck);
+  auto model = MakeCpuModel(*ck);
   auto gen = model->GenerateGreedy({1}, 20);
   ASSERT_TRUE(gen.ok()) << gen.status();
   std::vector<int64_t> expected = {461, 461, 401, 401, 401, 461, 378, 455, 473, 456,
@@ -337,7 +333,7 @@ TEST(RealCheckpoints, Aidreams260KPromptAndContinuation) {
   SKIP_IF_NO_SHARED(tok_path, "models/aidreams260K/tok512.bin");
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
-  auto model = MakeModel(*ck);
+  auto model = MakeCpuModel(*ck);
   auto tok = LoadTokenizer(tok_path, model->config().d_vocab);
   ASSERT_TRUE(tok.ok()) << tok.status();
   auto prompt = (*tok)->Encode("I dreamed", true);
@@ -380,7 +376,7 @@ TEST(RealCheckpoints, Llama2cAndHfLayoutsGiveSameLogits) {
   auto hck = LoadHfDirectory(dir);
   ASSERT_TRUE(hck.ok()) << hck.status();
   EXPECT_EQ(hck->config.rope_layout, RopeLayout::kRotateHalves);
-  auto a = MakeModel(*ck), b = MakeModel(*hck);
+  auto a = MakeCpuModel(*ck), b = MakeCpuModel(*hck);
   std::vector<int64_t> ids = {1, 461, 401, 378, 455, 473, 13, 288, 100, 7};
   auto la = a->Forward(Ids(ids), HookRegistry()), lb = b->Forward(Ids(ids), HookRegistry());
   ASSERT_TRUE(la.ok() && lb.ok());

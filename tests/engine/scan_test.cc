@@ -21,16 +21,12 @@ using testing::PlantedCheckpoint;
 using testing::PlantedSpec;
 using testing::PlantedTruth;
 
-std::unique_ptr<Model> Make(const Checkpoint& ck) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), at::kFloat);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return std::move(*m);
-}
+using testing::MakeCpuModel;
 
 TEST(ActivationScan, FindsThePlantedSpikeStepUpAndStepDown) {
   PlantedTruth truth;
   Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, &truth);
-  auto model = Make(ck);
+  auto model = MakeCpuModel(ck);
   std::vector<std::vector<int64_t>> seqs = {{1, 10, 11, 12, 13, 14, 15, 16},
                                             {1, 20, 21, 22, 23, 24, 25, 26, 27, 28}};
   std::vector<int64_t> streamed;
@@ -78,7 +74,7 @@ TEST(ActivationScan, SandwichNormLeavesNoMassiveActivation) {
   PlantedSpec spec;
   spec.norm_placement = NormPlacement::kSandwich;
   Checkpoint ck = PlantedCheckpoint(spec, nullptr);
-  auto model = Make(ck);
+  auto model = MakeCpuModel(ck);
   auto r = RunActivationScan(*model, {{1, 10, 11, 12, 13, 14}}, ScanParams{}, nullptr, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->spike_channels.empty());
@@ -89,7 +85,7 @@ TEST(ActivationScan, SandwichNormLeavesNoMassiveActivation) {
 
 TEST(ActivationScan, ThresholdsAreParameters) {
   Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
-  auto model = Make(ck);
+  auto model = MakeCpuModel(ck);
   ScanParams p;
   p.abs_threshold = 5000;  // above the planted ~1280: nothing passes
   auto r = RunActivationScan(*model, {{1, 10, 11, 12}}, p, nullptr, nullptr);
@@ -103,7 +99,7 @@ TEST(ActivationScan, StatisticsMatchFullTensorComputation) {
   SKIP_IF_NO_SHARED(path, "models/stories260K/stories260K.bin");
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
-  auto model = Make(*ck);
+  auto model = MakeCpuModel(*ck);
   std::vector<std::vector<int64_t>> seqs = {{1, 461, 401, 378, 455, 473, 13},
                                             {1, 300, 301, 302},
                                             {1, 100, 200, 300, 400, 500, 7}};
@@ -160,7 +156,7 @@ TEST(ActivationScan, StatisticsMatchFullTensorComputation) {
 
 TEST(ActivationScan, BadParametersAreRefusedByName) {
   Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
-  auto model = Make(ck);
+  auto model = MakeCpuModel(ck);
   auto expect_bad = [&](ScanParams p, const std::string& name) {
     auto r = RunActivationScan(*model, {{1, 2, 3}}, p, nullptr, nullptr);
     ASSERT_FALSE(r.ok());

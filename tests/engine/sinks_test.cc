@@ -24,11 +24,7 @@ using testing::PlantedCheckpoint;
 using testing::PlantedSpec;
 using testing::PlantedTruth;
 
-std::unique_ptr<Model> Make(const Checkpoint& ck) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), at::kFloat);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return std::move(*m);
-}
+using testing::MakeCpuModel;
 
 std::vector<int64_t> OrdinarySequence(int64_t n, int64_t start) {
   std::vector<int64_t> s = {1};
@@ -38,7 +34,7 @@ std::vector<int64_t> OrdinarySequence(int64_t n, int64_t start) {
 
 TEST(SinkAnalysis, FindsExactlyThePlantedSinkHeads) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   std::vector<std::vector<int64_t>> seqs = {OrdinarySequence(40, 0), OrdinarySequence(40, 3),
                                             OrdinarySequence(32, 11)};
   SinkParams p;
@@ -76,7 +72,7 @@ TEST(SinkAnalysis, FindsExactlyThePlantedSinkHeads) {
 }
 
 TEST(SinkAnalysis, OnlyRequestedLayersAreAnalysed) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   SinkParams p;
   p.window = 32;
   p.layers = {3};
@@ -88,7 +84,7 @@ TEST(SinkAnalysis, OnlyRequestedLayersAreAnalysed) {
 }
 
 TEST(SinkAnalysis, BadParametersAreRefused) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   auto bad = [&](SinkParams p, const std::string& what) {
     auto r = RunSinkAnalysis(*model, {OrdinarySequence(8, 0)}, p, nullptr, nullptr);
     ASSERT_FALSE(r.ok());
@@ -116,7 +112,7 @@ void CheckAgainstRecomputation(const std::string& rel) {
   if (path.empty()) GTEST_SKIP() << "shared data missing: " << rel;
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
-  auto model = Make(*ck);
+  auto model = MakeCpuModel(*ck);
   const ModelConfig& c = model->config();
   std::vector<int64_t> ids = {1};
   for (int64_t i = 1; i < 48; ++i) ids.push_back((i * 37 + 11) % c.d_vocab);
@@ -174,7 +170,7 @@ TEST(SinkAnalysis, Aidreams260KMatchesFloat64Recomputation) {
 }
 
 TEST(SelfAttentionProfile, DiagonalGroupedByTokenClass) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   std::vector<std::vector<int64_t>> seqs = {{1, 10, 11, 40, 12, 13, 40, 14},
                                             {1, 40, 20, 21, 22}};
   SelfAttentionParams p;

@@ -15,15 +15,11 @@ using testing::PlantedCheckpoint;
 using testing::PlantedSpec;
 using testing::PlantedTruth;
 
-std::unique_ptr<Model> Make(const Checkpoint& ck) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), at::kFloat);
-  EXPECT_TRUE(m.ok()) << m.status();
-  return std::move(*m);
-}
+using testing::MakeCpuModel;
 
 TEST(FirstTokenProbe, PlantedTokensAndOnlyTheySpike) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   FirstTokenParams p;
   p.prefix = {10, 11};  // ordinary tokens: the control puts v at position 2
   p.batch_size = 16;    // several batches
@@ -52,7 +48,7 @@ TEST(FirstTokenProbe, PlantedTokensAndOnlyTheySpike) {
 }
 
 TEST(FirstTokenProbe, BadRangesAreRefused) {
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   FirstTokenParams p;
   p.range_begin = 10;
   p.range_end = 10;
@@ -71,7 +67,7 @@ TEST(FirstTokenProbe, FullLlama2VocabularyIsBatched) {
   PlantedSpec spec;
   spec.d_vocab = 32000;
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(spec, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(spec, &truth));
   FirstTokenParams p;
   p.batch_size = 1024;
   auto r = RunFirstTokenProbe(*model, p, nullptr);
@@ -84,7 +80,7 @@ TEST(FirstTokenProbe, FullLlama2VocabularyIsBatched) {
 
 TEST(SpikeSimilarity, SpikeTokensConvergeAfterTheStepUpBlock) {
   PlantedTruth truth;
-  auto model = Make(PlantedCheckpoint(PlantedSpec{}, &truth));
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, &truth));
   // Spike tokens 1, 5, 9 at position 0 and later positions.
   std::vector<std::vector<int64_t>> seqs = {{1, 10, 11, 5, 12}, {9, 20, 21, 22}, {1, 30, 9, 31}};
   auto r = RunSpikeSimilarity(*model, seqs, SpikeSimilarityParams{}, nullptr);
@@ -104,7 +100,7 @@ TEST(SpikeSimilarity, SpikeTokensConvergeAfterTheStepUpBlock) {
 TEST(SpikeSimilarity, NoSpikeIsAClearError) {
   PlantedSpec spec;
   spec.norm_placement = NormPlacement::kSandwich;
-  auto model = Make(PlantedCheckpoint(spec, nullptr));
+  auto model = MakeCpuModel(PlantedCheckpoint(spec, nullptr));
   auto r = RunSpikeSimilarity(*model, {{1, 10, 11}}, SpikeSimilarityParams{}, nullptr);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);

@@ -438,6 +438,14 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
   }
 }
 
+absl::Status Model::RunHooks(const at::Tensor& tokens, const HookRegistry& hooks,
+                             const std::atomic<bool>* cancel) const {
+  ForwardOptions opts;
+  opts.cancel = cancel;
+  opts.compute_logits = false;
+  return Forward(tokens, hooks, opts).status();
+}
+
 absl::StatusOr<std::vector<int64_t>> Model::GenerateGreedy(const std::vector<int64_t>& prompt,
                                                            int64_t max_new_tokens) const {
   if (prompt.empty()) return absl::InvalidArgumentError("empty prompt");

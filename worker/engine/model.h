@@ -49,6 +49,11 @@ class Model {
   absl::StatusOr<at::Tensor> Forward(const at::Tensor& tokens, const HookRegistry& hooks,
                                      const ForwardOptions& options = {}) const;
 
+  /// Forward pass run only for its hooks (no logits): what every analysis
+  /// does. Same errors as Forward.
+  absl::Status RunHooks(const at::Tensor& tokens, const HookRegistry& hooks,
+                        const std::atomic<bool>* cancel) const;
+
   /// Greedy decoding from `prompt` (no KV cache: recomputes the prefix).
   absl::StatusOr<std::vector<int64_t>> GenerateGreedy(const std::vector<int64_t>& prompt,
                                                       int64_t max_new_tokens) const;

@@ -16,43 +16,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/batching.h"
 #include "worker/engine/status_macros.h"
 
 namespace sinkscope {
 namespace {
-
-/// Equal-length groups of token sequences, batched.
-struct Batches {
-  std::vector<std::vector<std::vector<int64_t>>> batches;  // [batch][row] -> ids
-  std::vector<std::vector<int64_t>> row_to_window;          // [batch][row] -> window index
-};
-
-Batches MakeBatches(const std::vector<std::vector<int64_t>>& windows, size_t max_tokens = 16384) {
-  std::map<size_t, std::vector<int64_t>> by_len;
-  for (size_t i = 0; i < windows.size(); ++i) by_len[windows[i].size()].push_back(i);
-  Batches out;
-  for (auto& [len, idx] : by_len) {
-    const size_t per = std::max<size_t>(1, max_tokens / len);
-    for (size_t i = 0; i < idx.size(); i += per) {
-      std::vector<std::vector<int64_t>> rows;
-      std::vector<int64_t> map;
-      for (size_t j = i; j < std::min(idx.size(), i + per); ++j) {
-        rows.push_back(windows[idx[j]]);
-        map.push_back(idx[j]);
-      }
-      out.batches.push_back(std::move(rows));
-      out.row_to_window.push_back(std::move(map));
-    }
-  }
-  return out;
-}
-
-at::Tensor ToTensor(const std::vector<std::vector<int64_t>>& rows) {
-  std::vector<int64_t> flat;
-  for (const auto& r : rows) flat.insert(flat.end(), r.begin(), r.end());
-  return at::tensor(flat, at::TensorOptions().dtype(at::kLong))
-      .view({static_cast<int64_t>(rows.size()), static_cast<int64_t>(rows[0].size())});
-}
 
 absl::Status CheckLayers(const std::vector<int64_t>& layers, const ModelConfig& c) {
   for (int64_t l : layers) {
@@ -124,8 +92,8 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
   std::map<int64_t, std::vector<HeadAcc>> acc;  // layer -> heads
   std::map<int64_t, double> layer_ratio_sum, layer_gu_ratio_sum;
   for (int64_t l : layers) acc[l].resize(H);
-  Batches batches = MakeBatches(windows);
-  const int64_t total = static_cast<int64_t>(layers.size() * batches.batches.size());
+  const std::vector<std::vector<int64_t>> batches = BatchByLength(windows);
+  const int64_t total = static_cast<int64_t>(layers.size() * batches.size());
   int64_t done = 0;
   SinkSummary summary;
   summary.window = params.window;
@@ -162,10 +130,10 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
     summary.layers.push_back(std::move(rec));
   };
 
-  for (size_t bi = 0; bi < batches.batches.size(); ++bi) {
-    const auto& rows = batches.batches[bi];
-    const int64_t T = static_cast<int64_t>(rows[0].size());
-    const bool last = bi + 1 == batches.batches.size();
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    const std::vector<int64_t>& rows = batches[bi];
+    const int64_t T = static_cast<int64_t>(windows[rows[0]].size());
+    const bool last = bi + 1 == batches.size();
     HookRegistry hooks;
     // Scores of the current layer, kept only until its pattern arrives.
     at::Tensor scores;
@@ -249,11 +217,7 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
         if (progress) progress(done, total);
       });
     }
-    ForwardOptions opts;
-    opts.cancel = cancel;
-    opts.compute_logits = false;
-    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ToTensor(rows), hooks, opts));
-    (void)unused;
+    RETURN_IF_ERROR(model.RunHooks(BatchTokens(windows, rows), hooks, cancel));
   }
   // Model-level: eq. 28 averaged over sequences = mean over layers of layer ratios.
   double ratio = 0, gu_ratio = 0;
@@ -331,13 +295,12 @@ absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
     if (p == 0) return TokenGroup::kFirst;
     return delims.count(sequences[s][p]) ? TokenGroup::kDelimiter : TokenGroup::kOther;
   };
-  Batches batches = MakeBatches(sequences);
-  const int64_t total = static_cast<int64_t>(out.profiled_layers.size() * batches.batches.size());
+  const std::vector<std::vector<int64_t>> batches = BatchByLength(sequences);
+  const int64_t total = static_cast<int64_t>(out.profiled_layers.size() * batches.size());
   int64_t done = 0;
-  for (size_t bi = 0; bi < batches.batches.size(); ++bi) {
-    const auto& rows = batches.batches[bi];
-    const auto& row_seq = batches.row_to_window[bi];
-    const bool last = bi + 1 == batches.batches.size();
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    const std::vector<int64_t>& row_seq = batches[bi];
+    const bool last = bi + 1 == batches.size();
     HookRegistry hooks;
     for (int64_t l : out.profiled_layers) {
       hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l](const std::string&, int64_t,
@@ -373,11 +336,7 @@ absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
         if (progress) progress(done, total);
       });
     }
-    ForwardOptions opts;
-    opts.cancel = cancel;
-    opts.compute_logits = false;
-    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ToTensor(rows), hooks, opts));
-    (void)unused;
+    RETURN_IF_ERROR(model.RunHooks(BatchTokens(sequences, row_seq), hooks, cancel));
   }
   for (int64_t l : out.profiled_layers) out.layers.push_back(std::move(acc[l]));
   return out;

@@ -136,12 +136,8 @@ absl::StatusOr<FirstTokenResult> RunFirstTokenProbe(const Model& model,
         probe_seconds += Seconds(Clock::now() - p0);
       });
     }
-    ForwardOptions opts;
-    opts.cancel = cancel;
-    opts.compute_logits = false;
     const auto f0 = Clock::now();
-    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ids, hooks, opts));
-    (void)unused;
+    RETURN_IF_ERROR(model.RunHooks(ids, hooks, cancel));
     forward_seconds += Seconds(Clock::now() - f0);
     for (size_t i = 0; i < n; ++i) {
       const int64_t v = tokens[start + i];
@@ -219,12 +215,8 @@ absl::StatusOr<SpikeSimilarityResult> RunSpikeSimilarity(
         for (int64_t i = 0; i < sel.size(0); ++i) rows[name].push_back(sel[i]);
       });
     }
-    ForwardOptions opts;
-    opts.cancel = cancel;
-    opts.compute_logits = false;
     at::Tensor ids = at::tensor(sequences[s], at::TensorOptions().dtype(at::kLong)).view({1, -1});
-    ASSIGN_OR_RETURN(at::Tensor unused, model.Forward(ids, hooks, opts));
-    (void)unused;
+    RETURN_IF_ERROR(model.RunHooks(ids, hooks, cancel));
     if (progress) progress(++done, static_cast<int64_t>(pos_by_seq.size()));
   }
   auto stack = [&](const std::string& h) { return at::stack(rows[h], 0); };

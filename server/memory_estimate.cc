@@ -1,0 +1,103 @@
+#include "server/memory_estimate.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace sinkscope {
+namespace server {
+
+int64_t ModelShape::NumParams() const {
+  const int64_t head_dim = n_heads > 0 ? d_model / n_heads : d_model;
+  const int64_t kv = n_kv_heads > 0 ? n_kv_heads : n_heads;
+  const int64_t attn = d_model * (n_heads * head_dim) * 2 + d_model * (kv * head_dim) * 2;
+  const int64_t mlp = 3 * d_model * d_mlp;
+  const int64_t per_layer = attn + mlp + 2 * d_model;
+  return vocab * d_model * (shared_head ? 1 : 2) + n_layers * per_layer + d_model;
+}
+
+absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry) {
+  ModelShape s;
+  if (entry.format == "llama2c") {
+    std::ifstream in(entry.path, std::ios::binary);
+    int32_t h[7];
+    if (!in || !in.read(reinterpret_cast<char*>(h), sizeof(h))) {
+      return absl::NotFoundError(absl::StrCat("cannot read the header of ", entry.path));
+    }
+    s.d_model = h[0];
+    s.d_mlp = h[1];
+    s.n_layers = h[2];
+    s.n_heads = h[3];
+    s.n_kv_heads = h[4];
+    s.vocab = std::abs(h[5]);
+    s.shared_head = h[5] > 0;
+    s.n_ctx = h[6];
+  } else {
+    std::ifstream in(entry.path + "/config.json");
+    if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", entry.path, "/config.json"));
+    std::stringstream text;
+    text << in.rdbuf();
+    try {
+      nlohmann::json j = nlohmann::json::parse(text.str());
+      s.d_model = j.value("hidden_size", int64_t{0});
+      s.d_mlp = j.value("intermediate_size", int64_t{0});
+      s.n_layers = j.value("num_hidden_layers", int64_t{0});
+      s.n_heads = j.value("num_attention_heads", int64_t{0});
+      s.n_kv_heads = j.value("num_key_value_heads", s.n_heads);
+      s.vocab = j.value("vocab_size", int64_t{0});
+      s.n_ctx = j.value("max_position_embeddings", int64_t{0});
+      s.shared_head = j.value("tie_word_embeddings", false);
+    } catch (const nlohmann::json::exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(entry.path, "/config.json: ", e.what()));
+    }
+  }
+  if (s.d_model <= 0 || s.n_layers <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", entry.name, ": unknown shape"));
+  }
+  return s;
+}
+
+int DtypeBytes(const std::string& dtype) { return dtype == "float32" || dtype.empty() ? 4 : 2; }
+
+MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dtype,
+                                 const v1::JobRequest& request) {
+  MemoryEstimate out;
+  out.weight_bytes = shape.NumParams() * DtypeBytes(dtype);
+  std::map<int64_t, int64_t> batch_by_length;  // T -> B
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
+  for (const v1::Sequence& seq : request.sequences()) {
+    int64_t t = seq.has_ids() ? seq.ids().ids_size()
+                              : static_cast<int64_t>(seq.text().size()) + (add_bos ? 1 : 0);
+    if (shape.n_ctx > 0) t = std::min(t, shape.n_ctx);
+    ++batch_by_length[std::max<int64_t>(t, 1)];
+  }
+  const int64_t heads = std::max<int64_t>(shape.n_heads, 1);
+  const bool patterns = request.params_case() != v1::JobRequest::kScan;
+  int64_t worst = 0;
+  for (const auto& [t, b] : batch_by_length) {
+    const int64_t bt = b * t;
+    int64_t elems = bt * (8 * shape.d_model + 3 * shape.d_mlp + shape.vocab);
+    elems += b * heads * t * t * (patterns ? 5 : 2);
+    worst = std::max(worst, elems * 4);
+  }
+  out.activation_bytes = worst;
+  return out;
+}
+
+std::string HumanBytes(int64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (int64_t{1} << 30)) return absl::StrFormat("%.2f GiB", b / (1 << 30));
+  if (bytes >= (int64_t{1} << 20)) return absl::StrFormat("%.2f MiB", b / (1 << 20));
+  if (bytes >= (int64_t{1} << 10)) return absl::StrFormat("%.1f KiB", b / (1 << 10));
+  return absl::StrCat(bytes, " B");
+}
+
+}  // namespace server
+}  // namespace sinkscope

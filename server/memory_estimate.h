@@ -1,0 +1,50 @@
+// Memory a job needs on a worker, estimated before it runs (server side, no
+// torch): the model's weights in the job's dtype plus the activations of one
+// batch (sequences of equal length are batched).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "server/catalog.h"
+#include "sinkscope/v1/analysis.pb.h"
+
+namespace sinkscope {
+namespace server {
+
+/// Shape of a catalog model, read from the llama2.c header or config.json.
+struct ModelShape {
+  int64_t d_model = 0, d_mlp = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab = 0, n_ctx = 0;
+  bool shared_head = true;
+  /// Parameter count computed from the shape.
+  int64_t NumParams() const;
+};
+
+/// Reads the shape of `entry`'s checkpoint.
+absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry);
+
+/// A job's estimated need.
+struct MemoryEstimate {
+  int64_t weight_bytes = 0;
+  int64_t activation_bytes = 0;
+  int64_t total() const { return weight_bytes + activation_bytes; }
+};
+
+/// Bytes per element of "float32" / "bfloat16" / "float16".
+int DtypeBytes(const std::string& dtype);
+
+/// Weights: NumParams x dtype size. Activations, for the largest batch
+/// (B sequences of T tokens; text counts one token per byte + BOS, an upper
+/// bound), float32: a scan keeps ~8 [B, T, d_model] tensors live plus the MLP
+/// hidden [B, T, d_mlp] (x3: gate, up, act), the logits [B, T, vocab] and the
+/// eager attention scores of one layer [B, heads, T, T] (x2); any other job
+/// type reads attention patterns and is charged 3 more [B, heads, T, T].
+MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dtype,
+                                 const v1::JobRequest& request);
+
+/// "1.2 MiB"-style rendering.
+std::string HumanBytes(int64_t bytes);
+
+}  // namespace server
+}  // namespace sinkscope

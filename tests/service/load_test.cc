@@ -1,0 +1,157 @@
+// Bounded load test on loopback: N clients (default 16) submit small scans
+// and watch each to completion for D seconds (default 60) against a real
+// sinkscope-server with 2 cpu workers; reports jobs/s, p50/p99 of
+// submit-to-first-event, submit-to-dispatch (first worker event) and
+// submit-to-done, and checks that no job was lost or duplicated.
+//
+//   build/tests/service/service_load_test --duration-s 60 --clients 16
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "ops_test_util.h"
+#include "service_test_util.h"
+
+using namespace sinkscope;
+using namespace sinkscope::testing;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int duration_s = 60, clients = 16, workers = 2;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag == "--duration-s") duration_s = std::atoi(argv[i + 1]);
+    else if (flag == "--clients") clients = std::atoi(argv[i + 1]);
+    else if (flag == "--workers") workers = std::atoi(argv[i + 1]);
+    else {
+      std::fprintf(stderr, "usage: %s [--duration-s N] [--clients N] [--workers N]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (Stories260KPath().empty()) {
+    std::printf("SKIP: stories260K missing (set SINKSCOPE_SHARED_DIR)\n");
+    return 0;
+  }
+  TempDir dir;
+  OpsServer server(dir.path(), workers, R"("auth": "token", "metrics_listen": "127.0.0.1:0")");
+  if (!server.Start()) {
+    std::fprintf(stderr, "server did not start:\n%s\n", server.log().c_str());
+    return 1;
+  }
+  const std::string admin = server.CreateToken("loadadmin", true);
+  std::vector<std::string> tokens;
+  for (int c = 0; c < clients; ++c) tokens.push_back(server.CreateToken(absl::StrCat("load", c % 4)));
+
+  std::mutex mu;
+  std::vector<double> first_event_ms, dispatch_ms, done_ms;
+  std::map<std::string, std::string> by_request;  // client_request_id -> job id
+  std::atomic<int> failures{0}, submitted{0};
+  const auto start = Clock::now();
+  const auto stop_at = start + std::chrono::seconds(duration_s);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      auto stub = server.Stub();
+      for (int n = 0; Clock::now() < stop_at; ++n) {
+        const std::string rid = absl::StrCat("c", c, "-", n);
+        v1::SubmitJobRequest req = ScanRequest({MakeIds(8 + (n % 8), c * 1000 + n)});
+        req.set_client_request_id(rid);
+        const auto t0 = Clock::now();
+        grpc::Status s;
+        const v1::Job job = SubmitAs(*stub, tokens[c], req, &s);
+        if (!s.ok()) {
+          ++failures;
+          continue;
+        }
+        ++submitted;
+        auto ctx = Ctx(tokens[c], std::chrono::seconds(120));
+        v1::WatchJobRequest w;
+        w.set_job_id(job.id());
+        auto reader = stub->WatchJob(ctx.get(), w);
+        v1::JobEvent e;
+        double first = -1, dispatch = -1, done = -1;
+        bool completed = false;
+        while (reader->Read(&e)) {
+          const double t = Ms(Clock::now() - t0);
+          if (first < 0) first = t;
+          if (dispatch < 0 && e.has_model_loading()) dispatch = t;
+          if (e.has_completed() || e.has_failed() || e.has_cancelled()) {
+            done = t;
+            completed = e.has_completed();
+          }
+        }
+        reader->Finish();
+        std::lock_guard<std::mutex> lock(mu);
+        if (!completed) ++failures;
+        if (by_request.count(rid)) ++failures;
+        by_request[rid] = job.id();
+        first_event_ms.push_back(first);
+        dispatch_ms.push_back(dispatch);
+        done_ms.push_back(done);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
+
+  // Every submission is stored once, completed, and nothing else is there.
+  std::set<std::string> stored;
+  int stored_completed = 0, duplicates = 0;
+  {
+    auto stub = server.Stub();
+    std::string page;
+    do {
+      auto ctx = Ctx(admin);
+      v1::ListJobsRequest req;
+      req.set_page_size(1000);
+      req.set_page_token(page);
+      v1::ListJobsResponse resp;
+      if (!stub->ListJobs(ctx.get(), req, &resp).ok()) break;
+      for (const v1::Job& j : resp.jobs()) {
+        if (!stored.insert(j.id()).second) ++duplicates;
+        stored_completed += j.state() == v1::JOB_STATE_COMPLETED;
+      }
+      page = resp.next_page_token();
+    } while (!page.empty());
+  }
+  std::set<std::string> ids;
+  for (const auto& [rid, id] : by_request) ids.insert(id);
+  const bool lost = ids.size() != by_request.size() || stored.size() != ids.size() ||
+                    stored_completed != static_cast<int>(ids.size()) || duplicates != 0;
+  std::printf("[load] %d clients, %d workers, %.1f s: %zu jobs completed, %.1f jobs/s\n", clients,
+              workers, elapsed_s, done_ms.size(), done_ms.size() / elapsed_s);
+  std::printf("[load] submit->first event   p50 %.1f ms  p99 %.1f ms\n", Percentile(first_event_ms, 0.5),
+              Percentile(first_event_ms, 0.99));
+  std::printf("[load] submit->dispatch      p50 %.1f ms  p99 %.1f ms\n", Percentile(dispatch_ms, 0.5),
+              Percentile(dispatch_ms, 0.99));
+  std::printf("[load] submit->done          p50 %.1f ms  p99 %.1f ms\n", Percentile(done_ms, 0.5),
+              Percentile(done_ms, 0.99));
+  std::printf("[load] stored %zu jobs (%d completed), %zu distinct ids for %zu submissions, "
+              "%d duplicates, %d client failures -> %s\n",
+              stored.size(), stored_completed, ids.size(), by_request.size(), duplicates,
+              failures.load(), lost || failures ? "FAIL" : "no job lost or duplicated");
+  server.Stop();
+  return lost || failures || done_ms.empty() ? 1 : 0;
+}

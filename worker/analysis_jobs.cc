@@ -1,0 +1,417 @@
+#include "worker/analysis_jobs.h"
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "worker/analysis_convert.h"
+#include "worker/engine/experiments.h"
+#include "worker/engine/model.h"
+#include "worker/engine/sinks.h"
+#include "worker/engine/spikes.h"
+#include "worker/engine/status_macros.h"
+#include "worker/engine/tokenizer.h"
+
+#ifndef SINKSCOPE_CODE_VERSION
+#define SINKSCOPE_CODE_VERSION "unknown"
+#endif
+
+namespace sinkscope {
+namespace worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+/// Emits events; throttles progress; remembers a receiver that went away.
+class Emitter {
+ public:
+  explicit Emitter(const JobContext& ctx) : ctx_(ctx) {}
+
+  void Emit(const v1::WorkerEvent& event) {
+    if (!gone_ && !ctx_.sink(event)) gone_ = true;
+  }
+  void Record(const v1::ResultRecord& record) {
+    v1::WorkerEvent event;
+    *event.mutable_result() = record;
+    Emit(event);
+  }
+  ProgressFn Progress() {
+    return [this](int64_t done, int64_t total) {
+      const Clock::time_point now = Clock::now();
+      if (done >= total ||
+          now - last_ >= std::chrono::milliseconds(ctx_.options.progress_interval_ms)) {
+        last_ = now;
+        v1::WorkerEvent event;
+        event.mutable_running()->set_units_done(done);
+        event.mutable_running()->set_units_total(total);
+        Emit(event);
+      }
+      if (ctx_.options.test_unit_delay_ms > 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(ctx_.options.test_unit_delay_ms));
+      }
+    };
+  }
+  /// The job's outcome given the engine's status.
+  absl::Status Finish(const absl::Status& status) const {
+    if (gone_) return absl::CancelledError("the server went away");
+    return status;
+  }
+
+ private:
+  const JobContext& ctx_;
+  bool gone_ = false;
+  Clock::time_point last_ = Clock::now() - std::chrono::hours(1);
+};
+
+v1::Provenance MakeProvenance(const CachedModel& cached, int64_t n_tokens, int64_t n_sequences) {
+  v1::Provenance p;
+  p.set_model(cached.key.name);
+  p.set_checkpoint_format(cached.checkpoint_format);
+  p.set_dtype(DtypeName(cached.model->dtype()));
+  p.set_device(cached.model->device().str());
+  p.set_attention_path(cached.model->fast_attention_path());
+  p.set_code_version(SINKSCOPE_CODE_VERSION);
+  p.set_n_tokens(n_tokens);
+  p.set_n_sequences(static_cast<int32_t>(n_sequences));
+  return p;
+}
+
+int64_t CountTokens(const std::vector<std::vector<int64_t>>& sequences) {
+  int64_t n = 0;
+  for (const auto& s : sequences) n += static_cast<int64_t>(s.size());
+  return n;
+}
+
+std::vector<int64_t> AllLayers(const ModelConfig& c) {
+  std::vector<int64_t> out;
+  for (int64_t l = 0; l < c.n_layers; ++l) out.push_back(l);
+  return out;
+}
+
+// ---- sinks ----
+
+absl::Status RunSinks(const JobContext& ctx, const std::vector<std::vector<int64_t>>& sequences) {
+  const Model& model = *ctx.cached.model;
+  const SinkParams params = SinkParamsFromProto(ctx.run.request().sinks());
+  Emitter emitter(ctx);
+  absl::StatusOr<SinkSummary> summary = RunSinkAnalysis(
+      model, sequences, params,
+      [&](const LayerSinkRecord& rec) {
+        v1::ResultRecord r;
+        *r.mutable_sink_layer() = ToProto(rec);
+        emitter.Record(r);
+      },
+      emitter.Progress(), ctx.cancel);
+  if (!summary.ok()) return emitter.Finish(summary.status());
+  v1::ResultRecord r;
+  v1::SinkSummary* out = r.mutable_sink_summary();
+  *out = ToProto(*summary, params, params.layers.empty() ? AllLayers(model.config()) : params.layers);
+  *out->mutable_provenance() =
+      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+// ---- first-token probe ----
+
+absl::Status RunFirstToken(const JobContext& ctx) {
+  const Model& model = *ctx.cached.model;
+  const ModelConfig& c = model.config();
+  FirstTokenParams params = FirstTokenParamsFromProto(ctx.run.request().first_token_probe());
+  Emitter emitter(ctx);
+  absl::StatusOr<FirstTokenResult> result =
+      RunFirstTokenProbe(model, params, emitter.Progress(), ctx.cancel);
+  if (!result.ok()) return emitter.Finish(result.status());
+  // The defaults the engine applied.
+  if (params.prefix.empty()) params.prefix = {c.bos_token_id};
+  if (params.range_end < 0) params.range_end = c.d_vocab;
+  v1::ResultRecord r;
+  v1::FirstTokenProbeResult* out = r.mutable_first_token_probe();
+  *out = ToProto(*result, params);
+  const int64_t len = static_cast<int64_t>(params.prefix.size()) + 1;
+  *out->mutable_provenance() = MakeProvenance(ctx.cached, 2 * result->n_tokens * len, 2 * result->n_tokens);
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+// ---- spike similarity ----
+
+absl::Status RunSpikeSim(const JobContext& ctx,
+                         const std::vector<std::vector<int64_t>>& sequences) {
+  const SpikeSimilarityParams params =
+      SpikeSimilarityParamsFromProto(ctx.run.request().spike_similarity());
+  Emitter emitter(ctx);
+  absl::StatusOr<SpikeSimilarityResult> result =
+      RunSpikeSimilarity(*ctx.cached.model, sequences, params, emitter.Progress(), ctx.cancel);
+  if (!result.ok()) return emitter.Finish(result.status());
+  v1::ResultRecord r;
+  v1::SpikeSimilaritySummary* out = r.mutable_spike_similarity();
+  *out = ToProto(*result, params);
+  *out->mutable_provenance() =
+      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+// ---- self-attention profile ----
+
+absl::Status RunSelfAttention(const JobContext& ctx,
+                              const std::vector<std::vector<int64_t>>& sequences) {
+  const v1::SelfAttentionProfileRequest& req = ctx.run.request().self_attention_profile();
+  const Model& model = *ctx.cached.model;
+  SelfAttentionParams params;
+  params.layers.assign(req.layers().begin(), req.layers().end());
+  std::set<int64_t> delimiters(req.delimiter_ids().begin(), req.delimiter_ids().end());
+  std::vector<v1::ResolvedDelimiter> resolved;
+  if (!req.delimiters().empty()) {
+    if (!ctx.cached.tokenizer) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "self_attention_profile.delimiters: model ", ctx.cached.key.name,
+          " has no tokenizer; give delimiter_ids"));
+    }
+    const Tokenizer& tok = *ctx.cached.tokenizer;
+    const int64_t vocab = std::min(tok.vocab_size(), model.config().d_vocab);
+    for (const std::string& text : req.delimiters()) {
+      v1::ResolvedDelimiter d;
+      d.set_text(text);
+      for (int64_t id = 0; id < vocab; ++id) {
+        if (tok.DecodeToken(id) == text) {
+          d.add_ids(static_cast<int32_t>(id));
+          delimiters.insert(id);
+        }
+      }
+      if (d.ids().empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("self_attention_profile.delimiters: \"", text,
+                         "\" is not a piece of the vocabulary of model ", ctx.cached.key.name,
+                         "; give delimiter_ids"));
+      }
+      resolved.push_back(std::move(d));
+    }
+  }
+  params.delimiter_ids.assign(delimiters.begin(), delimiters.end());
+  Emitter emitter(ctx);
+  absl::StatusOr<SelfAttentionProfile> profile = RunSelfAttentionProfile(
+      model, sequences, params,
+      [&](const SelfAttentionLayer& layer) {
+        v1::ResultRecord r;
+        *r.mutable_self_attention_layer() = ToProto(layer);
+        emitter.Record(r);
+      },
+      emitter.Progress(), ctx.cancel);
+  if (!profile.ok()) return emitter.Finish(profile.status());
+  v1::ResultRecord r;
+  v1::SelfAttentionSummary* out = r.mutable_self_attention_summary();
+  for (int64_t l : profile->profiled_layers) out->add_layers(static_cast<int32_t>(l));
+  for (int64_t id : params.delimiter_ids) out->add_delimiter_ids(static_cast<int32_t>(id));
+  for (auto& d : resolved) *out->add_resolved_delimiters() = std::move(d);
+  *out->mutable_provenance() =
+      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+// ---- evaluation streams ----
+
+/// Tokenized catalog corpora, kept between jobs (key: path, tokenizer, file
+/// stamp, BOS): tokenizing a megabyte of text costs more than a small model's
+/// evaluation.
+struct CorpusCache {
+  std::mutex mu;
+  std::map<std::string, std::shared_ptr<const std::vector<int64_t>>> entries;
+};
+CorpusCache& GetCorpusCache() {
+  static CorpusCache* cache = new CorpusCache;
+  return *cache;
+}
+
+absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> LoadCorpus(
+    const JobContext& ctx, const v1::ResolvedCorpus& corpus, bool add_bos) {
+  const CachedModel& cached = ctx.cached;
+  const std::string tokenizer_path =
+      cached.tokenizer ? cached.key.tokenizer_path : corpus.tokenizer_path();
+  if (tokenizer_path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", cached.key.name,
+                                                   " has no tokenizer and corpus ", corpus.name(),
+                                                   " brings none; send token ids"));
+  }
+  const std::string key = absl::StrCat(corpus.path(), "|", FileStamp(corpus.path()), "|",
+                                       tokenizer_path, "|", cached.model->config().d_vocab, "|",
+                                       add_bos);
+  CorpusCache& cache = GetCorpusCache();
+  {
+    std::lock_guard<std::mutex> lock(cache.mu);
+    auto it = cache.entries.find(key);
+    if (it != cache.entries.end()) return it->second;
+  }
+  std::ifstream in(corpus.path(), std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("corpus ", corpus.name(), ": cannot open ", corpus.path()));
+  std::stringstream text;
+  text << in.rdbuf();
+  std::shared_ptr<const Tokenizer> tokenizer = cached.tokenizer;
+  if (!tokenizer) {
+    ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> loaded,
+                     LoadTokenizer(tokenizer_path, cached.model->config().d_vocab));
+    tokenizer = std::move(loaded);
+  }
+  absl::StatusOr<std::vector<int64_t>> ids = tokenizer->Encode(text.str(), add_bos);
+  if (!ids.ok()) return Annotate(ids.status(), absl::StrCat("corpus ", corpus.name()));
+  auto shared = std::make_shared<const std::vector<int64_t>>(*std::move(ids));
+  std::lock_guard<std::mutex> lock(cache.mu);
+  if (cache.entries.size() >= 4) cache.entries.clear();
+  cache.entries[key] = shared;
+  return shared;
+}
+
+/// The token stream of an evaluation: the catalog corpus, or the request's
+/// sequences concatenated.
+absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
+    const JobContext& ctx, const v1::EvalCorpus& eval,
+    const std::vector<std::vector<int64_t>>& sequences) {
+  const v1::JobRequest& request = ctx.run.request();
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
+  if (!eval.corpus().empty()) {
+    if (!ctx.run.has_corpus() || ctx.run.corpus().name() != eval.corpus()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("corpus ", eval.corpus(), " was not resolved by the server"));
+    }
+    return LoadCorpus(ctx, ctx.run.corpus(), add_bos);
+  }
+  auto stream = std::make_shared<std::vector<int64_t>>();
+  for (const auto& s : sequences) stream->insert(stream->end(), s.begin(), s.end());
+  if (stream->empty()) return absl::InvalidArgumentError("the corpus is empty");
+  return std::shared_ptr<const std::vector<int64_t>>(std::move(stream));
+}
+
+absl::Status RunPerplexityJob(const JobContext& ctx,
+                              const std::vector<std::vector<int64_t>>& sequences) {
+  const v1::EvalCorpus& eval = ctx.run.request().perplexity().eval();
+  ASSIGN_OR_RETURN(std::shared_ptr<const std::vector<int64_t>> stream,
+                   EvalStream(ctx, eval, sequences));
+  const EvalParams params = EvalParamsFromProto(eval);
+  Emitter emitter(ctx);
+  absl::StatusOr<PerplexityResult> result = RunPerplexity(
+      *ctx.cached.model, *stream, params,
+      [&](const ChunkRecord& c) {
+        v1::ResultRecord r;
+        *r.mutable_perplexity_chunk() = ToPerplexityChunk(c);
+        emitter.Record(r);
+      },
+      emitter.Progress(), ctx.cancel);
+  if (!result.ok()) return emitter.Finish(result.status());
+  v1::ResultRecord r;
+  v1::PerplexitySummary* out = r.mutable_perplexity_summary();
+  *out = ToProto(*result);
+  *out->mutable_eval() =
+      EvalUsedToProto(params, eval.corpus(), static_cast<int64_t>(stream->size()));
+  *out->mutable_provenance() =
+      MakeProvenance(ctx.cached, result->n_tokens, static_cast<int64_t>(result->chunks.size()));
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+absl::Status RunIntervention(const JobContext& ctx,
+                             const std::vector<std::vector<int64_t>>& sequences) {
+  const v1::JobRequest& request = ctx.run.request();
+  const bool ablation = request.params_case() == v1::JobRequest::kSinkAblation;
+  const v1::InterventionRequest& req =
+      ablation ? request.sink_ablation() : request.constant_substitution();
+  ASSIGN_OR_RETURN(std::shared_ptr<const std::vector<int64_t>> stream,
+                   EvalStream(ctx, req.eval(), sequences));
+  ASSIGN_OR_RETURN(
+      ExperimentParams params,
+      ExperimentParamsFromProto(req, ablation ? v1::JOB_TYPE_SINK_ABLATION
+                                              : v1::JOB_TYPE_CONSTANT_SUBSTITUTION));
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
+  ASSIGN_OR_RETURN(params.calibration,
+                   TokenizeSequences(req.calibration(), add_bos, ctx.cached,
+                                     "calibration sequence", /*check_ctx=*/true));
+  Emitter emitter(ctx);
+  absl::StatusOr<ExperimentResult> result = RunInterventionExperiment(
+      *ctx.cached.model, *stream, params,
+      [&](const ChunkRecord& c) {
+        v1::ResultRecord r;
+        *r.mutable_intervention_chunk() = ToInterventionChunk(c);
+        emitter.Record(r);
+      },
+      emitter.Progress(), ctx.cancel);
+  if (!result.ok()) return emitter.Finish(result.status());
+  v1::ResultRecord r;
+  v1::InterventionSummary* out = r.mutable_intervention_summary();
+  *out = ToProto(*result, params);
+  *out->mutable_eval() =
+      EvalUsedToProto(params.eval, req.eval().corpus(), static_cast<int64_t>(stream->size()));
+  int64_t fed = 0;
+  for (const ChunkRecord& c : result->chunks) fed += c.n_scored + 1;
+  *out->mutable_provenance() =
+      MakeProvenance(ctx.cached, fed, static_cast<int64_t>(result->chunks.size()));
+  emitter.Record(r);
+  return emitter.Finish(absl::OkStatus());
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::vector<int64_t>>> TokenizeSequences(
+    const google::protobuf::RepeatedPtrField<v1::Sequence>& sequences, bool add_bos,
+    const CachedModel& cached, const std::string& label, bool check_ctx) {
+  std::vector<std::vector<int64_t>> out;
+  out.reserve(sequences.size());
+  for (int i = 0; i < sequences.size(); ++i) {
+    const v1::Sequence& seq = sequences[i];
+    if (seq.has_ids()) {
+      out.emplace_back(seq.ids().ids().begin(), seq.ids().ids().end());
+    } else if (seq.input_case() == v1::Sequence::kText) {
+      if (!cached.tokenizer) {
+        return absl::InvalidArgumentError(absl::StrCat(label, " ", i, " is text but model ",
+                                                       cached.key.name,
+                                                       " has no tokenizer; send token ids"));
+      }
+      absl::StatusOr<std::vector<int64_t>> ids = cached.tokenizer->Encode(seq.text(), add_bos);
+      if (!ids.ok()) return Annotate(ids.status(), absl::StrCat(label, " ", i));
+      out.push_back(*std::move(ids));
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat(label, " ", i, " is empty"));
+    }
+    if (out.back().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(label, " ", i, " has no tokens"));
+    }
+    const int64_t n_ctx = cached.model->config().n_ctx;
+    if (check_ctx && static_cast<int64_t>(out.back().size()) > n_ctx) {
+      return absl::InvalidArgumentError(absl::StrCat(label, " ", i, " has ", out.back().size(),
+                                                     " tokens, more than the context of model ",
+                                                     cached.key.name, " (", n_ctx, ")"));
+    }
+  }
+  return out;
+}
+
+absl::Status RunAnalysisJob(const JobContext& ctx,
+                            const std::vector<std::vector<int64_t>>& sequences) {
+  switch (ctx.run.request().params_case()) {
+    case v1::JobRequest::kSinks:
+      return RunSinks(ctx, sequences);
+    case v1::JobRequest::kFirstTokenProbe:
+      return RunFirstToken(ctx);
+    case v1::JobRequest::kSpikeSimilarity:
+      return RunSpikeSim(ctx, sequences);
+    case v1::JobRequest::kSelfAttentionProfile:
+      return RunSelfAttention(ctx, sequences);
+    case v1::JobRequest::kPerplexity:
+      return RunPerplexityJob(ctx, sequences);
+    case v1::JobRequest::kConstantSubstitution:
+    case v1::JobRequest::kSinkAblation:
+      return RunIntervention(ctx, sequences);
+    default:
+      return absl::UnimplementedError("this worker does not run this job type");
+  }
+}
+
+}  // namespace worker
+}  // namespace sinkscope
