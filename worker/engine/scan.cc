@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -204,11 +205,27 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
   ScanSummary summary;
   for (const auto& s : sequences) summary.n_tokens += static_cast<int64_t>(s.size());
 
-  // ---- pass 1: per-block reductions ----
+  // Block outputs at spike entries, recorded in the same pass: at block b,
+  // for every entry massive right after b or right before it (block b-1),
+  // o_b = h_b - h_{b-1} from the previous post-residual, the only activation
+  // kept across one hook point.
+  struct Observation {
+    int64_t block;
+    float value, output;
+    bool massive;
+  };
+  std::map<EntryKey, std::vector<Observation>> observations;
+
   for (size_t bi = 0; bi < batches.size(); ++bi) {
     const std::vector<int64_t>& batch = batches[bi];
     const bool last_batch = bi + 1 == batches.size();
     HookRegistry hooks;
+    at::Tensor prev;                                     // h_{b-1}: [batch, pos, d_model] float32
+    std::set<std::array<int64_t, 3>> prev_hits;          // (row, pos, channel) massive at b-1
+    hooks.AddProbe("hook_embed", [&](const std::string&, int64_t, const at::Tensor& t) {
+      prev = t.to(at::kFloat);
+      prev_hits.clear();
+    });
     for (int64_t b = 1; b <= n_blocks; ++b) {
       const BlockId id = BlockId::FromBlock(b);
       hooks.AddProbe(id.output_hook(), [&, b](const std::string&, int64_t, const at::Tensor& t) {
@@ -220,6 +237,7 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
         at::Tensor h32 = t.to(at::kFloat);
         at::Tensor abs = h32.abs();
         MergeTopK(a.resid_top, TopK(h32, params.top_k, batch), params.top_k);
+        std::set<std::array<int64_t, 3>> cur_hits;
         for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
           at::Tensor row = abs.select(0, r);
           // torch.median semantics: the lower of the two middle values.
@@ -234,10 +252,36 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
           at::Tensor hits = (row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
           a.n_massive += hits.size(0);
           auto hx = hits.accessor<int64_t, 2>();
-          for (int64_t i = 0; i < hits.size(0) && massive.size() < kMaxTrackedEntries; ++i) {
-            massive.emplace(s, hx[i][0], hx[i][1]);
+          for (int64_t i = 0; i < hits.size(0); ++i) {
+            const EntryKey key{s, hx[i][0], hx[i][1]};
+            if (massive.size() < kMaxTrackedEntries) massive.insert(key);
+            if (massive.count(key)) cur_hits.insert({r, hx[i][0], hx[i][1]});
           }
         }
+        std::set<std::array<int64_t, 3>> seen = cur_hits;
+        seen.insert(prev_hits.begin(), prev_hits.end());
+        if (!seen.empty()) {
+          std::vector<int64_t> rr, pp, cc;
+          for (const auto& e : seen) {
+            rr.push_back(e[0]);
+            pp.push_back(e[1]);
+            cc.push_back(e[2]);
+          }
+          const auto lopt = at::TensorOptions().dtype(at::kLong).device(h32.device());
+          const std::vector<at::indexing::TensorIndex> idx = {
+              at::tensor(rr, lopt), at::tensor(pp, lopt), at::tensor(cc, lopt)};
+          at::Tensor now = h32.index(idx).cpu(), before = prev.index(idx).cpu();
+          auto nv = now.accessor<float, 1>();
+          auto bv = before.accessor<float, 1>();
+          size_t i = 0;
+          for (const auto& e : seen) {
+            observations[EntryKey{batch[e[0]], e[1], e[2]}].push_back(
+                {b, nv[i], nv[i] - bv[i], cur_hits.count(e) > 0});
+            ++i;
+          }
+        }
+        prev = h32;
+        prev_hits = std::move(cur_hits);
         if (last_batch && on_block) {
           BlockRecord rec;
           rec.id = id;
@@ -284,61 +328,20 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
     summary.spike_channels.assign(channels.begin(), channels.end());
   }
 
-  // ---- pass 2: the residual value at every spike entry after every block ----
-  // trace[e][b] = h_b at entry e, b = 0 (hook_embed) .. 2L.
-  const std::vector<EntryKey> entries(massive.begin(), massive.end());
-  std::vector<std::vector<float>> trace(entries.size(), std::vector<float>(n_blocks + 1, 0.f));
-  std::map<int64_t, std::vector<size_t>> entries_by_seq;
-  for (size_t e = 0; e < entries.size(); ++e) entries_by_seq[std::get<0>(entries[e])].push_back(e);
-  for (const std::vector<int64_t>& batch : batches) {
-    std::vector<int64_t> rows, pos, ch;
-    std::vector<size_t> which;
-    for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
-      auto it = entries_by_seq.find(batch[r]);
-      if (it == entries_by_seq.end()) continue;
-      for (size_t e : it->second) {
-        rows.push_back(r);
-        pos.push_back(std::get<1>(entries[e]));
-        ch.push_back(std::get<2>(entries[e]));
-        which.push_back(e);
-      }
-    }
-    if (which.empty()) continue;
-    const auto opts_long = at::TensorOptions().dtype(at::kLong).device(model.device());
-    at::Tensor rows_t = at::tensor(rows, opts_long), pos_t = at::tensor(pos, opts_long),
-               ch_t = at::tensor(ch, opts_long);
-    auto gather = [&](int64_t b, const at::Tensor& t) {
-      at::Tensor v = t.index({rows_t, pos_t, ch_t}).to(at::kFloat).cpu();
-      auto va = v.accessor<float, 1>();
-      for (size_t i = 0; i < which.size(); ++i) trace[which[i]][b] = va[i];
-    };
-    HookRegistry hooks;
-    hooks.AddProbe("hook_embed", [&](const std::string&, int64_t, const at::Tensor& t) {
-      gather(0, t);
-    });
-    for (int64_t b = 1; b <= n_blocks; ++b) {
-      hooks.AddProbe(BlockId::FromBlock(b).resid_hook(),
-                     [&, b](const std::string&, int64_t, const at::Tensor& t) { gather(b, t); });
-    }
-    RETURN_IF_ERROR(model.RunHooks(make_tokens(batch), hooks, cancel));
-  }
-
   std::set<int64_t> up, down;
   std::vector<ActivationEntry> listed;
-  for (size_t e = 0; e < entries.size(); ++e) {
-    const std::vector<float>& h = trace[e];
-    int64_t peak_b = 1;
-    for (int64_t b = 1; b <= n_blocks; ++b) {
-      if (std::fabs(h[b]) > std::fabs(h[peak_b])) peak_b = b;
+  for (const auto& [key, obs] : observations) {
+    const Observation* peak_obs = nullptr;
+    for (const Observation& o : obs) {
+      if (o.massive && (!peak_obs || std::fabs(o.value) > std::fabs(peak_obs->value))) peak_obs = &o;
     }
-    const float peak = h[peak_b];
-    for (int64_t b = 1; b <= n_blocks; ++b) {
-      const float out = h[b] - h[b - 1];  // block b's output at this entry
-      if (std::fabs(out) < params.step_fraction * std::fabs(peak)) continue;
-      ((out > 0) == (peak > 0) ? up : down).insert(b);
+    if (!peak_obs) continue;
+    const float peak = peak_obs->value;
+    for (const Observation& o : obs) {
+      if (std::fabs(o.output) < params.step_fraction * std::fabs(peak)) continue;
+      ((o.output > 0) == (peak > 0) ? up : down).insert(o.block);
     }
-    listed.push_back({peak, std::get<0>(entries[e]), std::get<1>(entries[e]),
-                      std::get<2>(entries[e])});
+    listed.push_back({peak, std::get<0>(key), std::get<1>(key), std::get<2>(key)});
   }
   std::stable_sort(listed.begin(), listed.end(),
                    [](const ActivationEntry& a, const ActivationEntry& b) {

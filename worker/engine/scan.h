@@ -11,12 +11,16 @@
 // step-up / step-down blocks:
 //
 //   For each spike entry e = (sequence, position, channel) let P_e be its peak
-//   post-residual value over blocks (signed, largest |.|). Block b's output at
-//   e is o_b,e = h_b,e - h_{b-1},e (h_0 = hook_embed). Block b is a
+//   post-residual value (signed, largest |.|) over the blocks where e is
+//   massive. Block b's output at e is o_b,e = h_b,e - h_{b-1},e (h_0 =
+//   hook_embed); it is examined for the blocks that create or remove the
+//   entry, i.e. e is massive right after b or right before b. Block b is a
 //   *step-up block* if for some spike entry sign(o_b,e) = sign(P_e) and
 //   |o_b,e| >= step_fraction * |P_e|, a *step-down block* if
 //   sign(o_b,e) = -sign(P_e) and |o_b,e| >= step_fraction * |P_e|.
 //
+// One forward pass: the only activation kept across hook points is the
+// previous post-residual (to form o_b,e at the few spike entries).
 // Statistics are float32 whatever the model dtype. Reductions happen in the
 // probes; no activation is kept beyond its block.
 #pragma once
