@@ -5,6 +5,7 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros_like.h>
@@ -139,46 +140,52 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
     at::Tensor scores;
     for (int64_t l : layers) {
       hooks.AddProbe(HookName(l, "attn.hook_attn_scores"),
-                     [&scores](const std::string&, int64_t, const at::Tensor& t) {
-                       scores = t.to(at::kDouble);
-                     });
+                     [&scores](const std::string&, int64_t, const at::Tensor& t) { scores = t; });
       hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l, T](const std::string&, int64_t,
                                                                  const at::Tensor& t) {
-        at::Tensor A = t.to(at::kDouble);  // [batch, head, q_pos, k_pos]
+        // A few reductions over [batch, head, q, k] in float32 with float64
+        // accumulation; the distances use closed forms instead of [q, k] products.
+        at::Tensor A = t.to(at::kFloat);  // [batch, head, q_pos, k_pos]
         const int64_t B = A.size(0);
-        const auto opts = A.options();
+        const auto f64 = at::TensorOptions().dtype(at::kDouble).device(A.device());
+        at::Tensor pos = at::arange(T, f64);                                  // [T]
+        at::Tensor col = A.sum(2, false, at::kDouble);                        // [b, h, k]
+        at::Tensor row = A.sum(3, false, at::kDouble);                        // [b, h, q]
         // eq. 27: alpha_k = (1/T) sum_t A[t, k]
-        at::Tensor alpha = A.sum(2) / static_cast<double>(T);  // [batch, head, k]
+        at::Tensor alpha = col / static_cast<double>(T);
         const int64_t half = std::max<int64_t>(1, T / 2);
         auto [max_alpha, kstar] = alpha.narrow(2, 0, half).max(-1);  // [batch, head]
         at::Tensor gu = alpha.select(2, 0);  // Gu et al.: sum_t A[t,0] / (T - 0)
-        at::Tensor tpos = at::arange(T, opts).view({T, 1}), kpos = at::arange(T, opts).view({1, T});
-        at::Tensor dist = (tpos - kpos).clamp_min(0);  // [q, k]
-        at::Tensor mean_dist = (A * dist).sum({2, 3}) / static_cast<double>(T);
-        // Without the sink key: drop column k*, renormalise rows that keep mass.
-        at::Tensor onehot = (kpos.view({1, 1, 1, T}) == kstar.to(at::kDouble).view({B, H, 1, 1}))
-                                .to(at::kDouble);  // [b, h, 1, k]
-        at::Tensor A_wo = A * (1 - onehot);
-        at::Tensor row_mass = A_wo.sum(-1, true);
-        at::Tensor valid_row = (row_mass > 1e-12).to(at::kDouble);  // [b, h, q, 1]
-        at::Tensor A_norm = A_wo / row_mass.clamp_min(1e-12);
-        at::Tensor dist_wo = ((A_norm * dist).sum(-1, true) * valid_row).sum({2, 3});
-        at::Tensor n_valid = valid_row.sum({2, 3});
+        // sum_t sum_k A[t,k] (t - k) = sum_t t * row_t - sum_k k * col_k
+        at::Tensor mean_dist = ((row * pos).sum(-1) - (col * pos).sum(-1)) / static_cast<double>(T);
+        // Without the sink key k*: per row t, mass m_t = row_t - A[t,k*] and
+        // sum_k A[t,k](t-k) over k != k*  =  t row_t - (A k)_t - A[t,k*](t - k*).
+        at::Tensor Ak = at::matmul(A, pos.to(at::kFloat)).to(at::kDouble);   // [b, h, q]
+        at::Tensor idx = kstar.view({B, H, 1, 1}).expand({B, H, T, 1});
+        at::Tensor a_sink = A.gather(3, idx).squeeze(3).to(at::kDouble);      // [b, h, q]
+        at::Tensor kst = kstar.to(at::kDouble).unsqueeze(-1);                  // [b, h, 1]
+        at::Tensor mass = row - a_sink;
+        at::Tensor valid = mass > 1e-12;
+        at::Tensor num = pos * row - Ak - a_sink * (pos - kst);
+        at::Tensor dist_wo = at::where(valid, num / mass.clamp_min(1e-12), at::zeros_like(num)).sum(-1);
+        at::Tensor n_valid = valid.sum(-1, false, at::kDouble);
         // Logit gap between k* and the other visible keys, for queries t > k*.
         at::Tensor gap_sum, gap_n;
         if (scores.defined()) {
-          at::Tensor finite = scores.isfinite();
-          at::Tensor S0 = at::where(finite, scores, at::zeros_like(scores));
-          at::Tensor Fd = finite.to(at::kDouble);
-          at::Tensor idx = kstar.view({B, H, 1, 1}).expand({B, H, T, 1});
-          at::Tensor s_sink = S0.gather(3, idx).squeeze(3);  // [b, h, q]
-          at::Tensor other_sum = S0.sum(-1) - s_sink;
-          at::Tensor other_n = Fd.sum(-1) - Fd.gather(3, idx).squeeze(3);
-          at::Tensor q_after = (tpos.view({1, 1, T}) > kstar.to(at::kDouble).view({B, H, 1}));
-          at::Tensor ok = q_after.logical_and(other_n > 0).to(at::kDouble);
-          at::Tensor gap = (s_sink - other_sum / other_n.clamp_min(1)) * ok;
+          at::Tensor tq = at::arange(T, at::TensorOptions().dtype(at::kLong).device(A.device()));
+          at::Tensor visible = tq.view({1, T}) <= tq.view({T, 1});
+          if (c.sliding_window > 0) visible = visible.logical_and(tq.view({T, 1}) - tq.view({1, T}) < c.sliding_window);
+          at::Tensor S0 = scores.to(at::kFloat).masked_fill(visible.logical_not(), 0);
+          at::Tensor s_sink = S0.gather(3, idx).squeeze(3).to(at::kDouble);    // [b, h, q]
+          at::Tensor other_sum = S0.sum(3, false, at::kDouble) - s_sink;
+          at::Tensor vis_n = visible.sum(1, false, at::kDouble);               // [q]
+          at::Tensor sink_vis = visible.to(at::kDouble).index_select(1, kstar.reshape({-1}))
+                                    .t().reshape({B, H, T});                   // visible[q, k*]
+          at::Tensor other_n = vis_n - sink_vis;
+          at::Tensor ok = (pos > kst).logical_and(other_n > 0);
+          at::Tensor gap = at::where(ok, s_sink - other_sum / other_n.clamp_min(1), at::zeros_like(s_sink));
           gap_sum = gap.sum(-1);
-          gap_n = ok.sum(-1);
+          gap_n = ok.sum(-1, false, at::kDouble);
           scores = at::Tensor();
         }
         auto ma = max_alpha.cpu(), ks = kstar.cpu(), g = gu.cpu(), md = mean_dist.cpu(),
