@@ -459,7 +459,7 @@ int RunEngineBench(const EngineBenchOptions& opt) {
   const ScanSummary scanB =
       OrDie(RunActivationScan(*model, {inputs["B"]}, ScanParams(), nullptr, nullptr), "scan B");
   std::printf("scan check: input A -> %zu spike entries (peak |h| %.0f at block %lld), "
-              "input B -> %zu (so A runs the scan's 2nd pass, B does not)\n",
+              "input B -> %zu (A also traces the step-up/down entries, B does not)\n",
               scanA.spike_entries.size(), scanA.peak_abs, static_cast<long long>(scanA.peak_block),
               scanB.spike_entries.size());
 
@@ -519,7 +519,7 @@ int RunEngineBench(const EngineBenchOptions& opt) {
   Variant plain{"plain forward (no probes)", "", forward("B", false)};
   Variant plain_logits{"plain forward + logits", "", forward("B", true)};
   Variant scan1{"activation scan, input B (1 pass)", "", scan("B"), {}, 1.15};
-  Variant scan2{"activation scan, input A (2 passes)", "", scan("A")};
+  Variant scan2{"activation scan, input A (spikes)", "", scan("A")};
   Variant sinkv{"sink scan, all layers, T = " + std::to_string(T), "", sinks, {}, 1.5};
   Variant py_plain{"pytorch plain forward", "", pyrun("plain")};
   Variant py_sort{"pytorch hooks, sort+median (locuslab)", "", pyrun("hooks-sort")};
