@@ -10,7 +10,7 @@ PKGS=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libutfcpp-dev
   libssl-dev openssl prometheus
 )
 missing=()
