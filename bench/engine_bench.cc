@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -41,6 +40,7 @@
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/hooks.h"
 #include "worker/engine/model.h"
+#include "worker/engine/reductions.h"
 #include "worker/engine/scan.h"
 #include "worker/engine/sinks.h"
 
@@ -218,46 +218,6 @@ void RunInterleaved(std::vector<Variant*>& vs, int warmup, int iters) {
   }
 }
 
-/// Copies of worker/engine/scan.cc's CPU float32 helpers (TopKAbsCpu and
-/// MedianAbs, anonymous there), timed in section 1b next to the ATen ops
-/// they replaced.
-float FusedTopKAbs(const float* p, int64_t n, int64_t k) {
-  std::vector<std::pair<float, int64_t>> best;
-  float floor_abs = -1.f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(p[i]);
-    if (static_cast<int64_t>(best.size()) == k && !(a > floor_abs)) continue;
-    auto pos = std::upper_bound(best.begin(), best.end(), a,
-                                [](float v, const std::pair<float, int64_t>& e) {
-                                  return v > std::fabs(e.first);
-                                });
-    best.insert(pos, {p[i], i});
-    if (static_cast<int64_t>(best.size()) > k) best.pop_back();
-    if (static_cast<int64_t>(best.size()) == k) floor_abs = std::fabs(best.back().first);
-  }
-  return best.empty() ? 0.f : best[0].first;
-}
-float RadixMedianAbs(const float* p, int64_t n) {
-  auto bits = [](float x) {
-    uint32_t b;
-    std::memcpy(&b, &x, sizeof b);
-    return b & 0x7fffffffu;
-  };
-  const int64_t rank = (n - 1) / 2;
-  std::vector<uint32_t> hist(1u << 16, 0);
-  for (int64_t i = 0; i < n; ++i) ++hist[bits(p[i]) >> 16];
-  uint32_t bucket = 0;
-  int64_t below = 0;
-  while (below + hist[bucket] <= rank) below += hist[bucket++];
-  std::vector<float> cand;
-  for (int64_t i = 0; i < n; ++i) {
-    if ((bits(p[i]) >> 16) == bucket) cand.push_back(std::fabs(p[i]));
-  }
-  auto nth = cand.begin() + (rank - below);
-  std::nth_element(cand.begin(), nth, cand.end());
-  return *nth;
-}
-
 /// Per-op cost of the scan's reductions on one real [1, T, d_model] tensor:
 /// the ATen ops scan.cc used to run, and what it runs now on CPU float32.
 void PrintBreakdown(const Model& model, const std::vector<int64_t>& input, double plain_s,
@@ -280,9 +240,6 @@ void PrintBreakdown(const Model& model, const std::vector<int64_t>& input, doubl
   };
   at::Tensor flat = resid.reshape({-1}).contiguous();
   at::Tensor absd = flat.abs();
-  const float* hp = flat.data_ptr<float>();
-  const float* ap = absd.data_ptr<float>();
-  const int64_t n = flat.numel();
   const std::vector<Op> before = {
       {"abs() of [T*d]", 3, [&] { return static_cast<double>(flat.abs().numel()); }},
       {"topk(|h|, 3)", 2, [&] { return std::get<0>(at::topk(absd, 3))[0].item<double>(); }},
@@ -297,8 +254,13 @@ void PrintBreakdown(const Model& model, const std::vector<int64_t>& input, doubl
   };
   const std::vector<Op> now = {
       {"abs() of [T*d]", 1, [&] { return static_cast<double>(flat.abs().numel()); }},
-      {"fused top-3 by |h| (one pass)", 2, [&] { return FusedTopKAbs(hp, n, 3); }},
-      {"radix-select median(|h|)", 1, [&] { return RadixMedianAbs(ap, n); }},
+      {"fused top-3 by |h| (one pass)", 2,
+       [&] {
+         std::vector<std::pair<float, int64_t>> best;
+         TopKAbsCpu(flat, 3, &best);
+         return best.empty() ? 0.0 : static_cast<double>(best[0].first);
+       }},
+      {"radix-select median(|h|)", 1, [&] { return static_cast<double>(MedianAbs(absd)); }},
       {"max(|h|).item()", 1, [&] { return absd.max().item<double>(); }},
       {"(|h| > thr).nonzero()", 1,
        [&] { return static_cast<double>((absd > 100.0).nonzero().size(0)); }},

@@ -255,32 +255,35 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
   }
 }
 
-}  // namespace
-
-absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv) {
-  std::vector<int32_t> ids;
-  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
-    int32_t id = 0;
-    if (!absl::SimpleAtoi(item, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not a token id"));
-    }
-    ids.push_back(id);
-  }
-  if (ids.empty()) return absl::InvalidArgumentError("no token ids given");
-  return ids;
-}
-
-absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv) {
-  std::vector<int32_t> out;
-  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
-    int32_t v = 0;
-    if (!absl::SimpleAtoi(item, &v)) {
-      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not an integer"));
+/// The items of `text` split at any of `delimiters`, each read by `parse`
+/// (false: "'<item>' is not <what>"); `none` is the error for no items.
+template <typename T, typename Parse>
+absl::StatusOr<std::vector<T>> ParseList(const std::string& text, const char* delimiters,
+                                         Parse parse, const char* what, const char* none) {
+  std::vector<T> out;
+  for (absl::string_view item :
+       absl::StrSplit(text, absl::ByAnyChar(delimiters), absl::SkipEmpty())) {
+    T v = 0;
+    if (!parse(item, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not ", what));
     }
     out.push_back(v);
   }
-  if (out.empty()) return absl::InvalidArgumentError("no values given");
+  if (out.empty()) return absl::InvalidArgumentError(none);
   return out;
+}
+
+bool ReadInt32(absl::string_view item, int32_t* v) { return absl::SimpleAtoi(item, v); }
+bool ReadFloat(absl::string_view item, float* v) { return absl::SimpleAtof(item, v); }
+
+}  // namespace
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv) {
+  return ParseList<int32_t>(csv, ", ", ReadInt32, "a token id", "no token ids given");
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv) {
+  return ParseList<int32_t>(csv, ", ", ReadInt32, "an integer", "no values given");
 }
 
 absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::string& csv) {
@@ -300,17 +303,7 @@ absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::s
 }
 
 absl::StatusOr<std::vector<float>> ParseFloats(const std::string& text) {
-  std::vector<float> out;
-  for (absl::string_view item :
-       absl::StrSplit(text, absl::ByAnyChar(", \t\n\r"), absl::SkipEmpty())) {
-    float v = 0;
-    if (!absl::SimpleAtof(item, &v)) {
-      return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not a number"));
-    }
-    out.push_back(v);
-  }
-  if (out.empty()) return absl::InvalidArgumentError("no values given");
-  return out;
+  return ParseList<float>(text, ", \t\n\r", ReadFloat, "a number", "no values given");
 }
 
 absl::StatusOr<std::string> Unescape(const std::string& text) {

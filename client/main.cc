@@ -67,6 +67,12 @@ struct InputFlags {
 
   /// `with_sequences`: the command reads input sequences.
   void Add(CLI::App* cmd, bool with_sequences) {
+    AddInput(cmd, with_sequences);
+    AddSubmission(cmd);
+  }
+
+  /// --model and, `with_sequences`, the sequence flags.
+  void AddInput(CLI::App* cmd, bool with_sequences) {
     cmd->add_option("-m,--model", model, "Catalog model (see 'sinkscope models')")->required();
     if (with_sequences) {
       text_opt = cmd->add_option("--text", texts, "Input text (repeat for several sequences)")
@@ -78,11 +84,18 @@ struct InputFlags {
                      ->allow_extra_args(false);
       cmd->add_flag("--no-bos", no_bos, "Do not prepend BOS to text sequences");
     }
+  }
+
+  /// --dtype, --request-id, --detach, --events.
+  void AddSubmission(CLI::App* cmd) {
     cmd->add_option("--dtype", dtype, "float32, bfloat16 or float16 (default: model's)");
     cmd->add_option("--request-id", request_id, "Idempotency key: resubmitting returns the job");
     cmd->add_flag("--detach", detach, "Print the job id and exit once queued");
     cmd->add_flag("--events", events, "With --json: print every event as a JSON line");
   }
+
+  /// Whether any --text, --ids or --file was given.
+  bool has_sequences() const { return !texts.empty() || !id_lists.empty() || !files.empty(); }
 
   /// Fills the request's model, sequences (command-line order), BOS and
   /// dtype. Returns "" or a usage error.
@@ -290,23 +303,10 @@ int main(int argc, char** argv) {
 
   // scan
   CLI::App* scan = app.add_subcommand("scan", "Run a massive-activation scan and show it");
-  std::string model, dtype, request_id;
-  std::vector<std::string> texts, id_lists, files;
-  bool no_bos = false, detach = false, events = false;
+  InputFlags scan_in;
+  scan_in.AddInput(scan, true);
   int top_k = 0;
   double abs_threshold = 0, rel_threshold = 0, step_fraction = 0;
-  scan->add_option("-m,--model", model, "Catalog model (see 'sinkscope models')")->required();
-  CLI::Option* text_opt =
-      scan->add_option("--text", texts, "Input text (repeat for several sequences)")
-          ->allow_extra_args(false);
-  CLI::Option* ids_opt =
-      scan->add_option("--ids", id_lists,
-                       "Token ids, comma-separated, used verbatim (repeatable)")
-          ->allow_extra_args(false);
-  CLI::Option* file_opt =
-      scan->add_option("--file", files, "Text file, one sequence ('-' = stdin; repeatable)")
-          ->allow_extra_args(false);
-  scan->add_flag("--no-bos", no_bos, "Do not prepend BOS to text sequences");
   CLI::Option* top_k_opt =
       scan->add_option("--top-k", top_k, "Entries kept per block (server default 3)")
           ->check(CLI::Range(1, 64));
@@ -317,18 +317,16 @@ int main(int argc, char** argv) {
   CLI::Option* step_opt = scan->add_option(
       "--step-fraction", step_fraction,
       "Step-up/down block: output >= X of the peak (server default 0.5)");
-  scan->add_option("--dtype", dtype, "float32, bfloat16 or float16 (default: model's)");
-  scan->add_option("--request-id", request_id, "Idempotency key: resubmitting returns the job");
-  scan->add_flag("--detach", detach, "Print the job id and exit once queued");
-  scan->add_flag("--events", events, "With --json: print every event as a JSON line");
+  scan_in.AddSubmission(scan);
 
   // watch
   CLI::App* watch = app.add_subcommand("watch", "Follow a job's events and show its result");
   std::string watch_id;
   int64_t after_seq = 0;
+  bool watch_events = false;
   watch->add_option("id", watch_id, "Job id")->required();
   watch->add_option("--after-seq", after_seq, "Replay only events after this seq");
-  watch->add_flag("--events", events, "With --json: print every event as a JSON line");
+  watch->add_flag("--events", watch_events, "With --json: print every event as a JSON line");
 
   // get
   CLI::App* get = app.add_subcommand("get", "Show a job (and its results once completed)");
@@ -478,41 +476,12 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kUsageError;
   }
 
-  sinkscope::client::WatchOptions watch_options;
-  watch_options.events = events;
-
   if (scan->parsed()) {
+    // Checked before Fill: a missing input is reported before a bad --dtype.
+    if (!scan_in.has_sequences()) return Usage("scan needs --text, --ids or --file");
     sinkscope::client::ScanOptions options;
-    options.detach = detach;
-    options.watch = watch_options;
-    options.request.set_client_request_id(request_id);
+    if (std::string error = scan_in.Fill(scan, &options); !error.empty()) return Usage(error);
     v1::JobRequest* request = options.request.mutable_request();
-    request->set_model(model);
-    // Sequences in command-line order, whatever their kind.
-    size_t next_text = 0, next_ids = 0, next_file = 0;
-    for (const CLI::Option* opt : scan->parse_order()) {
-      if (opt == text_opt && next_text < texts.size()) {
-        request->add_sequences()->set_text(texts[next_text++]);
-      } else if (opt == ids_opt && next_ids < id_lists.size()) {
-        const std::string& csv = id_lists[next_ids++];
-        auto ids = sinkscope::client::ParseIds(csv);
-        if (!ids.ok()) return Usage(absl::StrCat("--ids ", csv, ": ", ids.status().message()));
-        auto* seq = request->add_sequences()->mutable_ids();
-        seq->mutable_ids()->Add(ids->begin(), ids->end());
-      } else if (opt == file_opt && next_file < files.size()) {
-        const std::string& path = files[next_file++];
-        std::string text;
-        if (!ReadTextFile(path, &text)) return Usage(absl::StrCat("--file: cannot read ", path));
-        request->add_sequences()->set_text(text);
-      }
-    }
-    if (request->sequences_size() == 0) return Usage("scan needs --text, --ids or --file");
-    if (no_bos) request->set_add_bos(false);
-    if (!dtype.empty()) {
-      auto d = sinkscope::client::ParseDtype(dtype);
-      if (!d.ok()) return Usage(absl::StrCat("--dtype: ", d.status().message()));
-      request->set_dtype(*d);
-    }
     v1::ActivationScanRequest* params = request->mutable_scan();
     if (top_k_opt->count() > 0) params->set_top_k(top_k);
     if (abs_opt->count() > 0) params->set_abs_threshold(abs_threshold);
@@ -521,6 +490,8 @@ int main(int argc, char** argv) {
     return sinkscope::client::RunScan(global, options);
   }
   if (watch->parsed()) {
+    sinkscope::client::WatchOptions watch_options;
+    watch_options.events = watch_events;
     watch_options.after_seq = after_seq;
     return sinkscope::client::RunWatch(global, watch_id, watch_options);
   }

@@ -183,6 +183,28 @@ absl::StatusOr<v1::Job> JobFromRow(const Stmt& s) {
   return job;
 }
 
+/// Whether `attempt` is the job's attempt in progress (claimed, not finished).
+bool IsLiveAttempt(const v1::Job& job, int32_t attempt) {
+  return !IsTerminal(job.state()) && job.state() != v1::JOB_STATE_QUEUED &&
+         job.attempts() == attempt;
+}
+
+/// The events of job `id` that `s` selects (the payload in column 0), in order.
+absl::StatusOr<std::vector<v1::JobEvent>> ReadEvents(Stmt& s, const std::string& id) {
+  std::vector<v1::JobEvent> out;
+  while (true) {
+    absl::StatusOr<bool> row = s.Step();
+    if (!row.ok()) return row.status();
+    if (!*row) break;
+    v1::JobEvent e;
+    if (!e.ParseFromString(s.Blob(0))) {
+      return absl::DataLossError(absl::StrCat("job ", id, ": stored event is corrupt"));
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::string& path,
@@ -291,6 +313,16 @@ absl::StatusOr<v1::JobEvent> SqliteJobStore::InsertEventLocked(const std::string
   return stored;
 }
 
+absl::Status SqliteJobStore::InsertQueuedEventLocked(const std::string& id, int32_t attempt,
+                                                     int64_t queue_seq) {
+  absl::StatusOr<int32_t> position = QueuePositionLocked(queue_seq);
+  if (!position.ok()) return position.status();
+  v1::JobEvent queued;
+  queued.mutable_queued()->set_position(*position);
+  absl::StatusOr<v1::JobEvent> ev = InsertEventLocked(id, attempt, queued);
+  return ev.ok() ? absl::OkStatus() : ev.status();
+}
+
 absl::StatusOr<v1::Job> SqliteJobStore::CreateJob(const NewJob& job, bool* created) {
   std::lock_guard<std::mutex> lock(mu_);
   Transaction tx(db_);
@@ -319,12 +351,7 @@ absl::StatusOr<v1::Job> SqliteJobStore::CreateJob(const NewJob& job, bool* creat
   ins.Bind(5, int64_t{v1::JOB_STATE_QUEUED}).BindBlob(6, job.request.SerializeAsString());
   ins.Bind(7, NowMicros()).Bind(8, job.client_request_id).Bind(9, int64_t{job.priority});
   STORE_RETURN_IF_ERROR(ins.Run());
-  absl::StatusOr<int32_t> position = QueuePositionLocked(queue_seq);
-  if (!position.ok()) return position.status();
-  v1::JobEvent queued;
-  queued.mutable_queued()->set_position(*position);
-  absl::StatusOr<v1::JobEvent> ev = InsertEventLocked(job.id, 0, queued);
-  if (!ev.ok()) return ev.status();
+  STORE_RETURN_IF_ERROR(InsertQueuedEventLocked(job.id, 0, queue_seq));
   absl::StatusOr<v1::Job> out = GetJobLocked(job.id);
   if (!out.ok()) return out.status();
   STORE_RETURN_IF_ERROR(tx.Commit());
@@ -424,8 +451,7 @@ absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendEvent(const std::string& id, 
   STORE_RETURN_IF_ERROR(tx.status());
   absl::StatusOr<v1::Job> job = GetJobLocked(id);
   if (!job.ok()) return job.status();
-  if (IsTerminal(job->state()) || job->state() == v1::JOB_STATE_QUEUED ||
-      job->attempts() != attempt) {
+  if (!IsLiveAttempt(*job, attempt)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", id, " is ", v1::JobState_Name(job->state()), " at attempt ", job->attempts(),
         "; refusing an event of attempt ", attempt));
@@ -506,8 +532,7 @@ absl::StatusOr<ReleaseOutcome> SqliteJobStore::ReleaseLostJob(const std::string&
   STORE_RETURN_IF_ERROR(tx.status());
   absl::StatusOr<v1::Job> job = GetJobLocked(id);
   if (!job.ok()) return job.status();
-  if (IsTerminal(job->state()) || job->state() == v1::JOB_STATE_QUEUED ||
-      job->attempts() != attempt) {
+  if (!IsLiveAttempt(*job, attempt)) {
     return ReleaseOutcome::kAlreadyFinished;
   }
   Stmt f(db_, "SELECT failures, queue_seq FROM jobs WHERE id = ?");
@@ -544,12 +569,7 @@ absl::StatusOr<ReleaseOutcome> SqliteJobStore::ReleaseLostJob(const std::string&
   STORE_RETURN_IF_ERROR(s.prepare_status());
   s.Bind(1, int64_t{v1::JOB_STATE_QUEUED}).Bind(2, failures).Bind(3, id);
   STORE_RETURN_IF_ERROR(s.Run());
-  absl::StatusOr<int32_t> position = QueuePositionLocked(queue_seq);
-  if (!position.ok()) return position.status();
-  v1::JobEvent queued;
-  queued.mutable_queued()->set_position(*position);
-  ev = InsertEventLocked(id, attempt, queued);
-  if (!ev.ok()) return ev.status();
+  STORE_RETURN_IF_ERROR(InsertQueuedEventLocked(id, attempt, queue_seq));
   STORE_RETURN_IF_ERROR(tx.Commit());
   return ReleaseOutcome::kRequeued;
 }
@@ -585,18 +605,7 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqliteJobStore::EventsSince(const std:
   Stmt s(db_, "SELECT payload FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?");
   STORE_RETURN_IF_ERROR(s.prepare_status());
   s.Bind(1, id).Bind(2, after_seq).Bind(3, int64_t{limit});
-  std::vector<v1::JobEvent> out;
-  while (true) {
-    absl::StatusOr<bool> row = s.Step();
-    if (!row.ok()) return row.status();
-    if (!*row) break;
-    v1::JobEvent e;
-    if (!e.ParseFromString(s.Blob(0))) {
-      return absl::DataLossError(absl::StrCat("job ", id, ": stored event is corrupt"));
-    }
-    out.push_back(std::move(e));
-  }
-  return out;
+  return ReadEvents(s, id);
 }
 
 absl::StatusOr<std::vector<v1::ResultRecord>> SqliteJobStore::Results(const std::string& id) {
@@ -607,17 +616,11 @@ absl::StatusOr<std::vector<v1::ResultRecord>> SqliteJobStore::Results(const std:
          "AND e.attempt = j.result_attempt ORDER BY e.seq");
   STORE_RETURN_IF_ERROR(s.prepare_status());
   s.Bind(1, id);
+  absl::StatusOr<std::vector<v1::JobEvent>> events = ReadEvents(s, id);
+  if (!events.ok()) return events.status();
   std::vector<v1::ResultRecord> out;
-  while (true) {
-    absl::StatusOr<bool> row = s.Step();
-    if (!row.ok()) return row.status();
-    if (!*row) break;
-    v1::JobEvent e;
-    if (!e.ParseFromString(s.Blob(0))) {
-      return absl::DataLossError(absl::StrCat("job ", id, ": stored event is corrupt"));
-    }
-    out.push_back(e.result());
-  }
+  out.reserve(events->size());
+  for (v1::JobEvent& e : *events) out.push_back(std::move(*e.mutable_result()));
   return out;
 }
 

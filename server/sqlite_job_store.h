@@ -50,6 +50,8 @@ class SqliteJobStore final : public JobStore {
   absl::StatusOr<v1::JobEvent> InsertEventLocked(const std::string& id, int32_t attempt,
                                                  const v1::JobEvent& event);
   absl::StatusOr<int32_t> QueuePositionLocked(int64_t queue_seq);
+  /// Inserts a Queued event with the job's queue position (from queue_seq).
+  absl::Status InsertQueuedEventLocked(const std::string& id, int32_t attempt, int64_t queue_seq);
   absl::Status Exec(const char* sql);
 
   std::mutex mu_;

@@ -28,6 +28,23 @@ void FillHead(int64_t layer, int64_t head, v1::HeadRef* out) {
   out->set_head(I32(head));
 }
 
+/// The spike rule's thresholds set in request `r` (SpikeSimilarityRequest,
+/// InterventionRequest), over the defaults in `p`.
+template <typename Request>
+void ReadSpikeThresholds(const Request& r, ScanParams* p) {
+  if (r.has_abs_threshold()) p->abs_threshold = r.abs_threshold();
+  if (r.has_rel_threshold()) p->rel_threshold = r.rel_threshold();
+  if (r.has_step_fraction()) p->step_fraction = r.step_fraction();
+}
+
+v1::SpikeThresholds SpikeThresholdsToProto(const ScanParams& p) {
+  v1::SpikeThresholds out;
+  out.set_abs_threshold(p.abs_threshold);
+  out.set_rel_threshold(p.rel_threshold);
+  out.set_step_fraction(p.step_fraction);
+  return out;
+}
+
 }  // namespace
 
 v1::BlockRef BlockRefOf(int64_t block) {
@@ -145,9 +162,7 @@ v1::FirstTokenProbeResult ToProto(const FirstTokenResult& r, const FirstTokenPar
 
 SpikeSimilarityParams SpikeSimilarityParamsFromProto(const v1::SpikeSimilarityRequest& r) {
   SpikeSimilarityParams p;
-  if (r.has_abs_threshold()) p.scan.abs_threshold = r.abs_threshold();
-  if (r.has_rel_threshold()) p.scan.rel_threshold = r.rel_threshold();
-  if (r.has_step_fraction()) p.scan.step_fraction = r.step_fraction();
+  ReadSpikeThresholds(r, &p.scan);
   p.step_up_block = r.step_up_block();
   return p;
 }
@@ -165,10 +180,7 @@ v1::SpikeSimilaritySummary ToProto(const SpikeSimilarityResult& r,
   *out.mutable_before() = CosineToProto(r.before);
   *out.mutable_after() = CosineToProto(r.after);
   if (!r.normalized.hook.empty()) *out.mutable_normalized() = CosineToProto(r.normalized);
-  v1::SpikeThresholds* t = out.mutable_thresholds();
-  t->set_abs_threshold(params.scan.abs_threshold);
-  t->set_rel_threshold(params.scan.rel_threshold);
-  t->set_step_fraction(params.scan.step_fraction);
+  *out.mutable_thresholds() = SpikeThresholdsToProto(params.scan);
   return out;
 }
 
@@ -255,9 +267,7 @@ absl::StatusOr<ExperimentParams> ExperimentParamsFromProto(const v1::Interventio
                                                            v1::JobType type) {
   ExperimentParams p;
   p.eval = EvalParamsFromProto(r.eval());
-  if (r.has_abs_threshold()) p.thresholds.abs_threshold = r.abs_threshold();
-  if (r.has_rel_threshold()) p.thresholds.rel_threshold = r.rel_threshold();
-  if (r.has_step_fraction()) p.thresholds.step_fraction = r.step_fraction();
+  ReadSpikeThresholds(r, &p.thresholds);
   for (int i = 0; i < r.interventions_size(); ++i) {
     const v1::InterventionSpec& spec = r.interventions(i);
     const std::string where = absl::StrCat("interventions[", i, "]: ");
@@ -381,10 +391,7 @@ v1::InterventionSummary ToProto(const ExperimentResult& r, const ExperimentParam
     o->set_relative_change_spike(s.relative_change_spike);
     o->set_relative_change_rest(s.relative_change_rest);
   }
-  v1::SpikeThresholds* t = out.mutable_thresholds();
-  t->set_abs_threshold(params.thresholds.abs_threshold);
-  t->set_rel_threshold(params.thresholds.rel_threshold);
-  t->set_step_fraction(params.thresholds.step_fraction);
+  *out.mutable_thresholds() = SpikeThresholdsToProto(params.thresholds);
   out.set_n_calibration_sequences(I32(static_cast<int64_t>(params.calibration.size())));
   return out;
 }

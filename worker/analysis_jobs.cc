@@ -1,14 +1,12 @@
 #include "worker/analysis_jobs.h"
 
 #include <algorithm>
-#include <chrono>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <sstream>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "worker/analysis_convert.h"
@@ -19,75 +17,9 @@
 #include "worker/engine/status_macros.h"
 #include "worker/engine/tokenizer.h"
 
-#ifndef SINKSCOPE_CODE_VERSION
-#define SINKSCOPE_CODE_VERSION "unknown"
-#endif
-
 namespace sinkscope {
 namespace worker {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-/// Emits events; throttles progress; remembers a receiver that went away.
-class Emitter {
- public:
-  explicit Emitter(const JobContext& ctx) : ctx_(ctx) {}
-
-  void Emit(const v1::WorkerEvent& event) {
-    if (!gone_ && !ctx_.sink(event)) gone_ = true;
-  }
-  void Record(const v1::ResultRecord& record) {
-    v1::WorkerEvent event;
-    *event.mutable_result() = record;
-    Emit(event);
-  }
-  ProgressFn Progress() {
-    return [this](int64_t done, int64_t total) {
-      const Clock::time_point now = Clock::now();
-      if (done >= total ||
-          now - last_ >= std::chrono::milliseconds(ctx_.options.progress_interval_ms)) {
-        last_ = now;
-        v1::WorkerEvent event;
-        event.mutable_running()->set_units_done(done);
-        event.mutable_running()->set_units_total(total);
-        Emit(event);
-      }
-      if (ctx_.options.test_unit_delay_ms > 0) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(ctx_.options.test_unit_delay_ms));
-      }
-    };
-  }
-  /// The job's outcome given the engine's status.
-  absl::Status Finish(const absl::Status& status) const {
-    if (gone_) return absl::CancelledError("the server went away");
-    return status;
-  }
-
- private:
-  const JobContext& ctx_;
-  bool gone_ = false;
-  Clock::time_point last_ = Clock::now() - std::chrono::hours(1);
-};
-
-v1::Provenance MakeProvenance(const CachedModel& cached, int64_t n_tokens, int64_t n_sequences) {
-  v1::Provenance p;
-  p.set_model(cached.key.name);
-  p.set_checkpoint_format(cached.checkpoint_format);
-  p.set_dtype(DtypeName(cached.model->dtype()));
-  p.set_device(cached.model->device().str());
-  p.set_attention_path(cached.model->fast_attention_path());
-  p.set_code_version(SINKSCOPE_CODE_VERSION);
-  p.set_n_tokens(n_tokens);
-  p.set_n_sequences(static_cast<int32_t>(n_sequences));
-  return p;
-}
-
-int64_t CountTokens(const std::vector<std::vector<int64_t>>& sequences) {
-  int64_t n = 0;
-  for (const auto& s : sequences) n += static_cast<int64_t>(s.size());
-  return n;
-}
 
 std::vector<int64_t> AllLayers(const ModelConfig& c) {
   std::vector<int64_t> out;
@@ -113,10 +45,8 @@ absl::Status RunSinks(const JobContext& ctx, const std::vector<std::vector<int64
   v1::ResultRecord r;
   v1::SinkSummary* out = r.mutable_sink_summary();
   *out = ToProto(*summary, params, params.layers.empty() ? AllLayers(model.config()) : params.layers);
-  *out->mutable_provenance() =
-      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  *out->mutable_provenance() = MakeProvenance(ctx.cached, sequences);
+  return emitter.FinishWith(r);
 }
 
 // ---- first-token probe ----
@@ -137,8 +67,7 @@ absl::Status RunFirstToken(const JobContext& ctx) {
   *out = ToProto(*result, params);
   const int64_t len = static_cast<int64_t>(params.prefix.size()) + 1;
   *out->mutable_provenance() = MakeProvenance(ctx.cached, 2 * result->n_tokens * len, 2 * result->n_tokens);
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  return emitter.FinishWith(r);
 }
 
 // ---- spike similarity ----
@@ -154,10 +83,8 @@ absl::Status RunSpikeSim(const JobContext& ctx,
   v1::ResultRecord r;
   v1::SpikeSimilaritySummary* out = r.mutable_spike_similarity();
   *out = ToProto(*result, params);
-  *out->mutable_provenance() =
-      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  *out->mutable_provenance() = MakeProvenance(ctx.cached, sequences);
+  return emitter.FinishWith(r);
 }
 
 // ---- self-attention profile ----
@@ -212,10 +139,8 @@ absl::Status RunSelfAttention(const JobContext& ctx,
   for (int64_t l : profile->profiled_layers) out->add_layers(static_cast<int32_t>(l));
   for (int64_t id : params.delimiter_ids) out->add_delimiter_ids(static_cast<int32_t>(id));
   for (auto& d : resolved) *out->add_resolved_delimiters() = std::move(d);
-  *out->mutable_provenance() =
-      MakeProvenance(ctx.cached, CountTokens(sequences), static_cast<int64_t>(sequences.size()));
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  *out->mutable_provenance() = MakeProvenance(ctx.cached, sequences);
+  return emitter.FinishWith(r);
 }
 
 // ---- evaluation streams ----
@@ -313,8 +238,7 @@ absl::Status RunPerplexityJob(const JobContext& ctx,
       EvalUsedToProto(params, eval.corpus(), static_cast<int64_t>(stream->size()));
   *out->mutable_provenance() =
       MakeProvenance(ctx.cached, result->n_tokens, static_cast<int64_t>(result->chunks.size()));
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  return emitter.FinishWith(r);
 }
 
 absl::Status RunIntervention(const JobContext& ctx,
@@ -352,8 +276,7 @@ absl::Status RunIntervention(const JobContext& ctx,
   for (const ChunkRecord& c : result->chunks) fed += c.n_scored + 1;
   *out->mutable_provenance() =
       MakeProvenance(ctx.cached, fed, static_cast<int64_t>(result->chunks.size()));
-  emitter.Record(r);
-  return emitter.Finish(absl::OkStatus());
+  return emitter.FinishWith(r);
 }
 
 }  // namespace

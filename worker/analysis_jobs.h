@@ -1,7 +1,8 @@
 // The worker's runners of the analysis jobs other than the activation scan:
 // each reads its parameters from the request, runs the engine analysis with
 // progress and cancellation, and streams its records (worker/analysis_convert.h)
-// through the job's event sink, ending with a summary that carries provenance.
+// through the job's event sink (worker/job_events.h), ending with a summary
+// that carries provenance.
 #pragma once
 
 #include <atomic>
@@ -10,20 +11,12 @@
 
 #include "absl/status/status.h"
 #include "sinkscope/v1/worker.pb.h"
+#include "worker/job_events.h"
 #include "worker/model_cache.h"
 #include "worker/worker_service.h"
 
 namespace sinkscope {
 namespace worker {
-
-/// What every runner gets.
-struct JobContext {
-  const CachedModel& cached;
-  const WorkerOptions& options;
-  const v1::RunJobRequest& run;
-  const EventSink& sink;
-  const std::atomic<bool>* cancel;
-};
 
 /// Token ids of `sequences` (text through the model's tokenizer, BOS per
 /// add_bos). `label` names them in errors ("sequence", "calibration sequence");

@@ -15,69 +15,37 @@
 #include "worker/engine/status_macros.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/analysis_jobs.h"
+#include "worker/job_events.h"
 #include "worker/scan_convert.h"
-
-#ifndef SINKSCOPE_CODE_VERSION
-#define SINKSCOPE_CODE_VERSION "unknown"
-#endif
 
 namespace sinkscope {
 namespace worker {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-absl::Status RunScan(const CachedModel& cached, const WorkerOptions& options,
-                     const v1::RunJobRequest& request,
-                     const std::vector<std::vector<int64_t>>& sequences, const EventSink& sink,
-                     const std::atomic<bool>* cancel) {
-  ScanParams params = ScanParamsFromProto(request.request().scan());
+absl::Status RunScan(const JobContext& ctx, const std::vector<std::vector<int64_t>>& sequences) {
+  const CachedModel& cached = ctx.cached;
+  ScanParams params = ScanParamsFromProto(ctx.run.request().scan());
   RETURN_IF_ERROR(ValidateScanParams(params));
   RETURN_IF_ERROR(cached.model->ValidateTokens(sequences));
 
-  bool receiver_gone = false;
-  auto emit = [&](const v1::WorkerEvent& event) {
-    if (!receiver_gone && !sink(event)) receiver_gone = true;
-  };
-  Clock::time_point last_progress = Clock::now() - std::chrono::hours(1);
-  auto on_progress = [&](int64_t done, int64_t total) {
-    const Clock::time_point now = Clock::now();
-    if (done >= total || now - last_progress >= std::chrono::milliseconds(options.progress_interval_ms)) {
-      last_progress = now;
-      v1::WorkerEvent event;
-      event.mutable_running()->set_units_done(done);
-      event.mutable_running()->set_units_total(total);
-      emit(event);
-    }
-    if (options.test_unit_delay_ms > 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(options.test_unit_delay_ms));
-    }
-  };
-  auto on_block = [&](const BlockRecord& record) {
-    v1::WorkerEvent event;
-    *event.mutable_result()->mutable_scan_block() = ToProto(record);
-    emit(event);
-  };
-  absl::StatusOr<ScanSummary> summary =
-      RunActivationScan(*cached.model, sequences, params, on_block, on_progress, cancel);
-  if (receiver_gone) return absl::CancelledError("the server went away");
-  if (!summary.ok()) return summary.status();
+  Emitter emitter(ctx);
+  absl::StatusOr<ScanSummary> summary = RunActivationScan(
+      *cached.model, sequences, params,
+      [&](const BlockRecord& record) {
+        v1::ResultRecord r;
+        *r.mutable_scan_block() = ToProto(record);
+        emitter.Record(r);
+      },
+      emitter.Progress(), ctx.cancel);
+  if (!summary.ok()) return emitter.Finish(summary.status());
 
-  v1::WorkerEvent event;
-  v1::ScanSummary* out = event.mutable_result()->mutable_scan_summary();
+  v1::ResultRecord r;
+  v1::ScanSummary* out = r.mutable_scan_summary();
   *out = ToProto(*summary);
   *out->mutable_thresholds() = ThresholdsToProto(params);
-  v1::Provenance* prov = out->mutable_provenance();
-  prov->set_model(cached.key.name);
-  prov->set_checkpoint_format(cached.checkpoint_format);
-  prov->set_dtype(DtypeName(cached.model->dtype()));
-  prov->set_device(cached.model->device().str());
-  prov->set_attention_path(cached.model->fast_attention_path());
-  prov->set_code_version(SINKSCOPE_CODE_VERSION);
-  prov->set_n_sequences(static_cast<int32_t>(sequences.size()));
-  emit(event);
-  if (receiver_gone) return absl::CancelledError("the server went away");
-  return absl::OkStatus();
+  *out->mutable_provenance() =
+      MakeProvenance(cached, summary->n_tokens, static_cast<int64_t>(sequences.size()));
+  return emitter.FinishWith(r);
 }
 
 absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
@@ -85,26 +53,22 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
                           const std::atomic<bool>* cancel) {
   const v1::ResolvedModel& m = request.model();
   ModelKey key{m.name(), m.format(), m.path(), m.tokenizer_path(), m.dtype()};
-  {
+  // A ModelLoading event; false when the receiver is gone.
+  auto send_loading = [&](float progress, const char* phase) {
     v1::WorkerEvent event;
     v1::ModelLoading* loading = event.mutable_model_loading();
     loading->set_model(m.name());
-    loading->set_progress(0);
-    loading->set_phase("loading");
+    loading->set_progress(progress);
+    loading->set_phase(phase);
     loading->set_device(options.device);
-    if (!sink(event)) return absl::CancelledError("the server went away");
-  }
+    return sink(event);
+  };
+  if (!send_loading(0, "loading")) return absl::CancelledError("the server went away");
   bool was_cached = false;
   ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached, cache.Get(key, &was_cached, request.estimated_weight_bytes(),
                                                     request.estimated_activation_bytes()));
-  {
-    v1::WorkerEvent event;
-    v1::ModelLoading* loading = event.mutable_model_loading();
-    loading->set_model(m.name());
-    loading->set_progress(1);
-    loading->set_phase(was_cached ? "cached" : "loaded");
-    loading->set_device(options.device);
-    if (!sink(event)) return absl::CancelledError("the server went away");
+  if (!send_loading(1, was_cached ? "cached" : "loaded")) {
+    return absl::CancelledError("the server went away");
   }
   if (cancel && cancel->load()) return absl::CancelledError("cancelled");
   const v1::JobRequest& job = request.request();
@@ -117,10 +81,9 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
   ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences,
                    TokenizeSequences(job.sequences(), job.has_add_bos() ? job.add_bos() : true,
                                      *cached, "sequence", /*check_ctx=*/!evaluation));
-  if (kind == v1::JobRequest::kScan) {
-    return RunScan(*cached, options, request, sequences, sink, cancel);
-  }
-  return RunAnalysisJob(JobContext{*cached, options, request, sink, cancel}, sequences);
+  const JobContext ctx{*cached, options, request, sink, cancel};
+  if (kind == v1::JobRequest::kScan) return RunScan(ctx, sequences);
+  return RunAnalysisJob(ctx, sequences);
 }
 
 int64_t ResidentBytes() {
@@ -217,7 +180,7 @@ grpc::Status WorkerServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   }
   response->set_model_bytes(model_bytes);
   response->set_rss_bytes(ResidentBytes());
-  response->set_code_version(SINKSCOPE_CODE_VERSION);
+  response->set_code_version(CodeVersion());
   std::lock_guard<std::mutex> lock(status_mu_);
   response->set_running_job_id(running_job_id_);
   response->set_jobs_run(jobs_run_);

@@ -1,10 +1,8 @@
 #include "ops_test_util.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -24,15 +22,10 @@ OpsServer::OpsServer(std::string dir, int n_workers, std::string extra_members)
   config_path_ = dir_ + "/server.json";
   log_path_ = dir_ + "/server.log";
   WriteFile(dir_ + "/catalog.json", TestCatalog());
-  std::string workers;
-  for (int i = 0; i < n_workers; ++i) absl::StrAppend(&workers, i ? "," : "", "cpu");
   WriteFile(config_path_,
-            absl::StrCat(R"({"listen": "127.0.0.1:0", "database": ")", dir_,
-                         R"(/jobs.db", "workers": ")", workers, R"(", "catalog": ")", dir_,
-                         R"(/catalog.json", "worker_binary": ")", SINKSCOPE_WORKER_BIN,
-                         R"(", "runtime_dir": ")", dir_,
-                         R"(/run", "worker_threads": 1, "sync_full": false, "metrics_listen": "127.0.0.1:0")",
-                         extra_members.empty() ? "" : ", ", extra_members, "}"));
+            ServerConfigJson(dir_, "127.0.0.1:0", n_workers,
+                             absl::StrCat(R"("metrics_listen": "127.0.0.1:0")",
+                                          extra_members.empty() ? "" : ", ", extra_members)));
 }
 
 OpsServer::~OpsServer() {
@@ -45,20 +38,7 @@ OpsServer::~OpsServer() {
 std::string OpsServer::log() const { return ReadTail(log_path_, 1 << 20); }
 
 bool OpsServer::Start() {
-  const std::string bin = SINKSCOPE_SERVER_BIN;
-  const std::string flag = "--config=" + config_path_;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    execl(bin.c_str(), bin.c_str(), flag.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  pid_ = pid;
+  pid_ = SpawnServer(config_path_, log_path_);
   const std::regex listen_re(R"(listening on \S+ \(port (\d+)\))");
   const std::regex metrics_re(R"(metrics on http://[^:]+:(\d+)/metrics)");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);

@@ -77,6 +77,23 @@ std::string ReadTail(const std::string& path, size_t max_bytes) {
   return text.size() > max_bytes ? text.substr(text.size() - max_bytes) : text;
 }
 
+pid_t SpawnServer(const std::string& config_path, const std::string& log_path) {
+  const std::string bin = SINKSCOPE_SERVER_BIN;
+  const std::string config_flag = "--config=" + config_path;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      dup2(fd, 1);
+      dup2(fd, 2);
+    }
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
+    execl(bin.c_str(), bin.c_str(), config_flag.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
 ServerProcess::ServerProcess(std::string dir, std::string config_json)
     : dir_(std::move(dir)), config_json_(std::move(config_json)) {}
 
@@ -91,20 +108,7 @@ bool ServerProcess::Start() {
   const std::string config_path = dir_ + "/server.json";
   WriteFile(config_path, config_json_);
   log_path_ = absl::StrCat(dir_, "/server-", starts_++, ".log");
-  const std::string bin = SINKSCOPE_SERVER_BIN;
-  const std::string config_flag = "--config=" + config_path;
-  const pid_t pid = fork();
-  if (pid == 0) {
-    int fd = open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) {
-      dup2(fd, 1);
-      dup2(fd, 2);
-    }
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
-    execl(bin.c_str(), bin.c_str(), config_flag.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  pid_ = pid;
+  pid_ = SpawnServer(config_path, log_path_);
   auto stub = NewStub();
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(90);
   while (std::chrono::system_clock::now() < deadline) {
@@ -203,16 +207,21 @@ std::string TestCatalog() {
   return absl::StrCat(R"({"models": [)", models, "]}");
 }
 
-std::string TestServerConfig(const std::string& dir, int n_workers, const std::string& catalog,
+std::string ServerConfigJson(const std::string& dir, const std::string& listen, int n_workers,
                              const std::string& extra_members) {
-  WriteFile(dir + "/catalog.json", catalog);
   std::string workers;
   for (int i = 0; i < n_workers; ++i) absl::StrAppend(&workers, i ? "," : "", "cpu");
-  return absl::StrCat(R"({"listen": "unix:)", dir, R"(/api.sock", "database": ")", dir,
+  return absl::StrCat(R"({"listen": ")", listen, R"(", "database": ")", dir,
                       R"(/jobs.db", "workers": ")", workers, R"(", "catalog": ")", dir,
                       R"(/catalog.json", "worker_binary": ")", SINKSCOPE_WORKER_BIN,
                       R"(", "runtime_dir": ")", dir, R"(/run", "worker_threads": 1, "sync_full": false)",
                       extra_members.empty() ? "" : ", ", extra_members, "}");
+}
+
+std::string TestServerConfig(const std::string& dir, int n_workers, const std::string& catalog,
+                             const std::string& extra_members) {
+  WriteFile(dir + "/catalog.json", catalog);
+  return ServerConfigJson(dir, "unix:" + dir + "/api.sock", n_workers, extra_members);
 }
 
 std::vector<int32_t> MakeIds(int length, uint32_t seed) {

@@ -41,6 +41,10 @@ void WriteFile(const std::string& path, const std::string& text);
 /// The last `max_bytes` of a file.
 std::string ReadTail(const std::string& path, size_t max_bytes = 6000);
 
+/// Forks SINKSCOPE_SERVER_BIN --config=`config_path` with stdout and stderr
+/// in `log_path` (truncated), killed when this process dies; its pid.
+pid_t SpawnServer(const std::string& config_path, const std::string& log_path);
+
 /// A real sinkscope-server process (binary path from SINKSCOPE_SERVER_BIN),
 /// listening on a Unix socket in `dir`, with its log in dir/server-N.log.
 class ServerProcess {
@@ -77,6 +81,10 @@ class ServerProcess {
 /// Config JSON for a test server in `dir` with the given workers and extra
 /// JSON members (e.g. "\"drain_timeout_s\": 1").
 std::string TestServerConfig(const std::string& dir, int n_workers, const std::string& catalog,
+                             const std::string& extra_members = "");
+/// The same config JSON listening on `listen` (catalog in dir/catalog.json,
+/// not written).
+std::string ServerConfigJson(const std::string& dir, const std::string& listen, int n_workers,
                              const std::string& extra_members = "");
 /// A catalog JSON (absolute paths) with stories260K and, when present, aidreams260K.
 std::string TestCatalog();

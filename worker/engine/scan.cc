@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/batching.h"
+#include "worker/engine/reductions.h"
 #include "worker/engine/status_macros.h"
 
 namespace sinkscope {
@@ -42,9 +43,9 @@ inline uint32_t AbsBits(float x) {
   return b & 0x7fffffffu;
 }
 
-/// CPU float32 fast path of TopK: one pass keeping the k largest |value|
-/// (ties: lower flat index first). False (nothing written) when a NaN is
-/// present, so that the caller falls back to at::topk's NaN semantics.
+}  // namespace
+
+// CPU float32 fast path of TopK (declared in worker/engine/reductions.h).
 bool TopKAbsCpu(const at::Tensor& flat, int64_t k, std::vector<std::pair<float, int64_t>>* out) {
   const float* p = flat.data_ptr<float>();
   const int64_t n = flat.numel();
@@ -67,11 +68,10 @@ bool TopKAbsCpu(const at::Tensor& flat, int64_t k, std::vector<std::pair<float, 
   return !nan;
 }
 
-/// Lower median of `abs_row` (non-negative values; torch.median semantics:
-/// the lower of the two middle values, NaN when a NaN is present). CPU
-/// float32: exact radix select on the bit patterns (histogram of the top 16
-/// bits, then nth_element inside one bucket), about 6x faster than
-/// at::median's copy + nth_element over the whole tensor. Else at::median.
+// Lower median of `abs_row` (declared in worker/engine/reductions.h). CPU
+// float32: exact radix select on the bit patterns (histogram of the top 16
+// bits, then nth_element inside one bucket), about 6x faster than
+// at::median's copy + nth_element over the whole tensor. Else at::median.
 float MedianAbs(const at::Tensor& abs_row) {
   if (!abs_row.device().is_cpu() || abs_row.scalar_type() != at::kFloat || abs_row.numel() == 0) {
     return abs_row.reshape({-1}).median().item<float>();
@@ -100,6 +100,8 @@ float MedianAbs(const at::Tensor& abs_row) {
   std::nth_element(cand.begin(), nth, cand.end());
   return *nth;
 }
+
+namespace {
 
 /// Top-k entries by |value| of h: [batch, pos, d_model] (float32, CPU or not).
 /// `seq_index[b]` maps batch row b to the request's sequence number.
