@@ -83,6 +83,34 @@ TEST(SinkAnalysis, OnlyRequestedLayersAreAnalysed) {
   EXPECT_NEAR(r->layers[0].sink_ratio, 0.25, 1e-12) << "head 1 of 4 sinks in layer 3";
 }
 
+// A layer listed twice is analysed once (QA: it used to be double-counted,
+// giving alpha > 1 and a sink ratio of 150%).
+TEST(SinkAnalysis, RepeatedLayersAreAnalysedOnce) {
+  auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
+  SinkParams p;
+  p.window = 32;
+  p.layers = {3, 2, 3};
+  auto r = RunSinkAnalysis(*model, {OrdinarySequence(32, 0)}, p, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->layers.size(), 2u);
+  EXPECT_EQ(r->layers[0].layer, 2);
+  EXPECT_EQ(r->layers[1].layer, 3);
+  EXPECT_NEAR(r->sink_ratio, 3.0 / 8.0, 1e-12);
+  for (const auto& l : r->layers) {
+    for (const auto& h : l.heads) EXPECT_LE(h.max_importance, 1.0 + 1e-9);
+  }
+  // The window reported is the one used: a 10-token sequence with T = 64.
+  auto short_r = RunSinkAnalysis(*model, {OrdinarySequence(10, 0)}, SinkParams{}, nullptr, nullptr);
+  ASSERT_TRUE(short_r.ok());
+  EXPECT_EQ(short_r->window, 10);
+  SelfAttentionParams sp;
+  sp.layers = {0, 0};
+  auto prof = RunSelfAttentionProfile(*model, {OrdinarySequence(8, 0)}, sp, nullptr, nullptr);
+  ASSERT_TRUE(prof.ok());
+  ASSERT_EQ(prof->layers.size(), 1u);
+  EXPECT_EQ(prof->layers[0].group_count[0] + prof->layers[0].group_count[2], 8);
+}
+
 TEST(SinkAnalysis, BadParametersAreRefused) {
   auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   auto bad = [&](SinkParams p, const std::string& what) {

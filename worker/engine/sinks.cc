@@ -34,10 +34,13 @@ absl::Status CheckLayers(const std::vector<int64_t>& layers, const ModelConfig& 
   return absl::OkStatus();
 }
 
-std::vector<int64_t> AllLayers(const ModelConfig& c) {
-  std::vector<int64_t> v(c.n_layers);
-  for (int64_t l = 0; l < c.n_layers; ++l) v[l] = l;
-  return v;
+/// The requested layers sorted, duplicates dropped; all layers when empty.
+std::vector<int64_t> ResolveLayers(const std::vector<int64_t>& requested, const ModelConfig& c) {
+  std::set<int64_t> unique(requested.begin(), requested.end());
+  if (unique.empty()) {
+    for (int64_t l = 0; l < c.n_layers; ++l) unique.insert(l);
+  }
+  return std::vector<int64_t>(unique.begin(), unique.end());
 }
 
 /// Per-head accumulators of the sink analysis.
@@ -88,7 +91,7 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
       }
     }
   }
-  const std::vector<int64_t> layers = params.layers.empty() ? AllLayers(c) : params.layers;
+  const std::vector<int64_t> layers = ResolveLayers(params.layers, c);
   const int64_t H = c.n_heads, n_win = static_cast<int64_t>(windows.size());
   std::map<int64_t, std::vector<HeadAcc>> acc;  // layer -> heads
   std::map<int64_t, double> layer_ratio_sum, layer_gu_ratio_sum;
@@ -97,7 +100,8 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
   const int64_t total = static_cast<int64_t>(layers.size() * batches.size());
   int64_t done = 0;
   SinkSummary summary;
-  summary.window = params.window;
+  summary.window = 0;  // the longest window actually analysed (<= params.window)
+  for (const auto& w : windows) summary.window = std::max<int64_t>(summary.window, w.size());
   summary.n_sequences = n_win;
 
   auto finish_layer = [&](int64_t l) {
@@ -280,7 +284,7 @@ absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
     }
   }
   SelfAttentionProfile out;
-  out.profiled_layers = params.layers;
+  out.profiled_layers = params.layers.empty() ? std::vector<int64_t>{} : ResolveLayers(params.layers, c);
   if (out.profiled_layers.empty()) {
     ASSIGN_OR_RETURN(ScanSummary scan,
                      RunActivationScan(model, sequences, ScanParams{}, nullptr, nullptr, cancel));

@@ -25,7 +25,7 @@ struct SinkParams {
   int64_t window = 64;        // T: tokens per sequence used (longer ones are cut), >= 2
   bool windowed = false;      // split long sequences into consecutive windows of T instead
   double epsilon = 0.3;       // sink-head threshold, in (0, 1)
-  std::vector<int64_t> layers;  // layers to analyse; empty = all
+  std::vector<int64_t> layers;  // layers to analyse (sorted, duplicates ignored); empty = all
 };
 absl::Status ValidateSinkParams(const SinkParams& p, const ModelConfig& config);
 
@@ -66,7 +66,7 @@ struct SinkSummary {
   double gu_sink_ratio = 0;   // same with the Gu et al. first-key criterion
   int64_t n_sink_heads = 0, n_heads = 0;
   int64_t n_sequences = 0;    // after cutting/windowing
-  int64_t window = 0;
+  int64_t window = 0;         // longest window analysed: min(T, longest sequence)
   // Means over sink heads / other heads (NaN-free: 0 when the group is empty).
   double sink_heads_distance = 0, other_heads_distance = 0;
   double sink_heads_distance_without_sink = 0, other_heads_distance_without_sink = 0;
@@ -85,7 +85,8 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
 
 /// Parameters of the self-attention profile.
 struct SelfAttentionParams {
-  /// Layers to profile; empty = layers 0..(step-up block's layer), found by a
+  /// Layers to profile (sorted, duplicates ignored); empty = layers
+  /// 0..(step-up block's layer), found by a
   /// scan with default thresholds (all layers when no step-up block is found).
   std::vector<int64_t> layers;
   /// Token ids counted as delimiters (e.g. the ids of "." and "\n").
