@@ -179,6 +179,7 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
   ArmInterruptMessage(job_id);
   JobProgress progress(job_id);
   progress.set_unit(unit);
+  progress.set_known_attempt(options.known_attempt);
   ProgressLine line(global.quiet);
   int64_t after_seq = options.after_seq;
   int reconnects = 0;
@@ -194,7 +195,10 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
     while (reader->Read(&event)) {
       reconnects = 0;
       after_seq = std::max(after_seq, event.seq());
-      if (global.json && options.events) {
+      // Records of an attempt already known to be superseded (by GetJob's
+      // attempt count or a Retrying event) are dropped from the event lines
+      // as from the result view.
+      if (global.json && options.events && !progress.Superseded(event)) {
         line.Finish();
         if (int rc = PrintJson(event, /*pretty=*/false); rc != 0) return rc;
       }
@@ -202,21 +206,40 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
     }
     grpc::Status status = reader->Finish();
     if (progress.done()) break;
+    if (status.ok()) {
+      // The server ended the stream normally without a terminal event after
+      // after_seq: the job had already ended (its terminal event is at or
+      // before after_seq). Take the final state from GetJob; no reconnecting.
+      v1::Job job;
+      grpc::ClientContext get_context;
+      conn.Prepare(&get_context, /*streaming=*/false);
+      v1::GetJobRequest get;
+      get.set_job_id(job_id);
+      get.set_include_results(true);
+      grpc::Status got = conn.stub().GetJob(&get_context, get, &job);
+      if (!got.ok()) {
+        line.Finish();
+        return Fail(got, global);
+      }
+      if (progress.ApplyFinalJob(job)) {
+        line.Show(progress.status_line(), true);
+        break;
+      }
+      line.Finish();
+      return Fail(static_cast<int>(grpc::StatusCode::UNAVAILABLE),
+                  absl::StrCat("event stream of job ", job_id, " ended before the job finished (",
+                               JobStateName(job.state()), ")"));
+    }
     // A broken stream of a job we have seen: reconnect and resume.
-    bool retryable = status.ok() || status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    bool retryable = status.error_code() == grpc::StatusCode::UNAVAILABLE;
     if (retryable && after_seq > 0 && reconnects < kMaxWatchReconnects) {
       int delay_s = 1 << reconnects++;
-      line.Note(absl::StrCat("sinkscope: event stream of job ", job_id, " ended (",
-                             status.ok() ? "server closed it" : status.error_message(),
-                             "); reconnecting in ", delay_s, " s"));
+      line.Note(absl::StrCat("sinkscope: event stream of job ", job_id, " broke (",
+                             status.error_message(), "); reconnecting in ", delay_s, " s"));
       std::this_thread::sleep_for(std::chrono::seconds(delay_s));
       continue;
     }
     line.Finish();
-    if (status.ok()) {
-      return Fail(static_cast<int>(grpc::StatusCode::UNAVAILABLE),
-                  absl::StrCat("event stream of job ", job_id, " ended before the job finished"));
-    }
     return Fail(status, global);
   }
   line.Finish();
@@ -255,14 +278,35 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
   }
 }
 
-/// The items of `text` split at any of `delimiters`, each read by `parse`
-/// (false: "'<item>' is not <what>"); `none` is the error for no items.
+/// The items of `text`: comma-separated, each comma-separated element
+/// holding one or more whitespace-separated items. An empty element (two
+/// commas in a row, a leading or trailing comma) is an error.
+absl::StatusOr<std::vector<std::string>> SplitItems(const std::string& text) {
+  std::vector<std::string> items;
+  if (absl::StripAsciiWhitespace(text).empty()) return items;
+  for (absl::string_view element : absl::StrSplit(text, ',')) {
+    if (absl::StripAsciiWhitespace(element).empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "empty element in '", text.substr(0, 64), text.size() > 64 ? "..." : "",
+          "' (two commas in a row, or a leading or trailing comma)"));
+    }
+    for (absl::string_view item : absl::StrSplit(element, absl::ByAnyChar(" \t\n\r"),
+                                                 absl::SkipEmpty())) {
+      items.emplace_back(item);
+    }
+  }
+  return items;
+}
+
+/// The items of `text` (see SplitItems), each read by `parse` (false:
+/// "'<item>' is not <what>"); `none` is the error for no items.
 template <typename T, typename Parse>
-absl::StatusOr<std::vector<T>> ParseList(const std::string& text, const char* delimiters,
-                                         Parse parse, const char* what, const char* none) {
+absl::StatusOr<std::vector<T>> ParseList(const std::string& text, Parse parse, const char* what,
+                                         const char* none) {
+  absl::StatusOr<std::vector<std::string>> items = SplitItems(text);
+  if (!items.ok()) return items.status();
   std::vector<T> out;
-  for (absl::string_view item :
-       absl::StrSplit(text, absl::ByAnyChar(delimiters), absl::SkipEmpty())) {
+  for (const std::string& item : *items) {
     T v = 0;
     if (!parse(item, &v)) {
       return absl::InvalidArgumentError(absl::StrCat("'", item, "' is not ", what));
@@ -278,17 +322,93 @@ bool ReadFloat(absl::string_view item, float* v) { return absl::SimpleAtof(item,
 
 }  // namespace
 
+bool IsValidUtf8(const std::string& text) {
+  size_t i = 0;
+  const size_t n = text.size();
+  while (i < n) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xE0) == 0xC0) {
+      len = 2;
+      cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+      cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      const unsigned char cc = static_cast<unsigned char>(text[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
+std::string CheckGlobalOptions(const GlobalOptions& global) {
+  if (global.server.empty()) {
+    return "--server is empty: give host:port or unix:/path (or unset SINKSCOPE_SERVER)";
+  }
+  if (!IsValidUtf8(global.server)) return "--server is not valid UTF-8";
+  // gRPC metadata values must be printable ASCII; the server takes 1..64
+  // characters without spaces as a user name.
+  auto printable = [](const std::string& v) {
+    for (char c : v) {
+      if (c <= 0x20 || c >= 0x7f) return false;
+    }
+    return true;
+  };
+  if (!global.user.empty()) {
+    if (global.user.size() > 64) return "--user must have at most 64 characters";
+    if (!printable(global.user)) {
+      return "--user must be printable ASCII without spaces (letters, digits, punctuation)";
+    }
+  }
+  if (!global.token.empty()) {
+    if (global.token.size() > 1024) return "--token is longer than 1024 characters";
+    if (!printable(global.token)) {
+      return "--token must be printable ASCII without spaces (as printed by "
+             "'sinkscope-server token create')";
+    }
+  }
+  if (!global.tls_ca.empty()) {
+    std::ifstream in(global.tls_ca, std::ios::binary);
+    std::stringstream pem;
+    pem << in.rdbuf();
+    if (!in || pem.str().empty()) {
+      return absl::StrCat("--tls-ca: cannot read the CA file ", global.tls_ca);
+    }
+  }
+  return "";
+}
+
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv) {
-  return ParseList<int32_t>(csv, ", ", ReadInt32, "a token id", "no token ids given");
+  return ParseList<int32_t>(csv, ReadInt32, "a token id", "no token ids given");
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv) {
-  return ParseList<int32_t>(csv, ", ", ReadInt32, "an integer", "no values given");
+  return ParseList<int32_t>(csv, ReadInt32, "an integer", "no values given");
 }
 
 absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::string& csv) {
   std::vector<std::pair<int32_t, int32_t>> out;
-  for (absl::string_view item : absl::StrSplit(csv, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+  absl::StatusOr<std::vector<std::string>> items = SplitItems(csv);
+  if (!items.ok()) return items.status();
+  for (const std::string& item : *items) {
     std::vector<absl::string_view> parts = absl::StrSplit(item, absl::ByAnyChar(":."));
     int32_t layer = 0, head = 0;
     if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &layer) ||
@@ -303,7 +423,7 @@ absl::StatusOr<std::vector<std::pair<int32_t, int32_t>>> ParseHeads(const std::s
 }
 
 absl::StatusOr<std::vector<float>> ParseFloats(const std::string& text) {
-  return ParseList<float>(text, ", \t\n\r", ReadFloat, "a number", "no values given");
+  return ParseList<float>(text, ReadFloat, "a number", "no values given");
 }
 
 absl::StatusOr<std::string> Unescape(const std::string& text) {
@@ -361,9 +481,21 @@ int RunWatch(const GlobalOptions& global, const std::string& job_id,
     conn.Prepare(&context, /*streaming=*/false);
     v1::GetJobRequest request;
     request.set_job_id(job_id);
-    if (conn.stub().GetJob(&context, request, &job).ok()) unit = ProgressUnit(job.type());
+    grpc::Status status = conn.stub().GetJob(&context, request, &job);
+    if (status.ok()) {
+      unit = ProgressUnit(job.type());
+    } else if (status.error_code() == grpc::StatusCode::NOT_FOUND ||
+               status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+               status.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+               status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      return Fail(status, global);
+    }
+    // The attempt running now (or that ended the job): records of earlier
+    // ones are superseded.
+    WatchOptions with_attempt = options;
+    with_attempt.known_attempt = status.ok() ? job.attempts() : 0;
+    return WatchAndPrint(conn, job_id, with_attempt, unit);
   }
-  return WatchAndPrint(conn, job_id, options, unit);
 }
 
 int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {

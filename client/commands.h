@@ -26,7 +26,8 @@ struct GlobalOptions {
   /// PEM CA certificate(s): connect with TLS, verifying the server against
   /// them ("" = plaintext).
   std::string tls_ca;
-  /// Sent as "x-sinkscope-user" when not empty (the server's interim identity).
+  /// Sent as "x-sinkscope-user" when not empty: the caller's identity when
+  /// the server's auth mode is "none" (ignored with tokens).
   std::string user;
   /// Print the result as protobuf JSON (proto field names) on stdout.
   bool json = false;
@@ -44,6 +45,12 @@ struct WatchOptions {
   bool events = false;
   /// Resume after this event seq.
   int64_t after_seq = 0;
+  /// The job's attempt count when watching began (from GetJob): result
+  /// records of earlier attempts are superseded. With --events they are not
+  /// printed (as in the result view); records printed live for an attempt
+  /// that is lost later are followed by a Retrying event naming that
+  /// attempt: its records are superseded.
+  int32_t known_attempt = 0;
 };
 
 /// `sinkscope scan`: the request is complete (model, sequences, params).
@@ -63,7 +70,16 @@ int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
 int RunModels(const GlobalOptions& global);
 
+/// Strict UTF-8 check (no overlong forms, surrogates or code points > U+10FFFF).
+bool IsValidUtf8(const std::string& text);
+/// Checks the global options before any RPC: --server not empty, --user and
+/// --token valid gRPC metadata (printable ASCII, sane length), --tls-ca
+/// readable. Returns "" or the usage error.
+std::string CheckGlobalOptions(const GlobalOptions& global);
+
 /// Parses "1,461, 401" into token ids; INVALID_ARGUMENT names the bad item.
+/// Items are separated by commas and/or whitespace; an empty element (two
+/// commas in a row, a leading or trailing comma) is an error.
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& csv);
 /// Parses "0,1, 5" into integers (any sign); INVALID_ARGUMENT names the bad item.
 absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& csv);

@@ -119,6 +119,9 @@ struct InputFlags {
         const std::string& path = files[next_file++];
         std::string text;
         if (!ReadTextFile(path, &text)) return absl::StrCat("--file: cannot read ", path);
+        if (!sinkscope::client::IsValidUtf8(text)) {
+          return absl::StrCat("--file ", path, ": the text is not valid UTF-8");
+        }
         request->add_sequences()->set_text(text);
       }
     }
@@ -287,19 +290,31 @@ int main(int argc, char** argv) {
   app.add_option("--tls-ca", global.tls_ca, "PEM CA file: use TLS and verify the server with it")
       ->envname("SINKSCOPE_TLS_CA");
   app.add_option("--user", global.user,
-                 "Caller name, sent as 'x-sinkscope-user' metadata (until auth lands)")
+                 "Caller name, sent as 'x-sinkscope-user' metadata: your identity when the "
+                 "server runs with auth \"none\" (ignored with tokens)")
       ->envname("SINKSCOPE_USER");
   app.add_flag("--json", global.json,
                "Print results as protobuf JSON with the .proto field names");
   app.add_flag("-q,--quiet", global.quiet, "No progress on stderr");
+  // Seconds >= 0, at most a year (CLI::NonNegativeNumber would print the
+  // whole double range in its message).
+  const CLI::Validator seconds(
+      [](std::string& value) -> std::string {
+        double v = 0;
+        if (!CLI::detail::lexical_cast(value, v) || !(v >= 0 && v <= 31536000)) {
+          return "must be a number of seconds from 0 (none) to 31536000, got " + value;
+        }
+        return "";
+      },
+      "SECONDS", "seconds");
   app.add_option("--timeout", global.timeout_s,
                  "Deadline of each request in seconds (0 = none)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(seconds);
   app.add_option("--wait-timeout", global.wait_timeout_s,
                  "Deadline for watching a job in seconds (0 = none)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(seconds);
 
   // scan
   CLI::App* scan = app.add_subcommand("scan", "Run a massive-activation scan and show it");
@@ -405,7 +420,8 @@ int main(int argc, char** argv) {
       similarity->add_option("--rel-threshold", sim_rel, "... and |h| > X * median|h| (default 1000)");
   CLI::Option* sstep_opt =
       similarity->add_option("--step-fraction", sim_step, "Step-up block rule (default 0.5)");
-  similarity->add_option("--step-up-block", step_up_block, "Paper block to use (default: detected)");
+  CLI::Option* sblock_opt = similarity->add_option("--step-up-block", step_up_block,
+                                                   "Paper block to use (default: detected)");
 
   // self-attention-profile
   CLI::App* selfattn = app.add_subcommand(
@@ -472,8 +488,39 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    // "A subcommand is required" for `sinkscope bogus`: name the word instead.
+    if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr && app.get_subcommands().empty()) {
+      for (const std::string& word : app.remaining()) {
+        if (!word.empty() && word[0] != '-') {
+          std::string names;
+          for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+            absl::StrAppend(&names, names.empty() ? "" : ", ", sub->get_name());
+          }
+          return Usage(absl::StrCat("unknown command '", word.substr(0, 64), "' (commands: ",
+                                    names, ")"));
+        }
+      }
+    }
     int rc = app.exit(e);
     return rc == 0 ? 0 : kUsageError;
+  }
+
+  // Strings go into protobuf string fields and metadata: check them here, so
+  // that a bad byte is a usage error naming the flag, not an INTERNAL error
+  // (invalid UTF-8) or a crash (invalid metadata).
+  std::vector<const CLI::App*> scopes = {&app};
+  for (const CLI::App* sub : app.get_subcommands()) scopes.push_back(sub);
+  for (const CLI::App* scope : scopes) {
+    for (const CLI::Option* opt : scope->get_options()) {
+      for (const std::string& value : opt->results()) {
+        if (!sinkscope::client::IsValidUtf8(value)) {
+          return Usage(absl::StrCat(opt->get_name(), ": the value is not valid UTF-8"));
+        }
+      }
+    }
+  }
+  if (std::string error = sinkscope::client::CheckGlobalOptions(global); !error.empty()) {
+    return Usage(error);
   }
 
   if (scan->parsed()) {
@@ -552,7 +599,8 @@ int main(int argc, char** argv) {
     if (sabs_opt->count() > 0) p->set_abs_threshold(sim_abs);
     if (srel_opt->count() > 0) p->set_rel_threshold(sim_rel);
     if (sstep_opt->count() > 0) p->set_step_fraction(sim_step);
-    if (step_up_block > 0) p->set_step_up_block(step_up_block);
+    // Sent as given: the server refuses a block the model lacks (e.g. -1).
+    if (sblock_opt->count() > 0) p->set_step_up_block(step_up_block);
     return sinkscope::client::RunScan(global, options);
   }
   if (selfattn->parsed()) {
@@ -568,6 +616,9 @@ int main(int argc, char** argv) {
     for (const std::string& d : delimiters) {
       auto text = sinkscope::client::Unescape(d);
       if (!text.ok()) return Usage(ListError("--delimiter", text.status()));
+      if (!sinkscope::client::IsValidUtf8(*text)) {
+        return Usage("--delimiter: the text (after escapes) is not valid UTF-8");
+      }
       p->add_delimiters(*text);
     }
     return sinkscope::client::RunScan(global, options);

@@ -675,6 +675,7 @@ std::string RenderJob(const v1::Job& job, absl::TimeZone tz) {
     absl::StrAppend(&state, " (position ", job.queue_position(), ")");
   }
   row("state", state);
+  if (!job.waiting_reason().empty()) row("waiting", job.waiting_reason());
   if (job.has_error() && (job.error().code() != 0 || !job.error().message().empty())) {
     row("error", absl::StrCat(StatusCodeName(job.error().code()), ": ", job.error().message()));
   }
@@ -725,7 +726,11 @@ std::string RenderModels(const v1::ListModelsResponse& response) {
                     absl::StrCat(2 * m.n_layers()), absl::StrCat(m.d_model()),
                     absl::StrCat(m.n_heads()), m.description()});
   }
-  std::string out = FormatTable(rows, {4, 5, 6, 7, 8, 9});
+  std::string out;
+  if (!response.workers().problem().empty()) {
+    absl::StrAppend(&out, "WARNING: ", response.workers().problem(), "\n\n");
+  }
+  absl::StrAppend(&out, FormatTable(rows, {4, 5, 6, 7, 8, 9}));
   if (response.corpora_size() > 0) {
     std::vector<std::vector<std::string>> corpora = {
         {"corpus", "bytes", "tokenizer", "description"}};
@@ -737,6 +742,38 @@ std::string RenderModels(const v1::ListModelsResponse& response) {
     absl::StrAppend(&out, "\n", FormatTable(corpora, {1}));
   }
   return out;
+}
+
+bool JobProgress::Superseded(const v1::JobEvent& event) const {
+  return event.has_result() && event.attempt() < attempt_;
+}
+
+bool JobProgress::ApplyFinalJob(const v1::Job& job) {
+  const std::string prefix = absl::StrCat("job ", job_id_, ": ");
+  switch (job.state()) {
+    case v1::JOB_STATE_COMPLETED:
+      if (job.results_size() > 0 || records_.empty()) {
+        records_.assign(job.results().begin(), job.results().end());
+      }
+      status_line_ = absl::StrCat(prefix, "COMPLETED (", Count(records_.size(), "record"), ")");
+      break;
+    case v1::JOB_STATE_FAILED:
+      failure_ = job.error();
+      status_line_ = absl::StrCat(prefix, "FAILED ", StatusCodeName(job.error().code()), ": ",
+                                  job.error().message());
+      break;
+    case v1::JOB_STATE_CANCELLED:
+      failure_.set_code(1);  // CANCELLED
+      failure_.set_message(job.error().message());
+      status_line_ = absl::StrCat(prefix, "CANCELLED");
+      break;
+    default:
+      return false;
+  }
+  state_ = job.state();
+  permanent_ = true;
+  last_seq_ = std::max(last_seq_, job.last_event_seq());
+  return true;
 }
 
 bool JobProgress::Apply(const v1::JobEvent& event) {

@@ -7,6 +7,7 @@
 // are: "+1234.56 (0,0,23)" = value (sequence, position, channel).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -123,6 +124,16 @@ class JobProgress {
 
   /// Unit named in RUNNING lines (default "blocks").
   void set_unit(std::string unit) { unit_ = std::move(unit); }
+  /// The job's attempt count known before its events (GetJob): result
+  /// records of earlier attempts are superseded.
+  void set_known_attempt(int32_t attempt) { attempt_ = std::max(attempt_, attempt); }
+  /// Whether `event` is a result record of a superseded attempt (one that
+  /// Apply ignores); the --events view drops those too.
+  bool Superseded(const v1::JobEvent& event) const;
+  /// Takes the terminal state (and, when COMPLETED, the records) from the
+  /// job itself, for a watch that began after the job's terminal event.
+  /// False when `job` is not terminal.
+  bool ApplyFinalJob(const v1::Job& job);
 
   /// Applies one event. Returns true when the status line changed (result
   /// records do not change it).

@@ -26,42 +26,107 @@ bool IsValidName(const std::string& name) {
   return true;
 }
 
+/// Upper bounds of a believable model (far above any real one).
+constexpr int64_t kMaxDim = 1 << 17;        // d_model, head_dim
+constexpr int64_t kMaxHidden = 1 << 20;     // MLP width
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxVocab = 1 << 24;
+constexpr int64_t kMaxCtx = 1 << 24;
+
+/// The shape fields a probe reads besides the public ones (0 = absent).
+struct ExtraShape {
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t hidden = 0;
+};
+
+/// Checks that a probed shape makes sense. Messages name the field, never a path.
+absl::Status CheckShape(const CatalogEntry& e, const ExtraShape& x) {
+  auto bad = [](const std::string& what) { return absl::DataLossError(what); };
+  auto in_range = [&](const char* field, int64_t v, int64_t max) -> absl::Status {
+    if (v <= 0) return bad(absl::StrCat(field, " is ", v, "; it must be positive"));
+    if (v > max) return bad(absl::StrCat(field, " is ", v, ", more than ", max));
+    return absl::OkStatus();
+  };
+  for (absl::Status s : {in_range("d_model", e.d_model, kMaxDim),
+                         in_range("n_layers", e.n_layers, kMaxLayers),
+                         in_range("n_heads", e.n_heads, kMaxHeads),
+                         in_range("vocab_size", e.vocab_size, kMaxVocab),
+                         in_range("n_ctx", e.n_ctx, kMaxCtx)}) {
+    if (!s.ok()) return s;
+  }
+  if (x.head_dim != 0) {
+    if (absl::Status s = in_range("head_dim", x.head_dim, kMaxDim); !s.ok()) return s;
+  } else if (e.d_model % e.n_heads != 0) {
+    return bad(absl::StrCat("n_heads ", e.n_heads, " does not divide d_model ", e.d_model,
+                            " (and no head_dim is given)"));
+  }
+  if (x.n_kv_heads != 0) {
+    if (absl::Status s = in_range("n_kv_heads", x.n_kv_heads, kMaxHeads); !s.ok()) return s;
+    if (e.n_heads % x.n_kv_heads != 0) {
+      return bad(absl::StrCat("n_kv_heads ", x.n_kv_heads, " does not divide n_heads ", e.n_heads));
+    }
+  }
+  if (x.hidden != 0) {
+    if (absl::Status s = in_range("intermediate size", x.hidden, kMaxHidden); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 /// Reads the shape of a llama2.c checkpoint from its 7-int32 header.
-absl::Status ProbeLlama2c(CatalogEntry* e) {
+/// Messages never hold the path (they are shown to clients).
+absl::Status ProbeLlama2c(CatalogEntry* e, ExtraShape* x) {
   std::ifstream in(e->path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", e->path));
+  if (!in) return absl::NotFoundError("its checkpoint file cannot be read");
   int32_t header[7];
   if (!in.read(reinterpret_cast<char*>(header), sizeof(header))) {
-    return absl::DataLossError(absl::StrCat(e->path, ": truncated header"));
+    return absl::DataLossError("its checkpoint has a truncated header");
   }
   // dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
-  if (header[0] <= 0 || header[2] <= 0 || header[6] <= 0 || header[5] == 0) {
-    return absl::DataLossError(absl::StrCat(e->path, ": bad header"));
-  }
   e->d_model = header[0];
   e->n_layers = header[2];
   e->n_heads = header[3];
-  e->vocab_size = std::abs(header[5]);
+  // A negative vocab_size flags an unshared classifier.
+  e->vocab_size = std::abs(static_cast<int64_t>(header[5]));
   e->n_ctx = header[6];
+  x->hidden = header[1] == 0 ? -1 : header[1];
+  x->n_kv_heads = header[4] == 0 ? -1 : header[4];
   return absl::OkStatus();
 }
 
 /// Reads the shape of a HF model from its config.json.
-absl::Status ProbeHf(CatalogEntry* e) {
+absl::Status ProbeHf(CatalogEntry* e, ExtraShape* x) {
   const std::string config_path = e->path + "/config.json";
   std::ifstream in(config_path);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", config_path));
+  if (!in) return absl::NotFoundError("its config.json cannot be read");
   std::stringstream text;
   text << in.rdbuf();
   try {
     nlohmann::json j = nlohmann::json::parse(text.str());
-    e->vocab_size = j.value("vocab_size", int64_t{0});
-    e->n_ctx = j.value("max_position_embeddings", int64_t{0});
-    e->n_layers = j.value("num_hidden_layers", int64_t{0});
-    e->d_model = j.value("hidden_size", int64_t{0});
-    e->n_heads = j.value("num_attention_heads", int64_t{0});
+    // A present but null / non-integer field is an error, not a default.
+    auto field = [&](const char* key, int64_t* out) {
+      if (!j.contains(key) || j[key].is_null()) return;
+      const nlohmann::json& v = j[key];
+      if (!v.is_number_integer()) {
+        throw std::invalid_argument(absl::StrCat("config.json: ", key, " is not an integer"));
+      }
+      *out = v.get<int64_t>();
+      if (*out == 0) *out = -1;  // present and zero: invalid, unlike absent
+    };
+    e->n_ctx = 2048;  // the engine's default when absent
+    field("vocab_size", &e->vocab_size);
+    field("max_position_embeddings", &e->n_ctx);
+    field("num_hidden_layers", &e->n_layers);
+    field("hidden_size", &e->d_model);
+    field("num_attention_heads", &e->n_heads);
+    field("num_key_value_heads", &x->n_kv_heads);
+    field("intermediate_size", &x->hidden);
+    field("head_dim", &x->head_dim);
   } catch (const nlohmann::json::exception& ex) {
-    return absl::DataLossError(absl::StrCat(config_path, ": ", ex.what()));
+    return absl::DataLossError(absl::StrCat("its config.json is not valid JSON: ", ex.what()));
+  } catch (const std::invalid_argument& ex) {
+    return absl::DataLossError(ex.what());
   }
   return absl::OkStatus();
 }
@@ -112,6 +177,8 @@ v1::ModelInfo CatalogEntry::ToModelInfo() const {
   info.set_n_layers(static_cast<int32_t>(n_layers));
   info.set_d_model(static_cast<int32_t>(d_model));
   info.set_n_heads(static_cast<int32_t>(n_heads));
+  info.set_available(available);
+  if (!available) info.set_unavailable_reason(unavailable_reason);
   return info;
 }
 
@@ -182,15 +249,23 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
           return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate name ", e.name));
         }
       }
-      absl::Status probe = e.format == "llama2c" ? ProbeLlama2c(&e) : ProbeHf(&e);
+      // Reasons are shown to clients: no paths in them (the server logs the
+      // entry's path next to the reason).
+      ExtraShape extra;
+      absl::Status probe = e.format == "llama2c" ? ProbeLlama2c(&e, &extra) : ProbeHf(&e, &extra);
+      if (probe.ok()) probe = CheckShape(e, extra);
       if (probe.ok() && !e.tokenizer_path.empty()) {
         struct stat st;
         if (stat(e.tokenizer_path.c_str(), &st) != 0) {
-          probe = absl::NotFoundError(absl::StrCat("cannot open tokenizer ", e.tokenizer_path));
+          probe = absl::NotFoundError("its tokenizer file cannot be read");
         }
       }
       e.available = probe.ok();
-      if (!probe.ok()) e.unavailable_reason = std::string(probe.message());
+      if (!probe.ok()) {
+        e.unavailable_reason = std::string(probe.message());
+        // Keep nonsense out of the public shape.
+        e.vocab_size = e.n_ctx = e.n_layers = e.d_model = e.n_heads = 0;
+      }
       catalog.entries_.push_back(std::move(e));
     }
     const nlohmann::json empty = nlohmann::json::array();

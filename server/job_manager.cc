@@ -1,5 +1,9 @@
 #include "server/job_manager.h"
 
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -9,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/util/message_differencer.h"
 
 namespace sinkscope {
 namespace server {
@@ -20,6 +25,27 @@ std::string NewJobId() {
                                  std::chrono::steady_clock::now().time_since_epoch().count())};
   std::lock_guard<std::mutex> lock(mu);
   return absl::StrFormat("j-%016x", rng());
+}
+
+std::string CheckpointStamp(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return "";
+  std::string stamp = absl::StrCat(st.st_size, ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
+  if (!S_ISDIR(st.st_mode)) return stamp;
+  DIR* dir = opendir(path.c_str());
+  if (dir == nullptr) return stamp;
+  std::vector<std::string> parts;
+  while (dirent* e = readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    struct stat f;
+    if (stat((path + "/" + name).c_str(), &f) != 0 || !S_ISREG(f.st_mode)) continue;
+    parts.push_back(absl::StrCat(name, "=", f.st_size, ":", f.st_mtim.tv_sec, ".", f.st_mtim.tv_nsec));
+  }
+  closedir(dir);
+  std::sort(parts.begin(), parts.end());
+  for (const std::string& p : parts) absl::StrAppend(&stamp, "|", p);
+  return stamp;
 }
 
 JobManager::JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* scheduler,
@@ -52,7 +78,27 @@ void JobManager::StartBackground() {
   position_thread_ = std::thread([this] { PositionLoop(); });
 }
 
+namespace {
+
+/// Longest job id echoed in messages (real ids have 18 characters).
+constexpr size_t kMaxShownId = 64;
+
+/// `id` for messages: at most kMaxShownId characters.
+std::string ShownId(const std::string& id) {
+  if (id.size() <= kMaxShownId) return id;
+  return absl::StrCat(id.substr(0, kMaxShownId), "... (", id.size(), " characters)");
+}
+
+/// NOT_FOUND for an id no job can have (too long to be one of ours).
+absl::Status CheckIdLength(const std::string& id) {
+  if (id.size() <= kMaxShownId) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat("job ", ShownId(id), " not found"));
+}
+
+}  // namespace
+
 absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller) {
+  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
   if (caller.admin || id.empty()) return absl::OkStatus();
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
@@ -152,8 +198,18 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
     return absl::InvalidArgumentError(absl::StrCat("client_request_id is longer than ",
                                                    limits_.max_client_request_id, " characters"));
   }
+  if (const CatalogEntry* entry = catalog_->Find(request.request().model());
+      entry != nullptr && entry->available) {
+    if (std::string reason = UnavailableReason(*entry); !reason.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "model ", entry->name, " is not available on this server: ", reason));
+    }
+  }
   absl::Status valid = ValidateJobRequest(request.request(), *catalog_, limits_);
   if (!valid.ok()) return valid;
+  if (const std::string problem = WorkerHealth().problem(); !problem.empty()) {
+    return absl::UnavailableError(problem);
+  }
   if (request.priority() < -100 || request.priority() > 100) {
     return absl::InvalidArgumentError("priority must be in -100..100");
   }
@@ -194,6 +250,14 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   absl::StatusOr<v1::Job> stored = store_->CreateJob(job, &created);
   submit_lock.unlock();
   if (!stored.ok()) return stored.status();
+  if (!created && !google::protobuf::util::MessageDifferencer::Equals(stored->request(),
+                                                                     request.request())) {
+    // The same idempotency key for another request: a client bug, never a retry.
+    return absl::AlreadyExistsError(absl::StrCat(
+        "client_request_id \"", request.client_request_id(), "\" was already used for job ",
+        stored->id(), " with a different request (", v1::JobType_Name(stored->type()), " on model ",
+        stored->request().model(), "); use a new client_request_id for a new job"));
+  }
   if (created) {
     scheduler_->RememberTraits(stored->id(), traits);
     if (metrics_ != nullptr) metrics_->JobSubmitted(stored->type(), owner);
@@ -208,11 +272,15 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
 
 absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_results) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
   if (job->state() == v1::JOB_STATE_QUEUED) {
     absl::StatusOr<int32_t> position = scheduler_->QueuePosition(id);
     if (position.ok()) job->set_queue_position(*position);
+    if (std::string problem = WorkerHealth().problem(); !problem.empty()) {
+      job->set_waiting_reason(problem);
+    }
   }
   if (include_results && job->state() == v1::JOB_STATE_COMPLETED) {
     absl::StatusOr<std::vector<v1::ResultRecord>> results = store_->Results(id);
@@ -243,6 +311,7 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(const v1::ListJobsRequest&
 
 absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::string& who) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
   if (job->state() == v1::JOB_STATE_CANCELLED) return job;
@@ -279,6 +348,7 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
                                const std::function<bool(const v1::JobEvent&)>& write,
                                const std::function<bool()>& client_gone) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
+  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
   if (after_seq < 0) return absl::InvalidArgumentError("after_seq must be >= 0");
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
@@ -317,9 +387,53 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
 
 v1::ListModelsResponse JobManager::ListModels() const {
   v1::ListModelsResponse out;
-  for (const CatalogEntry& e : catalog_->entries()) *out.add_models() = e.ToModelInfo();
+  for (const CatalogEntry& e : catalog_->entries()) {
+    std::string reason = UnavailableReason(e);
+    if (reason.empty() || !e.available) {
+      *out.add_models() = e.ToModelInfo();
+    } else {
+      CatalogEntry marked = e;
+      marked.available = false;
+      marked.unavailable_reason = std::move(reason);
+      *out.add_models() = marked.ToModelInfo();
+    }
+  }
   for (const CorpusEntry& c : catalog_->corpora()) *out.add_corpora() = c.ToCorpusInfo();
+  *out.mutable_workers() = WorkerHealth();
   return out;
+}
+
+void JobManager::SetWorkerHealthSource(std::function<v1::WorkerHealth()> source) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  worker_health_ = std::move(source);
+}
+
+v1::WorkerHealth JobManager::WorkerHealth() const {
+  std::function<v1::WorkerHealth()> source;
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    source = worker_health_;
+  }
+  return source ? source() : v1::WorkerHealth();
+}
+
+void JobManager::MarkModelLoadFailed(const std::string& name, const std::string& reason) {
+  const CatalogEntry* entry = catalog_->Find(name);
+  if (entry == nullptr) return;
+  std::lock_guard<std::mutex> lock(health_mu_);
+  load_failures_[name] = LoadFailure{reason, CheckpointStamp(entry->path)};
+}
+
+std::string JobManager::UnavailableReason(const CatalogEntry& entry) const {
+  if (!entry.available) return entry.unavailable_reason;
+  std::lock_guard<std::mutex> lock(health_mu_);
+  auto it = load_failures_.find(entry.name);
+  if (it == load_failures_.end()) return "";
+  if (CheckpointStamp(entry.path) != it->second.stamp) {
+    load_failures_.erase(it);  // the file changed: try it again
+    return "";
+  }
+  return absl::StrCat(it->second.reason, " (until its checkpoint file changes)");
 }
 
 std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::Duration timeout) {

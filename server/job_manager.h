@@ -79,8 +79,23 @@ class JobManager {
   absl::Status Watch(const std::string& id, int64_t after_seq,
                      const std::function<bool(const v1::JobEvent&)>& write,
                      const std::function<bool()>& client_gone);
-  /// The catalog's public view.
+  /// The catalog's public view, with models that failed to load marked
+  /// unavailable, and the workers' health.
   v1::ListModelsResponse ListModels() const;
+
+  // --- Health ---------------------------------------------------------------
+
+  /// Where the workers' health comes from (the pool); "" problem = fine.
+  void SetWorkerHealthSource(std::function<v1::WorkerHealth()> source);
+  /// The workers' health (an empty message without a source).
+  v1::WorkerHealth WorkerHealth() const;
+  /// A worker failed to load `name`: refuse jobs naming it (FAILED_PRECONDITION
+  /// with `reason`, which must not hold server paths) until its checkpoint
+  /// file changes (mtime or size).
+  void MarkModelLoadFailed(const std::string& name, const std::string& reason);
+  /// Why `entry` is unavailable: the catalog's reason or a load failure since
+  /// its files last changed; "" when it is available.
+  std::string UnavailableReason(const CatalogEntry& entry) const;
 
   // --- Worker-pool side ---------------------------------------------------
 
@@ -143,8 +158,20 @@ class JobManager {
   std::mutex shapes_mu_;
   std::map<std::string, ModelShape> shapes_;  // catalog name -> shape
   std::thread position_thread_;
+  /// Load failures by model name, with the checkpoint's stamp at the time.
+  struct LoadFailure {
+    std::string reason;
+    std::string stamp;
+  };
+  mutable std::mutex health_mu_;
+  mutable std::map<std::string, LoadFailure> load_failures_;
+  std::function<v1::WorkerHealth()> worker_health_;
   std::map<std::string, int32_t> last_position_;  // position thread only
 };
+
+/// Size and mtime of a checkpoint file, or of the files of a HF directory
+/// (changes when any of them is rewritten); "" when it cannot be read.
+std::string CheckpointStamp(const std::string& path);
 
 /// A new random job id: "j-" + 16 hex digits.
 std::string NewJobId();

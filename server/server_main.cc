@@ -13,8 +13,13 @@
 //   sinkscope-server --database jobs.db token list
 //   sinkscope-server --database jobs.db token revoke --id 3   (or --user alice)
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdio>
 #include <cstdlib>
@@ -73,6 +78,49 @@ std::string FormatTime(int64_t micros) {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   return buf;
+}
+
+/// The filesystem path of a "unix:" listen address ("" for other addresses).
+std::string UnixSocketPath(const std::string& listen) {
+  if (listen.rfind("unix:", 0) != 0) return "";
+  std::string path = listen.substr(5);
+  if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///abs/path
+  return path;
+}
+
+/// Whether something accepts connections on the Unix socket at `path`:
+/// ECONNREFUSED (a stale socket file) and ENOENT are "no".
+bool UnixSocketAnswers(const std::string& path) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  const int err = errno;
+  close(fd);
+  if (rc == 0) return true;
+  // EAGAIN: a listener with a full backlog is still a listener.
+  return err == EAGAIN;
+}
+
+/// Before listening on unix:`path`: refuse when another server answers
+/// there; remove a stale socket file (nothing listening). "" or the error.
+std::string PrepareUnixSocket(const std::string& path) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return "";
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::StrCat("cannot listen on unix:", path, ": the path exists and is not a socket");
+  }
+  if (UnixSocketAnswers(path)) {
+    return absl::StrCat("address in use: another server is listening on unix:", path);
+  }
+  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return absl::StrCat("cannot remove the stale socket unix:", path, ": ", std::strerror(errno));
+  }
+  Log(absl::StrCat("removed the stale socket unix:", path, " (nothing was listening on it)"));
+  return "";
 }
 
 /// `token create|revoke|list` on the configured database.
@@ -136,6 +184,14 @@ int RunTokenCommand(const ServerConfig& config, const std::string& command, cons
 
 int Run(const ServerConfig& config) {
   using namespace sinkscope::server;
+  // A second server must not take over a running one's socket.
+  const std::string socket_path = UnixSocketPath(config.listen);
+  if (!socket_path.empty()) {
+    if (std::string error = PrepareUnixSocket(socket_path); !error.empty()) {
+      Log(error);
+      return 1;
+    }
+  }
   const std::string auth_mode = EffectiveAuthMode(config);
   Metrics metrics(config.metrics_max_users);
   if (!config.metrics_listen.empty()) {
@@ -164,7 +220,8 @@ int Run(const ServerConfig& config) {
     return 1;
   }
   for (const CatalogEntry& e : catalog->entries()) {
-    Log(absl::StrCat("model ", e.name, " (", e.format, ")",
+    // The log names the paths; clients only see the reasons.
+    Log(absl::StrCat("model ", e.name, " (", e.format, ", ", e.path, ")",
                      e.available ? "" : absl::StrCat(" UNAVAILABLE: ", e.unavailable_reason)));
   }
   for (const CorpusEntry& c : catalog->corpora()) {
@@ -248,7 +305,21 @@ int Run(const ServerConfig& config) {
     ssl.pem_key_cert_pairs.push_back(pair);
     credentials = grpc::SslServerCredentials(ssl);
   }
-  builder.AddListeningPort(config.listen, credentials, &port);
+  // gRPC unlinks a Unix socket path when it binds and again when it shuts
+  // down. Bind a private name next to the public path and rename it into
+  // place once listening: gRPC's unlinks then only touch the private name,
+  // and at exit we unlink the public path only if it is still ours.
+  std::string bind_address = config.listen;
+  std::string bind_path;
+  if (!socket_path.empty()) {
+    bind_path = absl::StrCat(socket_path, ".", getpid(), ".tmp");
+    if (bind_path.size() < sizeof(sockaddr_un::sun_path)) {
+      bind_address = "unix:" + bind_path;
+    } else {
+      bind_path.clear();
+    }
+  }
+  builder.AddListeningPort(bind_address, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_request_bytes));
   builder.SetMaxSendMessageSize(64 << 20);
@@ -257,7 +328,25 @@ int Run(const ServerConfig& config) {
   if (!server || (config.listen.rfind("unix:", 0) != 0 && port == 0)) {
     Log(absl::StrCat("cannot listen on ", config.listen));
     pool.Stop();
+    if (!bind_path.empty()) unlink(bind_path.c_str());
     return 1;
+  }
+  ino_t socket_inode = 0;
+  dev_t socket_dev = 0;
+  if (!socket_path.empty()) {
+    if (!bind_path.empty() && rename(bind_path.c_str(), socket_path.c_str()) != 0) {
+      Log(absl::StrCat("cannot move the socket into place at unix:", socket_path, ": ",
+                       std::strerror(errno)));
+      server->Shutdown();
+      pool.Stop();
+      unlink(bind_path.c_str());
+      return 1;
+    }
+    struct stat st;
+    if (stat(socket_path.c_str(), &st) == 0) {
+      socket_inode = st.st_ino;
+      socket_dev = st.st_dev;
+    }
   }
   Log(absl::StrCat("listening on ", config.listen,
                    config.listen.rfind("unix:", 0) == 0 ? "" : absl::StrCat(" (port ", port, ")"),
@@ -281,6 +370,16 @@ int Run(const ServerConfig& config) {
   manager.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   pool.Stop();
+  if (!socket_path.empty()) {
+    // Only our own socket: another server may have replaced it meanwhile.
+    struct stat st;
+    if (stat(socket_path.c_str(), &st) == 0 && st.st_ino == socket_inode &&
+        st.st_dev == socket_dev && socket_inode != 0) {
+      unlink(socket_path.c_str());
+    } else if (socket_inode != 0) {
+      Log(absl::StrCat("unix:", socket_path, " is no longer our socket; leaving it"));
+    }
+  }
   if (own_runtime_dir) {
     std::error_code ec;
     std::filesystem::remove_all(runtime_dir, ec);

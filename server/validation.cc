@@ -95,8 +95,10 @@ absl::Status CheckSequences(const std::string& label,
                                       " has no tokenizer; send token ids"));
         }
         if (!IsValidUtf8(seq.text())) return Invalid(absl::StrCat(name, " is not valid UTF-8"));
-        // A token covers at least one byte; + BOS.
-        *total_tokens += static_cast<int64_t>(seq.text().size()) + 1;
+        // Text is counted at 4 bytes per token (+ BOS): a tokenizer takes
+        // about that, so only text of more than 4x the token cap is refused
+        // here; the worker enforces the real count after tokenization.
+        *total_tokens += (static_cast<int64_t>(seq.text().size()) + 3) / 4 + 1;
         break;
       }
       case v1::Sequence::kIds: {
@@ -249,6 +251,18 @@ absl::Status ValidateEval(const std::string& field, const v1::EvalCorpus& eval,
   } else if (request.sequences_size() == 0) {
     return Invalid(absl::StrCat("empty corpus: name a catalog corpus in ", field,
                                 ".corpus or send the text / token ids as sequences"));
+  }
+  if (eval.corpus().empty()) {
+    // Token ids only: the stream's length is known; scoring needs 2 tokens.
+    int64_t n_ids = 0;
+    bool all_ids = true;
+    for (const v1::Sequence& seq : request.sequences()) {
+      if (!seq.has_ids()) all_ids = false;
+      n_ids += seq.ids().ids_size();
+    }
+    if (all_ids && n_ids == 1) {
+      return Invalid(absl::StrCat(field, ": the corpus has 1 token; at least 2 are needed"));
+    }
   }
   if (eval.has_chunk_length() &&
       (eval.chunk_length() < 2 || (model.n_ctx > 0 && eval.chunk_length() > model.n_ctx))) {

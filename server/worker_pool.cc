@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -36,6 +37,8 @@ struct WorkerPool::Slot {
   int restarts = 0;
   int64_t budget_bytes = 0;      // memory budget (0 = unlimited)
   std::string state = "down";    // guarded by WorkerPool::mu_
+  int start_failures = 0;        // consecutive; guarded by WorkerPool::mu_
+  std::string last_failure;      // how the last start failed; guarded by mu_
 };
 
 namespace {
@@ -127,7 +130,29 @@ absl::Status WorkerPool::Start() {
     SetState(s, "down");
     s->thread = std::thread([this, s] { SlotLoop(s); });
   }
+  manager_->SetWorkerHealthSource([this] { return Health(); });
   return absl::OkStatus();
+}
+
+v1::WorkerHealth WorkerPool::Health() const {
+  v1::WorkerHealth health;
+  std::lock_guard<std::mutex> lock(mu_);
+  health.set_total(static_cast<int32_t>(slots_.size()));
+  const Slot* first_down = nullptr;
+  for (const auto& slot : slots_) {
+    if (slot->state == "idle" || slot->state == "busy") health.set_up(health.up() + 1);
+    if (slot->start_failures >= kDownAfterFailures) {
+      health.set_down(health.down() + 1);
+      if (first_down == nullptr) first_down = slot.get();
+    }
+  }
+  if (!slots_.empty() && health.down() == health.total()) {
+    health.set_problem(absl::StrCat(
+        "no worker is running: worker ", first_down->index, " failed to start ",
+        first_down->start_failures, " times in a row (", first_down->last_failure,
+        "); queued jobs wait until a worker starts; see the server log"));
+  }
+  return health;
 }
 
 void WorkerPool::SleepUnlessStopping(absl::Duration d) {
@@ -196,11 +221,17 @@ bool WorkerPool::EnsureWorker(Slot* slot) {
     }
     int wstatus = 0;
     if (waitpid(pid, &wstatus, WNOHANG) == pid) {
-      Log(absl::StrCat(slot->name, " (pid ", pid, ") failed to start: ", DescribeWaitStatus(wstatus)));
+      std::string how = WIFEXITED(wstatus) ? absl::StrCat("exit ", WEXITSTATUS(wstatus))
+                                           : DescribeWaitStatus(wstatus);
+      int failures;
       {
         std::lock_guard<std::mutex> lock(mu_);
         slot->pid = -1;
+        failures = ++slot->start_failures;
+        slot->last_failure = how;
       }
+      Log(absl::StrCat(slot->name, " (pid ", pid, ") failed to start: ", DescribeWaitStatus(wstatus),
+                       " (", failures, " time(s) in a row)"));
       SetState(slot, "down");
       return false;
     }
@@ -209,6 +240,11 @@ bool WorkerPool::EnsureWorker(Slot* slot) {
                        slot->socket_path, slot->restarts > 0 ? absl::StrCat(", restart ", slot->restarts) : ""));
       if (slot->restarts > 0) {
         if (Metrics* m = manager_->metrics()) m->WorkerRestarted();
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        slot->start_failures = 0;
+        slot->last_failure.clear();
       }
       ++slot->restarts;
       // A fresh process caches nothing.
@@ -220,6 +256,11 @@ bool WorkerPool::EnsureWorker(Slot* slot) {
   }
   Log(absl::StrCat(slot->name, " (pid ", pid, ") did not become healthy in 60 s; killing it"));
   ReapWorker(slot, absl::ZeroDuration(), SIGKILL);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++slot->start_failures;
+    slot->last_failure = "not healthy within 60 s";
+  }
   SetState(slot, "down");
   return false;
 }
@@ -272,7 +313,19 @@ void WorkerPool::SlotLoop(Slot* slot) {
       if (stopping_) break;
     }
     if (!EnsureWorker(slot)) {
-      SleepUnlessStopping(absl::Seconds(1));
+      // Exponential backoff on consecutive startup failures: 1 s, 2 s, 4 s, ... 60 s.
+      int failures;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        failures = slot->start_failures;
+      }
+      const int shift = std::min(std::max(failures - 1, 0), 6);
+      const int delay_s = std::min(1 << shift, kMaxStartBackoffS);
+      if (failures >= kDownAfterFailures) {
+        Log(absl::StrCat(slot->name, " is down after ", failures,
+                         " failed starts; next attempt in ", delay_s, " s"));
+      }
+      SleepUnlessStopping(absl::Seconds(delay_s));
       continue;
     }
     if (manager_->draining()) {
@@ -342,6 +395,7 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     }
   }
 
+  run.set_max_total_tokens(config_.max_total_tokens);
   if (!early_failure.has_value()) {
     absl::StatusOr<MemoryEstimate> estimate = manager_->Estimate(request);
     if (estimate.ok()) {
@@ -354,6 +408,7 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   bool store_rejected = false;
   int64_t n_tokens = 0;
   std::optional<absl::Time> load_started;
+  bool model_loaded = false;  // a "loaded" or "cached" ModelLoading event came
   int n_records = 0;
   grpc::Status rpc_status;
   if (!early_failure.has_value()) {
@@ -374,6 +429,7 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       switch (event.event_case()) {
         case v1::WorkerEvent::kModelLoading:
           *job_event.mutable_model_loading() = event.model_loading();
+          if (event.model_loading().phase() != "loading") model_loaded = true;
           if (event.model_loading().phase() == "loading") {
             load_started = absl::Now();
           } else if (event.model_loading().phase() == "loaded" && load_started.has_value()) {
@@ -468,6 +524,14 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         release(absl::StrCat(slot->name, " stopped the job: ", finished->message()), !aborting);
       }
     } else {
+      if (finished->code() == static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION) &&
+          load_started.has_value() && !model_loaded && entry != nullptr) {
+        // The checkpoint cannot be loaded: refuse further jobs on it until
+        // its file changes (the worker's message holds no paths).
+        Log(absl::StrCat(job.id(), ": model ", entry->name, " (", entry->path,
+                         ") failed to load; marking it unavailable: ", finished->message()));
+        manager_->MarkModelLoadFailed(entry->name, finished->message());
+      }
       finish_failed(finished->code(), finished->message());
     }
   } else if (!cancelled_by.empty()) {
@@ -515,6 +579,7 @@ void WorkerPool::Stop() {
   }
   cv_.notify_all();
   manager_->Shutdown();
+  manager_->SetWorkerHealthSource(nullptr);  // the pool may go away after this
   for (auto& slot : slots_) {
     if (slot->thread.joinable()) slot->thread.join();
   }

@@ -53,6 +53,14 @@ class WorkerPool {
   /// Current worker pids (-1 for a worker not running), by index.
   std::vector<pid_t> WorkerPids() const;
 
+  /// Consecutive startup failures after which a worker counts as down (and,
+  /// when every worker is down, SubmitJob answers UNAVAILABLE).
+  static constexpr int kDownAfterFailures = 3;
+  /// Backoff between startup attempts: 1 s doubling up to this.
+  static constexpr int kMaxStartBackoffS = 60;
+  /// The workers' health (for ListModels, SubmitJob and GetJob).
+  v1::WorkerHealth Health() const;
+
  private:
   struct Slot;
   void SlotLoop(Slot* slot);

@@ -195,6 +195,11 @@ absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> LoadCorpus(
   return shared;
 }
 
+absl::Status TooFewTokens(size_t n) {
+  return absl::InvalidArgumentError(absl::StrCat("the corpus has ", n, n == 1 ? " token" : " tokens",
+                                                 "; at least 2 are needed"));
+}
+
 /// The token stream of an evaluation: the catalog corpus, or the request's
 /// sequences concatenated.
 absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
@@ -207,11 +212,16 @@ absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
       return absl::FailedPreconditionError(
           absl::StrCat("corpus ", eval.corpus(), " was not resolved by the server"));
     }
-    return LoadCorpus(ctx, ctx.run.corpus(), add_bos);
+    ASSIGN_OR_RETURN(std::shared_ptr<const std::vector<int64_t>> corpus,
+                     LoadCorpus(ctx, ctx.run.corpus(), add_bos));
+    if (corpus->size() < 2) return TooFewTokens(corpus->size());
+    return corpus;
   }
   auto stream = std::make_shared<std::vector<int64_t>>();
   for (const auto& s : sequences) stream->insert(stream->end(), s.begin(), s.end());
   if (stream->empty()) return absl::InvalidArgumentError("the corpus is empty");
+  // Scoring predicts each token from the ones before: 2 at least.
+  if (stream->size() < 2) return TooFewTokens(stream->size());
   return std::shared_ptr<const std::vector<int64_t>>(std::move(stream));
 }
 

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
 #include "worker/engine/status_macros.h"
@@ -120,7 +121,29 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
   // two loads of the same key do not race in practice; if they did, both
   // would succeed and the later one would win).
   absl::StatusOr<std::shared_ptr<CachedModel>> loaded = Load(key, device_, stamp);
-  if (!loaded.ok()) return Annotate(loaded.status(), absl::StrCat("loading model ", key.name));
+  if (!loaded.ok()) {
+    // The full error (with paths) goes to the log; the job's message names
+    // the model and the problem, never server paths. A checkpoint that
+    // cannot be loaded is a server-side problem, not the client's:
+    // FAILED_PRECONDITION (the server then marks the model unavailable).
+    const absl::Status& error = loaded.status();
+    std::fprintf(stderr, "sinkscope-worker: loading model %s (%s): %s\n", key.name.c_str(),
+                 key.path.c_str(), error.ToString().c_str());
+    std::string message(error.message());
+    std::vector<std::pair<std::string, std::string>> paths;
+    if (!key.path.empty()) paths.emplace_back(key.path, "<checkpoint>");
+    if (!key.tokenizer_path.empty()) paths.emplace_back(key.tokenizer_path, "<tokenizer>");
+    message = absl::StrReplaceAll(message, paths);
+    message = absl::StrCat("loading model ", key.name, ": ", message);
+    switch (error.code()) {
+      case absl::StatusCode::kResourceExhausted:
+      case absl::StatusCode::kCancelled:
+      case absl::StatusCode::kInternal:  // exceptions (e.g. out of memory)
+        return absl::Status(error.code(), message);
+      default:
+        return absl::FailedPreconditionError(message);
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   (*loaded)->uses = 1;
   entries_.insert(entries_.begin(), *loaded);

@@ -81,6 +81,17 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
   ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences,
                    TokenizeSequences(job.sequences(), job.has_add_bos() ? job.add_bos() : true,
                                      *cached, "sequence", /*check_ctx=*/!evaluation));
+  // The server's cap counts text at about 4 bytes per token; the real count
+  // is known only now.
+  if (request.max_total_tokens() > 0) {
+    int64_t total = 0;
+    for (const auto& seq : sequences) total += static_cast<int64_t>(seq.size());
+    if (total > request.max_total_tokens()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request too large: the sequences hold ", total, " tokens after tokenization, more than ",
+          "the server's limit of ", request.max_total_tokens(), " tokens"));
+    }
+  }
   const JobContext ctx{*cached, options, request, sink, cancel};
   if (kind == v1::JobRequest::kScan) return RunScan(ctx, sequences);
   return RunAnalysisJob(ctx, sequences);

@@ -637,6 +637,82 @@ TEST(ModelsTest, ListsCorpora) {
   EXPECT_THAT(t, HasSubstr("1115394"));
 }
 
+// --events and the result view agree on superseded attempts: records of an
+// attempt older than the known one (GetJob's attempts or a Retrying event)
+// are dropped by both.
+TEST(JobProgressTest, SupersededAttemptRecordsAreDroppedConsistently) {
+  auto result = [](int attempt, int64_t seq) {
+    v1::JobEvent e;
+    e.set_seq(seq);
+    e.set_attempt(attempt);
+    e.mutable_result()->mutable_scan_block()->set_block(static_cast<int32_t>(seq));
+    return e;
+  };
+  JobProgress progress("j-1");
+  progress.set_known_attempt(2);  // the job is on its second attempt
+  const v1::JobEvent old_record = result(1, 3);
+  EXPECT_TRUE(progress.Superseded(old_record));
+  progress.Apply(old_record);
+  EXPECT_TRUE(progress.records().empty());
+  const v1::JobEvent new_record = result(2, 9);
+  EXPECT_FALSE(progress.Superseded(new_record));
+  progress.Apply(new_record);
+  EXPECT_EQ(progress.records().size(), 1u);
+
+  // Without a known attempt, a Retrying event supersedes what came before.
+  JobProgress live("j-2");
+  EXPECT_FALSE(live.Superseded(result(1, 2)));
+  live.Apply(result(1, 2));
+  v1::JobEvent retrying;
+  retrying.set_seq(3);
+  retrying.set_attempt(1);
+  retrying.mutable_retrying()->set_failed_attempt(1);
+  live.Apply(retrying);
+  EXPECT_TRUE(live.records().empty());
+  EXPECT_TRUE(live.Superseded(result(1, 4)));
+  EXPECT_FALSE(live.Superseded(result(2, 5)));
+}
+
+// A watch that starts after the terminal event takes the end from the job.
+TEST(JobProgressTest, ApplyFinalJobEndsTheWatch) {
+  JobProgress progress("j-3");
+  v1::Job running;
+  running.set_state(v1::JOB_STATE_RUNNING);
+  EXPECT_FALSE(progress.ApplyFinalJob(running));
+  EXPECT_FALSE(progress.done());
+  v1::Job done;
+  done.set_state(v1::JOB_STATE_COMPLETED);
+  done.add_results()->mutable_scan_block()->set_block(1);
+  ASSERT_TRUE(progress.ApplyFinalJob(done));
+  EXPECT_TRUE(progress.done());
+  EXPECT_EQ(progress.records().size(), 1u);
+  EXPECT_THAT(progress.status_line(), HasSubstr("COMPLETED"));
+  v1::Job failed;
+  failed.set_state(v1::JOB_STATE_FAILED);
+  failed.mutable_error()->set_code(9);
+  failed.mutable_error()->set_message("boom");
+  JobProgress p2("j-4");
+  ASSERT_TRUE(p2.ApplyFinalJob(failed));
+  EXPECT_EQ(p2.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(p2.failure().message(), "boom");
+}
+
+// The models table warns when no worker can run jobs; a waiting job says why.
+TEST(ModelsTest, WarnsWhenWorkersAreDown) {
+  v1::ListModelsResponse response;
+  v1::ModelInfo* m = response.add_models();
+  m->set_name("stories260K");
+  response.mutable_workers()->set_total(1);
+  response.mutable_workers()->set_down(1);
+  response.mutable_workers()->set_problem("no worker is running: worker 0 failed to start 3 times");
+  EXPECT_THAT(RenderModels(response), HasSubstr("WARNING: no worker is running"));
+  v1::Job job;
+  job.set_id("j-5");
+  job.set_state(v1::JOB_STATE_QUEUED);
+  job.set_waiting_reason("no worker is running");
+  EXPECT_THAT(RenderJob(job, absl::UTCTimeZone()), HasSubstr("no worker is running"));
+}
+
 }  // namespace
 }  // namespace client
 }  // namespace sinkscope

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -21,6 +22,15 @@
 
 namespace sinkscope {
 namespace {
+
+/// Removes a temp directory (recursively) when the test ends.
+struct RemoveDirOnExit {
+  std::string dir;
+  ~RemoveDirOnExit() {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+};
 
 /// Expects `haystack` (a string) to contain `needle`.
 #define EXPECT_CONTAINS(haystack, needle)                                                         \
@@ -393,6 +403,7 @@ TEST(SentencePieceTokenizer, MissingOrCorruptModel) {
   EXPECT_CONTAINS(std::string(missing.status().message()), "/nonexistent/dir/tokenizer.model");
   const std::string dir = testing::MakeTempDir("sinkscope_tok_");
   ASSERT_FALSE(dir.empty());
+  RemoveDirOnExit cleanup{dir};
   WriteAll(dir + "/junk.model", "this is not a protobuf \xFF\xFF\xFF\xFF");
   auto junk = LoadTokenizer(dir + "/junk.model", 0);
   ASSERT_FALSE(junk.ok());
@@ -413,6 +424,10 @@ class MalformedLlama2c : public ::testing::Test {
   void SetUp() override {
     dir_ = testing::MakeTempDir("sinkscope_tok_");
     ASSERT_FALSE(dir_.empty());
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
   }
   /// Writes `data` and loads it with a vocabulary of `n`; returns the status.
   absl::Status Load(const std::string& name, const std::string& data, int64_t n) {

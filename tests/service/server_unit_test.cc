@@ -5,9 +5,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <vector>
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
 #include "server/catalog.h"
 #include "server/sqlite_job_store.h"
 #include "server/status_util.h"
@@ -199,6 +202,97 @@ TEST(CatalogTest, RejectsBadEntries) {
   req.add_sequences()->mutable_ids()->add_ids(1);
   req.mutable_scan();
   EXPECT_TRUE(absl::IsFailedPrecondition(ValidateJobRequest(req, *c, limits)));
+  fs::remove_all(dir);
+}
+
+/// A llama2.c header (7 int32) as a file: dim, hidden, layers, heads, kv, vocab, ctx.
+void WriteLlama2cHeader(const std::string& path, std::vector<int32_t> header) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(header.data()), header.size() * sizeof(int32_t));
+}
+
+// Nonsense shapes make the model unavailable with a reason (no paths);
+// sane ones stay available.
+TEST(CatalogTest, NonsenseShapesAreUnavailableWithAReason) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  auto hf = [&](const std::string& name, const std::string& config) {
+    fs::create_directories(dir + "/" + name);
+    std::ofstream(dir + "/" + name + "/config.json") << config;
+    return absl::StrCat(R"({"name": ")", name, R"(", "format": "hf", "path": ")", name, R"("})");
+  };
+  const std::string good =
+      R"("hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 256)";
+  std::vector<std::string> models = {
+      hf("good", "{" + good + "}"),
+      hf("negative", R"({"hidden_size": 64, "num_hidden_layers": -727379968, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})"),
+      hf("absurd", R"({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100, "max_position_embeddings": 9000000000000})"),
+      hf("heads", R"({"hidden_size": 65, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})"),
+      hf("headdim", R"({"hidden_size": 65, "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16, "intermediate_size": 128, "vocab_size": 100})"),
+      hf("kvheads", R"({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 3, "intermediate_size": 128, "vocab_size": 100})"),
+      hf("novocab", R"({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 0})"),
+      hf("string", R"({"hidden_size": "64", "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})"),
+      R"({"name": "nope", "format": "llama2c", "path": "nope.bin"})",
+      R"({"name": "badheader", "format": "llama2c", "path": "bad.bin"})",
+  };
+  WriteLlama2cHeader(dir + "/bad.bin", {64, 172, 5, 8, 3, 512, 512});  // kv 3 does not divide 8
+  std::string catalog = R"({"models": [)";
+  for (size_t i = 0; i < models.size(); ++i) absl::StrAppend(&catalog, i ? ", " : "", models[i]);
+  std::ofstream(dir + "/c.json") << catalog << "]}";
+  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->Find("good")->available) << c->Find("good")->unavailable_reason;
+  EXPECT_TRUE(c->Find("headdim")->available) << c->Find("headdim")->unavailable_reason;
+  const std::map<std::string, std::string> expected = {
+      {"negative", "n_layers is -727379968"}, {"absurd", "n_ctx is 9000000000000"},
+      {"heads", "does not divide d_model"},   {"kvheads", "n_kv_heads 3 does not divide n_heads 4"},
+      {"novocab", "vocab_size"},              {"string", "hidden_size is not an integer"},
+      {"nope", "cannot be read"},             {"badheader", "n_kv_heads 3"}};
+  for (const auto& [name, needle] : expected) {
+    const CatalogEntry* e = c->Find(name);
+    ASSERT_NE(e, nullptr) << name;
+    EXPECT_FALSE(e->available) << name;
+    EXPECT_NE(e->unavailable_reason.find(needle), std::string::npos)
+        << name << ": " << e->unavailable_reason;
+    EXPECT_EQ(e->unavailable_reason.find(dir), std::string::npos) << e->unavailable_reason;
+    const v1::ModelInfo info = e->ToModelInfo();
+    EXPECT_FALSE(info.available());
+    EXPECT_EQ(info.unavailable_reason(), e->unavailable_reason);
+    EXPECT_GE(info.n_layers(), 0) << name;
+    EXPECT_EQ(info.description().find(dir), std::string::npos);
+  }
+  fs::remove_all(dir);
+}
+
+// Text is estimated at 4 bytes per token: a 1.1 MB text passes the
+// 1,048,576-token cap at submission; more than 4x the cap in bytes does not.
+TEST(ValidationTest, TextTokenEstimateIsFourBytesPerToken) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
+  std::ofstream(dir + "/tok.bin") << "x";
+  std::ofstream(dir + "/c.json")
+      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin", "tokenizer": "tok.bin"}]})";
+  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->Find("m")->available) << c->Find("m")->unavailable_reason;
+  RequestLimits limits;  // 1 << 20 tokens
+  v1::JobRequest req;
+  req.set_model("m");
+  req.mutable_perplexity();
+  req.add_sequences()->set_text(std::string(1100000, 'a'));
+  EXPECT_TRUE(ValidateJobRequest(req, *c, limits).ok()) << ValidateJobRequest(req, *c, limits);
+  req.mutable_sequences(0)->set_text(std::string(4 * (1 << 20) + 8, 'a'));
+  EXPECT_TRUE(absl::IsResourceExhausted(ValidateJobRequest(req, *c, limits)));
+
+  // Perplexity of one token id: a clear message, no internal placeholder.
+  v1::JobRequest one;
+  one.set_model("m");
+  one.mutable_perplexity();
+  one.add_sequences()->mutable_ids()->add_ids(1);
+  absl::Status s = ValidateJobRequest(one, *c, limits);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("the corpus has 1 token; at least 2 are needed"), std::string::npos) << s;
   fs::remove_all(dir);
 }
 
