@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -28,13 +29,32 @@ std::string SharedFile(const std::string& relative) {
   return Exists(p) ? p : "";
 }
 
+namespace {
+/// Removes every directory MakeTempDir created when the test binary exits.
+struct TempDirs {
+  std::vector<std::string> dirs;
+  ~TempDirs() {
+    for (const auto& d : dirs) {
+      std::error_code ec;
+      std::filesystem::remove_all(d, ec);
+    }
+  }
+};
+TempDirs& Registry() {
+  static TempDirs r;
+  return r;
+}
+}  // namespace
+
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string templ = std::string(tmp ? tmp : "/tmp") + "/" + prefix + "XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   char* d = ::mkdtemp(buf.data());
-  return d ? std::string(d) : std::string();
+  if (!d) return std::string();
+  Registry().dirs.push_back(d);
+  return std::string(d);
 }
 
 }  // namespace sinkscope::testing

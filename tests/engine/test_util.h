@@ -10,7 +10,7 @@ namespace sinkscope::testing {
 std::string SharedDir();
 /// Absolute path of a file under shared/, or "" when shared/ or the file is missing.
 std::string SharedFile(const std::string& relative);
-/// A fresh empty temporary directory (removed by the OS, not by the test).
+/// A fresh empty temporary directory, removed with its contents when the test binary exits.
 std::string MakeTempDir(const std::string& prefix);
 
 }  // namespace sinkscope::testing
