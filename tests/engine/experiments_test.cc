@@ -101,8 +101,12 @@ void CheckPerplexity(const std::string& model_rel) {
   }
 }
 
-TEST(Perplexity, Aidreams260KOnShakespeareSlice) { CheckPerplexity("models/aidreams260K/aidreams260K.bin"); }
-TEST(Perplexity, Stories260KOnSameIds) { CheckPerplexity("models/stories260K/stories260K.bin"); }
+TEST(Perplexity, Aidreams260KOnShakespeareSlice) {
+  ASSERT_NO_FATAL_FAILURE(CheckPerplexity("models/aidreams260K/aidreams260K.bin"));
+}
+TEST(Perplexity, Stories260KOnSameIds) {
+  ASSERT_NO_FATAL_FAILURE(CheckPerplexity("models/stories260K/stories260K.bin"));
+}
 
 TEST(Perplexity, BadRequests) {
   auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));

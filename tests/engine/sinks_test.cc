@@ -191,10 +191,10 @@ void CheckAgainstRecomputation(const std::string& rel) {
 }
 
 TEST(SinkAnalysis, Stories260KMatchesFloat64Recomputation) {
-  CheckAgainstRecomputation("models/stories260K/stories260K.bin");
+  ASSERT_NO_FATAL_FAILURE(CheckAgainstRecomputation("models/stories260K/stories260K.bin"));
 }
 TEST(SinkAnalysis, Aidreams260KMatchesFloat64Recomputation) {
-  CheckAgainstRecomputation("models/aidreams260K/aidreams260K.bin");
+  ASSERT_NO_FATAL_FAILURE(CheckAgainstRecomputation("models/aidreams260K/aidreams260K.bin"));
 }
 
 TEST(SelfAttentionProfile, DiagonalGroupedByTokenClass) {
