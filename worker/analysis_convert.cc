@@ -91,8 +91,7 @@ v1::SinkLayer ToProto(const LayerSinkRecord& record) {
   return out;
 }
 
-v1::SinkSummary ToProto(const SinkSummary& s, const SinkParams& params,
-                        const std::vector<int64_t>& layers) {
+v1::SinkSummary ToProto(const SinkSummary& s, const SinkParams& params) {
   v1::SinkSummary out;
   out.set_sink_ratio(s.sink_ratio);
   out.set_gu_sink_ratio(s.gu_sink_ratio);
@@ -111,10 +110,10 @@ v1::SinkSummary ToProto(const SinkSummary& s, const SinkParams& params,
   out.set_sink_heads_logit_gap(s.sink_heads_logit_gap);
   out.set_other_heads_logit_gap(s.other_heads_logit_gap);
   v1::SinkParamsUsed* p = out.mutable_params();
-  p->set_window(I32(params.window));
+  p->set_window(I32(s.window));  // the T actually used: min(requested, longest sequence)
   p->set_windowed(params.windowed);
   p->set_epsilon(params.epsilon);
-  for (int64_t l : layers) p->add_layers(I32(l));
+  for (const LayerSinkRecord& layer : s.layers) p->add_layers(I32(layer.layer));
   return out;
 }
 

@@ -20,9 +20,8 @@ namespace worker {
 // ---- sinks (paper eq. 27-28) ----
 SinkParams SinkParamsFromProto(const v1::SinksRequest& request);
 v1::SinkLayer ToProto(const LayerSinkRecord& record);
-/// Summary; `params` are the parameters used (layers resolved by the caller).
-v1::SinkSummary ToProto(const SinkSummary& summary, const SinkParams& params,
-                        const std::vector<int64_t>& layers);
+/// Summary; layers and window are the ones the engine analysed, `params` the rest.
+v1::SinkSummary ToProto(const SinkSummary& summary, const SinkParams& params);
 
 // ---- first-token probe (Table 2, eq. 22) ----
 FirstTokenParams FirstTokenParamsFromProto(const v1::FirstTokenProbeRequest& request);

@@ -21,12 +21,6 @@ namespace sinkscope {
 namespace worker {
 namespace {
 
-std::vector<int64_t> AllLayers(const ModelConfig& c) {
-  std::vector<int64_t> out;
-  for (int64_t l = 0; l < c.n_layers; ++l) out.push_back(l);
-  return out;
-}
-
 // ---- sinks ----
 
 absl::Status RunSinks(const JobContext& ctx, const std::vector<std::vector<int64_t>>& sequences) {
@@ -44,7 +38,7 @@ absl::Status RunSinks(const JobContext& ctx, const std::vector<std::vector<int64
   if (!summary.ok()) return emitter.Finish(summary.status());
   v1::ResultRecord r;
   v1::SinkSummary* out = r.mutable_sink_summary();
-  *out = ToProto(*summary, params, params.layers.empty() ? AllLayers(model.config()) : params.layers);
+  *out = ToProto(*summary, params);
   *out->mutable_provenance() = MakeProvenance(ctx.cached, sequences);
   return emitter.FinishWith(r);
 }

@@ -158,10 +158,8 @@ TEST(ActivationScan, BadParametersAreRefusedByName) {
   Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
   auto model = MakeCpuModel(ck);
   auto expect_bad = [&](ScanParams p, const std::string& name) {
-    auto r = RunActivationScan(*model, {{1, 2, 3}}, p, nullptr, nullptr);
-    ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-    EXPECT_NE(r.status().message().find(name), std::string::npos) << r.status();
+    testing::ExpectInvalidArgumentNaming(
+        RunActivationScan(*model, {{1, 2, 3}}, p, nullptr, nullptr).status(), name);
   };
   ScanParams p;
   p.top_k = 0;

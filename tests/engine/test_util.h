@@ -3,6 +3,10 @@
 
 #include <string>
 
+#include <gtest/gtest.h>
+
+#include "absl/status/status.h"
+
 namespace sinkscope::testing {
 
 /// The shared/ data directory ($SINKSCOPE_SHARED_DIR, else ../shared from the
@@ -12,6 +16,13 @@ std::string SharedDir();
 std::string SharedFile(const std::string& relative);
 /// A fresh empty temporary directory, removed with its contents when the test binary exits.
 std::string MakeTempDir(const std::string& prefix);
+
+/// Asserts `status` is INVALID_ARGUMENT and its message contains `what`.
+inline void ExpectInvalidArgumentNaming(const absl::Status& status, const std::string& what) {
+  ASSERT_FALSE(status.ok()) << "expected an error naming " << what;
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find(what), std::string::npos) << status;
+}
 
 }  // namespace sinkscope::testing
 
