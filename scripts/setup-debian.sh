@@ -6,7 +6,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(
   build-essential cmake ninja-build ccache pkg-config git
-  libtorch-dev libopenblas0-pthread
+  python3-venv libpcre2-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3
@@ -21,13 +21,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-# libtorch falls back to reference BLAS unless the pthread OpenBLAS is the
-# selected libblas.so.3 alternative (about 8x faster on CPU).
-alt=$(ls /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 2>/dev/null || true)
-if [ -n "$alt" ]; then
-  $SUDO update-alternatives --set libblas.so.3-x86_64-linux-gnu "$alt" >/dev/null 2>&1 || true
-  lap=/usr/lib/x86_64-linux-gnu/openblas-pthread/liblapack.so.3
-  [ -e "$lap" ] && { $SUDO update-alternatives --set liblapack.so.3-x86_64-linux-gnu "$lap" >/dev/null 2>&1 || true; }
 fi
 echo "setup: all packages present"

@@ -20,7 +20,7 @@ if(SINKSCOPE_ASAN)
   target_link_options(checkpoint_asan_test PRIVATE -fsanitize=address)
   target_link_libraries(checkpoint_asan_test PRIVATE
     ${TORCH_LIBRARIES} absl::status absl::statusor absl::strings absl::str_format
-    nlohmann_json::nlohmann_json GTest::gtest GTest::gtest_main)
+    nlohmann_json::nlohmann_json GTest::gtest sinkscope_gtest_main)
   add_test(NAME checkpoint_asan_test COMMAND checkpoint_asan_test)
   set_tests_properties(checkpoint_asan_test PROPERTIES
     ENVIRONMENT "${SINKSCOPE_TEST_ENV};ASAN_OPTIONS=detect_leaks=0:abort_on_error=1"

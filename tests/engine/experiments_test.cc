@@ -67,7 +67,7 @@ std::vector<int64_t> ShakespeareSlice(int64_t vocab, std::string* why_skip) {
 
 void CheckPerplexity(const std::string& model_rel) {
   std::string path = testing::SharedFile(model_rel);
-  if (path.empty()) GTEST_SKIP() << "shared data missing: " << model_rel;
+  if (path.empty()) { SINKSCOPE_SKIP_MISSING("shared data missing: " << model_rel); }
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
   auto model = MakeCpuModel(*ck);

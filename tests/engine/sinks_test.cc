@@ -135,7 +135,7 @@ TEST(SinkAnalysis, BadParametersAreRefused) {
 // eq. 27 recomputed in float64 from the rotated queries and keys.
 void CheckAgainstRecomputation(const std::string& rel) {
   std::string path = testing::SharedFile(rel);
-  if (path.empty()) GTEST_SKIP() << "shared data missing: " << rel;
+  if (path.empty()) { SINKSCOPE_SKIP_MISSING("shared data missing: " << rel); }
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
   auto model = MakeCpuModel(*ck);

@@ -17,8 +17,10 @@ bool Exists(const std::string& p) {
 }  // namespace
 
 std::string SharedDir() {
+  // The environment at test time wins over the build's default (CMake cache).
   const char* env = std::getenv("SINKSCOPE_SHARED_DIR");
-  std::string dir = env ? env : "../shared";
+  const char* fallback = std::getenv("SINKSCOPE_DEFAULT_SHARED_DIR");
+  std::string dir = env && *env ? env : fallback && *fallback ? fallback : "../shared";
   return Exists(dir) ? dir : "";
 }
 

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/status/status.h"
+#include "tests/common/skip.h"
 
 namespace sinkscope::testing {
 
@@ -29,5 +30,9 @@ inline void ExpectInvalidArgumentNaming(const absl::Status& status, const std::s
 /// Skips the current test when a shared/ file is missing, with the path.
 #define SKIP_IF_NO_SHARED(var, rel)                                              \
   std::string var = ::sinkscope::testing::SharedFile(rel);                       \
-  if (var.empty()) GTEST_SKIP() << "shared data missing: " << (rel)              \
-                                << " (set SINKSCOPE_SHARED_DIR or place ../shared)"
+  if (var.empty()) {                                                             \
+    SINKSCOPE_SKIP_MISSING("shared data missing: " << (rel)                      \
+                           << " (set SINKSCOPE_SHARED_DIR or place ../shared)"); \
+  }                                                                              \
+  do {                                                                           \
+  } while (0)

@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/skip.h"
+
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
 #include "tests/engine/fixtures.h"
@@ -428,7 +430,7 @@ TEST_F(AnalysisJobsTest, PerplexityOfSentIdsPerChunk) {
 // Perplexity of stories260K on the catalog corpus equals the engine's, run here.
 TEST_F(AnalysisJobsTest, PerplexityOfCatalogCorpusMatchesEngine) {
   if (Stories260KPath().empty() || TinyShakespearePath().empty() || AiDreamsTokenizerPath().empty()) {
-    GTEST_SKIP() << "shared stories260K / tinyshakespeare / tok512.bin missing";
+    SINKSCOPE_SKIP_MISSING("shared stories260K / tinyshakespeare / tok512.bin missing");
   }
   auto req = Request("stories260K", {});
   v1::EvalCorpus* eval = req.mutable_request()->mutable_perplexity()->mutable_eval();

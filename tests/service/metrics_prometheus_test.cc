@@ -17,6 +17,8 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+
+#include "tests/common/skip.h"
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
@@ -79,11 +81,11 @@ double ScalarOf(const nlohmann::json& data) {
 }
 
 TEST(MetricsPrometheusTest, DashboardQueriesReturnDataAndCountersAgree) {
-  if (Stories260KPath().empty()) GTEST_SKIP() << "stories260K missing (SINKSCOPE_SHARED_DIR)";
+  if (Stories260KPath().empty()) { SINKSCOPE_SKIP_MISSING("stories260K missing (SINKSCOPE_SHARED_DIR)"); }
   const std::string prometheus = FindPrometheus();
   if (prometheus.empty()) {
-    GTEST_SKIP() << "the prometheus binary is missing (Debian package `prometheus`, see "
-                    "scripts/setup-debian.sh); skipping the Prometheus integration test";
+    SINKSCOPE_SKIP_MISSING("the prometheus binary is missing (Debian package `prometheus`, see "
+                           "scripts/setup-debian.sh)");
   }
   TempDir dir;
   OpsServer server(dir.path(), 2,

@@ -18,6 +18,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/skip.h"
+
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
 
@@ -30,8 +32,8 @@ namespace fs = std::filesystem;
 
 #define SKIP_WITHOUT_SHARED()                                                  \
   if (Stories260KPath().empty()) {                                             \
-    GTEST_SKIP() << "shared/models/stories260K/stories260K.bin not found (set " \
-                    "SINKSCOPE_SHARED_DIR)";                                   \
+    SINKSCOPE_SKIP_MISSING("shared/models/stories260K/stories260K.bin not found (set " \
+                    "SINKSCOPE_SHARED_DIR)");                                   \
   }
 
 std::string ReadAll(const std::string& path) {
@@ -443,7 +445,7 @@ TEST_F(QaTest, CatalogReasonsHoldNoPaths) {
 TEST_F(QaTest, WorkerEnforcesTheTokenCapAfterTokenization) {
   SKIP_WITHOUT_SHARED();
   if (AiDreamsPath().empty() || AiDreamsTokenizerPath().empty()) {
-    GTEST_SKIP() << "aidreams260K (a model with a tokenizer) not found";
+    SINKSCOPE_SKIP_MISSING("aidreams260K (a model with a tokenizer) not found");
   }
   StartServer(1, TestCatalog(), R"("max_total_tokens": 200)");
   auto stub = server_->NewStub();

@@ -14,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/skip.h"
+
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
 #include "sinkscope/v1/worker.grpc.pb.h"
@@ -26,8 +28,8 @@ using std::chrono::seconds;
 
 #define SKIP_WITHOUT_SHARED()                                                           \
   if (Stories260KPath().empty()) {                                                      \
-    GTEST_SKIP() << "shared/models/stories260K/stories260K.bin not found (set "          \
-                    "SINKSCOPE_SHARED_DIR); skipping the service integration tests";     \
+    SINKSCOPE_SKIP_MISSING("shared/models/stories260K/stories260K.bin not found (set "          \
+                    "SINKSCOPE_SHARED_DIR); skipping the service integration tests");     \
   }
 
 /// Submits `req` and returns the job (fails the test on error).

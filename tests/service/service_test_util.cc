@@ -29,8 +29,10 @@ namespace testing {
 namespace fs = std::filesystem;
 
 std::string SharedDir() {
+  // The environment at test time wins over the build's default (CMake cache).
   const char* env = std::getenv("SINKSCOPE_SHARED_DIR");
-  std::string dir = env && *env ? env : "../shared";
+  const char* fallback = std::getenv("SINKSCOPE_DEFAULT_SHARED_DIR");
+  std::string dir = env && *env ? env : fallback && *fallback ? fallback : "../shared";
   return fs::is_directory(dir) ? fs::absolute(dir).string() : "";
 }
 

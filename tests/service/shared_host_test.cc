@@ -15,6 +15,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/common/skip.h"
+
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "ops_test_util.h"
@@ -29,8 +31,8 @@ using Clock = std::chrono::steady_clock;
 
 #define REQUIRE_MODEL()                                                                   \
   if (Stories260KPath().empty()) {                                                        \
-    GTEST_SKIP() << "shared checkpoint stories260K missing (set SINKSCOPE_SHARED_DIR); " \
-                    "skipping this real-server test";                                     \
+    SINKSCOPE_SKIP_MISSING("shared checkpoint stories260K missing (set SINKSCOPE_SHARED_DIR); " \
+                    "skipping this real-server test");                                     \
   }
 
 double ToSeconds(const google::protobuf::Timestamp& t) { return t.seconds() + t.nanos() * 1e-9; }
@@ -331,7 +333,7 @@ TEST(MemoryTest, JobLargerThanEveryBudgetIsRefusedWithTheNumbers) {
 
 TEST(MemoryTest, TwoModelsThatDoNotFitTogetherAreServedByEviction) {
   REQUIRE_MODEL();
-  if (AiDreamsPath().empty()) GTEST_SKIP() << "aidreams260K missing; needs two models";
+  if (AiDreamsPath().empty()) { SINKSCOPE_SKIP_MISSING("aidreams260K missing; needs two models"); }
   TempDir dir;
   // One 260K-parameter float32 model (~1.04 MB) + activations fit in 1.6 MB; two do not.
   OpsServer server(dir.path(), 1, R"("worker_memory_bytes": 1600000)");
