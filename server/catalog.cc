@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/model_config.h"
 #include "server/config.h"
 
 namespace sinkscope {
@@ -102,6 +103,21 @@ absl::Status ProbeHf(CatalogEntry* e, ExtraShape* x) {
   if (!in) return absl::NotFoundError("its config.json cannot be read");
   std::stringstream text;
   text << in.rdbuf();
+  // Families the engine knows: the engine's own parser and family table
+  // (common/model_config.h), so the catalog shows what the worker will load
+  // (GPT-2's n_embd / n_layer, Gemma's head_dim, ...).
+  if (absl::StatusOr<ModelConfig> c = ParseHfConfig(text.str(), "config.json"); c.ok()) {
+    e->vocab_size = c->d_vocab;
+    e->n_ctx = c->n_ctx;
+    e->n_layers = c->n_layers;
+    e->d_model = c->d_model;
+    e->n_heads = c->n_heads;
+    x->n_kv_heads = c->n_kv_heads;
+    x->hidden = c->d_ffn;
+    x->head_dim = c->d_head;
+    return absl::OkStatus();
+  }
+  // Otherwise the raw llama-style keys, checked field by field below.
   try {
     nlohmann::json j = nlohmann::json::parse(text.str());
     // A present but null / non-integer field is an error, not a default.

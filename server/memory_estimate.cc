@@ -10,11 +10,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/model_config.h"
 
 namespace sinkscope {
 namespace server {
 
 int64_t ModelShape::NumParams() const {
+  if (n_params > 0) return n_params;
   const int64_t head_dim = n_heads > 0 ? d_model / n_heads : d_model;
   const int64_t kv = n_kv_heads > 0 ? n_kv_heads : n_heads;
   const int64_t attn = d_model * (n_heads * head_dim) * 2 + d_model * (kv * head_dim) * 2;
@@ -44,6 +46,22 @@ absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry) {
     if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", entry.path, "/config.json"));
     std::stringstream text;
     text << in.rdbuf();
+    // The engine's parser and family table (common/model_config.h): same
+    // shape, same parameter count as the worker will load.
+    absl::StatusOr<ModelConfig> config =
+        ParseHfConfig(text.str(), absl::StrCat(entry.path, "/config.json"));
+    if (config.ok()) {
+      s.d_model = config->d_model;
+      s.d_mlp = config->d_ffn;
+      s.n_layers = config->n_layers;
+      s.n_heads = config->n_heads;
+      s.n_kv_heads = config->n_kv_heads;
+      s.vocab = config->d_vocab;
+      s.n_ctx = config->n_ctx;
+      s.shared_head = config->tied_embeddings;
+      s.n_params = ParameterCount(*config);
+      return s;
+    }
     try {
       nlohmann::json j = nlohmann::json::parse(text.str());
       s.d_model = j.value("hidden_size", int64_t{0});

@@ -17,7 +17,10 @@ namespace server {
 struct ModelShape {
   int64_t d_model = 0, d_mlp = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab = 0, n_ctx = 0;
   bool shared_head = true;
-  /// Parameter count computed from the shape.
+  /// Exact parameter count from the family table (ParameterCount) when the
+  /// config parsed; 0 = estimate from the fields above (llama2.c headers).
+  int64_t n_params = 0;
+  /// Parameter count: n_params, else computed from the shape.
   int64_t NumParams() const;
 };
 

@@ -10,7 +10,7 @@ if(SINKSCOPE_ASAN)
   add_executable(checkpoint_asan_test
     ${CMAKE_CURRENT_LIST_DIR}/checkpoint_asan_test.cc
     ${CMAKE_CURRENT_LIST_DIR}/test_util.cc
-    ${_sinkscope_root}/worker/engine/config.cc
+    ${_sinkscope_root}/common/model_config.cc
     ${_sinkscope_root}/worker/engine/checkpoint_hf.cc
     ${_sinkscope_root}/worker/engine/checkpoint_llama2c.cc
     ${_sinkscope_root}/worker/engine/checkpoint_validate.cc)

@@ -228,6 +228,17 @@ Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth) {
       t[p + "post_feedforward_layernorm.weight"] = at::ones({c.d_model});
     }
   }
+  if (spec.norm_placement == NormPlacement::kPost) {
+    // Same weights, OLMo-2 style: no norm before the sub-layers, one RMSNorm
+    // (gain 1) on each sub-layer's output before it is added.
+    ck.config.norm_placement = NormPlacement::kPost;
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string p = absl::StrCat("model.layers.", l, ".");
+      t.erase(p + "input_layernorm.weight");
+      t[p + "post_attention_layernorm.weight"] = at::ones({c.d_model});
+      t[p + "post_feedforward_layernorm.weight"] = at::ones({c.d_model});
+    }
+  }
   ck.format = "test-planted";
   if (truth) *truth = tr;
   return ck;

@@ -46,7 +46,9 @@ struct PlantedTruth {
 /// Options of the planted fixture.
 struct PlantedSpec {
   int64_t d_vocab = 64;
-  NormPlacement norm_placement = NormPlacement::kPre;  // kSandwich: same weights + extra norms
+  /// kSandwich: same weights + extra norms (Gemma 2); kPost: same weights, the
+  /// pre-norms replaced by output norms (OLMo 2).
+  NormPlacement norm_placement = NormPlacement::kPre;
   uint64_t seed = 1234;
 };
 

@@ -6,6 +6,12 @@
 //
 // Canonical names (l = 0..n_layers-1):
 //   model.embed_tokens.weight                   [d_vocab, d_model]
+//   model.embed_positions.weight                [n_ctx, d_model]  (learned positions, GPT-2)
+//   every norm has .bias too when norm_kind is LayerNorm (GPT-2); o_proj.bias
+//   when o_bias; mlp.*.bias when mlp_bias; no gate_proj when the MLP is not gated;
+//   q_norm/k_norm are [n_heads*d_head] / [n_kv_heads*d_head] when qk_norm_full_width.
+// Files of other families use their own names (family table); the loaders
+// validate those, then CanonicalizeTensors renames them to these.
 //   model.layers.l.input_layernorm.weight       [d_model]  pre-attn norm (kPre, kSandwich)
 //   model.layers.l.self_attn.{q,k,v}_proj.weight [n_heads*d_head | n_kv_heads*d_head, d_model]
 //   model.layers.l.self_attn.{q,k,v}_proj.bias   (qkv_bias only)
@@ -61,12 +67,20 @@ absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
 /// Dispatches on the path: a directory is HF, a file ending in .bin llama2.c.
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
 
-/// Checks that every tensor the config implies is present with the right
-/// shape and finite values, and that no unexpected tensor is left. `source`
+/// Checks that every tensor the config implies (under its family's file names,
+/// ExpectedTensors) is present with the right shape and finite values, and that no unexpected tensor is left. `source`
 /// names the checkpoint in messages. Called by the loaders.
 absl::Status ValidateCheckpointTensors(const ModelConfig& config,
                                        const std::map<std::string, at::Tensor>& tensors,
                                        const std::string& source);
+
+/// Renames and reshapes validated file tensors into the canonical names above
+/// (family table, common/model_config.h): GPT-2's Conv1D weights are transposed
+/// and its fused c_attn split into q, k, v. A no-op for Llama-named families.
+/// Errors: InvalidArgument naming `source` and a missing tensor.
+absl::Status CanonicalizeTensors(const ModelConfig& config,
+                                 std::map<std::string, at::Tensor>* tensors,
+                                 const std::string& source);
 
 /// Parses a safetensors header (format spec: 8-byte little-endian header
 /// length N, N bytes of JSON {name: {dtype, shape, data_offsets}}, data).

@@ -202,7 +202,9 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 }
 
 bool IsIgnoredTensor(const std::string& name) {
-  return absl::EndsWith(name, "rotary_emb.inv_freq");
+  // Buffers some transformers versions save: RoPE tables, GPT-2's causal masks.
+  return absl::EndsWith(name, "rotary_emb.inv_freq") || absl::EndsWith(name, ".attn.masked_bias") ||
+         (absl::StartsWith(name, "transformer.h.") && absl::EndsWith(name, ".attn.bias"));
 }
 
 // Maps `path` and adds its tensors to `out` (error on a duplicate name).
@@ -314,6 +316,7 @@ absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir) {
   // Tied: HF ignores a stored lm_head.weight and uses the embedding.
   if (ck.config.tied_embeddings) ck.tensors.erase("lm_head.weight");
   RETURN_IF_ERROR(ValidateCheckpointTensors(ck.config, ck.tensors, source));
+  RETURN_IF_ERROR(CanonicalizeTensors(ck.config, &ck.tensors, source));
   return ck;
 }
 

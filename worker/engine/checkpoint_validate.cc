@@ -26,48 +26,10 @@ std::string ShapeString(c10::IntArrayRef shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
 
-// Every tensor `c` implies, with its shape (names and shapes in checkpoint.h).
-std::map<std::string, Shape> ExpectedTensors(const ModelConfig& c) {
+// Every tensor `c` implies under its file names, with its file shape (common/model_config.h).
+std::map<std::string, Shape> ExpectedFileTensors(const ModelConfig& c) {
   std::map<std::string, Shape> e;
-  const int64_t q_dim = c.n_heads * c.d_head, kv_dim = c.n_kv_heads * c.d_head;
-  e["model.embed_tokens.weight"] = {c.d_vocab, c.d_model};
-  e["model.norm.weight"] = {c.d_model};
-  if (!c.tied_embeddings) e["lm_head.weight"] = {c.d_vocab, c.d_model};
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    switch (c.norm_placement) {
-      case NormPlacement::kPre:
-        e[p + "input_layernorm.weight"] = {c.d_model};
-        e[p + "post_attention_layernorm.weight"] = {c.d_model};
-        break;
-      case NormPlacement::kSandwich:
-        e[p + "input_layernorm.weight"] = {c.d_model};
-        e[p + "post_attention_layernorm.weight"] = {c.d_model};
-        e[p + "pre_feedforward_layernorm.weight"] = {c.d_model};
-        e[p + "post_feedforward_layernorm.weight"] = {c.d_model};
-        break;
-      case NormPlacement::kPost:
-        e[p + "post_attention_layernorm.weight"] = {c.d_model};
-        e[p + "post_feedforward_layernorm.weight"] = {c.d_model};
-        break;
-    }
-    e[p + "self_attn.q_proj.weight"] = {q_dim, c.d_model};
-    e[p + "self_attn.k_proj.weight"] = {kv_dim, c.d_model};
-    e[p + "self_attn.v_proj.weight"] = {kv_dim, c.d_model};
-    e[p + "self_attn.o_proj.weight"] = {c.d_model, q_dim};
-    if (c.qkv_bias) {
-      e[p + "self_attn.q_proj.bias"] = {q_dim};
-      e[p + "self_attn.k_proj.bias"] = {kv_dim};
-      e[p + "self_attn.v_proj.bias"] = {kv_dim};
-    }
-    if (c.qk_norm) {
-      e[p + "self_attn.q_norm.weight"] = {c.d_head};
-      e[p + "self_attn.k_norm.weight"] = {c.d_head};
-    }
-    e[p + "mlp.gate_proj.weight"] = {c.d_ffn, c.d_model};
-    e[p + "mlp.up_proj.weight"] = {c.d_ffn, c.d_model};
-    e[p + "mlp.down_proj.weight"] = {c.d_model, c.d_ffn};
-  }
+  for (const TensorSpec& t : ExpectedTensors(c)) e[t.file_name] = t.shape;
   return e;
 }
 
@@ -99,7 +61,7 @@ absl::Status ValidateImpl(const ModelConfig& config,
   if (absl::Status s = config.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": invalid config: ", s.message()));
   }
-  const std::map<std::string, Shape> expected = ExpectedTensors(config);
+  const std::map<std::string, Shape> expected = ExpectedFileTensors(config);
   std::vector<std::string> missing, unexpected;
   for (const auto& [name, shape] : expected) {
     auto it = tensors.find(name);
@@ -142,6 +104,50 @@ absl::Status ValidateImpl(const ModelConfig& config,
 }
 
 }  // namespace
+
+absl::Status CanonicalizeTensors(const ModelConfig& config,
+                                 std::map<std::string, at::Tensor>* tensors,
+                                 const std::string& source) {
+  try {
+    const int64_t q_dim = config.n_heads * config.d_head, kv_dim = config.n_kv_heads * config.d_head;
+    for (const TensorSpec& s : ExpectedTensors(config)) {
+      if (s.layout == TensorLayout::kAsIs && s.file_name == s.canonical) continue;
+      auto it = tensors->find(s.file_name);
+      if (it == tensors->end()) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": missing tensor ", s.file_name));
+      }
+      at::Tensor t = it->second;
+      tensors->erase(it);
+      switch (s.layout) {
+        case TensorLayout::kAsIs:
+          (*tensors)[s.canonical] = t;
+          break;
+        case TensorLayout::kConv1D:  // [in, out] -> [out, in]
+          (*tensors)[s.canonical] = t.t().contiguous();
+          break;
+        case TensorLayout::kFusedQkvConv1D: {
+          // Columns (weight) or entries (bias) [q | k | v] (GPT-2 c_attn.split(n_embd, dim=2)).
+          const int64_t dim = t.dim() - 1;
+          at::Tensor q = t.narrow(dim, 0, q_dim), k = t.narrow(dim, q_dim, kv_dim),
+                     v = t.narrow(dim, q_dim + kv_dim, kv_dim);
+          if (t.dim() == 2) {
+            q = q.t();
+            k = k.t();
+            v = v.t();
+          }
+          (*tensors)[s.canonical] = q.contiguous();
+          (*tensors)[s.canonical_k] = k.contiguous();
+          (*tensors)[s.canonical_v] = v.contiguous();
+          break;
+        }
+      }
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(
+        absl::StrCat(source, ": libtorch error while renaming tensors: ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ValidateCheckpointTensors(const ModelConfig& config,
                                        const std::map<std::string, at::Tensor>& tensors,

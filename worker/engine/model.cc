@@ -11,6 +11,9 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/layer_norm.h>
+#include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
@@ -47,21 +50,58 @@ struct CancelledError {};
 
 /// RMSNorm computed in float32 (gain included), cast back to the model dtype.
 /// x: [..., d]; weight: [d]. An undefined weight means no gain (paper eq. 23).
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+/// The gain is (gain_offset + weight): Gemma stores w zero-centred, gain 1 + w.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                   double gain_offset = 0.0) {
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor normed = x32 * (x32.pow(2).mean({-1}, /*keepdim=*/true) + eps).rsqrt();
-  if (weight.defined()) normed = normed * weight.to(at::kFloat);
+  if (weight.defined()) {
+    at::Tensor g = weight.to(at::kFloat);
+    if (gain_offset != 0.0) g = g + gain_offset;
+    normed = normed * g;
+  }
   return normed.to(x.scalar_type());
 }
 
-/// RoPE inverse frequencies [d_head/2] (float64 math), with Llama 3 / linear scaling.
-std::vector<double> RopeInvFreq(const ModelConfig& c) {
+/// The config's norm (RMSNorm or LayerNorm with bias), float32 inside.
+/// x: [..., d]; weight, bias: [d] (bias undefined for RMSNorm).
+at::Tensor Norm(const ModelConfig& c, const at::Tensor& x, const at::Tensor& weight,
+                const at::Tensor& bias) {
+  if (c.norm_kind == NormKind::kRms) return RmsNorm(x, weight, c.norm_eps, c.norm_gain_offset);
+  at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor w = weight.defined() ? weight.to(at::kFloat) : at::Tensor();
+  if (w.defined() && c.norm_gain_offset != 0.0) w = w + c.norm_gain_offset;
+  at::Tensor b = bias.defined() ? bias.to(at::kFloat) : at::Tensor();
+  return at::layer_norm(x32, {x.size(-1)}, w, b, c.norm_eps).to(x.scalar_type());
+}
+
+/// The MLP activation (silu; gelu exact; gelu tanh approximation).
+at::Tensor Activate(Activation a, const at::Tensor& x) {
+  switch (a) {
+    case Activation::kSilu:
+      return at::silu(x);
+    case Activation::kGelu:
+      return at::gelu(x);
+    case Activation::kGeluTanh:
+      return at::gelu(x, "tanh");
+  }
+  return x;
+}
+
+/// c tanh(x / c), the Gemma 2 soft-cap; c <= 0 = identity.
+at::Tensor SoftCap(const at::Tensor& x, double cap) {
+  if (cap <= 0) return x;
+  return (x / cap).tanh() * cap;
+}
+
+/// RoPE inverse frequencies [d_head/2] (float64 math), base `theta`, with Llama 3 /
+/// linear scaling `s`.
+std::vector<double> RopeInvFreq(const ModelConfig& c, double theta, const RopeScaling& s) {
   const int64_t half = c.d_head / 2;
   std::vector<double> inv(half);
   for (int64_t i = 0; i < half; ++i) {
-    inv[i] = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.d_head));
+    inv[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.d_head));
   }
-  const RopeScaling& s = c.rope_scaling;
   if (s.rope_type == "linear" && s.factor > 0) {
     for (double& f : inv) f /= s.factor;
   } else if (s.rope_type == "llama3") {
@@ -221,13 +261,21 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10
       m->weights_["lm_head.weight"] = m->weights_.at("model.embed_tokens.weight");
     }
     const ModelConfig& c = m->config_;
-    std::vector<double> inv = RopeInvFreq(c);
-    at::Tensor inv_t =
-        at::tensor(inv, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
-    at::Tensor pos = at::arange(c.n_ctx, at::TensorOptions().dtype(at::kFloat));
-    at::Tensor angles = at::outer(pos, inv_t);  // [n_ctx, d_head/2]
-    m->rope_cos_ = angles.cos().to(device);
-    m->rope_sin_ = angles.sin().to(device);
+    if (c.positional == Positional::kRope) {
+      // HF: inv_freq in float32, positions float32, outer product, cos/sin.
+      auto table = [&](double theta, const RopeScaling& rs, at::Tensor* cos, at::Tensor* sin) {
+        std::vector<double> inv = RopeInvFreq(c, theta, rs);
+        at::Tensor inv_t = at::tensor(inv, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+        at::Tensor pos = at::arange(c.n_ctx, at::TensorOptions().dtype(at::kFloat));
+        at::Tensor angles = at::outer(pos, inv_t);  // [n_ctx, d_head/2]
+        *cos = angles.cos().to(device);
+        *sin = angles.sin().to(device);
+      };
+      table(c.rope_theta, c.rope_scaling, &m->rope_cos_, &m->rope_sin_);
+      if (c.rope_local_theta > 0) {
+        table(c.rope_local_theta, RopeScaling(), &m->rope_local_cos_, &m->rope_local_sin_);
+      }
+    }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("placing weights on ", device.str(), ": ",
                                             e.what_without_backtrace()));
@@ -255,10 +303,14 @@ std::string Model::fast_attention_path() const { return SINKSCOPE_HAS_SDPA ? "sd
 
 std::vector<std::string> Model::HookNames() const {
   std::vector<std::string> names = {"hook_embed"};
+  const bool learned = config_.positional == Positional::kLearned;
+  if (learned) names.push_back("hook_pos_embed");
   const bool has_ln = config_.norm_placement != NormPlacement::kPost;
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     for (const std::string& s : LayerHookSuffixes()) {
       if (!has_ln && (s == "ln1.hook_normalized" || s == "ln2.hook_normalized")) continue;
+      if (learned && (s == "attn.hook_rot_q" || s == "attn.hook_rot_k")) continue;
+      if (!config_.gated_mlp && s == "mlp.hook_pre_linear") continue;
       names.push_back(HookName(l, s));
     }
   }
@@ -332,52 +384,80 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
     };
     const bool has_pre_norm = c.norm_placement != NormPlacement::kPost;
     const bool has_out_norm = c.norm_placement != NormPlacement::kPre;
+    const bool rope = c.positional == Positional::kRope;
     const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
-    at::Tensor mask;  // built lazily: [q_pos, k_pos] bool
-    auto get_mask = [&] {
-      if (!mask.defined()) mask = AttendMask(T, c.sliding_window, device_);
-      return mask;
+    const double scale = c.QueryScale();
+    std::map<int64_t, at::Tensor> masks;  // window -> [q_pos, k_pos] bool, built lazily
+    auto get_mask = [&](int64_t window) {
+      at::Tensor& m = masks[window];
+      if (!m.defined()) m = AttendMask(T, window, device_);
+      return m;
+    };
+    // Norm `prefix` (".weight", and ".bias" for LayerNorm) of the canonical names.
+    auto norm = [&](const std::string& prefix, const at::Tensor& x) {
+      return Norm(c, x, Weight(prefix + ".weight"), Weight(prefix + ".bias"));
     };
 
     at::Tensor resid = at::embedding(Weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
+    if (c.embed_scale != 1.0) {
+      // Gemma: normalizer = tensor(sqrt(d_model), dtype=model dtype).
+      resid = resid * at::scalar_tensor(c.embed_scale, resid.options());
+    }
     resid = hook(-1, "hook_embed", resid);
+    if (c.positional == Positional::kLearned) {
+      at::Tensor positions = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device_));
+      at::Tensor pos_embed =
+          at::embedding(Weight("model.embed_positions.weight"), positions).unsqueeze(0);
+      pos_embed = hook(-1, "hook_pos_embed", pos_embed.expand({B, T, c.d_model}));
+      resid = resid + pos_embed;
+    }
     for (int64_t l = 0; l < c.n_layers; ++l) {
       const std::string p = absl::StrCat("model.layers.", l, ".");
+      const int64_t window = c.Window(l);
+      const bool local_rope = c.rope_local_theta > 0 && window > 0;
+      const at::Tensor& cos = local_rope ? rope_local_cos_ : rope_cos_;
+      const at::Tensor& sin = local_rope ? rope_local_sin_ : rope_sin_;
       resid = hook(l, "hook_resid_pre", resid);
       // ---- attention block (paper block 2l+1) ----
       at::Tensor x = resid;
       if (has_pre_norm) {
-        x = RmsNorm(resid, Weight(p + "input_layernorm.weight"), c.norm_eps);
+        x = norm(p + "input_layernorm", resid);
         x = hook(l, "ln1.hook_normalized", x);
       }
       at::Tensor q = at::linear(x, Weight(p + "self_attn.q_proj.weight"),
-                                Weight(p + "self_attn.q_proj.bias"))
-                         .view({B, T, H, Dh});
+                                Weight(p + "self_attn.q_proj.bias"));
       at::Tensor k = at::linear(x, Weight(p + "self_attn.k_proj.weight"),
-                                Weight(p + "self_attn.k_proj.bias"))
-                         .view({B, T, KV, Dh});
+                                Weight(p + "self_attn.k_proj.bias"));
       at::Tensor v = at::linear(x, Weight(p + "self_attn.v_proj.weight"),
                                 Weight(p + "self_attn.v_proj.bias"))
                          .view({B, T, KV, Dh});
-      if (c.qk_norm) {  // Qwen3 / OLMo 2: RMSNorm over d_head, before RoPE
-        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps);
-        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps);
+      if (c.qk_norm && c.qk_norm_full_width) {  // OLMo 2: over n_heads*d_head, before the split
+        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
+      }
+      q = q.view({B, T, H, Dh});
+      k = k.view({B, T, KV, Dh});
+      if (c.qk_norm && !c.qk_norm_full_width) {  // Qwen3 / Gemma 3: over d_head, before RoPE
+        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
       }
       q = hook(l, "attn.hook_q", q);  // [batch, pos, head, d_head]
       k = hook(l, "attn.hook_k", k);  // [batch, pos, kv_head, d_head]
       v = hook(l, "attn.hook_v", v);
-      q = hook(l, "attn.hook_rot_q", ApplyRope(q, rope_cos_, rope_sin_, c.rope_layout));
-      k = hook(l, "attn.hook_rot_k", ApplyRope(k, rope_cos_, rope_sin_, c.rope_layout));
+      if (rope) {
+        q = hook(l, "attn.hook_rot_q", ApplyRope(q, cos, sin, c.rope_layout));
+        k = hook(l, "attn.hook_rot_k", ApplyRope(k, cos, sin, c.rope_layout));
+      }
       at::Tensor qh = q.transpose(1, 2);                     // [batch, head, pos, d_head]
       at::Tensor kh = RepeatKv(k.transpose(1, 2), H / KV);   // [batch, head, pos, d_head]
       at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
       const bool need_pattern = !hooks.Empty() && (hooks.Has(HookName(l, "attn.hook_attn_scores")) ||
                                                    hooks.Has(HookName(l, "attn.hook_pattern")));
       at::Tensor z;  // [batch, head, pos, d_head]
-      if (need_pattern || !SINKSCOPE_HAS_SDPA) {
+      if (need_pattern || !SINKSCOPE_HAS_SDPA || c.attn_softcap > 0) {
         at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;  // [b, h, q, k]
-        scores = scores.masked_fill(get_mask().logical_not(),
+        scores = SoftCap(scores, c.attn_softcap);
+        scores = scores.masked_fill(get_mask(window).logical_not(),
                                     -std::numeric_limits<double>::infinity());
         scores = hook(l, "attn.hook_attn_scores", scores);
         at::Tensor pattern = at::softmax(scores.to(at::kFloat), -1).to(dtype_);
@@ -385,39 +465,44 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
         z = at::matmul(pattern, vh);
       } else {
 #if SINKSCOPE_HAS_SDPA
-        const bool causal_only = c.sliding_window <= 0 || T <= c.sliding_window;
+        const bool causal_only = window <= 0 || T <= window;
         z = causal_only ? at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
-                                                           vh.contiguous(), {}, 0.0, true)
+                                                           vh.contiguous(), {}, 0.0, true, scale)
                         : at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
-                                                           vh.contiguous(), get_mask(), 0.0,
-                                                           false);
+                                                           vh.contiguous(), get_mask(window), 0.0,
+                                                           false, scale);
 #endif
       }
       z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
       at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),
-                                       Weight(p + "self_attn.o_proj.weight"));
-      if (has_out_norm) {
-        attn_out = RmsNorm(attn_out, Weight(p + "post_attention_layernorm.weight"), c.norm_eps);
-      }
+                                       Weight(p + "self_attn.o_proj.weight"),
+                                       Weight(p + "self_attn.o_proj.bias"));
+      if (has_out_norm) attn_out = norm(p + "post_attention_layernorm", attn_out);
       attn_out = hook(l, "hook_attn_out", attn_out);
       resid = hook(l, "hook_resid_mid", resid + attn_out);
       // ---- MLP block (paper block 2l+2) ----
       x = resid;
       if (c.norm_placement == NormPlacement::kPre) {
-        x = hook(l, "ln2.hook_normalized",
-                 RmsNorm(resid, Weight(p + "post_attention_layernorm.weight"), c.norm_eps));
+        x = hook(l, "ln2.hook_normalized", norm(p + "post_attention_layernorm", resid));
       } else if (c.norm_placement == NormPlacement::kSandwich) {
-        x = hook(l, "ln2.hook_normalized",
-                 RmsNorm(resid, Weight(p + "pre_feedforward_layernorm.weight"), c.norm_eps));
+        x = hook(l, "ln2.hook_normalized", norm(p + "pre_feedforward_layernorm", resid));
       }
-      at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.gate_proj.weight")));
-      at::Tensor pre_linear =
-          hook(l, "mlp.hook_pre_linear", at::linear(x, Weight(p + "mlp.up_proj.weight")));
-      at::Tensor post = hook(l, "mlp.hook_post", at::silu(pre) * pre_linear);
-      at::Tensor mlp_out = at::linear(post, Weight(p + "mlp.down_proj.weight"));
-      if (has_out_norm) {
-        mlp_out = RmsNorm(mlp_out, Weight(p + "post_feedforward_layernorm.weight"), c.norm_eps);
+      at::Tensor post;
+      if (c.gated_mlp) {
+        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.gate_proj.weight"),
+                                                            Weight(p + "mlp.gate_proj.bias")));
+        at::Tensor pre_linear =
+            hook(l, "mlp.hook_pre_linear",
+                 at::linear(x, Weight(p + "mlp.up_proj.weight"), Weight(p + "mlp.up_proj.bias")));
+        post = hook(l, "mlp.hook_post", Activate(c.activation, pre) * pre_linear);
+      } else {
+        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.up_proj.weight"),
+                                                            Weight(p + "mlp.up_proj.bias")));
+        post = hook(l, "mlp.hook_post", Activate(c.activation, pre));
       }
+      at::Tensor mlp_out =
+          at::linear(post, Weight(p + "mlp.down_proj.weight"), Weight(p + "mlp.down_proj.bias"));
+      if (has_out_norm) mlp_out = norm(p + "post_feedforward_layernorm", mlp_out);
       mlp_out = hook(l, "hook_mlp_out", mlp_out);
       resid = hook(l, "hook_resid_post", resid + mlp_out);
     }
@@ -425,9 +510,10 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
         !hooks.Has("unembed.hook_out")) {
       return at::Tensor();
     }
-    at::Tensor final_x =
-        hook(-1, "ln_final.hook_normalized", RmsNorm(resid, Weight("model.norm.weight"), c.norm_eps));
+    at::Tensor final_x = hook(-1, "ln_final.hook_normalized", norm("model.norm", resid));
     at::Tensor logits = hook(-1, "unembed.hook_out", at::linear(final_x, Weight("lm_head.weight")));
+    // Gemma 2 final soft-cap, after the hook (TransformerLens' output_logits_soft_cap).
+    logits = SoftCap(logits.to(at::kFloat), c.final_softcap);
     return logits.to(at::kFloat);
   } catch (const CancelledError&) {
     return absl::CancelledError("forward pass cancelled");

@@ -89,6 +89,7 @@ class Model {
   std::set<std::string> hook_names_;
   bool rope_permuted_at_load_ = false;
   at::Tensor rope_cos_, rope_sin_;  // [n_ctx, d_head/2] float32
+  at::Tensor rope_local_cos_, rope_local_sin_;  // windowed layers when rope_local_theta > 0
   int64_t weight_bytes_ = 0;
   int64_t n_params_ = 0;
 };

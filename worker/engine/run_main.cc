@@ -5,6 +5,8 @@
 //   sinkscope-run forward  --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run scan     --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run hooks    --model PATH
+//   sinkscope-run dump     --model PATH (--text STR | --ids ...) --out FILE.safetensors
+//                 [--hook NAME]...   every hook (or the named ones) and "logits", float32
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/tensor.h>
@@ -162,6 +164,35 @@ int Forward(const CommonArgs& a) {
   return 0;
 }
 
+// Writes the hook tensors of one forward pass ([1, ...] as the hook sees them,
+// float32, masked attention scores stay -inf) and the returned logits
+// [1, pos, d_vocab] as a .safetensors file, for reference comparisons.
+int Dump(const CommonArgs& a, const std::string& out, const std::vector<std::string>& names) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto ids = Input(a, *m);
+  if (!ids.ok()) return Fail(ids.status());
+  std::map<std::string, at::Tensor> tensors;
+  HookRegistry hooks;
+  const std::vector<std::string> wanted = names.empty() ? m->model->HookNames() : names;
+  for (const std::string& name : wanted) {
+    hooks.AddProbe(name, [&tensors](const std::string& n, int64_t, const at::Tensor& t) {
+      tensors[n] = t.detach().to(at::kCPU, at::kFloat).contiguous().clone();
+    });
+  }
+  at::Tensor tokens = at::tensor(*ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+  auto logits = m->model->Forward(tokens, hooks);
+  if (!logits.ok()) return Fail(logits.status());
+  tensors["logits"] = logits->to(at::kCPU, at::kFloat).contiguous();
+  absl::Status st = WriteSafetensors(out, tensors);
+  if (!st.ok()) return Fail(st);
+  std::cout << nlohmann::json{{"out", out}, {"tensors", tensors.size()},
+                              {"provenance", Provenance(a, *m)}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
 int Scan(const CommonArgs& a, const ScanParams& params) {
   auto m = Load(a);
   if (!m.ok()) return Fail(m.status());
@@ -218,7 +249,9 @@ int main(int argc, char** argv) {
   using namespace sinkscope;
   CLI::App app{"sinkscope-run: run the sinkscope engine directly"};
   app.require_subcommand(1);
-  CommonArgs gen_args, fwd_args, scan_args, hook_args;
+  CommonArgs gen_args, fwd_args, scan_args, hook_args, dump_args;
+  std::string dump_out;
+  std::vector<std::string> dump_hooks;
   int64_t max_new = 16;
   ScanParams params;
   auto* gen = app.add_subcommand("generate", "greedy decoding");
@@ -234,11 +267,16 @@ int main(int argc, char** argv) {
   scan->add_option("--step-fraction", params.step_fraction);
   auto* hooks = app.add_subcommand("hooks", "list the model's hook names");
   AddCommon(hooks, hook_args, false);
+  auto* dump = app.add_subcommand("dump", "write hook tensors and logits to a .safetensors file");
+  AddCommon(dump, dump_args, true);
+  dump->add_option("--out", dump_out, "output .safetensors path")->required();
+  dump->add_option("--hook", dump_hooks, "hook name (repeatable; default: every hook)");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*gen) return Generate(gen_args, max_new);
     if (*fwd) return Forward(fwd_args);
     if (*scan) return Scan(scan_args, params);
+    if (*dump) return Dump(dump_args, dump_out, dump_hooks);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);
       if (!ckpt.ok()) return Fail(ckpt.status());

@@ -178,7 +178,9 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
         if (scores.defined()) {
           at::Tensor tq = at::arange(T, at::TensorOptions().dtype(at::kLong).device(A.device()));
           at::Tensor visible = tq.view({1, T}) <= tq.view({T, 1});
-          if (c.sliding_window > 0) visible = visible.logical_and(tq.view({T, 1}) - tq.view({1, T}) < c.sliding_window);
+          if (const int64_t w = c.Window(l); w > 0) {
+            visible = visible.logical_and(tq.view({T, 1}) - tq.view({1, T}) < w);
+          }
           at::Tensor S0 = scores.to(at::kFloat).masked_fill(visible.logical_not(), 0);
           at::Tensor s_sink = S0.gather(3, idx).squeeze(3).to(at::kDouble);    // [b, h, q]
           at::Tensor other_sum = S0.sum(3, false, at::kDouble) - s_sink;

@@ -1,0 +1,172 @@
+// Model configuration: one struct describes every supported decoder family,
+// and one table (family.cc, FamilySpec) says how each Hugging Face family maps
+// onto it: config.json keys, tensor names per role, norm kind and placement,
+// activation, positional scheme, biases, soft-caps, per-layer windows.
+//
+// Families (HF `model_type`): llama (Llama 2/3, incl. Llama 3 rope scaling),
+// mistral (sliding window), qwen2 (q/k/v bias), qwen3 (per-head RMSNorm on q, k),
+// gpt2 (LayerNorm, learned positions, GELU MLP, fused Conv1D c_attn),
+// gemma2 (sandwich norm, (1 + w) gain, soft-caps, alternating windows),
+// gemma3_text (gemma2 + per-head q/k norm, local/global RoPE bases),
+// olmo2 (post-norm, q/k norm over the full projected width).
+// Architecture differences are fields, never checks of the family name inside
+// the forward pass (TransformerLens' config-driven style). No libtorch here:
+// the server links this library too.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sinkscope {
+
+/// Where the RMSNorms sit in each transformer block.
+///  - kPre:      h = h + f(norm(h))                   (Llama, Qwen, Mistral)
+///  - kSandwich: h = h + post_norm(f(pre_norm(h)))    (Gemma 2/3)
+///  - kPost:     h = h + post_norm(f(h))              (OLMo 2)
+/// For kSandwich/kPost the block output (`hook_attn_out`, `hook_mlp_out`) is
+/// the tensor added to the residual stream, i.e. after the extra norm.
+enum class NormPlacement { kPre, kSandwich, kPost };
+
+/// How RoPE pairs the d_head coordinates of q and k.
+///  - kAdjacentPairs: (2i, 2i+1) rotate together (llama2.c, Meta's original).
+///  - kRotateHalves:  (i, i + d_head/2) rotate together (HF transformers; HF
+///    conversion permutes W_Q/W_K rows so both give the same attention).
+enum class RopeLayout { kAdjacentPairs, kRotateHalves };
+
+/// Normalisation function: RMSNorm (gain only) or LayerNorm (mean-centred, gain + bias).
+enum class NormKind { kRms, kLayer };
+/// MLP activation: silu (SwiGLU), exact gelu (erf), tanh-approximated gelu
+/// (GPT-2 "gelu_new", Gemma "gelu_pytorch_tanh").
+enum class Activation { kSilu, kGelu, kGeluTanh };
+/// Positional scheme: RoPE on q/k, or a learned [n_ctx, d_model] table added to the embedding.
+enum class Positional { kRope, kLearned };
+
+const char* NormPlacementName(NormPlacement p);
+const char* NormKindName(NormKind k);
+const char* ActivationName(Activation a);
+const char* RopeLayoutName(RopeLayout l);
+absl::StatusOr<NormPlacement> ParseNormPlacement(const std::string& name);
+
+/// Llama 3 `rope_scaling` (rope_type "llama3"); factor 1 = off.
+struct RopeScaling {
+  std::string rope_type;  // "" (none), "llama3", "linear"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+/// Hyper-parameters of a decoder-only transformer. Shapes below use
+/// d_model, n_heads, n_kv_heads (GQA), d_head, d_ffn, d_vocab.
+struct ModelConfig {
+  std::string model_type = "llama";  // HF model_type, informational
+  int64_t d_model = 0;
+  int64_t n_layers = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t d_head = 0;  // usually d_model / n_heads (Qwen3 sets it explicitly)
+  int64_t d_ffn = 0;
+  int64_t d_vocab = 0;
+  int64_t n_ctx = 2048;  // max_position_embeddings / llama2.c seq_len
+  double norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  RopeLayout rope_layout = RopeLayout::kRotateHalves;
+  NormPlacement norm_placement = NormPlacement::kPre;
+  bool qkv_bias = false;        // Qwen2/2.5, GPT-2, Llama attention_bias
+  bool o_bias = false;          // bias on the attention output projection (GPT-2, Llama attention_bias)
+  bool mlp_bias = false;        // biases on the MLP projections (GPT-2, Llama mlp_bias)
+  bool qk_norm = false;         // Qwen3, Gemma 3, OLMo 2: norm of q and k before RoPE
+  /// qk_norm over the full projected width n_heads*d_head (OLMo 2) instead of per head (d_head).
+  bool qk_norm_full_width = false;
+  bool tied_embeddings = false;  // unembedding = embedding^T
+  int64_t sliding_window = 0;   // Mistral, Gemma; 0 = full causal attention
+  /// Per-layer window (0 = full); empty = `sliding_window` on every layer.
+  /// Gemma 2: sliding on even layers; Gemma 3: 5 local : 1 global.
+  std::vector<int64_t> layer_windows;
+  int64_t bos_token_id = 1;
+  int64_t eos_token_id = 2;
+
+  NormKind norm_kind = NormKind::kRms;
+  /// Gain is (offset + w): 0 (Llama, w) or 1 (Gemma's (1 + w), weights stored zero-centred).
+  double norm_gain_offset = 0.0;
+  Activation activation = Activation::kSilu;
+  bool gated_mlp = true;        // down(act(gate x) * up x); false: down(act(up x)) (GPT-2)
+  Positional positional = Positional::kRope;
+  /// Attention-logit soft-cap c: scores = c tanh(scores / c); 0 = off (Gemma 2: 50).
+  double attn_softcap = 0.0;
+  /// Final-logit soft-cap, same form (Gemma 2: 30); applied after unembed.hook_out.
+  double final_softcap = 0.0;
+  /// Factor on the token embedding (Gemma: sqrt(d_model)); 1 = none.
+  double embed_scale = 1.0;
+  /// Query scale; 0 = 1/sqrt(d_head). Gemma: query_pre_attn_scalar^-1/2.
+  double attn_scale = 0.0;
+  /// RoPE base of the windowed (local) layers; 0 = rope_theta (Gemma 3: 10000 local,
+  /// 1e6 global; rope_scaling applies to the global layers only when this is set).
+  double rope_local_theta = 0.0;
+
+  int64_t n_blocks() const { return 2 * n_layers; }
+  /// Attention window of layer `l` (0 = full causal attention).
+  int64_t Window(int64_t l) const {
+    if (layer_windows.empty()) return sliding_window;
+    return l >= 0 && l < static_cast<int64_t>(layer_windows.size()) ? layer_windows[l] : 0;
+  }
+  /// RoPE base of layer `l` (local base for windowed layers when rope_local_theta > 0).
+  double LayerRopeTheta(int64_t l) const {
+    return rope_local_theta > 0 && Window(l) > 0 ? rope_local_theta : rope_theta;
+  }
+  /// 1/sqrt(d_head) unless attn_scale is set.
+  double QueryScale() const;
+  /// Checks that the numbers are consistent (positive, heads divide, ...).
+  absl::Status Validate() const;
+  /// One-line human summary, names the RoPE layout and norm placement.
+  std::string Summary() const;
+};
+
+/// Parses a Hugging Face `config.json` through the family table (KnownFamilies();
+/// an extra `"sinkscope_norm_placement": "pre"|"sandwich"|"post"` key overrides the
+/// family's placement). Reads transformers 5 `rope_parameters` (flat, or per layer
+/// type for Gemma 3) and the older `rope_theta` / `rope_scaling` keys.
+/// `source` names the file in error messages.
+/// Errors: InvalidArgument for malformed JSON, a missing or wrong-typed field,
+/// an unknown model_type (message lists the known ones) or an unsupported activation.
+absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& json_text, const std::string& source);
+
+/// Writes `config` as a HF config.json (the inverse of ParseHfConfig for the
+/// llama, mistral, qwen2 and qwen3 families).
+absl::Status WriteHfConfig(const std::string& path, const ModelConfig& config);
+
+/// How a checkpoint tensor is stored relative to its canonical (Llama, [out, in]) form.
+enum class TensorLayout {
+  kAsIs,
+  kConv1D,          // GPT-2 Conv1D weight [in, out]: transposed at load
+  kFusedQkvConv1D,  // GPT-2 c_attn [d_model, 3 d_model] (weight) / [3 d_model] (bias):
+                    // split into q, k, v (and transposed) at load
+};
+
+/// One tensor a config implies, as stored in the checkpoint file.
+/// `canonical` is the name the forward pass reads (checkpoint.h); for a fused
+/// tensor it is the q name and `canonical_k` / `canonical_v` the others.
+struct TensorSpec {
+  std::string file_name;
+  std::vector<int64_t> shape;  // shape in the file
+  std::string canonical;
+  TensorLayout layout = TensorLayout::kAsIs;
+  std::string canonical_k, canonical_v;
+};
+
+/// Every tensor `config` implies, under the names and shapes of its family's
+/// checkpoint files (names in file order of roles: embeddings, layers, final).
+/// Families without a table entry use the canonical (Llama) names.
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
+
+/// Number of parameters of `config` (sum over ExpectedTensors; a tied head counted once).
+int64_t ParameterCount(const ModelConfig& config);
+
+/// The HF model_types the table knows, sorted, comma-separated ("gemma2, gemma3_text, ...").
+std::string KnownFamilies();
+
+}  // namespace sinkscope
