@@ -649,7 +649,7 @@ TEST(ConfigTest, ErrorsNameFileAndField) {
       {R"({"model_type":"llama","hidden_size":"32","num_hidden_layers":1,
            "num_attention_heads":4,"intermediate_size":64,"vocab_size":100})",
        "config.json: field 'hidden_size' must be an integer, got string"},
-      {R"({"model_type":"gpt2","hidden_size":32})", "config.json: field 'model_type'"},
+      {R"({"model_type":"bert","hidden_size":32})", "config.json: field 'model_type'"},
       {R"({"hidden_size":32})", "config.json: field 'model_type' missing"},
       {R"({"model_type":"llama","hidden_act":"gelu","hidden_size":32})",
        "config.json: field 'hidden_act' has unsupported value 'gelu'"},
