@@ -191,6 +191,12 @@ grpc::Status WorkerServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   }
   response->set_model_bytes(model_bytes);
   response->set_rss_bytes(ResidentBytes());
+  const DeviceMemory dm = cache_.device_memory();
+  response->set_device_allocated_bytes(dm.allocated_bytes);
+  response->set_device_reserved_bytes(dm.reserved_bytes);
+  response->set_device_total_bytes(dm.total_bytes);
+  response->set_device_free_bytes(dm.free_bytes);
+  response->set_budget_bytes(cache_.effective_budget_bytes());
   response->set_code_version(CodeVersion());
   std::lock_guard<std::mutex> lock(status_mu_);
   response->set_running_job_id(running_job_id_);
