@@ -30,10 +30,10 @@ mkdir -p "$OUT"
 CARRY=${SINKSCOPE_GPU_CARRY:-$ROOT/build/gpu-carry}
 PY=${PYTHON:-python3}
 if [ $DRY = 1 ]; then
-  DEVICE=cpu; SHAPES="tiny"; TOKENS=64; BATCH=2; PROBE_TOKENS=64; ITERS=2
+  DEVICE=cpu; SHAPES="tiny"; TOKENS=64; BATCH=2; PROBE_TOKENS=64; ITERS=2; TEST_LIMIT=600
   PY=${PYTHON:-$ROOT/build/venv/bin/python}
 else
-  DEVICE=cuda; SHAPES="7b 1b"; TOKENS=4096; BATCH=${BATCH:-4}; PROBE_TOKENS=32000; ITERS=3
+  DEVICE=cuda; SHAPES="7b 1b"; TOKENS=4096; BATCH=${BATCH:-4}; PROBE_TOKENS=32000; ITERS=3; TEST_LIMIT=120
 fi
 TORCH_LIB=$($PY -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")')
 NV_LIBS=$($PY - <<'EOF'
@@ -56,7 +56,7 @@ step() {
   local t0=$(date +%s.%N)
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  local dt=$(echo "$(date +%s.%N) - $t0" | bc)
+  local dt=$(printf '%.3f' "$(echo "$(date +%s.%N) - $t0" | bc)")
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $dt}" >>"$STEPS"
   echo "step $name: rc $rc in ${dt}s" >&2
   return $rc
@@ -69,7 +69,7 @@ step env 30 bash -c "nvidia-smi 2>&1 || echo 'no nvidia-smi'; $PY -c 'import tor
 for dtype in float32 bfloat16; do
   for t in model_test scan_test sinks_test spikes_test experiments_test; do
     SINKSCOPE_TEST_DEVICE=$DEVICE SINKSCOPE_TEST_DTYPE=$dtype \
-      step "test-$dtype-$t" 120 "$BIN/$t" --gtest_brief=1 "--gtest_output=json:$OUT/test-$dtype-$t.json"
+      step "test-$dtype-$t" $TEST_LIMIT "$BIN/$t" --gtest_brief=1 "--gtest_output=json:$OUT/test-$dtype-$t.json"
   done
 done
 
@@ -97,7 +97,8 @@ service_e2e() {
   kill -TERM $pid; wait $pid
   return $rc
 }
-step service 120 service_e2e
+export -f service_e2e; export BIN WORK OUT DEVICE
+step service 120 bash -c service_e2e
 
 # ---- 4. transformers parity on the device ----
 parity=$(ls "$ROOT"/tests/python/test_*parity*.py 2>/dev/null | head -1)
