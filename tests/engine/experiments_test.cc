@@ -174,6 +174,7 @@ TEST(ConstantSubstitution, MeanKeepsPerplexityZeroBreaksIt) {
 }
 
 TEST(ConstantSubstitution, WritingBackTheSameTensorHasZeroKl) {
+  SINKSCOPE_FLOAT32_ONLY("reads the float32 hook tensor directly");
   auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   // A constant equal to the state itself, taken from a first run.
   const std::vector<int64_t> corpus = PlantedCorpus(2, 16);

@@ -30,6 +30,15 @@ c10::ScalarType TestDtype();
 /// float32, `bfloat16_tol` otherwise.
 double TestTolerance(double float32_tol, double bfloat16_tol);
 
+/// Skips a test whose assertion holds in float32 only (exact ids, bitwise
+/// identities), with the reason, when SINKSCOPE_TEST_DTYPE is another dtype.
+#define SINKSCOPE_FLOAT32_ONLY(why)                                            \
+  if (::sinkscope::testing::TestDtype() != at::kFloat) {                      \
+    GTEST_SKIP() << "float32 only: " << why;                                   \
+  }                                                                            \
+  do {                                                                         \
+  } while (0)
+
 /// A model on TestDevice(); `dtype` float32 means TestDtype().
 std::unique_ptr<Model> MakeCpuModel(const Checkpoint& ck, c10::ScalarType dtype = at::kFloat);
 

@@ -10,6 +10,7 @@
 #include <ATen/ops/zeros.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -196,11 +197,15 @@ TEST_P(FamilyTest, HookInvariants) {
   const int64_t T = ids.size();
   for (int64_t l = 0; l < ck.config.n_layers; ++l) {
     auto H = [&](const std::string& s) { return seen.at(HookName(l, s)); };
-    EXPECT_LT((H("hook_resid_mid") - H("hook_resid_pre") - H("hook_attn_out")).abs().max().item<double>(), 1e-6);
-    EXPECT_LT((H("hook_resid_post") - H("hook_resid_mid") - H("hook_mlp_out")).abs().max().item<double>(), 1e-6);
+    // float32: exact to 1e-6; bfloat16: the stream is stored in bfloat16, so the
+    // sum is rounded once: 2^-7 of the largest |resid| entry.
+    const double id_tol = TestTolerance(1e-6, H("hook_resid_post").abs().max().item<double>() / 128);
+    EXPECT_LT((H("hook_resid_mid") - H("hook_resid_pre") - H("hook_attn_out")).abs().max().item<double>(), id_tol);
+    EXPECT_LT((H("hook_resid_post") - H("hook_resid_mid") - H("hook_mlp_out")).abs().max().item<double>(), id_tol);
     at::Tensor pattern = H("attn.hook_pattern");  // [batch, head, q_pos, k_pos]
     ASSERT_EQ(pattern.sizes(), (std::vector<int64_t>{2, ck.config.n_heads, T, T}));
-    EXPECT_LT((pattern.sum(-1) - 1).abs().max().item<double>(), 1e-5) << "rows sum to 1";
+    // bfloat16 patterns: each probability rounded to 8 bits.
+    EXPECT_LT((pattern.sum(-1) - 1).abs().max().item<double>(), TestTolerance(1e-5, 1e-2)) << "rows sum to 1";
     at::Tensor above = pattern.triu(1);
     EXPECT_EQ(above.abs().max().item<double>(), 0.0) << "no attention to future keys";
     if (ck.config.sliding_window > 0) {
@@ -216,7 +221,8 @@ TEST_P(FamilyTest, HookInvariants) {
   // The pattern path and the fast path agree.
   auto fast = model->Forward(at::cat({Ids(ids), Ids(ids).flip(1)}, 0), HookRegistry());
   ASSERT_TRUE(fast.ok());
-  EXPECT_LT((*fast - *logits).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((*fast - *logits).abs().max().item<double>(),
+            TestTolerance(1e-5, 5e-2 * std::max(1.0, logits->abs().max().item<double>())));
 }
 
 // The fused attention path (at::scaled_dot_product_attention, taken where no
@@ -253,12 +259,13 @@ TEST_P(FamilyTest, SdpaEqualsEagerPerHook) {
   for (const auto& [name, t] : fused) {
     ASSERT_TRUE(eager.count(name)) << name;
     const double scale = std::max(1.0, eager.at(name).abs().max().item<double>());
-    // float32: 1e-5 of the hook's scale; bfloat16: 2e-2 (different reduction orders).
-    EXPECT_LT((t - eager.at(name)).abs().max().item<double>() / scale, TestTolerance(1e-5, 2e-2))
+    // float32: 1e-5 of the hook's scale; bfloat16: 6e-2 (different reduction
+    // orders, amplified through the sandwich / post norms).
+    EXPECT_LT((t - eager.at(name)).abs().max().item<double>() / scale, TestTolerance(1e-5, 6e-2))
         << GetParam() << " " << name;
   }
   const double scale = std::max(1.0, b->abs().max().item<double>());
-  EXPECT_LT((*a - *b).abs().max().item<double>() / scale, TestTolerance(1e-5, 2e-2))
+  EXPECT_LT((*a - *b).abs().max().item<double>() / scale, TestTolerance(1e-5, 6e-2))
       << GetParam() << " logits";
 }
 
@@ -358,6 +365,7 @@ TEST(ModelInterventions, ReplacementPropagates) {
 // Real checkpoints against llama2.c's reference implementation (shared/README.md).
 // ---------------------------------------------------------------------------
 TEST(RealCheckpoints, Stories260KGreedyFromBos) {
+  SINKSCOPE_FLOAT32_ONLY("exact greedy ids of the llama2.c reference are a float32 property");
   SKIP_IF_NO_SHARED(path, "models/stories260K/stories260K.bin");
   auto ck = LoadLlama2c(path);
   ASSERT_TRUE(ck.ok()) << ck.status();
@@ -370,6 +378,7 @@ TEST(RealCheckpoints, Stories260KGreedyFromBos) {
 }
 
 TEST(RealCheckpoints, Aidreams260KPromptAndContinuation) {
+  SINKSCOPE_FLOAT32_ONLY("exact greedy ids of the llama2.c reference are a float32 property");
   SKIP_IF_NO_SHARED(path, "models/aidreams260K/aidreams260K.bin");
   SKIP_IF_NO_SHARED(tok_path, "models/aidreams260K/tok512.bin");
   auto ck = LoadLlama2c(path);

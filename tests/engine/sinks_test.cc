@@ -10,6 +10,7 @@
 #include <ATen/ops/tensor.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -25,6 +26,7 @@ using testing::PlantedSpec;
 using testing::PlantedTruth;
 
 using testing::MakeCpuModel;
+using testing::TestTolerance;
 
 std::vector<int64_t> OrdinarySequence(int64_t n, int64_t start) {
   std::vector<int64_t> s = {1};
@@ -172,15 +174,17 @@ void CheckAgainstRecomputation(const std::string& rel) {
       at::Tensor alpha = A.sum(0) / static_cast<double>(T);  // eq. 27
       const double max_alpha = alpha.narrow(0, 0, T / 2).max().item<double>();
       const HeadSinkStats& got = r->layers[l].heads[h];
-      EXPECT_NEAR(got.max_importance, max_alpha, 1e-5) << "layer " << l << " head " << h;
-      EXPECT_NEAR(got.gu_first_key_score, alpha[0].item<double>(), 1e-5);
+      // bfloat16: the recomputation reads the bfloat16 pattern, the engine the
+      // float32 softmax before that rounding: 2e-3 absolute.
+      EXPECT_NEAR(got.max_importance, max_alpha, TestTolerance(1e-5, 2e-3)) << "layer " << l << " head " << h;
+      EXPECT_NEAR(got.gu_first_key_score, alpha[0].item<double>(), TestTolerance(1e-5, 2e-3));
       EXPECT_EQ(got.is_sink_head, max_alpha > 0.3);
       // Mean attention distance sum_t sum_k A[t,k](t-k)/T.
       double dist = 0;
       for (int64_t t = 0; t < T; ++t) {
         for (int64_t kk = 0; kk <= t; ++kk) dist += A[t][kk].item<double>() * (t - kk);
       }
-      EXPECT_NEAR(got.mean_attention_distance, dist / T, 1e-4);
+      EXPECT_NEAR(got.mean_attention_distance, dist / T, TestTolerance(1e-4, 5e-3 * std::max(1.0, dist / T)));
       sinks += max_alpha > 0.3;
     }
     ratio += static_cast<double>(sinks) / c.n_heads;
