@@ -169,6 +169,8 @@ def scan_frames(result) -> Dict[str, pd.DataFrame]:
                "spike_mean_over_sequences": s.spike_mean_over_sequences,
                **{f"thresholds.{k}": v for k, v in message_row(s.thresholds).items()}}
     out["summary"] = _frame([summary], list(summary))
+    if "attributions" in s.DESCRIPTOR.fields_by_name:
+        out.update(attribution_frames(s))
     out["provenance"] = _provenance(result)
     return out
 
@@ -391,6 +393,139 @@ def generic_frames(result) -> Dict[str, pd.DataFrame]:
     return out
 
 
+# ---------------------------------------------------------------------------
+# Mechanism jobs (mechanism.proto; used when the server's proto has them)
+# ---------------------------------------------------------------------------
+def _scalars(msg) -> Dict[str, Any]:
+    return message_row(msg, lists=False, nested=False)
+
+
+def attribution_frames(summary) -> Dict[str, pd.DataFrame]:
+    """Block attribution of a scan's spike entries (ScanSummary.attributions):
+    attribution_entries: one row per spike entry (rank, SpikeAttribution scalars:
+        sequence, position, channel, peak_value, peak_block, embed, embed_share,
+        sum_to_peak; step_up_blocks / step_down_blocks as lists);
+    attributions: one row per (entry, block): rank, sequence, position, channel,
+        block, layer, sublayer, contribution, share (block j's output at the entry)."""
+    atts = list(getattr(summary, "attributions", []))
+    entries, rows = [], []
+    for i, a in enumerate(atts):
+        entries.append({"rank": i, **message_row(a, lists=False),
+                        "step_up_blocks": list(a.step_up_blocks),
+                        "step_down_blocks": list(a.step_down_blocks)})
+        for j, (c, sh) in enumerate(zip(a.contributions, a.shares)):
+            b = j + 1
+            rows.append({"rank": i, "sequence": a.sequence, "position": a.position,
+                         "channel": a.channel, "block": b, "layer": (b - 1) // 2,
+                         "sublayer": "attn" if b % 2 else "mlp", "contribution": c, "share": sh})
+    ecols = ["rank"] + (list(message_row(atts[0], lists=False)) if atts else []) + \
+        ["step_up_blocks", "step_down_blocks"]
+    return {"attribution_entries": _frame(entries, ecols),
+            "attributions": _frame(rows, ["rank", "sequence", "position", "channel", "block", "layer",
+                                          "sublayer", "contribution", "share"])}
+
+
+def ffn_quadratic_frames(result) -> Dict[str, pd.DataFrame]:
+    """ffn-quadratic tables (paper eq. 16-19, Fig. 3, 4, 8):
+    blocks: one row per MLP block (FfnQuadraticBlock scalars);
+    norms: one row per (block, channel k): frobenius_norm = ||U_k||_F;
+    outliers: (block, rank, channel) of the outlier channels;
+    channels: one row per analysed (block, channel): FfnChannelSpectrum scalars
+        (channel, is_top, frobenius_norm, eigen_ratio, residual);
+    eigenvalues: (block, channel, is_top, index, eigenvalue) of S_k;
+    top_rows: (block, channel, FfnRow fields); summary; provenance."""
+    blocks = result.of_kind("ffn_quadratic_block")
+    brows, norms, outl, chans, eig, rows = [], [], [], [], [], []
+    for b in blocks:
+        ref = {"block": b.block, "layer": b.layer, "sublayer": b.sublayer}
+        brows.append(_scalars(b))
+        norms += [{**ref, "channel": k, "frobenius_norm": v} for k, v in enumerate(b.frobenius_norms)]
+        outl += [{**ref, "rank": i, "channel": c} for i, c in enumerate(b.outlier_channels)]
+        for c in b.channels:
+            chans.append({**ref, **_scalars(c)})
+            eig += [{"block": b.block, "channel": c.channel, "is_top": c.is_top, "index": i,
+                     "eigenvalue": v} for i, v in enumerate(c.eigenvalues)]
+            rows += [{"block": b.block, "channel": c.channel, **message_row(r)} for r in c.top_rows]
+    s = result.summary
+    summ = {k: v for k, v in message_row(s).items() if not k.startswith("provenance.")} if s else {}
+    return {"blocks": pd.DataFrame(brows),
+            "norms": _frame(norms, ["block", "layer", "sublayer", "channel", "frobenius_norm"]),
+            "outliers": _frame(outl, ["block", "layer", "sublayer", "rank", "channel"]),
+            "channels": pd.DataFrame(chans),
+            "eigenvalues": _frame(eig, ["block", "channel", "is_top", "index", "eigenvalue"]),
+            "top_rows": pd.DataFrame(rows),
+            "summary": pd.DataFrame([summ]),
+            "provenance": _provenance(result)}
+
+
+def ffn_quadratic_matrices(result) -> Dict[str, np.ndarray]:
+    """frobenius_norms: float32 [n blocks, d_model] (||U_k||_F; rows in block
+    order); eigenvectors_B: float32 [n analysed channels, d_model] (s* per channel)."""
+    blocks = result.of_kind("ffn_quadratic_block")
+    out = {"frobenius_norms": np.array([list(b.frobenius_norms) for b in blocks], dtype=np.float32),
+           "blocks": np.array([b.block for b in blocks], dtype=np.int64)}
+    for b in blocks:
+        if len(b.channels):
+            out[f"eigenvectors_{b.block}"] = np.array([list(c.leading_eigenvector) for c in b.channels],
+                                                      dtype=np.float32)
+        n = int(round(len(b.top_eigenvector_cosine) ** 0.5))
+        if n:
+            out[f"top_eigenvector_cosine_{b.block}"] = np.array(
+                b.top_eigenvector_cosine, dtype=np.float64).reshape(n, n)
+    return out
+
+
+def silu_regime_frames(result) -> Dict[str, pd.DataFrame]:
+    """silu-regime tables (Fig. 2): tokens: one row per (block, token):
+    block, layer, SiluToken fields (sequence, position, is_spike_token, cosine,
+    norm_ratio, max_abs_output); blocks: one row per block (scalars, and
+    spike_tokens.* / other_tokens.* SiluStats); provenance."""
+    blocks = result.of_kind("silu_regime_block")
+    toks = [{"block": b.block, "layer": b.layer, **message_row(t)} for b in blocks for t in b.tokens]
+    return {"tokens": pd.DataFrame(toks),
+            "blocks": pd.DataFrame([message_row(b, lists=False) for b in blocks]),
+            "provenance": _provenance(result)}
+
+
+def vo_circuit_frames(result) -> Dict[str, pd.DataFrame]:
+    """vo-circuit tables (eq. 22): layers: one row per layer (VoCircuitLayer
+    scalars, sample_quantiles as a list); alignment: one row per (layer,
+    token): index, token_id, token_alignment; provenance."""
+    layers = result.of_kind("vo_circuit_layer")
+    ids = list(getattr(result.summary, "token_ids", [])) if result.summary is not None else []
+    al = [{"layer": l.layer, "index": i, "token_id": ids[i] if i < len(ids) else None,
+           "token_alignment": v} for l in layers for i, v in enumerate(l.token_alignment)]
+    return {"layers": pd.DataFrame([message_row(l) for l in layers]),
+            "alignment": _frame(al, ["layer", "index", "token_id", "token_alignment"]),
+            "provenance": _provenance(result)}
+
+
+def _activation_tensors(result) -> Dict[tuple, Dict[str, Any]]:
+    out: Dict[tuple, Dict[str, Any]] = {}
+    for t in result.of_kind("activation_tensor"):
+        key = (t.hook, t.sequence)
+        e = out.setdefault(key, {"shape": list(t.shape), "dims": list(t.dims), "numel": t.numel,
+                                 "values": np.zeros(int(t.numel), dtype=np.float32), "pieces": 0})
+        e["values"][int(t.offset):int(t.offset) + len(t.values)] = np.asarray(t.values, dtype=np.float32)
+        e["pieces"] += 1
+    return out
+
+
+def activations_frames(result) -> Dict[str, pd.DataFrame]:
+    """activations tables: tensors: one row per (hook, sequence): shape, dims,
+    numel, pieces (the arrays themselves: matrices(), keys "HOOK/SEQUENCE");
+    provenance."""
+    rows = [{"hook": h, "sequence": s, "shape": e["shape"], "dims": e["dims"], "numel": e["numel"],
+             "pieces": e["pieces"]} for (h, s), e in _activation_tensors(result).items()]
+    return {"tensors": _frame(rows, ["hook", "sequence", "shape", "dims", "numel", "pieces"]),
+            "provenance": _provenance(result)}
+
+
+def activations_matrices(result) -> Dict[str, np.ndarray]:
+    """"HOOK/SEQUENCE" -> float32 array of the sliced shape (pieces joined by offset)."""
+    return {f"{h}/{s}": e["values"].reshape(e["shape"]) for (h, s), e in _activation_tensors(result).items()}
+
+
 CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "scan": scan_frames,
     "sinks": sinks_frames,
@@ -400,6 +535,10 @@ CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "perplexity": perplexity_frames,
     "constant_substitution": intervention_frames,
     "sink_ablation": intervention_frames,
+    "ffn_quadratic": ffn_quadratic_frames,
+    "silu_regime": silu_regime_frames,
+    "vo_circuit": vo_circuit_frames,
+    "activations": activations_frames,
 }
 
 MATRICES: Dict[str, Callable[[Any], Dict[str, np.ndarray]]] = {
@@ -407,6 +546,8 @@ MATRICES: Dict[str, Callable[[Any], Dict[str, np.ndarray]]] = {
     "spike_similarity": spike_similarity_matrices,
     "constant_substitution": intervention_matrices,
     "sink_ablation": intervention_matrices,
+    "ffn_quadratic": ffn_quadratic_matrices,
+    "activations": activations_matrices,
 }
 
 

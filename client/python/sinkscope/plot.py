@@ -203,6 +203,7 @@ def sink_ratio(result) -> Figure:
                     color="w", s=40, label=f"sink head (> {eps:g})")
         ax1.legend(fontsize=7, loc="upper right")
     ax1.set_yticks(range(len(layers)), [str(l) for l in layers.layer])
+    ax1.set_xticks(range(m.shape[1]) if m.ndim == 2 else [])
     ax1.set_xlabel("head")
     ax1.set_ylabel("layer")
     fig.colorbar(im, ax=ax1, label="max_k alpha_k")
