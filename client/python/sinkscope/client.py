@@ -287,7 +287,8 @@ class Job:
 
     Iterating yields its result records as they stream (the message inside each
     ResultRecord, e.g. ScanBlock; records of an attempt lost to a worker crash
-    are announced by a warning and superseded in result()). ``wait()`` blocks
+    are announced by a warning and superseded in result()), and raises
+    JobFailed / JobCancelled when the job ends that way. ``wait()`` blocks
     until it ends (progress bar), ``result()`` returns a :class:`sinkscope.Result`,
     ``cancel()`` asks the server to stop it.
     """
@@ -341,6 +342,9 @@ class Job:
                               f"({event.retrying.reason}); its records are superseded")
             elif kind in ("completed", "failed", "cancelled"):
                 self._finish(event)
+                if kind == "cancelled":
+                    raise JobCancelled(self.id, event.cancelled.reason)
+                self._raise_if_unsuccessful()
                 return
 
     def _finish(self, event: "pb.JobEvent"):

@@ -138,6 +138,8 @@ def scan_frames(result) -> Dict[str, pd.DataFrame]:
     step_blocks: kind "step_up" / "step_down", block, layer, sublayer;
     summary: peak_abs, peak_block (block, layer, sublayer), spike_mean_over_sequences,
         thresholds (top_k, abs_threshold, rel_threshold, step_fraction);
+    attribution_entries / attributions: block attribution of the spike
+        entries (servers with the mechanism proto; see attribution_frames);
     provenance."""
     blocks = result.of_kind("scan_block")
     bcols = _fields(pb.ScanBlock)

@@ -74,20 +74,21 @@ class Server:
                "workers": ",".join(["cpu"] * workers), "catalog": f"{directory}/catalog.json",
                "worker_binary": binary("SINKSCOPE_WORKER_BIN", "worker/sinkscope-worker"),
                "runtime_dir": f"{directory}/run", "worker_threads": 1, "sync_full": False,
-               "metrics_listen": ""}
+               "metrics_listen": "", "drain_timeout_s": 2}
         cfg.update(extra or {})
+        self.address = cfg["listen"]
         self.config_path = os.path.join(directory, "server.json")
         with open(self.config_path, "w") as f:
             json.dump(cfg, f, indent=2)
         self.proc = None
 
-    def start(self, timeout: float = 90, token: str | None = None):
+    def start(self, timeout: float = 90, token: str | None = None, tls_ca: str | None = None):
         import sinkscope
         server_bin = binary("SINKSCOPE_SERVER_BIN", "server/sinkscope-server")
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([server_bin, f"--config={self.config_path}"], stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        client = sinkscope.connect(self.address, token=token, timeout=1)
+        client = sinkscope.connect(self.address, token=token, tls_ca=tls_ca, timeout=1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

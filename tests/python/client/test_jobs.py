@@ -310,22 +310,42 @@ def test_cancel_running_and_queued(slow_server):
         c.scan("planted", [SEQ_A]).wait(timeout=0.3, progress=False)
 
 
-def test_token_auth(binaries):
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_token_and_tls(binaries):
+    # A server with TLS (self-signed certificate) and tokens, as on a shared host.
     import shutil
     d = _tmpdir()
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    out = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                          "-subj", "/CN=localhost", "-addext",
+                          "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+                         capture_output=True, text=True)
+    require(out.returncode == 0, "openssl (a test certificate): " + out.stderr[-300:])
     pdir = planted.write_planted(os.path.join(d, "planted"))
+    port = _free_port()
     srv = Server(d, {"models": [{"name": "planted", "format": "hf", "path": pdir}]}, workers=1,
-                 extra={"auth": "token"})
+                 extra={"listen": f"127.0.0.1:{port}", "auth": "token", "tls_cert": cert,
+                        "tls_key": key})
     out = subprocess.run([binaries["server"], f"--config={srv.config_path}", "token", "create",
                           "--user", "alice"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     token = next(w for w in out.stdout.split() if w.startswith("sst_"))
     try:
-        srv.start(token=token)
+        srv.start(token=token, tls_ca=cert)
+        address = f"localhost:{port}"
         with pytest.raises(sinkscope.RpcError) as e:
-            sinkscope.connect(srv.address).models()
+            sinkscope.connect(address, tls_ca=cert).models()
         assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
-        c = sinkscope.connect(srv.address, token=token)
+        with pytest.raises(sinkscope.RpcError) as e:
+            sinkscope.connect(address, token=token, timeout=3).models()  # plaintext to a TLS port
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        c = sinkscope.connect(address, token=token, tls_ca=cert)
         job = c.scan("planted", [SEQ_A])
         assert job.info.owner == "alice"
         assert job.result(progress=False).frame("spike_channels").channel.tolist() == [7]
