@@ -115,24 +115,24 @@ def top_magnitudes(result, log: bool = True) -> Figure:
     return fig
 
 
-def spike_attribution(result, entry: int = 0, max_blocks: Optional[int] = None) -> Figure:
+def spike_attribution(result, entry: int = 0, max_entries: int = 16) -> Figure:
     """Per-block attribution of a spike: for spike entry `entry` (ScanSummary
     attributions, same order as spike_entries), the embedding and every block
     output up to the peak block stacked into the peak value (exact:
     resid_p[e] = embed[e] + sum_{j<=p} out_j[e]); left stacked shares of each
     spike entry, right the chosen entry's contribution per block. Needs the
-    scan's block attribution (mechanism proto)."""
+    scan's block attribution (mechanism proto). At most `max_entries` entries
+    (the largest) are stacked."""
     _need(result, "scan")
     s = result.summary
-    atts = list(getattr(s, "attributions", []))
+    all_atts = list(getattr(s, "attributions", []))
+    atts = all_atts[:max_entries]
     if not atts:
         raise ValueError("this scan has no block attribution (server without the mechanism "
                          "proto, or no spike entries)")
     fig = _figure(11, 4)
     ax0, ax1 = fig.subplots(1, 2)
     n_blocks = max(a.peak_block for a in atts)
-    if max_blocks:
-        n_blocks = min(n_blocks, max_blocks)
     cmap = _cmap(n_blocks + 1)
     labels = [f"({a.sequence},{a.position},{a.channel})" for a in atts]
     x = np.arange(len(atts))
@@ -155,7 +155,7 @@ def spike_attribution(result, entry: int = 0, max_blocks: Optional[int] = None) 
     ax0.set_xlabel("spike entry (sequence, position, channel)")
     ax0.set_ylabel("share of peak value")
     ax0.legend(fontsize=6, ncol=2)
-    a = atts[entry]
+    a = all_atts[entry]
     blocks = np.arange(1, len(a.contributions) + 1)
     colors = [_C["step_up"] if b in a.step_up_blocks else _C["step_down"] if b in a.step_down_blocks
               else _C["other"] for b in blocks]
@@ -163,7 +163,7 @@ def spike_attribution(result, entry: int = 0, max_blocks: Optional[int] = None) 
     ax1.axvline(a.peak_block + 0.5, color="k", lw=0.8, ls=":")
     ax1.set_xlabel("block")
     ax1.set_ylabel("contribution to the spike entry")
-    ax1.set_title(f"entry {labels[entry]}: peak {a.peak_value:.4g} at block {a.peak_block}, "
+    ax1.set_title(f"entry ({a.sequence},{a.position},{a.channel}): peak {a.peak_value:.4g} at block {a.peak_block}, "
                   f"embed {a.embed:.3g}", fontsize=8)
     _title(fig, result, "Block attribution of spikes")
     return fig

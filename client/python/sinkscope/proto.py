@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Mapping
 
 try:
-    from sinkscope._proto import analysis_pb2 as pb
+    from sinkscope._proto import analysis_pb2 as _analysis_pb2
     from sinkscope._proto import analysis_pb2_grpc as pb_grpc
 except ImportError as e:  # pragma: no cover - only when the stubs were never generated
     raise ImportError(
@@ -18,6 +18,34 @@ except ImportError as e:  # pragma: no cover - only when the stubs were never ge
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+
+
+class _Messages:
+    """Every generated message and enum of proto/sinkscope/v1 (analysis.proto
+    and the files it imports, e.g. mechanism.proto) under one name:
+    ``pb.ScanBlock``, ``pb.JOB_STATE_COMPLETED``, ..."""
+
+    def __init__(self):
+        import importlib
+        import pkgutil
+        import sinkscope._proto as pkg
+        mods = [_analysis_pb2]
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name.endswith("_pb2") and info.name not in ("analysis_pb2", "worker_pb2"):
+                mods.append(importlib.import_module(f"sinkscope._proto.{info.name}"))
+        self._modules = mods
+
+    def __getattr__(self, name):
+        for m in self._modules:
+            if hasattr(m, name):
+                return getattr(m, name)
+        raise AttributeError(f"no message or enum {name!r} in the sinkscope protos")
+
+    def __dir__(self):
+        return sorted({n for m in self._modules for n in dir(m) if not n.startswith("_")})
+
+
+pb = _Messages()
 
 __all__ = ["pb", "pb_grpc", "job_types", "record_kinds", "params_message", "job_type_of",
            "record_kind", "record_body", "fill_message", "make_sequence", "dtype_value",
