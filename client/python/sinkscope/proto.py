@@ -104,7 +104,12 @@ def record_body(record: "pb.ResultRecord") -> _message.Message:
 
 
 def enum_name(enum_type: Any, value: int, prefix: str) -> str:
-    name = enum_type.Name(value) if value in enum_type.values() else str(value)
+    """Name of an enum value (EnumDescriptor or generated enum wrapper) without `prefix`."""
+    by_number = getattr(enum_type, "values_by_number", None)
+    if by_number is None:
+        by_number = getattr(enum_type, "DESCRIPTOR").values_by_number
+    v = by_number.get(int(value))
+    name = v.name if v is not None else str(value)
     return name[len(prefix):] if name.startswith(prefix) else name
 
 
