@@ -31,8 +31,18 @@ _C = {"resid": "#1f77b4", "output": "#ff7f0e", "step_up": "#d62728", "step_down"
       "intervened": "#dd8452"}
 
 
+class SinkscopeFigure(Figure):
+    """A matplotlib Figure that a notebook shows inline (PNG) without pyplot."""
+
+    def _repr_png_(self):
+        import io
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100)
+        return buf.getvalue()
+
+
 def _figure(w: float = 7.0, h: float = 4.0) -> Figure:
-    fig = Figure(figsize=(w, h), layout="constrained")
+    fig = SinkscopeFigure(figsize=(w, h), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

@@ -157,9 +157,11 @@ def expected_tables(job_type: str, cli: dict) -> dict:
 
 
 def same(got, want) -> bool:
-    if isinstance(want, bool) or isinstance(got, bool):
+    import numbers
+    import numpy as np
+    if isinstance(want, bool) or isinstance(got, (bool, np.bool_)):
         return bool(got) == bool(want)
-    if isinstance(want, str) and isinstance(got, (int, float)) and not isinstance(got, bool):
+    if isinstance(want, str) and isinstance(got, numbers.Number):
         want = float(want.replace("Infinity", "inf"))  # int64 / NaN / Infinity as strings
     if isinstance(want, (int, float)):
         try:

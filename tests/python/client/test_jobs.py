@@ -149,10 +149,14 @@ def test_constant_substitution_planted(results):
     zero = get_result(results, "constant_substitution_zero")
     for r in (mean, zero):
         kl = r.frame("kl").set_index("position_class")
-        n_spike = CORPUS.count(1) + CORPUS.count(5) - 1  # position 0 of the stream is never scored
-        assert kl.loc["all", "n"] == kl.loc[["spike", "after_spike", "rest"], "n"].sum()
-        assert kl.loc["spike", "n"] + kl.loc["after_spike", "n"] + kl.loc["rest", "n"] == r.summary.n_scored
-        assert kl.loc["spike", "n"] <= n_spike + 1
+        # Every position of every chunk has a next-token distribution; each
+        # chunk holds 2 planted spike tokens (BOS, id 5), each followed by an
+        # ordinary token.
+        n_spike = sum(CORPUS.count(t) for t in planted.SPIKE_TOKEN_IDS)
+        assert kl.loc["spike", "n"] == n_spike == 12
+        assert kl.loc["after_spike", "n"] == n_spike
+        assert kl.loc["rest", "n"] == len(CORPUS) - 2 * n_spike
+        assert kl.loc["all", "n"] == len(CORPUS)
         iv = r.frame("interventions")
         assert iv.kind.tolist() == ["substitution"]
         assert iv.block.tolist() == [planted.STEP_UP_BLOCK]

@@ -27,7 +27,7 @@ def test_notebook_runs(server, has_stories, tmp_path, monkeypatch):
     from nbclient import NotebookClient
     nb = nbformat.read(NOTEBOOK, as_version=4)
     monkeypatch.setenv("SINKSCOPE_SERVER", server.address)
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend, as for a user
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs

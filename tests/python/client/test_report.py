@@ -60,12 +60,15 @@ def test_report_in_chromium(name, results, server, browser, tmp_path):
     assert len(info["svgs"]) == n_figures
     for w, h, n_elems in info["svgs"]:
         assert w > 200 and h > 100 and n_elems > 20
-    assert info["tables"] >= 3 + len(r.frames())  # job, provenance + one per table
+    assert info["tables"] == 2 + len(r.frames())  # job, provenance, one per DataFrame
     assert r.job.id in info["title"]
     shot = browser.screenshot(str(tmp_path / f"{name}.png"))
     assert os.path.getsize(shot) > 20000
     assert browser.console_errors() == []
-    assert browser.requests() == ["file://" + str(page)]
+    # Self-contained: only the page itself and data: URIs (heatmaps embedded in the SVGs).
+    reqs = browser.requests()
+    assert reqs[0] == "file://" + str(page)
+    assert all(u.startswith("data:") for u in reqs[1:]), reqs
 
 
 def test_report_unknown_job(server):
