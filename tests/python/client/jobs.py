@@ -1,0 +1,57 @@
+"""The jobs the client tests run: one or more per job type, on the planted
+fixture (ground truth in planted.py) and, when shared/ has them, stories260K
+and tinyshakespeare. Submitted together (two workers), awaited once per
+session; each test reads the results it needs."""
+from __future__ import annotations
+
+from planted import ordinary
+
+# Sequences with planted spike tokens: BOS (id 1) at 0, and id 5 / 9 inside.
+SEQ_A = ordinary(24, 0)
+SEQ_A[8] = 5
+SEQ_B = ordinary(24, 3)
+SEQ_B[12] = 9
+# A delimiter id for the self-attention profile (12 never occurs in ordinary()).
+SEQ_D = ordinary(20, 1)
+SEQ_D[5] = SEQ_D[11] = 12
+# Corpus for evaluations: chunks of 16 starting with BOS, a spike token inside.
+CORPUS = []
+for c in range(6):
+    chunk = [1] + [10 + (c * 13 + i * 7) % 50 for i in range(1, 16)]
+    chunk[6] = 5
+    CORPUS += chunk
+STORIES_IDS = [1, 461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264,
+               283, 452, 288, 13]
+
+# name -> (job type, needs stories260K, submit(client) -> Job)
+SPECS = {
+    "scan": ("scan", False, lambda c: c.scan("planted", [SEQ_A, SEQ_B])),
+    "sinks": ("sinks", False, lambda c: c.sinks("planted", [ordinary(40, 1), ordinary(40, 2)],
+                                                window=32)),
+    "first_token_probe": ("first_token_probe", False, lambda c: c.first_token_probe(
+        "planted", token_ids=[1, 5, 9, 10, 11, 12, 13], batch_size=4)),
+    "spike_similarity": ("spike_similarity", False,
+                         lambda c: c.spike_similarity("planted", [SEQ_A, SEQ_B])),
+    "self_attention_profile": ("self_attention_profile", False, lambda c: c.self_attention_profile(
+        "planted", [SEQ_D], layers=[0, 1, 2], delimiter_ids=[12])),
+    "perplexity": ("perplexity", False, lambda c: c.perplexity(
+        "planted", [ordinary(50, 0), ordinary(50, 4)], chunk_length=16)),
+    "constant_substitution": ("constant_substitution", False, lambda c: c.constant_substitution(
+        "planted", [CORPUS], chunk_length=16)),
+    "constant_substitution_zero": ("constant_substitution", False, lambda c: c.constant_substitution(
+        "planted", [CORPUS], chunk_length=16,
+        interventions=[{"substitution": {"mode": "zero"}}])),
+    "sink_ablation": ("sink_ablation", False, lambda c: c.sink_ablation(
+        "planted", [CORPUS], chunk_length=16)),
+    "scan_stories": ("scan", True, lambda c: c.scan("stories260K", STORIES_IDS)),
+    "perplexity_stories": ("perplexity", True, lambda c: c.perplexity(
+        "stories260K", corpus="tinyshakespeare", token_budget=512, chunk_length=128)),
+    # Mechanism jobs (used when the proto has them).
+    "ffn_quadratic": ("ffn_quadratic", False, lambda c: c.submit("ffn_quadratic", "planted")),
+    "silu_regime": ("silu_regime", False, lambda c: c.submit("silu_regime", "planted", [SEQ_A, SEQ_B])),
+    "vo_circuit": ("vo_circuit", False, lambda c: c.submit("vo_circuit", "planted",
+                                                           token_ids=[1, 5, 10, 11])),
+    "activations": ("activations", False, lambda c: c.submit(
+        "activations", "planted", [SEQ_A], hooks=["blocks.1.hook_resid_post", "blocks.2.attn.hook_pattern"],
+        positions=[0, 1, 8])),
+}

@@ -1,0 +1,358 @@
+"""Every job type through the Python client against a real server; results
+checked against the planted fixture's ground truth (planted.py) or analytic
+identities, never against values the client computed."""
+from __future__ import annotations
+
+import io
+import math
+import os
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+import planted
+import sinkscope
+from conftest import Server, _tmpdir, demo_catalog, get_result, require
+from jobs import CORPUS, SEQ_A, SEQ_B, SEQ_D, SPECS
+
+
+def test_every_job_type_has_a_job(results):
+    # The proto's job types (discovered) are all exercised by jobs.SPECS.
+    covered = {t for t, _, _ in SPECS.values()}
+    missing = [t for t in sinkscope.job_types() if t not in covered]
+    assert not missing, f"job types without a test job: {missing}"
+    assert {"scan", "sinks", "first_token_probe", "spike_similarity", "self_attention_profile",
+            "perplexity", "constant_substitution", "sink_ablation"} <= set(sinkscope.job_types())
+
+
+def test_models_frame(client):
+    models = client.models().set_index("name")
+    p = models.loc["planted"]
+    assert (p.n_layers, p.d_model, p.n_heads, p.vocab_size, p.n_ctx) == (
+        planted.N_LAYERS, planted.D_MODEL, planted.N_HEADS, planted.D_VOCAB, planted.N_CTX)
+    assert p.format == "hf" and bool(p.available) and p.default_dtype == "FLOAT32"
+    assert client.workers()["total"] == 2
+
+
+def test_scan_planted(results):
+    r = get_result(results, "scan")
+    assert r.type == "scan"
+    assert r.kinds == ["scan_block"] * (2 * planted.N_LAYERS) + ["scan_summary"]
+    assert r.frame("spike_channels").channel.tolist() == [planted.SPIKE_CHANNEL]
+    want = sorted((s, p) for s, seq in enumerate([SEQ_A, SEQ_B]) for p in planted.spike_positions(seq))
+    got = sorted(map(tuple, r.frame("spike_tokens")[["sequence", "position"]].values.tolist()))
+    assert got == want
+    steps = r.frame("step_blocks")
+    assert planted.STEP_UP_BLOCK in steps[steps.kind == "step_up"].block.tolist()
+    assert planted.STEP_DOWN_BLOCK in steps[steps.kind == "step_down"].block.tolist()
+    # Channel 7 of a spike token carries ~ 20 * 8^2 = 1280 between the two MLPs.
+    blocks = r.frame("blocks").set_index("block")
+    assert 600 < blocks.loc[planted.STEP_UP_BLOCK, "max_abs"] < 3000
+    assert blocks.loc[planted.STEP_UP_BLOCK - 1, "n_massive"] == 0
+    prov = r.provenance
+    assert prov["model"] == "planted" and prov["dtype"] == "float32" and prov["device"] == "cpu"
+    assert int(prov["n_tokens"]) == len(SEQ_A) + len(SEQ_B)
+
+
+def test_sinks_planted(results):
+    r = get_result(results, "sinks")
+    heads = r.frame("heads")
+    assert len(heads) == planted.N_LAYERS * planted.N_HEADS
+    got = set(map(tuple, r.frame("sink_heads")[["layer", "head"]].values.tolist()))
+    assert got == set(planted.SINK_HEADS)
+    m = r.matrix("max_importance")
+    assert m.shape == (planted.N_LAYERS, planted.N_HEADS)
+    for l, h in planted.SINK_HEADS:
+        assert m[l, h] > 0.3
+    layers = r.frame("layers").set_index("layer")
+    assert layers.loc[2, "n_sink_heads"] == 2 and layers.loc[3, "n_sink_heads"] == 1
+    # eq. 28: s_eps of the model = sink heads / heads when every sequence agrees.
+    assert r.summary.sink_ratio == pytest.approx(3 / 24, abs=1e-9)
+
+
+def test_first_token_probe_planted(results):
+    r = get_result(results, "first_token_probe")
+    s = r.summary
+    assert s.n_tokens == 7
+    assert s.n_spike_at_first == len(planted.SPIKE_TOKEN_IDS)
+    exc = r.frame("exceptions")
+    assert sorted(exc[exc.kind == "not_spiking_at_first"].token_id) == [10, 11, 12, 13]
+    h = r.frame("histogram")
+    assert len(h) == 2 * planted.N_LAYERS and h.block.tolist() == list(range(1, 13))
+    # The spikes first appear after the step-up MLP (block 4).
+    assert h.set_index("block").first_spike_block_histogram.idxmax() == planted.STEP_UP_BLOCK
+
+
+def test_spike_similarity_planted(results):
+    r = get_result(results, "spike_similarity")
+    n = sum(len(planted.spike_positions(s)) for s in (SEQ_A, SEQ_B))
+    mats = r.matrices()
+    assert set(mats) == {"before", "after", "normalized"}
+    for name, m in mats.items():
+        assert m.shape == (n, n)
+        np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-5)
+        np.testing.assert_allclose(m, m.T, atol=1e-6)
+    # After the step-up block every spike token is ~1280 e_7: cosine -> 1.
+    assert r.frame("cosine").set_index("matrix").loc["after", "min_off_diagonal"] > 0.99
+    assert r.summary.step_up_block.block == planted.STEP_UP_BLOCK
+    toks = r.frame("spike_tokens")
+    assert set(toks.token_id) <= set(planted.SPIKE_TOKEN_IDS)
+
+
+def test_self_attention_profile_planted(results):
+    r = get_result(results, "self_attention_profile")
+    g = r.frame("groups")
+    assert sorted(g.layer.unique()) == [0, 1, 2]
+    # Position 0 attends only to itself: A[0, 0] = 1 in every head and layer.
+    first = g[g.group == "first"]
+    np.testing.assert_allclose(first["mean"], 1.0, atol=1e-5)
+    assert (g[g.group == "delimiter"]["count"] == 2).all()
+    pt = r.frame("per_token")
+    assert len(pt) == 3 * len(SEQ_D)
+    assert ((pt.value >= 0) & (pt.value <= 1 + 1e-6)).all()
+
+
+def _scored(n_tokens, chunk):
+    n_chunks = math.ceil(n_tokens / chunk)
+    last = n_tokens - (n_chunks - 1) * chunk
+    if last == 1:
+        return n_chunks - 1, n_tokens - 1 - (n_chunks - 1)
+    return n_chunks, n_tokens - n_chunks
+
+
+def test_perplexity_planted(results):
+    r = get_result(results, "perplexity")
+    chunks = r.frame("chunks")
+    n_chunks, n_scored = _scored(100, 16)
+    assert len(chunks) == n_chunks and chunks.n_scored.sum() == n_scored
+    assert chunks["index"].tolist() == list(range(n_chunks))
+    assert chunks.first_token.tolist() == [16 * i for i in range(n_chunks)]
+    np.testing.assert_allclose(chunks.mean_loss, chunks.nll_sum / chunks.n_scored, rtol=1e-9)
+    np.testing.assert_allclose(chunks.perplexity, np.exp(chunks.mean_loss), rtol=1e-9)
+    s = r.summary
+    assert s.n_scored == n_scored
+    assert s.perplexity == pytest.approx(math.exp(chunks.nll_sum.sum() / n_scored), rel=1e-9)
+
+
+def test_perplexity_stories(results):
+    r = get_result(results, "perplexity_stories")
+    n_chunks, n_scored = _scored(512, 128)
+    assert len(r.frame("chunks")) == n_chunks and r.summary.n_scored == n_scored
+    assert r.summary.eval.corpus == "tinyshakespeare"
+
+
+def test_constant_substitution_planted(results):
+    mean = get_result(results, "constant_substitution")
+    zero = get_result(results, "constant_substitution_zero")
+    for r in (mean, zero):
+        kl = r.frame("kl").set_index("position_class")
+        # Every position of every chunk has a next-token distribution; each
+        # chunk holds 2 planted spike tokens (BOS, id 5), each followed by an
+        # ordinary token.
+        n_spike = sum(CORPUS.count(t) for t in planted.SPIKE_TOKEN_IDS)
+        assert kl.loc["spike", "n"] == n_spike == 12
+        assert kl.loc["after_spike", "n"] == n_spike
+        assert kl.loc["rest", "n"] == len(CORPUS) - 2 * n_spike
+        assert kl.loc["all", "n"] == len(CORPUS)
+        iv = r.frame("interventions")
+        assert iv.kind.tolist() == ["substitution"]
+        assert iv.block.tolist() == [planted.STEP_UP_BLOCK]
+    # Finding 6: the mean vector stands in for the spike; zero breaks the model.
+    assert mean.frame("interventions").loc[0, "mode"] == "mean"
+    assert zero.frame("kl").set_index("position_class").loc["all", "kl"] > \
+        10 * mean.frame("kl").set_index("position_class").loc["all", "kl"]
+    assert len(mean.matrix("substitution_values_0")) == planted.D_MODEL
+
+
+def test_sink_ablation_planted(results):
+    r = get_result(results, "sink_ablation")
+    eff = r.frame("head_effects")
+    assert set(map(tuple, eff[["layer", "head"]].values.tolist())) == set(planted.SINK_HEADS)
+    iv = r.frame("interventions")
+    assert iv.kind.tolist() == ["ablation"] and iv.method.tolist() == ["mask"]
+    assert sorted(iv.heads[0]) == sorted(planted.SINK_HEADS)
+    # Masking the sink key moves attention away from it: the distance changes.
+    assert (eff.distance_baseline != eff.distance_intervened).all()
+    assert r.summary.kl.all > 0
+
+
+def test_scan_stories_no_spikes(results):
+    r = get_result(results, "scan_stories")
+    # stories260K is too small to grow massive activations (README).
+    assert r.frame("spike_tokens").empty and r.frame("blocks").n_massive.sum() == 0
+    assert len(r.frame("blocks")) == 10
+
+
+# -- mechanism jobs (when the proto has them) --------------------------------
+def test_ffn_quadratic_planted(results):
+    r = get_result(results, "ffn_quadratic")
+    m = r.matrix("frobenius_norms")
+    blocks = r.frame("blocks")
+    assert blocks.block.tolist() == [2 * (l + 1) for l in range(planted.N_LAYERS)]
+    # The step-up MLP's U_7 = 20 e_0 e_0^T: ||U_7||_F = 20, the largest of its block.
+    row = blocks.block.tolist().index(planted.STEP_UP_BLOCK)
+    assert int(np.argmax(m[row])) == planted.SPIKE_CHANNEL
+    assert m[row, planted.SPIKE_CHANNEL] == pytest.approx(20.0, rel=0.05)
+
+
+def test_silu_regime_planted(results):
+    r = get_result(results, "silu_regime")
+    t = r.frame("tokens")
+    assert t.is_spike_token.any() and (~t.is_spike_token).any()
+
+
+def test_vo_circuit_planted(results):
+    r = get_result(results, "vo_circuit")
+    assert len(r.frame("layers")) >= 1
+
+
+def test_activations_planted(results):
+    r = get_result(results, "activations")
+    mats = r.matrices()
+    resid = mats["blocks.1.hook_resid_post/0"]
+    assert resid.shape == (3, planted.D_MODEL)
+    # Position 0 (BOS) and 8 (id 5) are spike tokens after block 4 (layer 1 mlp): ~1280 on e_7.
+    assert abs(resid[0, planted.SPIKE_CHANNEL]) > 600 and abs(resid[2, planted.SPIKE_CHANNEL]) > 600
+    assert abs(resid[1, planted.SPIKE_CHANNEL]) < 50
+
+
+# -- client behaviour ---------------------------------------------------------
+def test_streamed_records_and_progress(client, capsys):
+    job = client.scan("planted", [SEQ_A])
+    kinds = [rec.DESCRIPTOR.name for rec in job]
+    assert kinds == ["ScanBlock"] * 12 + ["ScanSummary"]
+    assert job.state == "COMPLETED" and job.done
+    job2 = client.scan("planted", [SEQ_B])
+    job2.wait(progress=True)
+    err = capsys.readouterr().err
+    assert job2.id in err and "COMPLETED" in err
+    assert job2.result(progress=False).frame("blocks").block.tolist() == list(range(1, 13))
+    assert client.get(job2.id).state == "COMPLETED"
+    jobs = client.jobs()
+    assert {job.id, job2.id} <= set(jobs.id)
+    assert set(jobs[jobs.id == job2.id].type) == {"scan"}
+    assert len(client.jobs(state="COMPLETED", limit=2)) == 2
+
+
+def test_generic_submission_and_getattr(client):
+    # Any job type by its proto name, and client.<type>(...) without a wrapper.
+    job = client.submit("scan", "planted", SEQ_A, top_k=5, abs_threshold=50.0)
+    res = job.result(progress=False)
+    assert res.params == {"top_k": 5, "abs_threshold": 50.0}
+    assert res.summary.thresholds.top_k == 5
+    assert (res.frame("entries").groupby("block").size() == 10).all()  # 5 resid + 5 output
+    job = client.__getattr__("sinks")("planted", [SEQ_A], layers=[2])
+    assert job.result(progress=False).frame("layers").layer.tolist() == [2]
+
+
+def test_errors_carry_code_and_message(client):
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.scan("no-such-model", [1, 2, 3])
+    assert e.value.code == grpc.StatusCode.NOT_FOUND and "no-such-model" in e.value.message
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.sinks("planted", [SEQ_A], window=1)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "window" in e.value.message
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.scan("planted", [[1, 2, planted.D_VOCAB + 5]])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.get("j-0000000000000000")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(TypeError, match="windw"):
+        client.sinks("planted", [SEQ_A], windw=3)
+    with pytest.raises(ValueError, match="unknown job type"):
+        client.submit("no_such_type", "planted", [SEQ_A])
+
+
+def test_job_failure_raises(client):
+    # Spike similarity without spike tokens fails the job (FAILED_PRECONDITION).
+    job = client.spike_similarity("planted", [planted.ordinary(12, 0)[1:]])
+    with pytest.raises(sinkscope.JobFailed) as e:
+        job.result(progress=False)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and e.value.job_id == job.id
+    assert e.value.message
+    assert job.state == "FAILED"
+    with pytest.raises(sinkscope.RpcError) as e2:
+        job.cancel()
+    assert e2.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.fixture(scope="module")
+def slow_server(binaries):
+    d = _tmpdir()
+    pdir = planted.write_planted(os.path.join(d, "planted"))
+    srv = Server(d, {"models": [{"name": "planted", "format": "hf", "path": pdir}]}, workers=1,
+                 extra={"worker_args": ["--test-unit-delay-ms=150"]})
+    srv.start()
+    yield srv
+    srv.stop()
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_cancel_running_and_queued(slow_server):
+    c = sinkscope.connect(slow_server.address)
+    running = c.scan("planted", [SEQ_A])
+    queued = c.scan("planted", [SEQ_B])
+    for event in running.events():
+        if event.WhichOneof("event") == "running":
+            break
+    assert queued.refresh().state == "QUEUED"
+    queued.cancel()
+    assert queued.state == "CANCELLED"
+    running.cancel()
+    with pytest.raises(sinkscope.JobCancelled) as e:
+        running.wait(timeout=60, progress=False)
+    assert running.state == "CANCELLED" and e.value.code == grpc.StatusCode.CANCELLED
+    with pytest.raises(sinkscope.JobCancelled):
+        queued.result(progress=False)
+    # The slow job ends in time with a timeout that is long enough.
+    with pytest.raises(TimeoutError):
+        c.scan("planted", [SEQ_A]).wait(timeout=0.3, progress=False)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_token_and_tls(binaries):
+    # A server with TLS (self-signed certificate) and tokens, as on a shared host.
+    import shutil
+    d = _tmpdir()
+    cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    out = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                          "-subj", "/CN=localhost", "-addext",
+                          "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", key, "-out", cert],
+                         capture_output=True, text=True)
+    require(out.returncode == 0, "openssl (a test certificate): " + out.stderr[-300:])
+    pdir = planted.write_planted(os.path.join(d, "planted"))
+    port = _free_port()
+    srv = Server(d, {"models": [{"name": "planted", "format": "hf", "path": pdir}]}, workers=1,
+                 extra={"listen": f"127.0.0.1:{port}", "auth": "token", "tls_cert": cert,
+                        "tls_key": key})
+    out = subprocess.run([binaries["server"], f"--config={srv.config_path}", "token", "create",
+                          "--user", "alice"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    token = next(w for w in out.stdout.split() if w.startswith("sst_"))
+    try:
+        srv.start(token=token, tls_ca=cert)
+        address = f"localhost:{port}"
+        with pytest.raises(sinkscope.RpcError) as e:
+            sinkscope.connect(address, tls_ca=cert).models()
+        assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(sinkscope.RpcError) as e:
+            sinkscope.connect(address, token=token, timeout=3).models()  # plaintext to a TLS port
+        assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        c = sinkscope.connect(address, token=token, tls_ca=cert)
+        job = c.scan("planted", [SEQ_A])
+        assert job.info.owner == "alice"
+        assert job.result(progress=False).frame("spike_channels").channel.tolist() == [7]
+    finally:
+        srv.stop()
+        shutil.rmtree(d, ignore_errors=True)
