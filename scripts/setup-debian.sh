@@ -12,6 +12,7 @@ PKGS=(
   prometheus-cpp-dev libsqlite3-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev libutfcpp-dev
   libssl-dev openssl prometheus
+  postgresql libpq-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do
