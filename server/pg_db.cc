@@ -91,7 +91,7 @@ class PgDb final : public SqlDb {
     return absl::OkStatus();
   }
 
-  absl::StatusOr<std::unique_ptr<SqlTx>> Begin() override {
+  absl::StatusOr<std::unique_ptr<SqlTx>> Begin(SqlDurability durability) override {
     PGconn* conn = nullptr;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -121,6 +121,10 @@ class PgDb final : public SqlDb {
     auto tx = std::make_unique<PgTx>(this, conn);
     absl::StatusOr<SqlRows> r = tx->Query("BEGIN", {});
     if (!r.ok()) return r.status();
+    if (durability == SqlDurability::kGroupCommit) {
+      r = tx->Query("SET LOCAL synchronous_commit = off", {});
+      if (!r.ok()) return r.status();
+    }
     return std::unique_ptr<SqlTx>(std::move(tx));
   }
   /// Returns a connection to the pool (nullptr / broken: forget it).

@@ -45,6 +45,19 @@ class SqlRows {
   int64_t affected_ = 0;
 };
 
+/// How durable a transaction's commit must be.
+enum class SqlDurability {
+  /// Survives power loss when it returns (SQLite synchronous=FULL when so
+  /// opened; PostgreSQL synchronous_commit as configured).
+  kDurable,
+  /// Group commit: survives a killed process at once, a power loss only
+  /// after the next durable commit (SQLite synchronous=NORMAL in WAL mode;
+  /// PostgreSQL SET LOCAL synchronous_commit = off). For progress events,
+  /// queue positions, lease renewals: writes that may be lost with a power
+  /// cut because the job is re-dispatched.
+  kGroupCommit,
+};
+
 /// Which server is behind a SqlDb (the few statements that differ).
 enum class SqlDialect { kSqlite, kPostgres };
 
@@ -75,7 +88,8 @@ class SqlDb {
   virtual const std::string& name() const = 0;
   /// Starts a transaction (SQLite: BEGIN IMMEDIATE, the whole database;
   /// PostgreSQL: BEGIN, READ COMMITTED, row locks where statements take them).
-  virtual absl::StatusOr<std::unique_ptr<SqlTx>> Begin() = 0;
+  virtual absl::StatusOr<std::unique_ptr<SqlTx>> Begin(
+      SqlDurability durability = SqlDurability::kDurable) = 0;
   /// SQL expression for the database's current time in microseconds since
   /// the Unix epoch (one clock for every host's leases).
   virtual std::string NowMicrosSql() const = 0;

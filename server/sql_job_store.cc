@@ -84,9 +84,10 @@ absl::StatusOr<std::vector<v1::JobEvent>> EventsFromRows(const SqlRows& rows,
 /// Runs `body` in a transaction, committing when it succeeds; retried (a
 /// few times) when the database aborts it (deadlock, serialization).
 template <typename Body>
-auto Transact(SqlDb& db, Body body) -> decltype(body(std::declval<SqlTx&>())) {
+auto Transact(SqlDb& db, Body body, SqlDurability durability = SqlDurability::kDurable)
+    -> decltype(body(std::declval<SqlTx&>())) {
   for (int i = 0;; ++i) {
-    absl::StatusOr<std::unique_ptr<SqlTx>> tx = db.Begin();
+    absl::StatusOr<std::unique_ptr<SqlTx>> tx = db.Begin(durability);
     if (!tx.ok()) return tx.status();
     auto r = body(**tx);
     if (r.ok()) {
@@ -351,7 +352,7 @@ absl::StatusOr<v1::JobEvent> SqlJobStore::AppendEvent(const std::string& id, int
           tx.Query("UPDATE jobs SET state = $1 WHERE id = $2", {int64_t{*new_state}, id}).status());
     }
     return stored;
-  });
+  }, SqlDurability::kGroupCommit);
 }
 
 absl::StatusOr<v1::JobEvent> SqlJobStore::AppendQueuedEvent(const std::string& id,
@@ -363,7 +364,7 @@ absl::StatusOr<v1::JobEvent> SqlJobStore::AppendQueuedEvent(const std::string& i
     v1::JobEvent event;
     event.mutable_queued()->set_position(position);
     return InsertEvent(db, tx, id, attempt, event);
-  });
+  }, SqlDurability::kGroupCommit);
 }
 
 absl::StatusOr<v1::JobEvent> SqlJobStore::FinishJob(const std::string& id, int32_t attempt,
@@ -450,7 +451,7 @@ absl::StatusOr<int> SqlJobStore::RenewLeases() {
                                           " + $1 WHERE lease_host = $2 AND state IN ($3, $4)"),
                              {options_.lease_ms * 1000, options_.host, kLoading, kRunning}));
     return static_cast<int>(r.affected());
-  });
+  }, SqlDurability::kGroupCommit);
 }
 
 absl::StatusOr<std::vector<std::string>> SqlJobStore::ReclaimExpiredLeases(int max_failures) {
@@ -492,7 +493,7 @@ absl::Status SqlJobStore::PublishWorkers(const std::vector<HostWorker>& workers)
               .status());
     }
     return true;
-  });
+  }, SqlDurability::kGroupCommit);
   return r.status();
 }
 

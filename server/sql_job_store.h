@@ -7,6 +7,15 @@
 // other for one job), event seqs are assigned under that lock (so they
 // commit in order), and every change NOTIFYs channel "sinkscope_jobs" with
 // the job id (kChangeChannel) for the other hosts' watchers and workers.
+//
+// Group commit of progress: intermediate events (progress, result records,
+// queue positions) and lease renewals commit with SqlDurability::kGroupCommit
+// (SQLite synchronous=NORMAL, PostgreSQL synchronous_commit=off); every
+// other write (submission, claim, terminal event) commits durably, which
+// also makes the earlier intermediate ones durable. A killed server loses
+// nothing; a power loss can lose the progress events of a running job since
+// its last durable commit, never an accepted job or a completed result (the
+// job is re-dispatched).
 #pragma once
 
 #include <memory>

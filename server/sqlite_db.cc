@@ -35,7 +35,8 @@ class SqliteDb;
 
 class SqliteTx final : public SqlTx {
  public:
-  SqliteTx(SqliteDb* db, std::unique_lock<std::mutex> lock) : db_(db), lock_(std::move(lock)) {}
+  SqliteTx(SqliteDb* db, std::unique_lock<std::mutex> lock, bool relaxed)
+      : db_(db), lock_(std::move(lock)), relaxed_(relaxed) {}
   ~SqliteTx() override;
   absl::StatusOr<SqlRows> Query(const std::string& sql,
                                 const std::vector<SqlParam>& params) override;
@@ -45,17 +46,26 @@ class SqliteTx final : public SqlTx {
  private:
   SqliteDb* db_;
   std::unique_lock<std::mutex> lock_;
+  bool relaxed_;
 };
 
 class SqliteDb final : public SqlDb {
  public:
-  SqliteDb(sqlite3* db, std::string path) : db_(db), name_(absl::StrCat("sqlite ", path)) {}
+  SqliteDb(sqlite3* db, std::string path, bool sync_full)
+      : db_(db), name_(absl::StrCat("sqlite ", path)), sync_full_(sync_full) {}
   ~SqliteDb() override { sqlite3_close(db_); }
   SqlDialect dialect() const override { return SqlDialect::kSqlite; }
   const std::string& name() const override { return name_; }
-  absl::StatusOr<std::unique_ptr<SqlTx>> Begin() override {
+  absl::StatusOr<std::unique_ptr<SqlTx>> Begin(SqlDurability durability) override {
     std::unique_lock<std::mutex> lock(mu_);
-    auto tx = std::make_unique<SqliteTx>(this, std::move(lock));
+    // Group commit: synchronous=NORMAL for this transaction only (a PRAGMA
+    // that cannot change inside one); the next FULL commit's fsync of the
+    // WAL makes it durable too.
+    const bool relaxed = sync_full_ && durability == SqlDurability::kGroupCommit;
+    if (relaxed) {
+      if (absl::Status s = Exec("PRAGMA synchronous=NORMAL"); !s.ok()) return s;
+    }
+    auto tx = std::make_unique<SqliteTx>(this, std::move(lock), relaxed);
     if (absl::Status s = Exec("BEGIN IMMEDIATE"); !s.ok()) return s;
     tx->open = true;
     return std::unique_ptr<SqlTx>(std::move(tx));
@@ -110,10 +120,12 @@ class SqliteDb final : public SqlDb {
   std::mutex mu_;
   sqlite3* db_;
   std::string name_;
+  bool sync_full_;
 };
 
 SqliteTx::~SqliteTx() {
   if (open) db_->Exec("ROLLBACK").IgnoreError();
+  if (relaxed_) db_->Exec("PRAGMA synchronous=FULL").IgnoreError();
 }
 
 absl::Status SqliteTx::Commit() {
@@ -184,7 +196,7 @@ absl::StatusOr<std::shared_ptr<SqlDb>> OpenSqliteDb(const std::string& path, boo
     return absl::UnavailableError(absl::StrCat("cannot open database ", path, ": ", msg));
   }
   sqlite3_extended_result_codes(raw, 1);
-  auto db = std::make_shared<SqliteDb>(raw, path);
+  auto db = std::make_shared<SqliteDb>(raw, path, sync_full);
   sqlite3_busy_timeout(raw, 5000);
   for (const char* pragma : {"PRAGMA journal_mode=WAL",
                              sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
