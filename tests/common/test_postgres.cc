@@ -124,10 +124,9 @@ TestPostgres::~TestPostgres() {
   if (started_) {
     RunAs(bin_ + "/pg_ctl -D " + dir_ + "/data -m immediate -w stop >/dev/null 2>&1");
   }
-  if (!dir_.empty()) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-  }
+  // rm, not std::filesystem::remove_all: in test binaries that link the
+  // torch wheel, libtorch.so exports its own std::filesystem, which crashes.
+  if (!dir_.empty()) std::system(("rm -rf " + Quote(dir_)).c_str());
 }
 
 std::string TestPostgres::NewDatabase(const std::string& name) {

@@ -24,6 +24,23 @@ namespace {
 
 constexpr int kLeaseMs = 1500;
 
+/// A temporary directory removed with rm (see TestPostgres: libtorch.so's
+/// std::filesystem::remove_all crashes in this binary).
+class HostDir {
+ public:
+  HostDir() {
+    char tmpl[] = "/tmp/ssmh-XXXXXX";  // short: Unix socket paths are limited
+    path_ = mkdtemp(tmpl) ? tmpl : "";
+  }
+  ~HostDir() {
+    if (!path_.empty()) std::system(("rm -rf '" + path_ + "'").c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
 class MultiHostTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -41,7 +58,7 @@ class MultiHostTest : public ::testing::Test {
     ASSERT_FALSE(url_.empty());
   }
   /// A host: 2 cpu workers, each scan unit slowed by `delay_ms`.
-  std::unique_ptr<ServerProcess> StartHost(TempDir& dir, const std::string& host, int delay_ms) {
+  std::unique_ptr<ServerProcess> StartHost(HostDir& dir, const std::string& host, int delay_ms) {
     auto server = std::make_unique<ServerProcess>(
         dir.path(), TestServerConfig(dir.path(), 2, TestCatalog(),
                                      absl::StrCat(R"("database": ")", url_, R"(", "host_id": ")",
@@ -85,10 +102,10 @@ v1::Job Submit(v1::AnalysisService::Stub& stub, const std::string& user,
   grpc::ClientContext ctx;
   ctx.AddMetadata("x-sinkscope-user", user);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
-  v1::SubmitJobResponse resp;
-  grpc::Status s = stub.SubmitJob(&ctx, req, &resp);
+  v1::Job job;
+  grpc::Status s = stub.SubmitJob(&ctx, req, &job);
   EXPECT_TRUE(s.ok()) << s.error_message();
-  return resp.job();
+  return job;
 }
 
 int CountCompleted(const std::vector<v1::JobEvent>& events) {
@@ -98,7 +115,7 @@ int CountCompleted(const std::vector<v1::JobEvent>& events) {
 }
 
 TEST_F(MultiHostTest, FortyJobsFromFourClientsCompleteExactlyOnceAcrossTwoHosts) {
-  TempDir da, db;
+  HostDir da, db;
   auto a = StartHost(da, "host-a", 20);
   auto b = StartHost(db, "host-b", 20);
   ASSERT_TRUE(a && b);
@@ -155,7 +172,7 @@ TEST_F(MultiHostTest, FortyJobsFromFourClientsCompleteExactlyOnceAcrossTwoHosts)
 }
 
 TEST_F(MultiHostTest, KilledHostsJobsFinishOnTheOtherAndItsWatcherReconnects) {
-  TempDir da, db;
+  HostDir da, db;
   auto a = StartHost(da, "host-a", 300);
   ASSERT_TRUE(a);
   const std::vector<std::vector<int32_t>> seqs = {MakeIds(20, 7)};
