@@ -236,6 +236,14 @@ int Run(const ServerConfig& config) {
   const bool several_hosts = (*db)->dialect() == SqlDialect::kPostgres;
   Log(absl::StrCat("database ", (*db)->name(), ", schema version ", CurrentSchemaVersion(),
                    ", host ", (*store)->host(), several_hosts ? " (one queue shared by hosts)" : ""));
+  if (several_hosts) {
+    // Workers are published every <= 500 ms; a host that restarts after a
+    // crash has been silent longer than this.
+    if (absl::Status s = (*store)->CheckHostNameFree(1500); !s.ok()) {
+      Log(s.ToString());
+      return 1;
+    }
+  }
   absl::StatusOr<std::vector<std::string>> requeued =
       (*store)->RequeueInterrupted("server restarted while the job was running");
   if (!requeued.ok()) {

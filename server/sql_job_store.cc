@@ -497,6 +497,23 @@ absl::Status SqlJobStore::PublishWorkers(const std::vector<HostWorker>& workers)
   return r.status();
 }
 
+absl::Status SqlJobStore::CheckHostNameFree(int64_t window_ms) {
+  SqlDb& db = *db_;
+  absl::StatusOr<int64_t> age = Transact(db, [&](SqlTx& tx) -> absl::StatusOr<int64_t> {
+    STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT ", db.NowMicrosSql(), " - MAX(seen_us) FROM "
+                                             "host_workers WHERE host = $1 HAVING COUNT(*) > 0"),
+                                {options_.host}));
+    return rows.empty() ? int64_t{-1} : rows.Int(0, 0) / 1000;
+  });
+  if (!age.ok()) return age.status();
+  if (*age >= 0 && *age < window_ms) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "another server with host_id \"", options_.host, "\" published its workers ", *age,
+        " ms ago in ", db.name(), "; give every host its own host_id"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<HostWorker>> SqlJobStore::PeerWorkers(int64_t max_age_ms) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<HostWorker>> {

@@ -71,6 +71,11 @@ class SqlJobStore : public JobStore {
                                                         int limit) override;
   absl::StatusOr<std::vector<v1::ResultRecord>> Results(const std::string& id) override;
 
+  /// FailedPrecondition when another live server already uses this host
+  /// name (it published its workers within `window_ms`): two hosts with one
+  /// name would re-queue each other's jobs at restart.
+  absl::Status CheckHostNameFree(int64_t window_ms);
+
   const std::string& host() const override { return options_.host; }
   absl::StatusOr<int> RenewLeases() override;
   absl::StatusOr<std::vector<std::string>> ReclaimExpiredLeases(int max_failures) override;

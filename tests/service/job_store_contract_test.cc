@@ -387,6 +387,17 @@ TEST_P(JobStoreContract, PublishedWorkersAndRunningAreSeenByTheOtherHost) {
   EXPECT_EQ(*running, (std::map<std::string, int>{{"carol", 1}}));
 }
 
+TEST_P(JobStoreContract, ALiveHostNameIsRefusedToASecondServer) {
+  HostWorker w;
+  w.worker = "w0";
+  ASSERT_TRUE(store_->PublishWorkers({w}).ok());
+  std::unique_ptr<SqlJobStore> twin = OpenStore("host-a");
+  absl::Status s = twin->CheckHostNameFree(60000);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_NE(s.message().find("host-a"), std::string::npos) << s;
+  EXPECT_TRUE(OpenStore("host-c")->CheckHostNameFree(60000).ok());
+}
+
 TEST_P(JobStoreContract, SchemaIsVersionedAndNewerSchemasAreRefused) {
   auto db = OpenSqlDb(database_, false);  // reopening applies nothing new
   ASSERT_TRUE(db.ok()) << db.status();
