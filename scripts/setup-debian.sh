@@ -13,6 +13,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev libutfcpp-dev
   libssl-dev openssl prometheus
   chromium  # headless, for the Python client report test (tests/python)
+  postgresql libpq-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

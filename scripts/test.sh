@@ -14,6 +14,13 @@ if [ "${CI:-}" = "true" ] || [ "${CI:-}" = "1" ]; then
     [ -f "$SINKSCOPE_SHARED_DIR/$f" ] || { echo "test: CI=true and $SINKSCOPE_SHARED_DIR/$f is missing" >&2; exit 1; }
   done
   command -v prometheus >/dev/null || { echo "test: CI=true and prometheus is missing" >&2; exit 1; }
+  # PostgreSQL server binaries for the job store contract and multi-host tests
+  # (they initdb their own server; as root it runs as the postgres user).
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${SINKSCOPE_TEST_PG_BIN:-}" ] \
+    || { echo "test: CI=true and PostgreSQL (initdb) is missing" >&2; exit 1; }
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || { echo "test: CI=true, running as root and no postgres user for the test PostgreSQL" >&2; exit 1; }
+  fi
   build/venv/bin/python -c 'import torch, transformers, safetensors, tokenizers, transformer_lens, nnsight, pytest' \
     || { echo "test: CI=true and a Python package is missing" >&2; exit 1; }
 fi

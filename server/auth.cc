@@ -3,7 +3,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <sqlite3.h>
 
 #include <chrono>
 
@@ -51,22 +50,6 @@ absl::StatusOr<std::string> SaltedHash(const std::string& salt, const std::strin
   return std::string(reinterpret_cast<char*>(md), len);
 }
 
-absl::Status SqlError(sqlite3* db, const std::string& what) {
-  return absl::InternalError(absl::StrCat("token store: ", what, ": ", sqlite3_errmsg(db)));
-}
-
-struct Stmt {
-  Stmt(sqlite3* db, const char* sql) { rc = sqlite3_prepare_v2(db, sql, -1, &s, nullptr); }
-  ~Stmt() { sqlite3_finalize(s); }
-  sqlite3_stmt* s = nullptr;
-  int rc;
-};
-
-std::string Col(sqlite3_stmt* s, int i) {
-  const unsigned char* p = sqlite3_column_text(s, i);
-  return p ? std::string(reinterpret_cast<const char*>(p), sqlite3_column_bytes(s, i)) : "";
-}
-
 }  // namespace
 
 absl::Status ValidateUserName(const std::string& user) {
@@ -84,36 +67,25 @@ absl::Status ValidateUserName(const std::string& user) {
 }
 
 absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(const std::string& database) {
-  sqlite3* db = nullptr;
-  if (sqlite3_open_v2(database.c_str(), &db,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
-    sqlite3_close(db);
-    return absl::UnavailableError(absl::StrCat("cannot open database ", database, ": ", msg));
-  }
-  std::unique_ptr<TokenStore> store(new TokenStore(db));
-  sqlite3_busy_timeout(db, 5000);
-  const char* schema =
-      "PRAGMA journal_mode=WAL;"
-      "CREATE TABLE IF NOT EXISTS api_tokens ("
-      " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-      " user TEXT NOT NULL,"
-      " admin INTEGER NOT NULL DEFAULT 0,"
-      " salt BLOB NOT NULL,"
-      " hash BLOB NOT NULL,"
-      " create_us INTEGER NOT NULL,"
-      " revoke_us INTEGER NOT NULL DEFAULT 0)";
-  char* err = nullptr;
-  if (sqlite3_exec(db, schema, nullptr, nullptr, &err) != SQLITE_OK) {
-    absl::Status s = absl::InternalError(absl::StrCat("token store schema: ", err ? err : "?"));
-    sqlite3_free(err);
-    return s;
-  }
-  return store;
+  absl::StatusOr<std::shared_ptr<SqlDb>> db = OpenSqlDb(database);
+  if (!db.ok()) return db.status();
+  return std::make_unique<TokenStore>(*std::move(db));
 }
 
-TokenStore::~TokenStore() { sqlite3_close(db_); }
+namespace {
+
+/// Runs `body` in one transaction of `db`, committing when it succeeds.
+template <typename Body>
+auto InTx(SqlDb& db, Body body) -> decltype(body(std::declval<SqlTx&>())) {
+  absl::StatusOr<std::unique_ptr<SqlTx>> tx = db.Begin();
+  if (!tx.ok()) return tx.status();
+  auto r = body(**tx);
+  if (!r.ok()) return r;
+  if (absl::Status c = (*tx)->Commit(); !c.ok()) return c;
+  return r;
+}
+
+}  // namespace
 
 absl::StatusOr<std::string> TokenStore::Create(const std::string& user, bool admin,
                                                TokenInfo* info) {
@@ -125,58 +97,56 @@ absl::StatusOr<std::string> TokenStore::Create(const std::string& user, bool adm
   const std::string secret = absl::BytesToHexString(*secret_raw);
   absl::StatusOr<std::string> hash = SaltedHash(*salt, secret);
   if (!hash.ok()) return hash.status();
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt ins(db_, "INSERT INTO api_tokens (user, admin, salt, hash, create_us) VALUES (?, ?, ?, ?, ?)");
-  if (ins.rc != SQLITE_OK) return SqlError(db_, "prepare");
   const int64_t now = NowMicros();
-  sqlite3_bind_text(ins.s, 1, user.data(), static_cast<int>(user.size()), SQLITE_TRANSIENT);
-  sqlite3_bind_int64(ins.s, 2, admin ? 1 : 0);
-  sqlite3_bind_blob(ins.s, 3, salt->data(), static_cast<int>(salt->size()), SQLITE_TRANSIENT);
-  sqlite3_bind_blob(ins.s, 4, hash->data(), static_cast<int>(hash->size()), SQLITE_TRANSIENT);
-  sqlite3_bind_int64(ins.s, 5, now);
-  if (sqlite3_step(ins.s) != SQLITE_DONE) return SqlError(db_, "insert");
-  const int64_t id = sqlite3_last_insert_rowid(db_);
-  if (info) *info = TokenInfo{id, user, admin, now, 0};
-  return absl::StrCat(kPrefix, id, "_", secret);
+  absl::StatusOr<int64_t> id = InTx(*db_, [&](SqlTx& tx) -> absl::StatusOr<int64_t> {
+    absl::StatusOr<SqlRows> r = tx.Query(
+        "INSERT INTO api_tokens (\"user\", admin, salt, hash, create_us) "
+        "VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        {user, int64_t{admin ? 1 : 0}, SqlBytes{*salt}, SqlBytes{*hash}, now});
+    if (!r.ok()) return r.status();
+    if (r->empty()) return absl::InternalError("token store: insert returned no id");
+    return r->Int(0, 0);
+  });
+  if (!id.ok()) return id.status();
+  if (info) *info = TokenInfo{*id, user, admin, now, 0};
+  return absl::StrCat(kPrefix, *id, "_", secret);
 }
 
 absl::Status TokenStore::Revoke(int64_t id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt sel(db_, "SELECT revoke_us FROM api_tokens WHERE id = ?");
-  if (sel.rc != SQLITE_OK) return SqlError(db_, "prepare");
-  sqlite3_bind_int64(sel.s, 1, id);
-  if (sqlite3_step(sel.s) != SQLITE_ROW) return absl::NotFoundError(absl::StrCat("no token ", id));
-  Stmt upd(db_, "UPDATE api_tokens SET revoke_us = ? WHERE id = ? AND revoke_us = 0");
-  if (upd.rc != SQLITE_OK) return SqlError(db_, "prepare");
-  sqlite3_bind_int64(upd.s, 1, NowMicros());
-  sqlite3_bind_int64(upd.s, 2, id);
-  if (sqlite3_step(upd.s) != SQLITE_DONE) return SqlError(db_, "update");
-  return absl::OkStatus();
+  absl::StatusOr<bool> r = InTx(*db_, [&](SqlTx& tx) -> absl::StatusOr<bool> {
+    absl::StatusOr<SqlRows> sel = tx.Query("SELECT revoke_us FROM api_tokens WHERE id = $1", {id});
+    if (!sel.ok()) return sel.status();
+    if (sel->empty()) return absl::NotFoundError(absl::StrCat("no token ", id));
+    absl::StatusOr<SqlRows> upd = tx.Query(
+        "UPDATE api_tokens SET revoke_us = $1 WHERE id = $2 AND revoke_us = 0", {NowMicros(), id});
+    if (!upd.ok()) return upd.status();
+    return true;
+  });
+  return r.status();
 }
 
 absl::StatusOr<int> TokenStore::RevokeUser(const std::string& user) {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt upd(db_, "UPDATE api_tokens SET revoke_us = ? WHERE user = ? AND revoke_us = 0");
-  if (upd.rc != SQLITE_OK) return SqlError(db_, "prepare");
-  sqlite3_bind_int64(upd.s, 1, NowMicros());
-  sqlite3_bind_text(upd.s, 2, user.data(), static_cast<int>(user.size()), SQLITE_TRANSIENT);
-  if (sqlite3_step(upd.s) != SQLITE_DONE) return SqlError(db_, "update");
-  return sqlite3_changes(db_);
+  return InTx(*db_, [&](SqlTx& tx) -> absl::StatusOr<int> {
+    absl::StatusOr<SqlRows> upd = tx.Query(
+        "UPDATE api_tokens SET revoke_us = $1 WHERE \"user\" = $2 AND revoke_us = 0",
+        {NowMicros(), user});
+    if (!upd.ok()) return upd.status();
+    return static_cast<int>(upd->affected());
+  });
 }
 
 absl::StatusOr<std::vector<TokenInfo>> TokenStore::List() {
-  std::lock_guard<std::mutex> lock(mu_);
-  Stmt sel(db_, "SELECT id, user, admin, create_us, revoke_us FROM api_tokens ORDER BY id");
-  if (sel.rc != SQLITE_OK) return SqlError(db_, "prepare");
-  std::vector<TokenInfo> out;
-  int rc;
-  while ((rc = sqlite3_step(sel.s)) == SQLITE_ROW) {
-    out.push_back(TokenInfo{sqlite3_column_int64(sel.s, 0), Col(sel.s, 1),
-                            sqlite3_column_int64(sel.s, 2) != 0, sqlite3_column_int64(sel.s, 3),
-                            sqlite3_column_int64(sel.s, 4)});
-  }
-  if (rc != SQLITE_DONE) return SqlError(db_, "select");
-  return out;
+  return InTx(*db_, [&](SqlTx& tx) -> absl::StatusOr<std::vector<TokenInfo>> {
+    absl::StatusOr<SqlRows> sel = tx.Query(
+        "SELECT id, \"user\", admin, create_us, revoke_us FROM api_tokens ORDER BY id");
+    if (!sel.ok()) return sel.status();
+    std::vector<TokenInfo> out;
+    for (size_t r = 0; r < sel->size(); ++r) {
+      out.push_back(TokenInfo{sel->Int(r, 0), sel->Text(r, 1), sel->Int(r, 2) != 0,
+                              sel->Int(r, 3), sel->Int(r, 4)});
+    }
+    return out;
+  });
 }
 
 absl::StatusOr<Caller> TokenStore::Verify(const std::string& token) {
@@ -185,22 +155,16 @@ absl::StatusOr<Caller> TokenStore::Verify(const std::string& token) {
   std::vector<std::string> parts = absl::StrSplit(token.substr(sizeof(kPrefix) - 1), '_');
   int64_t id = 0;
   if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &id) || parts[1].size() != 64) return bad;
-  std::string salt, hash, user;
-  bool admin = false;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    Stmt sel(db_, "SELECT user, admin, salt, hash, revoke_us FROM api_tokens WHERE id = ?");
-    if (sel.rc != SQLITE_OK) return SqlError(db_, "prepare");
-    sqlite3_bind_int64(sel.s, 1, id);
-    const int rc = sqlite3_step(sel.s);
-    if (rc == SQLITE_DONE) return bad;
-    if (rc != SQLITE_ROW) return SqlError(db_, "select");
-    if (sqlite3_column_int64(sel.s, 4) != 0) return bad;
-    user = Col(sel.s, 0);
-    admin = sqlite3_column_int64(sel.s, 1) != 0;
-    salt.assign(static_cast<const char*>(sqlite3_column_blob(sel.s, 2)), sqlite3_column_bytes(sel.s, 2));
-    hash.assign(static_cast<const char*>(sqlite3_column_blob(sel.s, 3)), sqlite3_column_bytes(sel.s, 3));
-  }
+  absl::StatusOr<SqlRows> sel = InTx(*db_, [&](SqlTx& tx) {
+    return tx.Query("SELECT \"user\", admin, salt, hash, revoke_us FROM api_tokens WHERE id = $1",
+                    {id});
+  });
+  if (!sel.ok()) return sel.status();
+  if (sel->empty() || sel->Int(0, 4) != 0) return bad;
+  const std::string& user = sel->Text(0, 0);
+  const bool admin = sel->Int(0, 1) != 0;
+  const std::string& salt = sel->Text(0, 2);
+  const std::string& hash = sel->Text(0, 3);
   absl::StatusOr<std::string> got = SaltedHash(salt, parts[1]);
   if (!got.ok()) return got.status();
   if (got->size() != hash.size() || CRYPTO_memcmp(got->data(), hash.data(), hash.size()) != 0) {

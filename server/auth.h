@@ -1,5 +1,5 @@
 // Identities on a shared host: API tokens stored hashed in the server's
-// SQLite database, and the per-request authentication of AnalysisService.
+// database (the SQLite file or the PostgreSQL database of the jobs), and the per-request authentication of AnalysisService.
 //
 // A token is "sst_<id>_<secret>": <id> names its row, <secret> is 32 random
 // bytes in hex. The row keeps a random 16-byte salt and SHA-256(salt ||
@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/sql_db.h"
 
-struct sqlite3;
 
 namespace grpc {
 class ServerContext;
@@ -43,9 +43,11 @@ struct TokenInfo {
 /// Tokens in the `api_tokens` table of the server's database. Thread-safe.
 class TokenStore {
  public:
-  /// Opens `database` (created when missing) and the table.
+  /// Opens `database` (a SQLite file, created when missing, or a
+  /// PostgreSQL URI) and applies its schema migrations.
   static absl::StatusOr<std::unique_ptr<TokenStore>> Open(const std::string& database);
-  ~TokenStore();
+  /// Tokens in `db` (already migrated; shared with the job store).
+  explicit TokenStore(std::shared_ptr<SqlDb> db) : db_(std::move(db)) {}
 
   /// Creates a token for `user`; returns the token (shown once).
   absl::StatusOr<std::string> Create(const std::string& user, bool admin, TokenInfo* info = nullptr);
@@ -60,9 +62,7 @@ class TokenStore {
   absl::StatusOr<Caller> Verify(const std::string& token);
 
  private:
-  explicit TokenStore(sqlite3* db) : db_(db) {}
-  std::mutex mu_;
-  sqlite3* db_;
+  std::shared_ptr<SqlDb> db_;
 };
 
 /// A user name for tokens: 1..64 of [A-Za-z0-9._@-].

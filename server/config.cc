@@ -1,4 +1,5 @@
 #include "server/config.h"
+#include "server/sql_db.h"
 
 #include <unistd.h>
 
@@ -60,7 +61,9 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
       if (key == "listen") {
         config.listen = v.get<std::string>();
       } else if (key == "database") {
-        config.database = ResolvePath(dir, v.get<std::string>());
+        const std::string db = v.get<std::string>();
+        // A PostgreSQL URI is not a path.
+        config.database = IsPostgresUrl(db) ? db : ResolvePath(dir, db);
       } else if (key == "workers") {
         if (v.is_string()) {
           absl::StatusOr<std::vector<std::string>> devices = ParseWorkerDevices(v.get<std::string>());
@@ -115,6 +118,10 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
         } else {
           config.worker_memory_bytes = {v.get<int64_t>()};
         }
+      } else if (key == "host_id") {
+        config.host_id = v.get<std::string>();
+      } else if (key == "lease_ms") {
+        config.lease_ms = v.get<int64_t>();
       } else if (key == "queue_event_interval_ms") {
         config.queue_event_interval_ms = v.get<int>();
       } else {
@@ -168,6 +175,10 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   for (int64_t b : c.worker_memory_bytes) {
     if (b < 0) return absl::InvalidArgumentError("worker_memory_bytes must be >= 0");
   }
+  if (c.lease_ms < 200 || c.lease_ms > 3600000) {
+    return absl::InvalidArgumentError("lease_ms must be in 200..3600000 (milliseconds)");
+  }
+  if (c.host_id.size() > 200) return absl::InvalidArgumentError("host_id is longer than 200 characters");
   if (c.queue_event_interval_ms < 0) return absl::InvalidArgumentError("queue_event_interval_ms must be >= 0");
   if (c.metrics_max_users < 0) return absl::InvalidArgumentError("metrics_max_users must be >= 0");
   return absl::OkStatus();

@@ -15,8 +15,17 @@ namespace server {
 struct ServerConfig {
   /// Public address: "host:port" or "unix:/path/to.sock".
   std::string listen = "127.0.0.1:50051";
-  /// SQLite database file (created when missing).
+  /// The jobs' and tokens' database: a SQLite file (created when missing;
+  /// one host) or a PostgreSQL URI "postgresql://user@host:port/db" (several
+  /// hosts on one queue; schema migrations are applied at start).
   std::string database = "sinkscope.db";
+  /// This host's name in job leases ("" = the machine's hostname). Hosts on
+  /// one PostgreSQL database need distinct names.
+  std::string host_id;
+  /// Lease of a dispatched job, milliseconds: its host renews it every
+  /// lease_ms / 4; when a host dies, other hosts re-queue its jobs once
+  /// their leases run out.
+  int64_t lease_ms = 30000;
   /// One worker process per entry, bound to that device ("cpu", "cuda:0").
   std::vector<std::string> worker_devices = {"cpu"};
   /// Model catalog JSON file.

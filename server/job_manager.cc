@@ -159,6 +159,8 @@ void JobManager::RefreshPositions() {
   if (!positions.ok()) return;
   std::map<std::string, int32_t> now;
   std::map<std::string, int> queued_by_user;
+  // Several hosts on one queue: one of them writes the updated Queued events.
+  const bool leads = store_->LeadsQueue();
   for (const auto& [job, pos] : *positions) {
     now[job.id] = pos;
     ++queued_by_user[job.owner];
@@ -182,7 +184,7 @@ void JobManager::RefreshPositions() {
         }
       }
     }
-    if (store_->AppendQueuedEvent(job.id, pos).ok()) Notify();
+    if (leads && store_->AppendQueuedEvent(job.id, pos).ok()) Notify();
   }
   last_position_ = std::move(now);
   if (metrics_ != nullptr) {

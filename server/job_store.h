@@ -1,13 +1,21 @@
 // Durable job store: the narrow interface the rest of the server uses.
 //
-// Every method is one transaction. SQLite implements it today
-// (sqlite_job_store.h); a PostgreSQL backend can implement the same
-// interface with the same simple SQL.
+// Every method is one transaction. SqlJobStore (sql_job_store.h) implements
+// it on SQLite (one host) and on PostgreSQL (several hosts on one queue);
+// the state machine both follow is in job_transitions.h.
+//
+// Several hosts: a store is opened for one host (StoreOptions::host). Each
+// claim is leased to that host until lease_ms from the database's clock;
+// the host renews its leases (RenewLeases) while it lives, and any host
+// re-queues jobs whose lease ran out (ReclaimExpiredLeases).
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +59,17 @@ struct JobFilter {
 struct JobPage {
   std::vector<v1::Job> jobs;
   int64_t next_before_queue_seq = 0;  // 0 = no more
+};
+
+/// A worker as its host publishes it for the other hosts' schedulers
+/// (model affinity across hosts).
+struct HostWorker {
+  std::string host;
+  std::string worker;
+  int64_t budget_bytes = 0;        // 0 = unlimited
+  std::set<std::string> models;    // catalog names it holds loaded
+  bool busy = false;
+  int64_t seen_us = 0;             // when its host last published it (database clock)
 };
 
 /// Outcome of ReleaseLostJob.
@@ -111,8 +130,9 @@ class JobStore {
                                                         bool count_failure,
                                                         int max_failures) = 0;
 
-  /// Startup recovery: every MODEL_LOADING / RUNNING job goes back to QUEUED
-  /// (without counting a failure). Returns their ids.
+  /// Startup recovery: every MODEL_LOADING / RUNNING job this host held
+  /// goes back to QUEUED (without counting a failure); jobs other hosts
+  /// hold under a live lease are left alone. Returns their ids.
   virtual absl::StatusOr<std::vector<std::string>> RequeueInterrupted(
       const std::string& reason) = 0;
 
@@ -123,6 +143,33 @@ class JobStore {
 
   /// Result records of the completing attempt, in order (empty unless COMPLETED).
   virtual absl::StatusOr<std::vector<v1::ResultRecord>> Results(const std::string& id) = 0;
+
+  // --- Several hosts -----------------------------------------------------
+
+  /// The host this store claims for.
+  virtual const std::string& host() const = 0;
+  /// Extends the lease of every job this host holds (MODEL_LOADING /
+  /// RUNNING) to now + lease. Returns how many.
+  virtual absl::StatusOr<int> RenewLeases() = 0;
+  /// Every dispatched job whose lease expired (its host stopped renewing)
+  /// is released as by ReleaseLostJob(count_failure = true): re-queued, or
+  /// FAILED after `max_failures`. Rows locked by another host are skipped
+  /// (FOR UPDATE SKIP LOCKED). Returns the ids released.
+  virtual absl::StatusOr<std::vector<std::string>> ReclaimExpiredLeases(int max_failures) = 0;
+  /// Replaces this host's published workers with `workers` (host and
+  /// seen_us are filled in here).
+  virtual absl::Status PublishWorkers(const std::vector<HostWorker>& workers) = 0;
+  /// Workers of the other hosts published within `max_age_ms`.
+  virtual absl::StatusOr<std::vector<HostWorker>> PeerWorkers(int64_t max_age_ms) = 0;
+  /// Dispatched jobs by owner on the other hosts (fair share across hosts).
+  virtual absl::StatusOr<std::map<std::string, int>> PeerRunningByOwner() = 0;
+  /// Calls `on_change(job_id)` (on a background thread) whenever any host
+  /// changes a job ("" = re-read everything). SQLite: never (its one host
+  /// notifies itself).
+  virtual absl::Status SetChangeListener(std::function<void(const std::string&)> on_change) = 0;
+  /// Whether this host does the once-per-queue chores (updated Queued
+  /// events); one host at a time holds it.
+  virtual bool LeadsQueue() = 0;
 };
 
 /// True for COMPLETED, FAILED, CANCELLED.

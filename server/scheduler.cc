@@ -184,7 +184,9 @@ SchedulingContext Scheduler::ContextLocked(const std::string& worker) {
   SchedulingContext ctx;
   ctx.worker = worker;
   ctx.workers = workers_;
+  for (const auto& [name, w] : peer_workers_) ctx.workers.emplace(name, w);
   for (const auto& [id, owner] : running_) ++ctx.running_by_user[owner];
+  for (const auto& [owner, n] : peer_running_) ctx.running_by_user[owner] += n;
   ctx.now = absl::Now();
   return ctx;
 }
@@ -270,6 +272,18 @@ std::map<std::string, int> Scheduler::RunningByUser() {
   std::map<std::string, int> out;
   for (const auto& [id, owner] : running_) ++out[owner];
   return out;
+}
+
+std::map<std::string, WorkerView> Scheduler::LocalWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return workers_;
+}
+
+void Scheduler::SetPeers(std::map<std::string, WorkerView> workers,
+                         std::map<std::string, int> running) {
+  std::lock_guard<std::mutex> lock(mu_);
+  peer_workers_ = std::move(workers);
+  peer_running_ = std::move(running);
 }
 
 }  // namespace server

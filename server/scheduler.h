@@ -131,6 +131,13 @@ class Scheduler {
   /// Dispatched jobs by owner.
   std::map<std::string, int> RunningByUser();
 
+  /// This host's workers as the policy sees them.
+  std::map<std::string, WorkerView> LocalWorkers();
+  /// Other hosts' workers (named "host/worker") and their running jobs by
+  /// owner: policies then see one cluster (model affinity and fair share
+  /// across hosts). Replaces the previous peers.
+  void SetPeers(std::map<std::string, WorkerView> workers, std::map<std::string, int> running);
+
  private:
   absl::StatusOr<std::vector<QueuedJob>> LoadQueue();
   SchedulingContext ContextLocked(const std::string& worker);
@@ -143,6 +150,8 @@ class Scheduler {
   std::map<std::string, std::string> running_;        // job id -> owner
   std::map<std::string, std::string> running_worker_; // job id -> worker
   std::map<std::string, WorkerView> workers_;
+  std::map<std::string, WorkerView> peer_workers_;
+  std::map<std::string, int> peer_running_;
 };
 
 }  // namespace server

@@ -41,7 +41,8 @@
 #include "server/config.h"
 #include "server/job_manager.h"
 #include "server/scheduler.h"
-#include "server/sqlite_job_store.h"
+#include "server/host_lease.h"
+#include "server/sql_job_store.h"
 #include "server/worker_pool.h"
 
 namespace {
@@ -204,15 +205,14 @@ int Run(const ServerConfig& config) {
       Log(absl::StrCat("WARNING: ", port.status().message(), "; running without /metrics"));
     }
   }
-  std::unique_ptr<TokenStore> tokens;
-  if (auth_mode == "token") {
-    absl::StatusOr<std::unique_ptr<TokenStore>> opened = TokenStore::Open(config.database);
-    if (!opened.ok()) {
-      Log(opened.status().ToString());
-      return 1;
-    }
-    tokens = *std::move(opened);
+  // One database for jobs, events, hosts and tokens (migrated here).
+  absl::StatusOr<std::shared_ptr<SqlDb>> db = OpenSqlDb(config.database, config.sync_full);
+  if (!db.ok()) {
+    Log(db.status().ToString());
+    return 1;
   }
+  std::unique_ptr<TokenStore> tokens;
+  if (auth_mode == "token") tokens = std::make_unique<TokenStore>(*db);
   Authenticator authenticator(auth_mode, tokens.get());
   absl::StatusOr<ModelCatalog> catalog = ModelCatalog::LoadFile(config.catalog);
   if (!catalog.ok()) {
@@ -228,11 +228,21 @@ int Run(const ServerConfig& config) {
     Log(absl::StrCat("corpus ", c.name, " (", c.path, ")",
                      c.available ? "" : absl::StrCat(" UNAVAILABLE: ", c.unavailable_reason)));
   }
-  absl::StatusOr<std::unique_ptr<SqliteJobStore>> store =
-      SqliteJobStore::Open(config.database, config.sync_full);
-  if (!store.ok()) {
-    Log(store.status().ToString());
-    return 1;
+  StoreOptions store_options;
+  store_options.host = config.host_id;
+  store_options.lease_ms = config.lease_ms;
+  std::unique_ptr<SqlJobStore> store_owner = SqlJobStore::Create(*db, store_options);
+  std::unique_ptr<SqlJobStore>* store = &store_owner;
+  const bool several_hosts = (*db)->dialect() == SqlDialect::kPostgres;
+  Log(absl::StrCat("database ", (*db)->name(), ", schema version ", CurrentSchemaVersion(),
+                   ", host ", (*store)->host(), several_hosts ? " (one queue shared by hosts)" : ""));
+  if (several_hosts) {
+    // Workers are published every <= 500 ms; a host that restarts after a
+    // crash has been silent longer than this.
+    if (absl::Status s = (*store)->CheckHostNameFree(1500); !s.ok()) {
+      Log(s.ToString());
+      return 1;
+    }
   }
   absl::StatusOr<std::vector<std::string>> requeued =
       (*store)->RequeueInterrupted("server restarted while the job was running");
@@ -280,12 +290,42 @@ int Run(const ServerConfig& config) {
   }
   manager.Configure(shared, &metrics);
   manager_ptr = &manager;
+  // Changes by other hosts (PostgreSQL NOTIFY) wake this host's watchers
+  // and idle workers; the relay stops before the manager goes away.
+  struct ChangeRelay {
+    std::mutex mu;
+    JobManager* manager = nullptr;
+    void Fire() {
+      std::lock_guard<std::mutex> lock(mu);
+      if (manager != nullptr) manager->Notify();
+    }
+  };
+  auto relay = std::make_shared<ChangeRelay>();
+  relay->manager = &manager;
+  struct RelayGuard {
+    std::shared_ptr<ChangeRelay> relay;
+    ~RelayGuard() {
+      std::lock_guard<std::mutex> lock(relay->mu);
+      relay->manager = nullptr;
+    }
+  } relay_guard{relay};
+  if (absl::Status s = (*store)->SetChangeListener([relay](const std::string&) { relay->Fire(); });
+      !s.ok()) {
+    Log(s.ToString());
+    return 1;
+  }
   manager.StartBackground();
   WorkerPool pool(&manager, config, runtime_dir);
   if (absl::Status s = pool.Start(); !s.ok()) {
     Log(s.ToString());
     return 1;
   }
+  HostLeaseOptions lease_options;
+  lease_options.lease_ms = config.lease_ms;
+  lease_options.max_attempts = config.max_attempts;
+  lease_options.share_workers = several_hosts;
+  HostLeases leases(store->get(), &scheduler, lease_options, [relay] { relay->Fire(); });
+  leases.Start();
 
   AnalysisServiceImpl service(&manager, &authenticator, &metrics);
   grpc::ServerBuilder builder;
@@ -351,7 +391,7 @@ int Run(const ServerConfig& config) {
   Log(absl::StrCat("listening on ", config.listen,
                    config.listen.rfind("unix:", 0) == 0 ? "" : absl::StrCat(" (port ", port, ")"),
                    config.tls_cert.empty() ? ", plaintext" : ", TLS", ", auth ", auth_mode, " (",
-                   config.worker_devices.size(), " worker(s), database ", config.database, ")"));
+                   config.worker_devices.size(), " worker(s), database ", (*db)->name(), ")"));
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -370,6 +410,7 @@ int Run(const ServerConfig& config) {
   manager.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   pool.Stop();
+  leases.Stop();
   if (!socket_path.empty()) {
     // Only our own socket: another server may have replaced it meanwhile.
     struct stat st;
@@ -412,7 +453,12 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", tls_cert, "PEM certificate chain: TLS on the public port");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--listen", listen, "Address: host:port or unix:/path (default 127.0.0.1:50051)");
-  app.add_option("--database", database, "SQLite database file (default sinkscope.db)");
+  app.add_option("--database", database,
+                 "SQLite file (default sinkscope.db) or postgresql://user@host:port/db");
+  std::string host_id;
+  int64_t lease_ms = 0;
+  app.add_option("--host-id", host_id, "This host's name in job leases (default: hostname)");
+  app.add_option("--lease-ms", lease_ms, "Job lease, milliseconds (default 30000)");
   app.add_option("--workers", workers, "Worker devices, comma-separated, e.g. cpu,cpu");
   app.add_option("--catalog", catalog, "Model catalog JSON (default deploy/catalog.json)");
   app.add_option("--worker-binary", worker_binary, "sinkscope-worker binary");
@@ -451,6 +497,8 @@ int main(int argc, char** argv) {
   }
   if (!listen.empty()) config.listen = listen;
   if (!database.empty()) config.database = database;
+  if (!host_id.empty()) config.host_id = host_id;
+  if (lease_ms != 0) config.lease_ms = lease_ms;
   if (!workers.empty()) {
     absl::StatusOr<std::vector<std::string>> devices = sinkscope::server::ParseWorkerDevices(workers);
     if (!devices.ok()) {

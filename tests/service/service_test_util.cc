@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <ftw.h>
 #include <fstream>
 #include <random>
 #include <sstream>
@@ -61,8 +62,13 @@ TempDir::TempDir() {
 
 TempDir::~TempDir() {
   if (path_ != "/tmp" && !std::getenv("SINKSCOPE_KEEP_TEST_DIRS")) {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
+    // nftw, not std::filesystem::remove_all: libtorch.so of the torch wheel
+    // exports its own std::filesystem, whose remove_all crashes (null call)
+    // in test binaries that link it.
+    nftw(
+        path_.c_str(),
+        [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p) == 0 ? 0 : 0; },
+        16, FTW_DEPTH | FTW_PHYS);
   }
 }
 
