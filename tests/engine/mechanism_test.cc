@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -254,7 +255,9 @@ TEST(SiluRegime, NearIdentityAtTheSpikeTokenOfThePlantedBlocks) {
     EXPECT_EQ(b.channel, truth.spike_channel);
     EXPECT_LT(b.max_quadratic_error, 0.01);
     for (const SiluToken& t : b.tokens) {
-      if (t.is_spike_token) EXPECT_GT(t.max_abs_output, 1000.f);
+      if (t.is_spike_token) {
+        EXPECT_GT(t.max_abs_output, 1000.f);
+      }
     }
   }
 }

@@ -97,7 +97,7 @@ absl::StatusOr<FfnWeights> FoldedFfnWeights(const Model& model, int64_t layer) {
 
 at::Tensor FfnFrobeniusNorms(const FfnWeights& w, int64_t row_chunk) {
   const int64_t f = w.gate.size(0), D = w.down.size(0);
-  at::Tensor f2 = at::zeros({D}, F64(w.gate));
+  at::Tensor f2 = at::zeros({D}, w.gate.options());  // float64 from FoldedFfnWeights
   at::Tensor gate_t = w.gate.t(), up_t = w.up.t();
   for (int64_t s = 0; s < f; s += row_chunk) {
     const int64_t n = std::min(row_chunk, f - s);
