@@ -331,8 +331,72 @@ int main(int argc, char** argv) {
       "--rel-threshold", rel_threshold, "... and |h| > X * median|h| (server default 1000)");
   CLI::Option* step_opt = scan->add_option(
       "--step-fraction", step_fraction,
-      "Step-up/down block: output >= X of the peak (server default 0.5)");
+      "single-block rule: output >= X of the peak (server default 0.5)");
+  std::string step_rule;
+  double step_share = 0;
+  CLI::Option* rule_opt = scan->add_option(
+      "--step-rule", step_rule,
+      "share (default: every block contributing >= --step-share of the peak) or single-block");
+  CLI::Option* share_opt = scan->add_option(
+      "--step-share", step_share, "share rule: contribution >= X x |peak| (server default 0.1)");
   scan_in.AddSubmission(scan);
+
+  // ---- mechanism jobs (paper section 3) ----
+  // ffn-quadratic
+  CLI::App* ffnq = app.add_subcommand(
+      "ffn-quadratic", "||U_k||_F and the spectrum of S_k of every MLP block (paper eq. 16-19)");
+  InputFlags ffnq_in;
+  ffnq_in.Add(ffnq, false);
+  std::string ffnq_blocks;
+  int ffnq_top = 0, ffnq_sample = 0, ffnq_neig = 0, ffnq_rows = 0;
+  double ffnq_factor = 0;
+  ffnq->add_option("--blocks", ffnq_blocks, "MLP blocks (even numbers), comma-separated (default all)");
+  CLI::Option* ffnq_top_opt =
+      ffnq->add_option("--top-channels", ffnq_top, "Top channels per block (default: > 10x median)");
+  CLI::Option* ffnq_factor_opt =
+      ffnq->add_option("--outlier-factor", ffnq_factor, "Outlier: ||U_k|| > X x median (default 10)");
+  CLI::Option* ffnq_sample_opt =
+      ffnq->add_option("--sample-channels", ffnq_sample, "Ordinary channels sampled (default 4)");
+  CLI::Option* ffnq_neig_opt =
+      ffnq->add_option("--eigenvalues", ffnq_neig, "Eigenvalues per channel (default 10)");
+  CLI::Option* ffnq_rows_opt =
+      ffnq->add_option("--top-rows", ffnq_rows, "Rows by |W_down[k,i]| per top channel (default 8)");
+  // silu-regime
+  CLI::App* silu = app.add_subcommand(
+      "silu-regime", "cos(x, SiLU(x)) and norm ratio per token in MLP blocks (paper Fig. 2)");
+  InputFlags silu_in;
+  silu_in.Add(silu, true);
+  std::string silu_blocks;
+  int silu_channel = 0;
+  silu->add_option("--blocks", silu_blocks, "MLP blocks (default: detected step-up/down blocks)");
+  CLI::Option* silu_ch_opt =
+      silu->add_option("--channel", silu_channel, "Channel k of the quadratic approximation");
+  // vo-circuit
+  CLI::App* vo = app.add_subcommand(
+      "vo-circuit", "Alignment of W_VO h~ with s* at position 0 (paper eq. 22)");
+  InputFlags vo_in;
+  vo_in.Add(vo, false);
+  std::string vo_tokens;
+  int vo_sample = 0, vo_block = 0;
+  vo->add_option("--tokens", vo_tokens, "Token ids placed at position 0, comma-separated");
+  CLI::Option* vo_sample_opt =
+      vo->add_option("--vocab-sample", vo_sample, "Vocabulary sample (default 256)");
+  CLI::Option* vo_block_opt =
+      vo->add_option("--step-up-block", vo_block, "MLP step-up block of s* (default detected)");
+  // activations
+  CLI::App* acts = app.add_subcommand(
+      "activations", "Hook tensors on demand, sliced (like run_with_cache)");
+  InputFlags acts_in;
+  acts_in.Add(acts, true);
+  std::vector<std::string> act_hooks;
+  std::string act_seqs, act_pos, act_ch, act_heads;
+  acts->add_option("--hook", act_hooks, "Hook name, e.g. blocks.1.hook_resid_post (repeatable)")
+      ->required()
+      ->allow_extra_args(false);
+  acts->add_option("--sequences", act_seqs, "Sequence indices (default all)");
+  acts->add_option("--positions", act_pos, "Positions (default all)");
+  acts->add_option("--channels", act_ch, "Channels / d_head / key positions (default all)");
+  acts->add_option("--heads", act_heads, "Heads of per-head hooks (default all)");
 
   // watch
   CLI::App* watch = app.add_subcommand("watch", "Follow a job's events and show its result");
@@ -534,6 +598,8 @@ int main(int argc, char** argv) {
     if (abs_opt->count() > 0) params->set_abs_threshold(abs_threshold);
     if (rel_opt->count() > 0) params->set_rel_threshold(rel_threshold);
     if (step_opt->count() > 0) params->set_step_fraction(step_fraction);
+    if (rule_opt->count() > 0) params->set_step_rule(step_rule);
+    if (share_opt->count() > 0) params->set_step_share(step_share);
     return sinkscope::client::RunScan(global, options);
   }
   if (watch->parsed()) {
@@ -569,6 +635,44 @@ int main(int argc, char** argv) {
     return "";
   };
   std::string error;
+  if (ffnq->parsed()) {
+    if (!(error = ffnq_in.Fill(ffnq, &options)).empty()) return Usage(error);
+    v1::FfnQuadraticRequest* p = request->mutable_ffn_quadratic();
+    if (!(error = int_list("--blocks", ffnq_blocks, p->mutable_blocks())).empty()) return Usage(error);
+    if (ffnq_top_opt->count() > 0) p->set_top_channels(ffnq_top);
+    if (ffnq_factor_opt->count() > 0) p->set_outlier_factor(ffnq_factor);
+    if (ffnq_sample_opt->count() > 0) p->set_sample_channels(ffnq_sample);
+    if (ffnq_neig_opt->count() > 0) p->set_n_eigenvalues(ffnq_neig);
+    if (ffnq_rows_opt->count() > 0) p->set_top_rows(ffnq_rows);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (silu->parsed()) {
+    if (!(error = silu_in.Fill(silu, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0) return Usage("silu-regime needs --text, --ids or --file");
+    v1::SiluRegimeRequest* p = request->mutable_silu_regime();
+    if (!(error = int_list("--blocks", silu_blocks, p->mutable_blocks())).empty()) return Usage(error);
+    if (silu_ch_opt->count() > 0) p->set_channel(silu_channel);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (vo->parsed()) {
+    if (!(error = vo_in.Fill(vo, &options)).empty()) return Usage(error);
+    v1::VoCircuitRequest* p = request->mutable_vo_circuit();
+    if (!(error = int_list("--tokens", vo_tokens, p->mutable_token_ids())).empty()) return Usage(error);
+    if (vo_sample_opt->count() > 0) p->set_vocab_sample(vo_sample);
+    if (vo_block_opt->count() > 0) p->set_step_up_block(vo_block);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (acts->parsed()) {
+    if (!(error = acts_in.Fill(acts, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0) return Usage("activations needs --text, --ids or --file");
+    v1::ActivationsRequest* p = request->mutable_activations();
+    for (const std::string& h : act_hooks) p->add_hooks(h);
+    if (!(error = int_list("--sequences", act_seqs, p->mutable_sequences())).empty()) return Usage(error);
+    if (!(error = int_list("--positions", act_pos, p->mutable_positions())).empty()) return Usage(error);
+    if (!(error = int_list("--channels", act_ch, p->mutable_channels())).empty()) return Usage(error);
+    if (!(error = int_list("--heads", act_heads, p->mutable_heads())).empty()) return Usage(error);
+    return sinkscope::client::RunScan(global, options);
+  }
   if (sinks->parsed()) {
     if (!(error = sinks_in.Fill(sinks, &options)).empty()) return Usage(error);
     if (request->sequences_size() == 0) return Usage("sinks needs --text, --ids or --file");

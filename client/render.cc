@@ -1,4 +1,5 @@
 #include "client/render.h"
+#include "client/render_mechanism.h"
 
 #include <algorithm>
 #include <cmath>
@@ -598,11 +599,15 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   std::vector<v1::PerplexityChunk> ppl_chunks;
   std::vector<v1::InterventionChunk> iv_chunks;
   std::vector<std::string> summaries;
+  std::vector<v1::ResultRecord> mechanism;
   int other = 0;
   for (const auto& r : records) {
     switch (r.record_case()) {
       case v1::ResultRecord::kScanBlock: blocks.push_back(r.scan_block()); break;
-      case v1::ResultRecord::kScanSummary: summaries.push_back(RenderScanSummary(r.scan_summary())); break;
+      case v1::ResultRecord::kScanSummary:
+        summaries.push_back(RenderScanSummary(r.scan_summary()));
+        summaries.push_back(RenderAttributionTable(r.scan_summary()));
+        break;
       case v1::ResultRecord::kSinkLayer: sink_layers.push_back(r.sink_layer()); break;
       case v1::ResultRecord::kSinkSummary: summaries.push_back(RenderSinkSummary(r.sink_summary())); break;
       case v1::ResultRecord::kFirstTokenProbe:
@@ -623,7 +628,13 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
       case v1::ResultRecord::kInterventionSummary:
         summaries.push_back(RenderInterventionSummary(r.intervention_summary()));
         break;
-      default: ++other; break;
+      default:
+        if (IsMechanismRecord(r)) {
+          mechanism.push_back(r);
+        } else {
+          ++other;
+        }
+        break;
     }
   }
   std::string out;
@@ -649,6 +660,7 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   if (!ppl_chunks.empty()) section(RenderPerplexityChunks(ppl_chunks));
   if (!iv_chunks.empty()) section(RenderInterventionChunks(iv_chunks));
   for (const std::string& s : summaries) section(s);
+  section(RenderMechanismResults(mechanism));
   if (other > 0) {
     section(absl::StrCat(Count(other, "record"), " of a kind this client cannot show (use --json)\n"));
   }

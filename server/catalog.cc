@@ -276,6 +276,11 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
           probe = absl::NotFoundError("its tokenizer file cannot be read");
         }
       }
+      if (probe.ok()) {
+        e.d_ffn = extra.hidden > 0 ? extra.hidden : 0;
+        e.n_kv_heads = extra.n_kv_heads > 0 ? extra.n_kv_heads : e.n_heads;
+        e.d_head = extra.head_dim > 0 ? extra.head_dim : e.d_model / e.n_heads;
+      }
       e.available = probe.ok();
       if (!probe.ok()) {
         e.unavailable_reason = std::string(probe.message());

@@ -23,6 +23,9 @@ struct CatalogEntry {
   std::string description;
   /// Shape read from the checkpoint header / config.json; 0 when unknown.
   int64_t vocab_size = 0, n_ctx = 0, n_layers = 0, d_model = 0, n_heads = 0;
+  /// FFN width, KV heads (n_heads without GQA), head dim (d_model / n_heads
+  /// unless given); 0 when unknown. Used for hook shapes (activations jobs).
+  int64_t d_ffn = 0, n_kv_heads = 0, d_head = 0;
   /// False when the checkpoint could not be read at load time (jobs naming
   /// the model are refused with FAILED_PRECONDITION).
   bool available = false;

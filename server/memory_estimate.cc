@@ -106,6 +106,15 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
     worst = std::max(worst, elems * 4);
   }
   out.activation_bytes = worst;
+  if (request.params_case() == v1::JobRequest::kFfnQuadratic ||
+      request.params_case() == v1::JobRequest::kSiluRegime ||
+      request.params_case() == v1::JobRequest::kVoCircuit) {
+    // One block's folded FFN weights in float64 plus one row chunk of the
+    // Frobenius computation (worker/engine/mechanism.h: memory bound).
+    const int64_t chunk = 1024;
+    out.activation_bytes += 8 * (3 * shape.d_model * shape.d_mlp + 3 * chunk * shape.d_mlp +
+                                 shape.d_model * chunk);
+  }
   return out;
 }
 

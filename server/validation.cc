@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "server/mechanism_validation.h"
 
 namespace sinkscope {
 namespace server {
@@ -33,6 +34,14 @@ v1::JobType JobTypeOf(const v1::JobRequest& request) {
       return v1::JOB_TYPE_SINK_ABLATION;
     case v1::JobRequest::kSelfAttentionProfile:
       return v1::JOB_TYPE_SELF_ATTENTION_PROFILE;
+    case v1::JobRequest::kFfnQuadratic:
+      return v1::JOB_TYPE_FFN_QUADRATIC;
+    case v1::JobRequest::kSiluRegime:
+      return v1::JOB_TYPE_SILU_REGIME;
+    case v1::JobRequest::kVoCircuit:
+      return v1::JOB_TYPE_VO_CIRCUIT;
+    case v1::JobRequest::kActivations:
+      return v1::JOB_TYPE_ACTIVATIONS;
     default:
       return v1::JOB_TYPE_UNSPECIFIED;
   }
@@ -404,6 +413,14 @@ absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan) {
     return absl::InvalidArgumentError(
         absl::StrCat("scan.step_fraction must be in (0, 1], got ", scan.step_fraction()));
   }
+  if (scan.has_step_share() && !(scan.step_share() > 0 && scan.step_share() <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scan.step_share must be in (0, 1], got ", scan.step_share()));
+  }
+  if (scan.has_step_rule() && scan.step_rule() != "share" && scan.step_rule() != "single-block") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scan.step_rule must be \"share\" or \"single-block\", got \"", scan.step_rule().substr(0, 64), "\""));
+  }
   return absl::OkStatus();
 }
 
@@ -464,6 +481,12 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
       params = ValidateIntervention("sink_ablation", request.sink_ablation(), request, catalog,
                                     *model, &total_tokens);
       sequences_needed = -1;
+      break;
+    case v1::JobRequest::kFfnQuadratic:
+    case v1::JobRequest::kSiluRegime:
+    case v1::JobRequest::kVoCircuit:
+    case v1::JobRequest::kActivations:
+      params = ValidateMechanismRequest(request, *model, &sequences_needed);
       break;
     case v1::JobRequest::PARAMS_NOT_SET:
       return absl::InvalidArgumentError(

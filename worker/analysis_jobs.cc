@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "worker/analysis_convert.h"
+#include "worker/mechanism_jobs.h"
 #include "worker/engine/experiments.h"
 #include "worker/engine/model.h"
 #include "worker/engine/sinks.h"
@@ -336,6 +337,7 @@ absl::Status RunAnalysisJob(const JobContext& ctx,
     case v1::JobRequest::kSinkAblation:
       return RunIntervention(ctx, sequences);
     default:
+      if (IsMechanismJob(ctx.run.request().params_case())) return RunMechanismJob(ctx, sequences);
       return absl::UnimplementedError("this worker does not run this job type");
   }
 }

@@ -52,6 +52,24 @@ v1::ScanSummary ToProto(const ScanSummary& summary) {
   if (summary.peak_block > 0) FillBlockRef(summary.peak_block, out.mutable_peak_block());
   out.set_spike_mean_over_sequences(summary.spike_mean_over_sequences);
   out.mutable_provenance()->set_n_tokens(summary.n_tokens);
+  for (const SpikeAttribution& a : summary.attributions) {
+    v1::SpikeAttribution* o = out.add_attributions();
+    o->set_sequence(static_cast<int32_t>(a.entry.sequence));
+    o->set_position(static_cast<int32_t>(a.entry.position));
+    o->set_channel(static_cast<int32_t>(a.entry.channel));
+    o->set_peak_value(a.entry.value);
+    o->set_peak_block(static_cast<int32_t>(a.peak_block));
+    const float peak = a.entry.value;
+    o->set_embed(a.embed);
+    o->set_embed_share(peak != 0 ? a.embed / peak : 0.f);
+    for (float c : a.contributions) {
+      o->add_contributions(c);
+      o->add_shares(peak != 0 ? c / peak : 0.f);
+    }
+    o->set_sum_to_peak(a.sum_to_peak);
+    for (int64_t b : a.step_up_blocks) o->add_step_up_blocks(static_cast<int32_t>(b));
+    for (int64_t b : a.step_down_blocks) o->add_step_down_blocks(static_cast<int32_t>(b));
+  }
   return out;
 }
 
@@ -61,6 +79,12 @@ ScanParams ScanParamsFromProto(const v1::ActivationScanRequest& request) {
   if (request.has_abs_threshold()) p.abs_threshold = request.abs_threshold();
   if (request.has_rel_threshold()) p.rel_threshold = request.rel_threshold();
   if (request.has_step_fraction()) p.step_fraction = request.step_fraction();
+  if (request.has_step_share()) p.step_share = request.step_share();
+  if (request.has_step_rule()) {
+    // Validated by the server; an unknown name falls back to the default here.
+    absl::StatusOr<ScanParams::StepRule> rule = ParseStepRule(request.step_rule());
+    if (rule.ok()) p.step_rule = *rule;
+  }
   return p;
 }
 
@@ -70,6 +94,8 @@ v1::ScanThresholds ThresholdsToProto(const ScanParams& params) {
   out.set_abs_threshold(params.abs_threshold);
   out.set_rel_threshold(params.rel_threshold);
   out.set_step_fraction(params.step_fraction);
+  out.set_step_rule(StepRuleName(params.step_rule));
+  out.set_step_share(params.step_share);
   return out;
 }
 

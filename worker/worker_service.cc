@@ -27,6 +27,9 @@ namespace {
 absl::Status RunScan(const JobContext& ctx, const std::vector<std::vector<int64_t>>& sequences) {
   const CachedModel& cached = ctx.cached;
   ScanParams params = ScanParamsFromProto(ctx.run.request().scan());
+  if (ctx.run.request().scan().has_step_rule()) {
+    RETURN_IF_ERROR(ParseStepRule(ctx.run.request().scan().step_rule()).status());
+  }
   RETURN_IF_ERROR(ValidateScanParams(params));
   RETURN_IF_ERROR(cached.model->ValidateTokens(sequences));
 

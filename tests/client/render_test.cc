@@ -1,8 +1,10 @@
 // Renderers of the sinkscope client, fed hand-built proto messages.
 #include "client/render.h"
+#include "client/render_mechanism.h"
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -711,6 +713,66 @@ TEST(ModelsTest, WarnsWhenWorkersAreDown) {
   job.set_state(v1::JOB_STATE_QUEUED);
   job.set_waiting_reason("no worker is running");
   EXPECT_THAT(RenderJob(job, absl::UTCTimeZone()), HasSubstr("no worker is running"));
+}
+
+TEST(RenderAttribution, ShowsSharesAndStepBlocksOfEachEntry) {
+  v1::ScanSummary s;
+  v1::SpikeAttribution* a = s.add_attributions();
+  a->set_sequence(0);
+  a->set_position(0);
+  a->set_channel(7);
+  a->set_peak_value(300);
+  a->set_peak_block(8);
+  a->set_embed(0);
+  for (int b = 1; b <= 12; ++b) {
+    const float c = (b == 4 || b == 6 || b == 8) ? 100.f : (b == 10 ? -300.f : 0.f);
+    a->add_contributions(c);
+    a->add_shares(c / 300.f);
+  }
+  for (int b : {4, 6, 8}) a->add_step_up_blocks(b);
+  a->add_step_down_blocks(10);
+  const std::string text = RenderAttributionTable(s);
+  EXPECT_THAT(text, HasSubstr("(0,0,7)"));
+  EXPECT_THAT(text, HasSubstr("8 (layer 3 mlp)"));
+  EXPECT_THAT(text, HasSubstr("6: +100"));
+  EXPECT_THAT(text, HasSubstr("+33%"));
+  EXPECT_THAT(text, HasSubstr("-100%"));
+  EXPECT_THAT(text, HasSubstr("4, 6, 8"));
+  EXPECT_THAT(text, Not(HasSubstr("2: ")));
+  EXPECT_EQ(RenderAttributionTable(v1::ScanSummary()), "");
+}
+
+TEST(RenderMechanism, FfnQuadraticBlockAndActivations) {
+  std::vector<v1::ResultRecord> records(3);
+  v1::FfnQuadraticBlock* b = records[0].mutable_ffn_quadratic_block();
+  b->set_block(4);
+  b->set_layer(1);
+  b->set_sublayer("mlp");
+  b->add_outlier_channels(7);
+  v1::FfnChannelSpectrum* c = b->add_channels();
+  c->set_channel(7);
+  c->set_is_top(true);
+  c->set_frobenius_norm(20);
+  c->add_eigenvalues(20);
+  c->add_eigenvalues(0);
+  c->set_eigen_ratio(std::numeric_limits<double>::infinity());
+  v1::ActivationTensor* t = records[1].mutable_activation_tensor();
+  t->set_hook("blocks.1.hook_resid_post");
+  t->add_shape(2);
+  t->add_shape(3);
+  t->add_dims("pos");
+  t->add_dims("d_model");
+  t->set_numel(6);
+  for (float v : {1.f, -5.f, 2.f, 0.f, 0.f, 3.f}) t->add_values(v);
+  records[2].mutable_activations_summary()->set_n_tensors(1);
+  const std::string text = RenderResults(records);
+  EXPECT_THAT(text, HasSubstr("4 (layer 1 mlp)"));
+  EXPECT_THAT(text, HasSubstr("outlier channels (> factor x median): 7"));
+  EXPECT_THAT(text, HasSubstr("inf"));
+  EXPECT_THAT(text, HasSubstr("blocks.1.hook_resid_post"));
+  EXPECT_THAT(text, HasSubstr("2x3"));
+  EXPECT_THAT(text, HasSubstr("pos,d_model"));
+  EXPECT_THAT(text, Not(HasSubstr("unknown")));
 }
 
 }  // namespace

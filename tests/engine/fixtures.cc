@@ -220,6 +220,22 @@ Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth) {
     t[p + "down_proj.weight"].select(1, 0).zero_();
     t[p + "down_proj.weight"][k][0] = -20.0;
   }
+  tr.step_up_blocks = {4};
+  tr.step_up_shares = {1.0};
+  if (spec.gradual) {
+    t["model.layers.1.mlp.down_proj.weight"][k][0] = 20.0 / 3.0;
+    for (int64_t l : {2, 3}) {
+      const std::string p = absl::StrCat("model.layers.", l, ".mlp.");
+      t[p + "gate_proj.weight"][0].zero_();
+      t[p + "gate_proj.weight"][0][k] = 1.0;
+      t[p + "up_proj.weight"][0].zero_();
+      t[p + "up_proj.weight"][0][k] = 1.0;
+      t[p + "down_proj.weight"].select(1, 0).zero_();
+      t[p + "down_proj.weight"][k][0] = 20.0 / 3.0;
+    }
+    tr.step_up_blocks = {4, 6, 8};
+    tr.step_up_shares = {1.0 / 3, 1.0 / 3, 1.0 / 3};
+  }
   // Sink heads: u = 7 * e_{slowest pair} in the head's d_head coordinates.
   // Queries: x~ on m is ~6.3 for ordinary tokens; keys: x~ on k is ~8 for spike tokens.
   const int64_t slow = dh / 2 - 1;

@@ -60,6 +60,10 @@ struct PlantedTruth {
   int64_t step_up_block = 0;        // paper numbering
   int64_t step_down_block = 0;
   std::vector<std::pair<int64_t, int64_t>> sink_heads;  // (layer, head)
+  /// Every block that injects the spike, and the planted share of the peak
+  /// each carries ({4} / {1.0}; gradual: {4, 6, 8} / {1/3, 1/3, 1/3}).
+  std::vector<int64_t> step_up_blocks;
+  std::vector<double> step_up_shares;
 };
 
 /// Options of the planted fixture.
@@ -69,6 +73,10 @@ struct PlantedSpec {
   /// pre-norms replaced by output norms (OLMo 2).
   NormPlacement norm_placement = NormPlacement::kPre;
   uint64_t seed = 1234;
+  /// Gradual injection: the spike is written by three MLP blocks (4, 6, 8),
+  /// about a third each (unit 0 with W_down[k,0] = 20/3; block 4 reads s*,
+  /// blocks 6 and 8 read e_k, which the spike token's h~ is after block 4).
+  bool gradual = false;
 };
 
 /// A Llama-architecture checkpoint (HF layout, 6 layers, d_model 64, 4 heads

@@ -287,11 +287,12 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
       if (r.block == 0) {
         ASSIGN_OR_RETURN(ScanSummary scan, RunActivationScan(model, calibration, params.thresholds,
                                                              nullptr, nullptr, cancel));
-        if (scan.step_up_blocks.empty()) {
+        // After the last step-up block of the largest spike (block attribution rule).
+        r.block = LastStepUpBlockOfLargestSpike(scan);
+        if (r.block == 0) {
           return absl::FailedPreconditionError(
               where + "no step-up block detected on the calibration set; give the block");
         }
-        r.block = scan.step_up_blocks.front();
       }
       if (r.block < 1 || r.block > n_blocks) {
         return absl::InvalidArgumentError(absl::StrCat(where, "block ", r.block,

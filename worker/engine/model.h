@@ -77,6 +77,11 @@ class Model {
   int64_t weight_bytes() const { return weight_bytes_; }
   /// Total parameter count.
   int64_t n_params() const { return n_params_; }
+  /// A weight by its canonical name (checkpoint.h), on the model's device in
+  /// its dtype; undefined tensor when the model has none of that name.
+  /// Read-only: the mechanism analyses (mechanism.h) read W_gate/W_up/W_down,
+  /// W_V/W_O and the norm gains.
+  at::Tensor weight(const std::string& name) const { return Weight(name); }
 
  private:
   struct Layer;

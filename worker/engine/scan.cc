@@ -11,6 +11,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <climits>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -163,6 +164,24 @@ BlockId BlockId::FromBlock(int64_t block) {
   return id;
 }
 
+const char* StepRuleName(ScanParams::StepRule rule) {
+  return rule == ScanParams::StepRule::kShare ? "share" : "single-block";
+}
+
+absl::StatusOr<ScanParams::StepRule> ParseStepRule(const std::string& name) {
+  if (name == "share") return ScanParams::StepRule::kShare;
+  if (name == "single-block") return ScanParams::StepRule::kSingleBlock;
+  return absl::InvalidArgumentError(
+      absl::StrCat("step_rule must be \"share\" or \"single-block\", got \"", name, "\""));
+}
+
+int64_t LastStepUpBlockOfLargestSpike(const ScanSummary& summary) {
+  if (!summary.attributions.empty() && !summary.attributions.front().step_up_blocks.empty()) {
+    return summary.attributions.front().step_up_blocks.back();
+  }
+  return summary.step_up_blocks.empty() ? 0 : summary.step_up_blocks.back();
+}
+
 absl::Status ValidateScanParams(const ScanParams& p) {
   if (p.top_k < 1 || p.top_k > 64) {
     return absl::InvalidArgumentError(absl::StrCat("top_k must be in [1, 64], got ", p.top_k));
@@ -178,6 +197,10 @@ absl::Status ValidateScanParams(const ScanParams& p) {
   if (!(p.step_fraction > 0 && p.step_fraction <= 1)) {
     return absl::InvalidArgumentError(
         absl::StrCat("step_fraction must be in (0, 1], got ", p.step_fraction));
+  }
+  if (!(p.step_share > 0 && p.step_share <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step_share must be in (0, 1], got ", p.step_share));
   }
   if (p.max_listed_entries < 0) {
     return absl::InvalidArgumentError("max_listed_entries must be >= 0");
@@ -330,20 +353,102 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
     summary.spike_channels.assign(channels.begin(), channels.end());
   }
 
-  std::set<int64_t> up, down;
-  std::vector<ActivationEntry> listed;
+  // Peak of every tracked entry: largest |value| over the blocks where it is massive.
+  struct Peak {
+    float value;
+    int64_t block;
+  };
+  std::map<EntryKey, Peak> peaks;
   for (const auto& [key, obs] : observations) {
     const Observation* peak_obs = nullptr;
     for (const Observation& o : obs) {
       if (o.massive && (!peak_obs || std::fabs(o.value) > std::fabs(peak_obs->value))) peak_obs = &o;
     }
-    if (!peak_obs) continue;
-    const float peak = peak_obs->value;
-    for (const Observation& o : obs) {
-      if (std::fabs(o.output) < params.step_fraction * std::fabs(peak)) continue;
-      ((o.output > 0) == (peak > 0) ? up : down).insert(o.block);
+    if (peak_obs) peaks[key] = {peak_obs->value, peak_obs->block};
+  }
+
+  std::set<int64_t> up, down;
+  std::map<EntryKey, SpikeAttribution> attribution;
+  if (params.step_rule == ScanParams::StepRule::kSingleBlock) {
+    for (const auto& [key, obs] : observations) {
+      auto pk = peaks.find(key);
+      if (pk == peaks.end()) continue;
+      const float peak = pk->second.value;
+      for (const Observation& o : obs) {
+        if (std::fabs(o.output) < params.step_fraction * std::fabs(peak)) continue;
+        ((o.output > 0) == (peak > 0) ? up : down).insert(o.block);
+      }
     }
-    listed.push_back({peak, std::get<0>(key), std::get<1>(key), std::get<2>(key)});
+  } else {
+    // Second pass: hook_embed and every block output at the tracked entries,
+    // only for the batches that hold some.
+    for (const auto& [key, pk] : peaks) {
+      SpikeAttribution& a = attribution[key];
+      a.entry = {pk.value, std::get<0>(key), std::get<1>(key), std::get<2>(key)};
+      a.peak_block = pk.block;
+      a.contributions.assign(n_blocks, 0.f);
+    }
+    for (const std::vector<int64_t>& batch : batches) {
+      std::vector<int64_t> rr, pp, cc;
+      std::vector<SpikeAttribution*> targets;
+      for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
+        auto lo = attribution.lower_bound(EntryKey{batch[r], INT64_MIN, INT64_MIN});
+        for (auto it = lo; it != attribution.end() && std::get<0>(it->first) == batch[r]; ++it) {
+          rr.push_back(r);
+          pp.push_back(std::get<1>(it->first));
+          cc.push_back(std::get<2>(it->first));
+          targets.push_back(&it->second);
+        }
+      }
+      if (targets.empty()) continue;
+      HookRegistry hooks;
+      std::vector<at::indexing::TensorIndex> idx;
+      auto gather = [&](const at::Tensor& t) {
+        if (idx.empty()) {
+          const auto lopt = at::TensorOptions().dtype(at::kLong).device(t.device());
+          idx = {at::tensor(rr, lopt), at::tensor(pp, lopt), at::tensor(cc, lopt)};
+        }
+        at::Tensor v = t.index(idx).to(at::kFloat).cpu().contiguous();
+        return std::vector<float>(v.data_ptr<float>(), v.data_ptr<float>() + v.numel());
+      };
+      hooks.AddProbe("hook_embed", [&](const std::string&, int64_t, const at::Tensor& t) {
+        const std::vector<float> v = gather(t);
+        for (size_t i = 0; i < targets.size(); ++i) targets[i]->embed = v[i];
+      });
+      for (int64_t b = 1; b <= n_blocks; ++b) {
+        hooks.AddProbe(BlockId::FromBlock(b).output_hook(),
+                       [&, b](const std::string&, int64_t, const at::Tensor& t) {
+                         const std::vector<float> v = gather(t);
+                         for (size_t i = 0; i < targets.size(); ++i) {
+                           targets[i]->contributions[b - 1] = v[i];
+                         }
+                       });
+      }
+      RETURN_IF_ERROR(model.RunHooks(make_tokens(batch), hooks, cancel));
+    }
+    for (auto& [key, a] : attribution) {
+      const float peak = a.entry.value;
+      const double min_abs = params.step_share * std::fabs(peak);
+      float sum = a.embed;
+      for (int64_t j = 1; j <= n_blocks; ++j) {
+        const float o = a.contributions[j - 1];
+        if (j <= a.peak_block) sum += o;
+        if (!(std::fabs(o) >= min_abs)) continue;
+        if ((o > 0) == (peak > 0)) {
+          if (j <= a.peak_block) a.step_up_blocks.push_back(j);
+        } else {
+          a.step_down_blocks.push_back(j);
+        }
+      }
+      a.sum_to_peak = sum;
+      up.insert(a.step_up_blocks.begin(), a.step_up_blocks.end());
+      down.insert(a.step_down_blocks.begin(), a.step_down_blocks.end());
+    }
+  }
+
+  std::vector<ActivationEntry> listed;
+  for (const auto& [key, pk] : peaks) {
+    listed.push_back({pk.value, std::get<0>(key), std::get<1>(key), std::get<2>(key)});
   }
   std::stable_sort(listed.begin(), listed.end(),
                    [](const ActivationEntry& a, const ActivationEntry& b) {
@@ -351,6 +456,10 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
                    });
   if (static_cast<int64_t>(listed.size()) > params.max_listed_entries) {
     listed.resize(params.max_listed_entries);
+  }
+  for (const ActivationEntry& e : listed) {
+    auto it = attribution.find(EntryKey{e.sequence, e.position, e.channel});
+    if (it != attribution.end()) summary.attributions.push_back(std::move(it->second));
   }
   summary.spike_entries = std::move(listed);
   summary.step_up_blocks.assign(up.begin(), up.end());

@@ -18,9 +18,25 @@
 //   *step-up block* if for some spike entry sign(o_b,e) = sign(P_e) and
 //   |o_b,e| >= step_fraction * |P_e|, a *step-down block* if
 //   sign(o_b,e) = -sign(P_e) and |o_b,e| >= step_fraction * |P_e|.
+//   This is StepRule::kSingleBlock ("single-block"); it misses spikes that
+//   grow over several blocks.
 //
-// One forward pass: the only activation kept across hook points is the
-// previous post-residual (to form o_b,e at the few spike entries).
+// Block attribution (the default rule, StepRule::kShare, "share"): the
+// residual stream is a sum, so for a spike entry e with peak block p
+//   resid_p[e] = embed[e] + sum_{j <= p} out_j[e]     (exactly)
+// with out_j = hook_attn_out / hook_mlp_out of block j. The scan reports, for
+// every listed spike entry, embed[e] and out_j[e] for all blocks j = 1..2L
+// (shares = value / P_e). Block j is a step-up block of e if j <= p,
+// sign(out_j[e]) = sign(P_e) and |out_j[e]| >= step_share * |P_e|; a
+// step-down block if sign(out_j[e]) = -sign(P_e) and |out_j[e]| >=
+// step_share * |P_e| (any j). The model's step-up / step-down blocks are the
+// union over spike entries (all tracked entries, not only the listed ones).
+//
+// Passes: one forward pass finds the massive entries (the only activation
+// kept across hook points is the previous post-residual); when there are
+// spike entries and the rule is kShare, a second pass over the batches that
+// hold them gathers hook_embed and every block output at those entries only
+// (memory: 2L+1 floats per tracked entry, at most 16384 entries).
 // Statistics are float32 whatever the model dtype. Reductions happen in the
 // probes; no activation is kept beyond its block.
 #pragma once
@@ -41,7 +57,11 @@ struct ScanParams {
   int64_t top_k = 3;               // 1..64
   double abs_threshold = 100.0;    // >= 0
   double rel_threshold = 1000.0;   // >= 0, multiple of the median
-  double step_fraction = 0.5;      // (0, 1]
+  double step_fraction = 0.5;      // (0, 1]; StepRule::kSingleBlock only
+  /// How step-up / step-down blocks are defined (see the file comment).
+  enum class StepRule { kShare, kSingleBlock };
+  StepRule step_rule = StepRule::kShare;
+  double step_share = 0.1;         // (0, 1]; StepRule::kShare only
   /// Max spike entries listed in the summary (the counts are exact).
   int64_t max_listed_entries = 256;
 };
@@ -78,6 +98,23 @@ struct BlockRecord {
   int64_t n_massive = 0;                    // entries passing both thresholds
 };
 
+/// Name of a step rule: "share" | "single-block".
+const char* StepRuleName(ScanParams::StepRule rule);
+/// Parses "share" | "single-block"; InvalidArgument naming `step_rule` otherwise.
+absl::StatusOr<ScanParams::StepRule> ParseStepRule(const std::string& name);
+
+/// Block attribution of one spike entry e at its peak block p:
+/// observed resid_p[e] = embed + sum_{j <= p} contributions[j-1] (exact up to
+/// the float32 rounding of the sum; the model adds in its own dtype).
+struct SpikeAttribution {
+  ActivationEntry entry;              // value = observed peak post-residual P_e
+  int64_t peak_block = 0;             // p (paper numbering)
+  float embed = 0;                    // hook_embed at e
+  std::vector<float> contributions;   // [2L]: out_j[e] for blocks j = 1..2L (also after p)
+  float sum_to_peak = 0;              // embed + sum_{j<=p} out_j[e], float32 in block order
+  std::vector<int64_t> step_up_blocks, step_down_blocks;  // of this entry, rule in use
+};
+
 /// Whole-model summary.
 struct ScanSummary {
   std::vector<BlockRecord> blocks;
@@ -90,7 +127,14 @@ struct ScanSummary {
   int64_t peak_block = 0;     // block where peak_abs is reached
   float spike_mean_over_sequences = 0;  // mean over sequences of per-sequence max |h|
   int64_t n_tokens = 0;
+  /// Block attribution of spike_entries (same order; kShare rule only).
+  std::vector<SpikeAttribution> attributions;
 };
+
+/// The block after which interventions act by default: the last step-up block
+/// of the largest spike entry (its attribution); without attributions, the
+/// last step-up block of the model; 0 when there is none.
+int64_t LastStepUpBlockOfLargestSpike(const ScanSummary& summary);
 
 /// Progress callback: (units done, units total); a unit is one block of one batch.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
