@@ -5,6 +5,12 @@
 //   sinkscope-run forward  --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run scan     --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run hooks    --model PATH
+//   sinkscope-run tokenize --tokenizer PATH (--text STR | --file PATH) [--bos]
+//                 prints {"ids": [...]} (tokenizer.json, .gguf, .model, llama2.c .bin)
+//   sinkscope-run export-tensors --model PATH --out FILE.safetensors [--ids 1,2,3]
+//                 the checkpoint as the engine reads it (canonical names, GGUF
+//                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
+//                 of a float32 forward pass over --ids
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/tensor.h>
@@ -14,6 +20,9 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -33,7 +42,9 @@ struct CommonArgs {
 
 void AddCommon(CLI::App* app, CommonArgs& a, bool needs_input) {
   app->add_option("--model", a.model, "llama2.c .bin file or Hugging Face directory")->required();
-  app->add_option("--tokenizer", a.tokenizer, "tokenizer.bin (llama2.c) or tokenizer.model");
+  app->add_option("--tokenizer", a.tokenizer,
+                  "tokenizer.bin (llama2.c), tokenizer.model, tokenizer.json or .gguf (default: "
+                  "the model's own, when it has one)");
   if (needs_input) {
     auto* text = app->add_option("--text", a.text, "prompt text (needs --tokenizer)");
     auto* ids = app->add_option("--ids", a.ids, "comma-separated token ids (BOS not added)");
@@ -70,9 +81,13 @@ absl::StatusOr<Loaded> Load(const CommonArgs& a) {
   if (!model.ok()) return model.status();
   out.model = std::move(*model);
   out.ckpt.tensors.clear();
-  if (!a.tokenizer.empty()) {
-    auto tok = LoadTokenizer(a.tokenizer, out.model->config().d_vocab);
+  const std::string tok_path = a.tokenizer.empty() ? FindModelTokenizer(a.model) : a.tokenizer;
+  if (!tok_path.empty()) {
+    auto tok = LoadTokenizer(tok_path, out.model->config().d_vocab);
     if (!tok.ok()) return tok.status();
+    absl::Status fits = CheckTokenizerVocab(**tok, out.model->config().d_vocab,
+                                            /*allow_padding=*/true, "tokenizer " + tok_path);
+    if (!fits.ok()) return fits;
     out.tokenizer = std::move(*tok);
   }
   return out;
@@ -211,6 +226,53 @@ int Scan(const CommonArgs& a, const ScanParams& params) {
   return 0;
 }
 
+int Tokenize(const std::string& path, const std::string& text, const std::string& file, bool bos) {
+  auto tok = LoadTokenizer(path, 0);
+  if (!tok.ok()) return Fail(tok.status());
+  std::string input = text;
+  if (!file.empty()) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return Fail(absl::NotFoundError("cannot open " + file));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    input = ss.str();
+  }
+  auto ids = (*tok)->Encode(input, bos);
+  if (!ids.ok()) return Fail(ids.status());
+  std::cout << nlohmann::json{{"ids", *ids}, {"kind", (*tok)->kind()},
+                              {"vocab_size", (*tok)->vocab_size()}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
+int ExportTensors(const CommonArgs& a, const std::string& out_path) {
+  auto ckpt = LoadCheckpoint(a.model);
+  if (!ckpt.ok()) return Fail(ckpt.status());
+  std::map<std::string, at::Tensor> tensors = ckpt->tensors;
+  if (!a.ids.empty()) {
+    Loaded l;
+    auto model = Model::Create(*ckpt, c10::Device(c10::kCPU), at::kFloat);
+    if (!model.ok()) return Fail(model.status());
+    l.model = std::move(*model);
+    auto ids = Input(a, l);
+    if (!ids.ok()) return Fail(ids.status());
+    HookRegistry hooks;
+    at::Tensor tokens = at::tensor(*ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+    auto logits = l.model->Forward(tokens, hooks);
+    if (!logits.ok()) return Fail(logits.status());
+    tensors["sinkscope.logits"] = logits->to(at::kFloat).reshape({tokens.size(1), -1}).contiguous();
+  }
+  for (auto& [n, t] : tensors) t = t.contiguous();
+  absl::Status st = WriteSafetensors(out_path, tensors);
+  if (!st.ok()) return Fail(st);
+  std::cout << nlohmann::json{{"format", ckpt->format}, {"dequantized_from", ckpt->dequantized_from},
+                              {"summary", ckpt->config.Summary()}, {"tensors", tensors.size()}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
 }  // namespace
 }  // namespace sinkscope
 
@@ -234,11 +296,26 @@ int main(int argc, char** argv) {
   scan->add_option("--step-fraction", params.step_fraction);
   auto* hooks = app.add_subcommand("hooks", "list the model's hook names");
   AddCommon(hooks, hook_args, false);
+  std::string tok_path, tok_text, tok_file;
+  bool tok_bos = false;
+  auto* tokenize = app.add_subcommand("tokenize", "encode text; prints the ids as JSON");
+  tokenize->add_option("--tokenizer", tok_path, "tokenizer.json, .gguf, .model or llama2.c .bin")->required();
+  auto* tt = tokenize->add_option("--text", tok_text, "UTF-8 text");
+  tokenize->add_option("--file", tok_file, "a file of UTF-8 text")->excludes(tt);
+  tokenize->add_flag("--bos", tok_bos, "prepend BOS");
+  CommonArgs exp_args;
+  std::string exp_out;
+  auto* exp = app.add_subcommand("export-tensors", "write the loaded checkpoint (and logits) as safetensors");
+  exp->add_option("--model", exp_args.model, "checkpoint")->required();
+  exp->add_option("--out", exp_out, "output .safetensors")->required();
+  exp->add_option("--ids", exp_args.ids, "token ids for a float32 forward pass (logits saved)");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*gen) return Generate(gen_args, max_new);
     if (*fwd) return Forward(fwd_args);
     if (*scan) return Scan(scan_args, params);
+    if (*tokenize) return Tokenize(tok_path, tok_text, tok_file, tok_bos);
+    if (*exp) return ExportTensors(exp_args, exp_out);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);
       if (!ckpt.ok()) return Fail(ckpt.status());
