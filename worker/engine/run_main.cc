@@ -5,8 +5,9 @@
 //   sinkscope-run forward  --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run scan     --model PATH [--tokenizer PATH] (--text STR | --ids ...) [--json]
 //   sinkscope-run hooks    --model PATH
-//   sinkscope-run tokenize --tokenizer PATH (--text STR | --file PATH) [--bos]
-//                 prints {"ids": [...]} (tokenizer.json, .gguf, .model, llama2.c .bin)
+//   sinkscope-run tokenize --tokenizer PATH (--text STR | --file PATH...) [--bos]
+//                 prints {"ids": [...], ...} per input, one JSON line each
+//                 (tokenizer.json, .gguf, .model)
 //   sinkscope-run export-tensors --model PATH --out FILE.safetensors [--ids 1,2,3]
 //                 the checkpoint as the engine reads it (canonical names, GGUF
 //                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
@@ -226,23 +227,28 @@ int Scan(const CommonArgs& a, const ScanParams& params) {
   return 0;
 }
 
-int Tokenize(const std::string& path, const std::string& text, const std::string& file, bool bos) {
+int Tokenize(const std::string& path, const std::string& text, const std::vector<std::string>& files,
+             bool bos) {
   auto tok = LoadTokenizer(path, 0);
   if (!tok.ok()) return Fail(tok.status());
-  std::string input = text;
-  if (!file.empty()) {
+  // One JSON line per input: --text, or each --file in order.
+  std::vector<std::string> inputs;
+  if (files.empty()) inputs.push_back(text);
+  for (const std::string& file : files) {
     std::ifstream in(file, std::ios::binary);
     if (!in) return Fail(absl::NotFoundError("cannot open " + file));
     std::stringstream ss;
     ss << in.rdbuf();
-    input = ss.str();
+    inputs.push_back(ss.str());
   }
-  auto ids = (*tok)->Encode(input, bos);
-  if (!ids.ok()) return Fail(ids.status());
-  std::cout << nlohmann::json{{"ids", *ids}, {"kind", (*tok)->kind()},
-                              {"vocab_size", (*tok)->vocab_size()}}
-                   .dump()
-            << "\n";
+  for (const std::string& input : inputs) {
+    auto ids = (*tok)->Encode(input, bos);
+    if (!ids.ok()) return Fail(ids.status());
+    std::cout << nlohmann::json{{"ids", *ids}, {"kind", (*tok)->kind()},
+                                {"vocab_size", (*tok)->vocab_size()}}
+                     .dump()
+              << "\n";
+  }
   return 0;
 }
 
@@ -296,12 +302,14 @@ int main(int argc, char** argv) {
   scan->add_option("--step-fraction", params.step_fraction);
   auto* hooks = app.add_subcommand("hooks", "list the model's hook names");
   AddCommon(hooks, hook_args, false);
-  std::string tok_path, tok_text, tok_file;
+  std::string tok_path, tok_text;
+  std::vector<std::string> tok_files;
   bool tok_bos = false;
   auto* tokenize = app.add_subcommand("tokenize", "encode text; prints the ids as JSON");
   tokenize->add_option("--tokenizer", tok_path, "tokenizer.json, .gguf, .model or llama2.c .bin")->required();
   auto* tt = tokenize->add_option("--text", tok_text, "UTF-8 text");
-  tokenize->add_option("--file", tok_file, "a file of UTF-8 text")->excludes(tt);
+  tokenize->add_option("--file", tok_files, "files of UTF-8 text (repeatable; one JSON line each)")
+      ->excludes(tt);
   tokenize->add_flag("--bos", tok_bos, "prepend BOS");
   CommonArgs exp_args;
   std::string exp_out;
@@ -314,7 +322,7 @@ int main(int argc, char** argv) {
     if (*gen) return Generate(gen_args, max_new);
     if (*fwd) return Forward(fwd_args);
     if (*scan) return Scan(scan_args, params);
-    if (*tokenize) return Tokenize(tok_path, tok_text, tok_file, tok_bos);
+    if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
     if (*exp) return ExportTensors(exp_args, exp_out);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);

@@ -49,6 +49,14 @@ def sinkscope_run(*args):
     return json.loads(p.stdout)
 
 
+def sinkscope_run_lines(*args):
+    """Runs sinkscope-run; returns the JSON of each stdout line."""
+    p = subprocess.run([run_bin(), *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.fail(f"sinkscope-run {' '.join(args)} failed ({p.returncode}): {p.stderr}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
 def sinkscope_run_error(*args):
     """Runs sinkscope-run expecting failure; returns its stderr."""
     p = subprocess.run([run_bin(), *args], capture_output=True, text=True)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import need, shared_path, sinkscope_run, sinkscope_run_error
+from conftest import need, shared_path, sinkscope_run, sinkscope_run_error, sinkscope_run_lines
 
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -99,12 +99,16 @@ def build(tmp_path, variant):
 @pytest.mark.parametrize("variant", ["gpt2", "llama3", "qwen2"])
 def test_bpe_matches_tokenizers(tmp_path, variant):
     tok, path = build(tmp_path, variant)
-    mismatches = []
+    files = []
     for i, text in enumerate(TEXTS):
-        want = tok.encode(text, add_special_tokens=False).ids
         f = tmp_path / f"text{i}.txt"
         f.write_bytes(text.encode("utf-8"))
-        got = sinkscope_run("tokenize", "--tokenizer", path, "--file", str(f))
+        files += ["--file", str(f)]
+    results = sinkscope_run_lines("tokenize", "--tokenizer", path, *files)
+    assert len(results) == len(TEXTS)
+    mismatches = []
+    for text, got in zip(TEXTS, results):
+        want = tok.encode(text, add_special_tokens=False).ids
         assert got["kind"] == "bpe"
         assert got["vocab_size"] == tok.get_vocab_size(with_added_tokens=True)
         if got["ids"] != want:
