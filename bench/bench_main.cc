@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
     a->add_option("--heads", eo.n_heads, "Heads (default 12)");
     a->add_option("--d-ffn", eo.d_ffn, "FFN size (default 2048)");
     a->add_option("--vocab", eo.d_vocab, "Vocabulary (default 32000)");
-    a->add_option("--python", eo.python, "Python with torch (default /usr/bin/python3)");
+    a->add_option("--python", eo.python, "Python with torch (default: the project venv)");
     a->add_option("--pytorch-script", eo.pytorch_script, "bench/pytorch_scan.py");
     a->add_flag("--no-pytorch", no_pytorch, "Skip the PyTorch comparison");
     a->add_flag("--no-memory", no_memory, "Skip the fresh-process RSS runs");

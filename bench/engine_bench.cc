@@ -442,7 +442,7 @@ int RunEngineBench(const EngineBenchOptions& opt) {
       }
     }
     if (!have_py) {
-      std::printf("PyTorch: not available (%s %s failed); run bench/setup-bench.sh\n",
+      std::printf("PyTorch: not available (%s %s failed); run scripts/setup-python.sh\n",
                   opt.python.c_str(), opt.pytorch_script.c_str());
     }
   }

@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+#ifndef SINKSCOPE_BENCH_PYTHON
+#define SINKSCOPE_BENCH_PYTHON "build/venv/bin/python"
+#endif
+
 namespace sinkscope::bench {
 
 /// The benchmark model and input (Llama-2 shapes scaled down) and how to run.
@@ -23,7 +27,7 @@ struct EngineBenchOptions {
   int threads = 1;
   int warmup = 1;
   int iters = 5;
-  std::string python = "/usr/bin/python3";  // Debian's, where python3-torch lives
+  std::string python = SINKSCOPE_BENCH_PYTHON;  // the project venv (torch 2.11, as the engine)
   std::string pytorch_script;  // bench/pytorch_scan.py
   bool pytorch = true;
   bool memory = true;

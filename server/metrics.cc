@@ -84,7 +84,9 @@ Metrics::Metrics(int max_users)
                      .Add({}, DurationBuckets());
   worker_memory_ = &BuildGauge().Name("sinkscope_worker_memory_bytes")
                         .Help("Worker memory: kind=rss (process RSS), device_models (weights of cached "
-                              "models on the device), budget (configured, 0 = unlimited)")
+                              "models on the device), budget (enforced, 0 = unlimited), and on cuda "
+                              "workers device_allocated / device_reserved (caching allocator), "
+                              "device_total / device_free (driver)")
                         .Register(r);
   tokens_ = &BuildCounter().Name("sinkscope_tokens_processed_total")
                  .Help("Input tokens of completed jobs")

@@ -222,6 +222,7 @@ absl::StatusOr<std::unique_ptr<SqliteJobStore>> SqliteJobStore::Open(const std::
   sqlite3_busy_timeout(db, 5000);
   STORE_RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   STORE_RETURN_IF_ERROR(store->Exec(sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+  store->sync_full_ = sync_full;
   STORE_RETURN_IF_ERROR(store->Exec("PRAGMA foreign_keys=ON"));
   for (const char* sql : kSchema) STORE_RETURN_IF_ERROR(store->Exec(sql));
   {
@@ -443,10 +444,22 @@ absl::StatusOr<v1::Job> SqliteJobStore::ClaimJob(const std::string& id, const st
   return job;
 }
 
+absl::Status SqliteJobStore::RelaxSyncLocked(bool relaxed) {
+  if (!sync_full_ || relaxed == relaxed_) return absl::OkStatus();
+  absl::Status s = Exec(relaxed ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL");
+  if (s.ok()) relaxed_ = relaxed;
+  return s;
+}
+
 absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendEvent(const std::string& id, int32_t attempt,
                                                         const v1::JobEvent& event,
                                                         std::optional<v1::JobState> new_state) {
   std::lock_guard<std::mutex> lock(mu_);
+  STORE_RETURN_IF_ERROR(RelaxSyncLocked(true));
+  struct Restore {
+    SqliteJobStore* s;
+    ~Restore() { (void)s->RelaxSyncLocked(false); }
+  } restore{this};
   Transaction tx(db_);
   STORE_RETURN_IF_ERROR(tx.status());
   absl::StatusOr<v1::Job> job = GetJobLocked(id);
@@ -472,6 +485,11 @@ absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendEvent(const std::string& id, 
 absl::StatusOr<v1::JobEvent> SqliteJobStore::AppendQueuedEvent(const std::string& id,
                                                               int32_t position) {
   std::lock_guard<std::mutex> lock(mu_);
+  STORE_RETURN_IF_ERROR(RelaxSyncLocked(true));
+  struct Restore {
+    SqliteJobStore* s;
+    ~Restore() { (void)s->RelaxSyncLocked(false); }
+  } restore{this};
   Transaction tx(db_);
   STORE_RETURN_IF_ERROR(tx.status());
   absl::StatusOr<v1::Job> job = GetJobLocked(id);

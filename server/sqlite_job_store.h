@@ -45,6 +45,17 @@ class SqliteJobStore final : public JobStore {
 
  private:
   explicit SqliteJobStore(sqlite3* db) : db_(db) {}
+  /// Group commit of progress: with sync_full, intermediate events (progress,
+  /// result records, queue positions) commit with synchronous=NORMAL (in the
+  /// WAL, no fsync); every other write (submission, claim, terminal event)
+  /// commits with synchronous=FULL, whose fsync of the WAL also makes every
+  /// earlier intermediate event durable. A killed server loses nothing (the
+  /// WAL is in the OS page cache); a power loss can lose the progress events
+  /// of a running job since its last FULL commit, never an accepted job or a
+  /// completed result (the job is re-dispatched).
+  absl::Status RelaxSyncLocked(bool relaxed);
+  bool sync_full_ = true;
+  bool relaxed_ = false;
   // Helpers; the caller holds mu_ and runs inside a transaction.
   absl::StatusOr<v1::Job> GetJobLocked(const std::string& id);
   absl::StatusOr<v1::JobEvent> InsertEventLocked(const std::string& id, int32_t attempt,

@@ -110,11 +110,20 @@ void WorkerPool::RefreshStatus(Slot* slot) {
   if (!slot->stub->GetStatus(&ctx, request, &status).ok()) return;
   std::set<std::string> models;
   for (const v1::LoadedModel& m : status.loaded_models()) models.insert(m.name());
-  manager_->scheduler()->UpdateWorker(slot->name, slot->budget_bytes, std::move(models));
+  // A cuda worker without a configured budget enforces one from its device's
+  // real capacity: the scheduler plans with the budget the worker reports.
+  const int64_t budget = slot->budget_bytes > 0 ? slot->budget_bytes : status.budget_bytes();
+  manager_->scheduler()->UpdateWorker(slot->name, budget, std::move(models));
   if (Metrics* m = manager_->metrics()) {
     m->SetWorkerMemory(slot->name, "rss", status.rss_bytes());
     m->SetWorkerMemory(slot->name, "device_models", status.model_bytes());
-    m->SetWorkerMemory(slot->name, "budget", slot->budget_bytes);
+    m->SetWorkerMemory(slot->name, "budget", budget);
+    if (status.device_total_bytes() > 0) {
+      m->SetWorkerMemory(slot->name, "device_allocated", status.device_allocated_bytes());
+      m->SetWorkerMemory(slot->name, "device_reserved", status.device_reserved_bytes());
+      m->SetWorkerMemory(slot->name, "device_total", status.device_total_bytes());
+      m->SetWorkerMemory(slot->name, "device_free", status.device_free_bytes());
+    }
   }
 }
 

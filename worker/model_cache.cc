@@ -32,7 +32,19 @@ std::string FileStamp(const std::string& path) {
 }
 
 ModelCache::ModelCache(std::string device, size_t capacity)
-    : device_(std::move(device)), capacity_(std::max<size_t>(1, capacity)) {}
+    : device_(std::move(device)), capacity_(std::max<size_t>(1, capacity)) {
+  absl::StatusOr<c10::Device> d = ParseDevice(device_);
+  if (d.ok()) parsed_device_ = *d;  // a bad name fails at the first load, with its message
+}
+
+DeviceMemory ModelCache::device_memory() const { return QueryDeviceMemory(parsed_device_); }
+
+int64_t ModelCache::effective_budget_bytes() const {
+  if (budget_bytes_ > 0) return budget_bytes_;
+  if (!parsed_device_.is_cuda()) return 0;
+  const DeviceMemory dm = QueryDeviceMemory(parsed_device_);
+  return dm.total_bytes / 10 * 9;
+}
 
 ModelCache::~ModelCache() = default;
 
@@ -66,13 +78,15 @@ absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std
 }  // namespace
 
 void ModelCache::EvictLocked(int64_t extra, const CachedModel* keep) {
-  if (budget_bytes_ <= 0) return;
+  const int64_t budget = effective_budget_bytes();
+  if (budget <= 0) return;
+  bool evicted = false;
   auto cached = [&] {
     int64_t sum = 0;
     for (const auto& e : entries_) sum += e->model->weight_bytes();
     return sum;
   };
-  while (cached() + extra > budget_bytes_) {
+  while (cached() + extra > budget) {
     size_t victim = entries_.size();
     for (size_t i = entries_.size(); i-- > 0;) {
       if (entries_[i].get() != keep) {
@@ -86,9 +100,13 @@ void ModelCache::EvictLocked(int64_t extra, const CachedModel* keep) {
                  "memory budget of %lld bytes\n",
                  entries_[victim]->key.name.c_str(),
                  static_cast<long long>(entries_[victim]->model->weight_bytes()),
-                 static_cast<long long>(budget_bytes_));
+                 static_cast<long long>(budget));
     entries_.erase(entries_.begin() + victim);
+    evicted = true;
   }
+  // The evicted weights' blocks stay in the caching allocator until returned:
+  // give them back so that the next model (or another process) can use them.
+  if (evicted) ReleaseCachedDeviceMemory(parsed_device_);
 }
 
 absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key,
@@ -149,7 +167,10 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
   std::lock_guard<std::mutex> lock(mu_);
   (*loaded)->uses = 1;
   entries_.insert(entries_.begin(), *loaded);
-  while (entries_.size() > capacity_) entries_.pop_back();
+  if (entries_.size() > capacity_) {
+    while (entries_.size() > capacity_) entries_.pop_back();
+    ReleaseCachedDeviceMemory(parsed_device_);
+  }
   EvictLocked(reserve_bytes, loaded->get());
   return *loaded;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/device_memory.h"
 
 namespace sinkscope {
 
@@ -64,14 +65,21 @@ class ModelCache {
                                                    int64_t need_weight_bytes = 0,
                                                    int64_t reserve_bytes = 0);
 
-  /// Memory budget for weights + a job's activations (0 = unlimited).
+  /// Memory budget for weights + a job's activations (0 = unlimited; on a
+  /// cuda device, 0 means 90% of the device's capacity).
   void set_budget_bytes(int64_t bytes) { budget_bytes_ = bytes; }
+  /// The budget enforced: the configured one, else for cuda 90% of the
+  /// device's total memory (cudaMemGetInfo), else 0 (unlimited).
+  int64_t effective_budget_bytes() const;
+  /// The device's memory now (zeros on cpu).
+  DeviceMemory device_memory() const;
 
   /// Entries, most recently used first.
   std::vector<CachedModelInfo> Snapshot() const;
 
  private:
   const std::string device_;
+  c10::Device parsed_device_{c10::kCPU};
   const size_t capacity_;
   int64_t budget_bytes_ = 0;
   /// Evicts LRU entries (never `keep`) until cached weights + extra fit.

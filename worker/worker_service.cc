@@ -1,5 +1,7 @@
 #include "worker/worker_service.h"
 
+#include <condition_variable>
+
 #include <unistd.h>
 
 #include <chrono>
@@ -137,20 +139,29 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
     running_job_id_ = request->job_id();
   }
   // The server cancels the RPC to cancel the job (or goes away): poll for it.
+  // The watcher wakes every 20 ms, and at once when the job ends (a plain
+  // sleep made every job wait up to 20 ms more for the join).
   std::atomic<bool> cancel{false};
-  std::atomic<bool> done{false};
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  bool done = false;
   std::thread watcher([&] {
-    while (!done.load()) {
+    std::unique_lock<std::mutex> lock(done_mu);
+    while (!done) {
       if (context->IsCancelled()) {
         cancel.store(true);
         return;
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      done_cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
     }
   });
   EventSink sink = [&](const v1::WorkerEvent& event) { return writer->Write(event); };
   absl::Status status = RunJobToSink(cache_, options_, *request, sink, &cancel);
-  done.store(true);
+  {
+    std::lock_guard<std::mutex> lock(done_mu);
+    done = true;
+  }
+  done_cv.notify_all();
   watcher.join();
   if (cancel.load() && !status.ok()) status = absl::CancelledError("cancelled");
 
@@ -191,6 +202,12 @@ grpc::Status WorkerServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   }
   response->set_model_bytes(model_bytes);
   response->set_rss_bytes(ResidentBytes());
+  const DeviceMemory dm = cache_.device_memory();
+  response->set_device_allocated_bytes(dm.allocated_bytes);
+  response->set_device_reserved_bytes(dm.reserved_bytes);
+  response->set_device_total_bytes(dm.total_bytes);
+  response->set_device_free_bytes(dm.free_bytes);
+  response->set_budget_bytes(cache_.effective_budget_bytes());
   response->set_code_version(CodeVersion());
   std::lock_guard<std::mutex> lock(status_mu_);
   response->set_running_job_id(running_job_id_);

@@ -1,5 +1,7 @@
 #include "tests/engine/fixtures.h"
 
+#include <cstdlib>
+
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/ones.h>
@@ -104,8 +106,30 @@ Checkpoint RandomCheckpoint(const ModelConfig& c, uint64_t seed, double scale) {
   return ck;
 }
 
+c10::Device TestDevice() {
+  const char* env = std::getenv("SINKSCOPE_TEST_DEVICE");
+  if (env == nullptr || *env == '\0') return c10::Device(c10::kCPU);
+  absl::StatusOr<c10::Device> d = ParseDevice(env);
+  EXPECT_TRUE(d.ok()) << "SINKSCOPE_TEST_DEVICE: " << d.status();
+  return d.ok() ? *d : c10::Device(c10::kCPU);
+}
+
+c10::ScalarType TestDtype() {
+  const char* env = std::getenv("SINKSCOPE_TEST_DTYPE");
+  if (env == nullptr || *env == '\0') return at::kFloat;
+  absl::StatusOr<c10::ScalarType> d = ParseDtype(env);
+  EXPECT_TRUE(d.ok()) << "SINKSCOPE_TEST_DTYPE: " << d.status();
+  return d.ok() ? *d : at::kFloat;
+}
+
+double TestTolerance(double float32_tol, double bfloat16_tol) {
+  return TestDtype() == at::kFloat ? float32_tol : bfloat16_tol;
+}
+
 std::unique_ptr<Model> MakeCpuModel(const Checkpoint& ck, c10::ScalarType dtype) {
-  auto m = Model::Create(ck, c10::Device(c10::kCPU), dtype);
+  // float32 requests follow SINKSCOPE_TEST_DTYPE; explicit other dtypes stay.
+  if (dtype == at::kFloat) dtype = TestDtype();
+  auto m = Model::Create(ck, TestDevice(), dtype);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? std::move(*m) : nullptr;
 }

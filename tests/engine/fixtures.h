@@ -21,6 +21,16 @@ ModelConfig SmallConfig(const std::string& family);
 Checkpoint RandomCheckpoint(const ModelConfig& config, uint64_t seed, double scale = 0.08);
 
 /// Model::Create on cpu (float32 by default); fails the current test on error.
+/// The device and dtype the engine tests run on: SINKSCOPE_TEST_DEVICE
+/// ("cpu" default, "cuda", "cuda:N") and SINKSCOPE_TEST_DTYPE ("float32"
+/// default, "bfloat16"), so the same tests run on a GPU host (bench/gpu/run.sh).
+c10::Device TestDevice();
+c10::ScalarType TestDtype();
+/// The tolerance a test states for the dtype under test: `float32_tol` in
+/// float32, `bfloat16_tol` otherwise.
+double TestTolerance(double float32_tol, double bfloat16_tol);
+
+/// A model on TestDevice(); `dtype` float32 means TestDtype().
 std::unique_ptr<Model> MakeCpuModel(const Checkpoint& ck, c10::ScalarType dtype = at::kFloat);
 
 /// HF conversion permutation of a q/k weight [n_head * d_head, d_model]:

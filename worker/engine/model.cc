@@ -32,12 +32,7 @@
 #include "absl/strings/str_join.h"
 #include "worker/engine/status_macros.h"
 
-#if __has_include(<ATen/ops/scaled_dot_product_attention.h>)
 #include <ATen/ops/scaled_dot_product_attention.h>
-#define SINKSCOPE_HAS_SDPA 1
-#else
-#define SINKSCOPE_HAS_SDPA 0
-#endif
 
 namespace sinkscope {
 namespace {
@@ -207,16 +202,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10
       m->rope_permuted_at_load_ = true;
       m->config_.rope_layout = RopeLayout::kRotateHalves;
     }
-    if (dtype == at::kHalf && device.is_cpu()) {
-      try {
-        at::Tensor probe = at::ones({2, 2}, at::TensorOptions().dtype(dtype));
-        (void)at::linear(probe, probe, {});
-      } catch (const c10::Error&) {
-        return absl::UnimplementedError(
-            "dtype float16 on device cpu is not supported by this libtorch (no CPU half "
-            "matmul): use bfloat16 or float32 on cpu, or float16 on cuda");
-      }
-    }
     if (m->config_.tied_embeddings && !m->weights_.count("lm_head.weight")) {
       m->weights_["lm_head.weight"] = m->weights_.at("model.embed_tokens.weight");
     }
@@ -251,7 +236,7 @@ std::string Model::Summary() const {
   return s;
 }
 
-std::string Model::fast_attention_path() const { return SINKSCOPE_HAS_SDPA ? "sdpa" : "eager"; }
+std::string Model::fast_attention_path() const { return "sdpa"; }
 
 std::vector<std::string> Model::HookNames() const {
   std::vector<std::string> names = {"hook_embed"};
@@ -375,7 +360,7 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       const bool need_pattern = !hooks.Empty() && (hooks.Has(HookName(l, "attn.hook_attn_scores")) ||
                                                    hooks.Has(HookName(l, "attn.hook_pattern")));
       at::Tensor z;  // [batch, head, pos, d_head]
-      if (need_pattern || !SINKSCOPE_HAS_SDPA) {
+      if (need_pattern) {
         at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;  // [b, h, q, k]
         scores = scores.masked_fill(get_mask().logical_not(),
                                     -std::numeric_limits<double>::infinity());
@@ -384,14 +369,12 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
         pattern = hook(l, "attn.hook_pattern", pattern);
         z = at::matmul(pattern, vh);
       } else {
-#if SINKSCOPE_HAS_SDPA
         const bool causal_only = c.sliding_window <= 0 || T <= c.sliding_window;
         z = causal_only ? at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
                                                            vh.contiguous(), {}, 0.0, true)
                         : at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
                                                            vh.contiguous(), get_mask(), 0.0,
                                                            false);
-#endif
       }
       z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
       at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),

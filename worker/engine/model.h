@@ -2,8 +2,9 @@
 //
 // One implementation for every family in config.h. Attention probabilities
 // are materialised only when a hook needs `attn.hook_attn_scores` or
-// `attn.hook_pattern` in that layer; otherwise the fastest path the libtorch
-// version offers runs (fused scaled_dot_product_attention on 2.x).
+// `attn.hook_pattern` in that layer; otherwise libtorch's fused
+// scaled_dot_product_attention runs (same numbers within float32 rounding:
+// tests/engine/model_test.cc SdpaEqualsEagerPerHook).
 #pragma once
 
 #include <atomic>

@@ -12,6 +12,14 @@
 //                 the checkpoint as the engine reads it (canonical names, GGUF
 //                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
 //                 of a float32 forward pass over --ids
+//   sinkscope-run bench    --model PATH --ids ... [--variants plain,scan,sinks,probe]
+//                 [--batch B] [--iters N] [--warmup N] [--threads N] [--reset-hwm]
+//                 [--probe-tokens N] [--probe-batch N] [--device cuda --dtype bfloat16]
+//     times the plain forward (no logits), the activation scan and the sink
+//     scan (eq. 27 on every layer, window = sequence length) in interleaved
+//     rounds, and prints JSON: seconds per round and variant, the numbers
+//     each computed (for bench/peers.py to compare with its peers) and the
+//     process's peak RSS (VmHWM, reset after loading with --reset-hwm).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/tensor.h>
@@ -28,9 +36,17 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/device_memory.h"
+#include "worker/engine/spikes.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scan.h"
+#include "worker/engine/sinks.h"
 #include "worker/engine/tokenizer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
 
 namespace sinkscope {
 namespace {
@@ -276,6 +292,127 @@ int ExportTensors(const CommonArgs& a, const std::string& out_path) {
                               {"summary", ckpt->config.Summary()}, {"tensors", tensors.size()}}
                    .dump()
             << "\n";
+/// VmHWM or VmRSS of this process from /proc/self/status, bytes (-1 if unreadable).
+int64_t ProcStatusBytes(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::atoll(line.c_str() + key.size() + 1) * 1024;
+  }
+  return -1;
+}
+
+struct BenchArgs {
+  std::string variants = "plain,scan,sinks";
+  int iters = 3, warmup = 1;
+  bool reset_hwm = false;
+  int64_t batch = 1;          // copies of the sequence per forward pass
+  int64_t probe_tokens = 0;   // first-token probe over ids [0, N) (0 = d_vocab)
+  int64_t probe_batch = 512;  // sequences per forward pass of the probe
+};
+
+int Bench(const CommonArgs& a, const BenchArgs& b) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto ids = Input(a, *m);
+  if (!ids.ok()) return Fail(ids.status());
+  const std::vector<std::vector<int64_t>> seqs(static_cast<size_t>(b.batch), *ids);
+  const int64_t T = static_cast<int64_t>(ids->size());
+  const c10::Device device = m->model->device();
+  std::vector<std::string> variants = absl::StrSplit(b.variants, ',', absl::SkipWhitespace());
+  for (const std::string& v : variants) {
+    if (v != "plain" && v != "scan" && v != "sinks" && v != "probe") {
+      return Fail(absl::InvalidArgumentError(absl::StrCat("--variants: unknown variant '", v,
+                                                          "' (plain, scan, sinks, probe)")));
+    }
+  }
+  if (b.reset_hwm) {
+    std::ofstream("/proc/self/clear_refs") << "5";  // resets VmHWM to VmRSS (Linux >= 4.0)
+  }
+  const int64_t rss_loaded = ProcStatusBytes("VmRSS");
+  ScanParams scan_params;
+  SinkParams sink_params;
+  sink_params.window = T;
+  at::Tensor tokens = at::tensor(*ids, at::TensorOptions().dtype(at::kLong))
+                          .view({1, -1})
+                          .expand({b.batch, T})
+                          .contiguous()
+                          .to(device);
+  FirstTokenParams probe_params;
+  probe_params.range_begin = 0;
+  probe_params.range_end = b.probe_tokens > 0 ? b.probe_tokens : m->model->config().d_vocab;
+  probe_params.batch_size = b.probe_batch;
+  FirstTokenResult probe_result;
+  nlohmann::json seconds = nlohmann::json::object();
+  nlohmann::json peak_device = nlohmann::json::object();
+  nlohmann::json scan_json, sinks_json;
+  ScanSummary scan_summary;
+  SinkSummary sink_summary;
+  for (int round = 0; round < b.warmup + b.iters; ++round) {
+    for (size_t i = 0; i < variants.size(); ++i) {
+      const std::string& v = variants[(i + round) % variants.size()];  // rotating start
+      SynchronizeDevice(device);
+      ResetPeakDeviceMemory(device);
+      const auto t0 = std::chrono::steady_clock::now();
+      absl::Status st;
+      if (v == "probe") {
+        auto r = RunFirstTokenProbe(*m->model, probe_params, nullptr, nullptr);
+        st = r.status();
+        if (r.ok()) probe_result = std::move(*r);
+      } else if (v == "plain") {
+        st = m->model->RunHooks(tokens, HookRegistry(), nullptr);
+      } else if (v == "scan") {
+        auto r = RunActivationScan(*m->model, seqs, scan_params, nullptr, nullptr);
+        st = r.status();
+        if (r.ok()) scan_summary = std::move(*r);
+      } else {
+        auto r = RunSinkAnalysis(*m->model, seqs, sink_params, nullptr, nullptr);
+        st = r.status();
+        if (r.ok()) sink_summary = std::move(*r);
+      }
+      SynchronizeDevice(device);
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (!st.ok()) return Fail(st);
+      if (round >= b.warmup) seconds[v].push_back(s);
+      if (device.is_cuda()) peak_device[v] = QueryDeviceMemory(device).peak_allocated_bytes;
+    }
+  }
+  const DeviceMemory dm = QueryDeviceMemory(device);
+  nlohmann::json out = {{"seconds", seconds}, {"tokens", T}, {"batch", b.batch},
+                        {"n_params", m->model->n_params()},
+                        {"device_peak_allocated_bytes", peak_device},
+                        {"device_total_bytes", dm.total_bytes},
+                        {"rss_loaded_bytes", rss_loaded},
+                        {"vm_hwm_bytes", ProcStatusBytes("VmHWM")},
+                        {"provenance", Provenance(a, *m)}};
+  if (std::find(variants.begin(), variants.end(), "scan") != variants.end()) {
+    nlohmann::json blocks = nlohmann::json::array();
+    for (const BlockRecord& r : scan_summary.blocks) {
+      nlohmann::json rt = nlohmann::json::array(), ot = nlohmann::json::array();
+      for (const auto& e : r.resid_top) rt.push_back(std::fabs(e.value));
+      for (const auto& e : r.output_top) ot.push_back(std::fabs(e.value));
+      blocks.push_back({{"block", r.id.block}, {"resid_top_abs", rt}, {"output_top_abs", ot},
+                        {"resid_median_abs", r.resid_median_abs.empty() ? 0.0 : r.resid_median_abs[0]}});
+    }
+    out["scan"] = {{"blocks", blocks}, {"peak_abs", scan_summary.peak_abs}};
+  }
+  if (std::find(variants.begin(), variants.end(), "sinks") != variants.end()) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const LayerSinkRecord& l : sink_summary.layers) {
+      nlohmann::json heads = nlohmann::json::array();
+      for (const HeadSinkStats& h : l.heads) heads.push_back(h.max_importance);
+      layers.push_back(heads);
+    }
+    out["sinks"] = {{"max_importance", layers}, {"sink_ratio", sink_summary.sink_ratio}};
+  }
+  if (std::find(variants.begin(), variants.end(), "probe") != variants.end()) {
+    out["probe"] = {{"n_tokens", probe_result.n_tokens},
+                    {"n_spike_at_first", probe_result.n_spike_at_first},
+                    {"n_spike_in_control", probe_result.n_spike_in_control},
+                    {"forward_seconds", probe_result.forward_seconds},
+                    {"total_seconds", probe_result.total_seconds}};
+  }
+  std::cout << out.dump() << "\n";
   return 0;
 }
 
@@ -286,7 +423,8 @@ int main(int argc, char** argv) {
   using namespace sinkscope;
   CLI::App app{"sinkscope-run: run the sinkscope engine directly"};
   app.require_subcommand(1);
-  CommonArgs gen_args, fwd_args, scan_args, hook_args;
+  CommonArgs gen_args, fwd_args, scan_args, hook_args, bench_args;
+  BenchArgs bench;
   int64_t max_new = 16;
   ScanParams params;
   auto* gen = app.add_subcommand("generate", "greedy decoding");
@@ -317,6 +455,16 @@ int main(int argc, char** argv) {
   exp->add_option("--model", exp_args.model, "checkpoint")->required();
   exp->add_option("--out", exp_out, "output .safetensors")->required();
   exp->add_option("--ids", exp_args.ids, "token ids for a float32 forward pass (logits saved)");
+  auto* bench_cmd = app.add_subcommand("bench", "time plain forward, activation scan, sink scan");
+  AddCommon(bench_cmd, bench_args, true);
+  bench_cmd->add_option("--variants", bench.variants, "comma-separated: plain, scan, sinks");
+  bench_cmd->add_option("--iters", bench.iters, "timed rounds")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--warmup", bench.warmup, "discarded rounds")->check(CLI::NonNegativeNumber);
+  bench_cmd->add_flag("--reset-hwm", bench.reset_hwm, "reset VmHWM after loading the model");
+  bench_cmd->add_option("--batch", bench.batch, "copies of the sequence per pass")->check(CLI::PositiveNumber);
+  bench_cmd->add_option("--probe-tokens", bench.probe_tokens, "probe variant: ids [0, N) (0 = vocab)");
+  bench_cmd->add_option("--probe-batch", bench.probe_batch, "probe variant: sequences per pass")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
   try {
     if (*gen) return Generate(gen_args, max_new);
@@ -324,6 +472,7 @@ int main(int argc, char** argv) {
     if (*scan) return Scan(scan_args, params);
     if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
     if (*exp) return ExportTensors(exp_args, exp_out);
+    if (*bench_cmd) return Bench(bench_args, bench);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);
       if (!ckpt.ok()) return Fail(ckpt.status());
