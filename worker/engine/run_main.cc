@@ -292,6 +292,9 @@ int ExportTensors(const CommonArgs& a, const std::string& out_path) {
                               {"summary", ckpt->config.Summary()}, {"tensors", tensors.size()}}
                    .dump()
             << "\n";
+  return 0;
+}
+
 /// VmHWM or VmRSS of this process from /proc/self/status, bytes (-1 if unreadable).
 int64_t ProcStatusBytes(const std::string& key) {
   std::ifstream f("/proc/self/status");
