@@ -6,7 +6,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PKGS=(
   build-essential cmake ninja-build ccache pkg-config git
-  python3-venv libpcre2-dev
+  python3-venv libpcre2-dev libicu-dev
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev libsentencepiece-dev nlohmann-json3-dev libcli11-dev
   prometheus-cpp-dev libsqlite3-dev sqlite3

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/model_config.h"
 #include "server/config.h"
+#include "worker/engine/gguf.h"
 
 namespace sinkscope {
 namespace server {
@@ -147,6 +148,28 @@ absl::Status ProbeHf(CatalogEntry* e, ExtraShape* x) {
   return absl::OkStatus();
 }
 
+/// Reads the shape of a GGUF checkpoint from its metadata (no tensor data).
+absl::Status ProbeGguf(CatalogEntry* e, ExtraShape* x) {
+  struct stat st;
+  if (stat(e->path.c_str(), &st) != 0) return absl::NotFoundError("its GGUF file cannot be read");
+  absl::StatusOr<GgufFile> f = ReadGgufFile(e->path);
+  // Reasons are shown to clients: the parser's message starts with the path.
+  if (!f.ok()) return absl::DataLossError("its GGUF file is malformed");
+  absl::StatusOr<GgufShape> s = GgufModelShape(*f);
+  if (!s.ok()) return absl::DataLossError(absl::StrCat("its GGUF file: ", s.status().message()));
+  e->d_model = s->d_model;
+  e->n_layers = s->n_layers;
+  e->n_heads = s->n_heads;
+  e->vocab_size = s->d_vocab;
+  e->n_ctx = s->n_ctx;
+  x->n_kv_heads = s->n_kv_heads;
+  x->head_dim = s->d_head;
+  x->hidden = s->d_ffn;
+  // The file's own vocabulary is the model's tokenizer unless one is named.
+  if (e->tokenizer_path.empty() && s->has_vocab) e->tokenizer_path = e->path;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> CanonicalDtype(const std::string& name) {
@@ -246,9 +269,9 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
             absl::StrCat(where, ": bad name \"", e.name, "\" (letters, digits, . _ -)"));
       }
       e.format = m.at("format").get<std::string>();
-      if (e.format != "llama2c" && e.format != "hf") {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, " (", e.name, "): format must be llama2c or hf, got ", e.format));
+      if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, " (", e.name, "): format must be llama2c, hf or gguf, got ", e.format));
       }
       e.path = ResolvePath(dir, m.at("path").get<std::string>());
       if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
@@ -268,7 +291,19 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
       // Reasons are shown to clients: no paths in them (the server logs the
       // entry's path next to the reason).
       ExtraShape extra;
-      absl::Status probe = e.format == "llama2c" ? ProbeLlama2c(&e, &extra) : ProbeHf(&e, &extra);
+      // A HF directory's own tokenizer.json / tokenizer.model, unless one is named.
+      if (e.format == "hf" && e.tokenizer_path.empty()) {
+        for (const char* name : {"/tokenizer.json", "/tokenizer.model"}) {
+          struct stat st;
+          if (stat((e.path + name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+            e.tokenizer_path = e.path + name;
+            break;
+          }
+        }
+      }
+      absl::Status probe = e.format == "llama2c" ? ProbeLlama2c(&e, &extra)
+                           : e.format == "gguf"  ? ProbeGguf(&e, &extra)
+                                                 : ProbeHf(&e, &extra);
       if (probe.ok()) probe = CheckShape(e, extra);
       if (probe.ok() && !e.tokenizer_path.empty()) {
         struct stat st;

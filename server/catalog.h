@@ -16,7 +16,7 @@ namespace server {
 /// One catalog model, paths absolute.
 struct CatalogEntry {
   std::string name;
-  std::string format;          // "llama2c" or "hf"
+  std::string format;          // "llama2c", "hf" or "gguf"
   std::string path;            // checkpoint file (llama2c) or directory (hf)
   std::string tokenizer_path;  // "" = none
   std::string default_dtype = "float32";

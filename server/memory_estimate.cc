@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model_config.h"
+#include "worker/engine/gguf.h"
 
 namespace sinkscope {
 namespace server {
@@ -41,6 +42,19 @@ absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry) {
     s.vocab = std::abs(h[5]);
     s.shared_head = h[5] > 0;
     s.n_ctx = h[6];
+  } else if (entry.format == "gguf") {
+    absl::StatusOr<GgufFile> f = ReadGgufFile(entry.path);
+    if (!f.ok()) return f.status();
+    absl::StatusOr<GgufShape> g = GgufModelShape(*f);
+    if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat(entry.path, ": ", g.status().message()));
+    s.d_model = g->d_model;
+    s.d_mlp = g->d_ffn;
+    s.n_layers = g->n_layers;
+    s.n_heads = g->n_heads;
+    s.n_kv_heads = g->n_kv_heads;
+    s.vocab = g->d_vocab;
+    s.n_ctx = g->n_ctx;
+    s.shared_head = g->tied;
   } else {
     std::ifstream in(entry.path + "/config.json");
     if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", entry.path, "/config.json"));

@@ -177,9 +177,18 @@ absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> LoadCorpus(
   text << in.rdbuf();
   std::shared_ptr<const Tokenizer> tokenizer = cached.tokenizer;
   if (!tokenizer) {
-    ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> loaded,
-                     LoadTokenizer(tokenizer_path, cached.model->config().d_vocab));
-    tokenizer = std::move(loaded);
+    // The corpus's tokenizer must index this model's embedding exactly: read
+    // through a tokenizer of another size, the ids would be garbage.
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded =
+        LoadTokenizer(tokenizer_path, cached.model->config().d_vocab);
+    if (!loaded.ok()) {
+      return Annotate(loaded.status(), absl::StrCat("corpus ", corpus.name(), "'s tokenizer for model ",
+                                                    cached.key.name));
+    }
+    RETURN_IF_ERROR(CheckTokenizerVocab(
+        **loaded, cached.model->config().d_vocab, /*allow_padding=*/false,
+        absl::StrCat("corpus ", corpus.name(), "'s tokenizer (for model ", cached.key.name, ")")));
+    tokenizer = *std::move(loaded);
   }
   absl::StatusOr<std::vector<int64_t>> ids = tokenizer->Encode(text.str(), add_bos);
   if (!ids.ok()) return Annotate(ids.status(), absl::StrCat("corpus ", corpus.name()));

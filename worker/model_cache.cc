@@ -64,6 +64,8 @@ absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std
     if (!key.tokenizer_path.empty()) {
       ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
                        LoadTokenizer(key.tokenizer_path, model->config().d_vocab));
+      RETURN_IF_ERROR(CheckTokenizerVocab(*tok, model->config().d_vocab, /*allow_padding=*/true,
+                                          absl::StrCat("model ", key.name, "'s tokenizer")));
       entry->tokenizer = std::move(tok);
     }
     entry->model = std::move(model);

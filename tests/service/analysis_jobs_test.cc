@@ -89,6 +89,12 @@ class AnalysisJobsTest : public ::testing::Test {
                       TinyShakespearePath(), R"(", "tokenizer": ")", AiDreamsTokenizerPath(),
                       R"("})");
     }
+    // The same text through the 32,000-piece Llama 2 tokenizer: not stories260K's size.
+    const std::string llama2_tok = SharedDir() + "/tokenizers/llama2/tokenizer.bin";
+    if (!TinyShakespearePath().empty() && std::filesystem::exists(llama2_tok)) {
+      absl::StrAppend(&corpora, R"(, {"name": "tinyshakespeare-llama2", "path": ")",
+                      TinyShakespearePath(), R"(", "tokenizer": ")", llama2_tok, R"("})");
+    }
     const std::string catalog =
         absl::StrCat(R"({"models": [)", models, R"(], "corpora": [)", corpora, "]}");
     server_ = new ServerProcess(dir_->path(), TestServerConfig(dir_->path(), 1, catalog));
@@ -425,6 +431,26 @@ TEST_F(AnalysisJobsTest, PerplexityOfSentIdsPerChunk) {
   EXPECT_NEAR(s.perplexity(), std::exp(nll / 93), 1e-9 * s.perplexity());
   EXPECT_EQ(s.eval().corpus(), "");
   ExpectProvenance(s.provenance(), "planted");
+}
+
+// A corpus whose tokenizer does not match the model's vocabulary is refused
+// (before: its first 512 pieces were read and the ids were garbage).
+TEST_F(AnalysisJobsTest, CorpusTokenizerOfAnotherVocabularyIsRefused) {
+  if (Stories260KPath().empty() || TinyShakespearePath().empty() ||
+      !std::filesystem::exists(SharedDir() + "/tokenizers/llama2/tokenizer.bin")) {
+    SINKSCOPE_SKIP_MISSING("shared stories260K / tinyshakespeare / llama2 tokenizer.bin missing");
+  }
+  auto req = Request("stories260K", {});
+  v1::EvalCorpus* eval = req.mutable_request()->mutable_perplexity()->mutable_eval();
+  eval->set_corpus("tinyshakespeare-llama2");
+  eval->set_token_budget(300);
+  v1::Job failed = Run(req);
+  EXPECT_EQ(failed.state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(failed.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT))
+      << failed.error().message();
+  for (const char* s : {"tinyshakespeare-llama2", "32000", "512", "mismatch"}) {
+    EXPECT_NE(failed.error().message().find(s), std::string::npos) << failed.error().message();
+  }
 }
 
 // Perplexity of stories260K on the catalog corpus equals the engine's, run here.

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/catalog.h"
+#include "server/memory_estimate.h"
 #include "server/sqlite_job_store.h"
 #include "server/status_util.h"
 #include "server/validation.h"
@@ -261,6 +262,94 @@ TEST(CatalogTest, NonsenseShapesAreUnavailableWithAReason) {
     EXPECT_GE(info.n_layers(), 0) << name;
     EXPECT_EQ(info.description().find(dir), std::string::npos);
   }
+  fs::remove_all(dir);
+}
+
+/// A minimal GGUF v3 file (layout in worker/engine/gguf.h): llama metadata,
+/// an optional vocabulary, one F32 token_embd.weight [vocab, d_model].
+void WriteTinyGguf(const std::string& path, bool with_vocab) {
+  std::string kv;
+  uint64_t n_kv = 0;
+  auto str = [](std::string* o, const std::string& v) {
+    uint64_t n = v.size();
+    o->append(reinterpret_cast<const char*>(&n), 8);
+    o->append(v);
+  };
+  auto pod = [](std::string* o, auto v) { o->append(reinterpret_cast<const char*>(&v), sizeof(v)); };
+  auto u32 = [&](const std::string& k, uint32_t v) { str(&kv, k); pod(&kv, uint32_t{4}); pod(&kv, v); ++n_kv; };
+  str(&kv, "general.architecture");
+  pod(&kv, uint32_t{8});
+  str(&kv, "llama");
+  ++n_kv;
+  u32("llama.embedding_length", 8);
+  u32("llama.block_count", 3);
+  u32("llama.attention.head_count", 2);
+  u32("llama.attention.head_count_kv", 1);
+  u32("llama.feed_forward_length", 16);
+  u32("llama.context_length", 64);
+  if (with_vocab) {
+    str(&kv, "tokenizer.ggml.tokens");
+    pod(&kv, uint32_t{9});
+    pod(&kv, uint32_t{8});
+    pod(&kv, uint64_t{10});
+    for (int i = 0; i < 10; ++i) str(&kv, absl::StrCat("t", i));
+    ++n_kv;
+  }
+  std::string o = "GGUF";
+  pod(&o, uint32_t{3});
+  pod(&o, uint64_t{1});
+  pod(&o, n_kv);
+  o += kv;
+  str(&o, "token_embd.weight");
+  pod(&o, uint32_t{2});
+  pod(&o, uint64_t{8});
+  pod(&o, uint64_t{10});
+  pod(&o, uint32_t{0});  // F32
+  pod(&o, uint64_t{0});
+  o.resize((o.size() + 31) / 32 * 32, '\0');
+  o.append(8 * 10 * 4, '\0');
+  std::ofstream(path, std::ios::binary) << o;
+}
+
+// GGUF entries: shape from the metadata, the file's own vocabulary as the
+// tokenizer; HF directories pick up their tokenizer.json; a malformed GGUF is
+// unavailable with a reason (no path).
+TEST(CatalogTest, GgufEntriesAndModelTokenizers) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  WriteTinyGguf(dir + "/m.gguf", true);
+  WriteTinyGguf(dir + "/novocab.gguf", false);
+  std::ofstream(dir + "/bad.gguf") << "GGUF\x07\0\0\0";
+  fs::create_directories(dir + "/hf");
+  std::ofstream(dir + "/hf/config.json")
+      << R"({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100})";
+  std::ofstream(dir + "/hf/tokenizer.json") << "{}";
+  std::ofstream(dir + "/c.json") << R"({"models": [
+      {"name": "g", "format": "gguf", "path": "m.gguf"},
+      {"name": "nv", "format": "gguf", "path": "novocab.gguf"},
+      {"name": "bad", "format": "gguf", "path": "bad.gguf"},
+      {"name": "h", "format": "hf", "path": "hf"}]})";
+  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  const CatalogEntry* g = c->Find("g");
+  ASSERT_TRUE(g->available) << g->unavailable_reason;
+  EXPECT_EQ(g->d_model, 8);
+  EXPECT_EQ(g->n_layers, 3);
+  EXPECT_EQ(g->n_heads, 2);
+  EXPECT_EQ(g->vocab_size, 10);
+  EXPECT_EQ(g->n_ctx, 64);
+  EXPECT_EQ(g->tokenizer_path, dir + "/m.gguf");
+  EXPECT_TRUE(c->Find("nv")->available);
+  EXPECT_TRUE(c->Find("nv")->tokenizer_path.empty());
+  EXPECT_FALSE(c->Find("bad")->available);
+  EXPECT_NE(c->Find("bad")->unavailable_reason.find("GGUF"), std::string::npos);
+  EXPECT_EQ(c->Find("bad")->unavailable_reason.find(dir), std::string::npos);
+  EXPECT_EQ(c->Find("h")->tokenizer_path, dir + "/hf/tokenizer.json");
+  auto shape = ReadModelShape(*g);
+  ASSERT_TRUE(shape.ok()) << shape.status();
+  EXPECT_EQ(shape->d_mlp, 16);
+  EXPECT_EQ(shape->n_kv_heads, 1);
+  EXPECT_TRUE(shape->shared_head);
   fs::remove_all(dir);
 }
 

@@ -44,8 +44,11 @@ namespace sinkscope {
 struct Checkpoint {
   ModelConfig config;
   std::map<std::string, at::Tensor> tensors;
-  std::string format;  // "llama2c" or "hf-safetensors"
+  std::string format;  // "llama2c", "hf-safetensors", "gguf" (+ what was dequantized)
   std::string path;
+  /// GGUF: the quantized ggml types dequantized to float32 at load, with
+  /// tensor counts, e.g. "Q8_0 (14 tensors)"; "" when none.
+  std::string dequantized_from;
 };
 
 /// Reads a llama2.c checkpoint (layout in shared/README.md; negative vocab_size
@@ -64,7 +67,25 @@ absl::StatusOr<Checkpoint> ParseLlama2c(const uint8_t* data, size_t size,
 /// RoPE layout kRotateHalves. Errors name the file, tensor and problem.
 absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
 
-/// Dispatches on the path: a directory is HF, a file ending in .bin llama2.c.
+/// Reads a GGUF checkpoint (llama.cpp; architectures llama, qwen2, qwen3):
+/// metadata `<arch>.*` -> ModelConfig, tensor names (token_embd, blk.N.attn_q,
+/// ..., output_norm, output) -> the canonical names above, ggml dims reversed
+/// into torch shapes, llama's W_Q/W_K row permutation (convert_hf_to_gguf.py)
+/// undone. F32/F16/BF16 kept; Q8_0, Q4_0, Q4_K dequantized to float32 (the
+/// format string and `dequantized_from` say so). Errors name the file, the
+/// tensor and the problem: bad magic or version, truncated data, a quant type
+/// not supported (named), an unknown tensor name, missing metadata.
+absl::StatusOr<Checkpoint> LoadGguf(const std::string& path);
+/// The same over a whole file held in memory; tensors are copies.
+absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
+                                               const std::string& source);
+/// Dequantizes `n` elements of ggml type Q8_0, Q4_0 or Q4_K at `src` into
+/// float32 `y`, exactly as ggml-quants.c's dequantize_row_*. Errors:
+/// Unimplemented for other types, InvalidArgument when n is not whole blocks.
+absl::Status DequantizeGgml(uint32_t type, const uint8_t* src, int64_t n, float* y);
+
+/// Dispatches on the path: a directory is HF, a file ending in .bin llama2.c,
+/// .gguf GGUF.
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
 
 /// Checks that every tensor the config implies (under its family's file names,

@@ -384,6 +384,7 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
   }
   if (S_ISDIR(st.st_mode)) return LoadHfDirectory(path);
   if (absl::EndsWith(path, ".bin")) return LoadLlama2c(path);
+  if (absl::EndsWith(path, ".gguf")) return LoadGguf(path);
   // A file inside a HF directory: load the directory.
   const size_t slash = path.rfind('/');
   const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
@@ -392,7 +393,7 @@ absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
     return LoadHfDirectory(slash == std::string::npos ? "." : path.substr(0, slash));
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      path, ": unknown checkpoint format (expected a HF directory or a llama2.c .bin file)"));
+      path, ": unknown checkpoint format (expected a HF directory, a llama2.c .bin or a .gguf file)"));
 }
 
 absl::Status WriteSafetensors(const std::string& path,

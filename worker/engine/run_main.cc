@@ -7,6 +7,13 @@
 //   sinkscope-run hooks    --model PATH
 //   sinkscope-run dump     --model PATH (--text STR | --ids ...) --out FILE.safetensors
 //                 [--hook NAME]...   every hook (or the named ones) and "logits", float32
+//   sinkscope-run tokenize --tokenizer PATH (--text STR | --file PATH...) [--bos]
+//                 prints {"ids": [...], ...} per input, one JSON line each
+//                 (tokenizer.json, .gguf, .model)
+//   sinkscope-run export-tensors --model PATH --out FILE.safetensors [--ids 1,2,3]
+//                 the checkpoint as the engine reads it (canonical names, GGUF
+//                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
+//                 of a float32 forward pass over --ids
 //   sinkscope-run bench    --model PATH --ids ... [--variants plain,scan,sinks,probe]
 //                 [--batch B] [--iters N] [--warmup N] [--threads N] [--reset-hwm]
 //                 [--probe-tokens N] [--probe-batch N] [--device cuda --dtype bfloat16]
@@ -24,6 +31,9 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -51,7 +61,9 @@ struct CommonArgs {
 
 void AddCommon(CLI::App* app, CommonArgs& a, bool needs_input) {
   app->add_option("--model", a.model, "llama2.c .bin file or Hugging Face directory")->required();
-  app->add_option("--tokenizer", a.tokenizer, "tokenizer.bin (llama2.c) or tokenizer.model");
+  app->add_option("--tokenizer", a.tokenizer,
+                  "tokenizer.bin (llama2.c), tokenizer.model, tokenizer.json or .gguf (default: "
+                  "the model's own, when it has one)");
   if (needs_input) {
     auto* text = app->add_option("--text", a.text, "prompt text (needs --tokenizer)");
     auto* ids = app->add_option("--ids", a.ids, "comma-separated token ids (BOS not added)");
@@ -88,9 +100,13 @@ absl::StatusOr<Loaded> Load(const CommonArgs& a) {
   if (!model.ok()) return model.status();
   out.model = std::move(*model);
   out.ckpt.tensors.clear();
-  if (!a.tokenizer.empty()) {
-    auto tok = LoadTokenizer(a.tokenizer, out.model->config().d_vocab);
+  const std::string tok_path = a.tokenizer.empty() ? FindModelTokenizer(a.model) : a.tokenizer;
+  if (!tok_path.empty()) {
+    auto tok = LoadTokenizer(tok_path, out.model->config().d_vocab);
     if (!tok.ok()) return tok.status();
+    absl::Status fits = CheckTokenizerVocab(**tok, out.model->config().d_vocab,
+                                            /*allow_padding=*/true, "tokenizer " + tok_path);
+    if (!fits.ok()) return fits;
     out.tokenizer = std::move(*tok);
   }
   return out;
@@ -258,6 +274,58 @@ int Scan(const CommonArgs& a, const ScanParams& params) {
   return 0;
 }
 
+int Tokenize(const std::string& path, const std::string& text, const std::vector<std::string>& files,
+             bool bos) {
+  auto tok = LoadTokenizer(path, 0);
+  if (!tok.ok()) return Fail(tok.status());
+  // One JSON line per input: --text, or each --file in order.
+  std::vector<std::string> inputs;
+  if (files.empty()) inputs.push_back(text);
+  for (const std::string& file : files) {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return Fail(absl::NotFoundError("cannot open " + file));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    inputs.push_back(ss.str());
+  }
+  for (const std::string& input : inputs) {
+    auto ids = (*tok)->Encode(input, bos);
+    if (!ids.ok()) return Fail(ids.status());
+    std::cout << nlohmann::json{{"ids", *ids}, {"kind", (*tok)->kind()},
+                                {"vocab_size", (*tok)->vocab_size()}}
+                     .dump()
+              << "\n";
+  }
+  return 0;
+}
+
+int ExportTensors(const CommonArgs& a, const std::string& out_path) {
+  auto ckpt = LoadCheckpoint(a.model);
+  if (!ckpt.ok()) return Fail(ckpt.status());
+  std::map<std::string, at::Tensor> tensors = ckpt->tensors;
+  if (!a.ids.empty()) {
+    Loaded l;
+    auto model = Model::Create(*ckpt, c10::Device(c10::kCPU), at::kFloat);
+    if (!model.ok()) return Fail(model.status());
+    l.model = std::move(*model);
+    auto ids = Input(a, l);
+    if (!ids.ok()) return Fail(ids.status());
+    HookRegistry hooks;
+    at::Tensor tokens = at::tensor(*ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
+    auto logits = l.model->Forward(tokens, hooks);
+    if (!logits.ok()) return Fail(logits.status());
+    tensors["sinkscope.logits"] = logits->to(at::kFloat).reshape({tokens.size(1), -1}).contiguous();
+  }
+  for (auto& [n, t] : tensors) t = t.contiguous();
+  absl::Status st = WriteSafetensors(out_path, tensors);
+  if (!st.ok()) return Fail(st);
+  std::cout << nlohmann::json{{"format", ckpt->format}, {"dequantized_from", ckpt->dequantized_from},
+                              {"summary", ckpt->config.Summary()}, {"tensors", tensors.size()}}
+                   .dump()
+            << "\n";
+  return 0;
+}
+
 /// VmHWM or VmRSS of this process from /proc/self/status, bytes (-1 if unreadable).
 int64_t ProcStatusBytes(const std::string& key) {
   std::ifstream f("/proc/self/status");
@@ -412,6 +480,21 @@ int main(int argc, char** argv) {
   AddCommon(dump, dump_args, true);
   dump->add_option("--out", dump_out, "output .safetensors path")->required();
   dump->add_option("--hook", dump_hooks, "hook name (repeatable; default: every hook)");
+  std::string tok_path, tok_text;
+  std::vector<std::string> tok_files;
+  bool tok_bos = false;
+  auto* tokenize = app.add_subcommand("tokenize", "encode text; prints the ids as JSON");
+  tokenize->add_option("--tokenizer", tok_path, "tokenizer.json, .gguf, .model or llama2.c .bin")->required();
+  auto* tt = tokenize->add_option("--text", tok_text, "UTF-8 text");
+  tokenize->add_option("--file", tok_files, "files of UTF-8 text (repeatable; one JSON line each)")
+      ->excludes(tt);
+  tokenize->add_flag("--bos", tok_bos, "prepend BOS");
+  CommonArgs exp_args;
+  std::string exp_out;
+  auto* exp = app.add_subcommand("export-tensors", "write the loaded checkpoint (and logits) as safetensors");
+  exp->add_option("--model", exp_args.model, "checkpoint")->required();
+  exp->add_option("--out", exp_out, "output .safetensors")->required();
+  exp->add_option("--ids", exp_args.ids, "token ids for a float32 forward pass (logits saved)");
   auto* bench_cmd = app.add_subcommand("bench", "time plain forward, activation scan, sink scan");
   AddCommon(bench_cmd, bench_args, true);
   bench_cmd->add_option("--variants", bench.variants, "comma-separated: plain, scan, sinks");
@@ -428,6 +511,8 @@ int main(int argc, char** argv) {
     if (*fwd) return Forward(fwd_args);
     if (*scan) return Scan(scan_args, params);
     if (*dump) return Dump(dump_args, dump_out, dump_hooks);
+    if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
+    if (*exp) return ExportTensors(exp_args, exp_out);
     if (*bench_cmd) return Bench(bench_args, bench);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);

@@ -89,8 +89,9 @@ int ParseBytePiece(std::string_view piece) {
 
 class Llama2cTokenizer final : public Tokenizer {
  public:
-  Llama2cTokenizer(std::vector<std::string> pieces, std::vector<float> scores)
-      : pieces_(std::move(pieces)), scores_(std::move(scores)) {
+  Llama2cTokenizer(std::vector<std::string> pieces, std::vector<float> scores,
+                   std::string kind = "llama2c")
+      : pieces_(std::move(pieces)), scores_(std::move(scores)), kind_(std::move(kind)) {
     lookup_.reserve(pieces_.size());
     decoded_.reserve(pieces_.size());
     for (size_t i = 0; i < pieces_.size(); ++i) {
@@ -176,7 +177,7 @@ class Llama2cTokenizer final : public Tokenizer {
   int64_t vocab_size() const override { return static_cast<int64_t>(pieces_.size()); }
   int64_t bos_id() const override { return kBosId; }
   int64_t eos_id() const override { return kEosId; }
-  std::string kind() const override { return "llama2c"; }
+  std::string kind() const override { return kind_; }
 
  private:
   int32_t Lookup(std::string_view piece) const {
@@ -241,6 +242,7 @@ class Llama2cTokenizer final : public Tokenizer {
   std::vector<float> scores_;
   std::vector<std::string> decoded_;                      // byte pieces as their byte
   std::unordered_map<std::string_view, int32_t> lookup_;  // views into pieces_
+  std::string kind_;
 };
 
 }  // namespace
@@ -291,8 +293,62 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
     pieces.push_back(std::move(piece));
     scores.push_back(score);
   }
-  // Trailing bytes are ignored, as llama2.c does.
+  // Trailing bytes are ignored, as llama2.c does, unless they hold further
+  // whole pieces: then the file's vocabulary is larger than the model's, and
+  // reading only its first vocab_size pieces would give wrong ids.
+  int64_t extra = 0;
+  for (;;) {
+    float score = 0;
+    int32_t len = 0;
+    std::string piece;
+    if (!r.ReadF32(&score) || !r.ReadI32(&len) || len < 0 || len > max_token_length ||
+        !r.ReadBytes(static_cast<size_t>(len), &piece)) {
+      break;
+    }
+    ++extra;
+  }
+  if (extra > 0) {
+    return fail(absl::StrCat("the tokenizer holds ", vocab_size + extra,
+                             " pieces but the model's vocabulary has ", vocab_size,
+                             ": vocabulary mismatch (this tokenizer is not the model's)"));
+  }
   return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(pieces), std::move(scores)));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> MakeSpmTokenizer(const std::vector<std::string>& pieces,
+                                                            const std::vector<float>& scores,
+                                                            int64_t bos_id, int64_t eos_id,
+                                                            const std::string& source) {
+  auto fail = [&](const std::string& problem) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", problem));
+  };
+  if (pieces.size() != scores.size()) return fail("pieces and scores differ in number");
+  if (pieces.size() < 256 + kByteOffset) return fail(absl::StrCat("SPM vocabulary of ", pieces.size(), " pieces has no byte pieces"));
+  if (bos_id != kBosId || eos_id != kEosId) {
+    return fail(absl::StrCat("SPM vocabulary with BOS ", bos_id, " and EOS ", eos_id,
+                             " is not supported (BOS 1, EOS 2)"));
+  }
+  std::vector<std::string> spaced;
+  spaced.reserve(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (i >= kByteOffset && i < 256 + kByteOffset &&
+        ParseBytePiece(pieces[i]) != static_cast<int>(i) - kByteOffset) {
+      return fail(absl::StrCat("piece ", i, " is \"", pieces[i], "\", expected the byte piece <0x",
+                               absl::StrFormat("%02X", static_cast<int>(i) - kByteOffset), ">"));
+    }
+    // U+2581 is the space marker; llama2.c's pieces hold the space itself.
+    std::string p;
+    for (size_t k = 0; k < pieces[i].size();) {
+      if (pieces[i].compare(k, 3, "\xE2\x96\x81") == 0) {
+        p.push_back(' ');
+        k += 3;
+      } else {
+        p.push_back(pieces[i][k++]);
+      }
+    }
+    spaced.push_back(std::move(p));
+  }
+  return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(spaced), scores, "spm"));
 }
 
 }  // namespace sinkscope
