@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 #include "absl/strings/str_cat.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scan.h"
