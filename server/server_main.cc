@@ -297,7 +297,8 @@ int Run(const ServerConfig& config) {
   WatchLimits watch_limits;
   watch_limits.per_user = config.max_watch_streams_per_user;
   watch_limits.total = config.max_watch_streams;
-  WatchHub hub(store->get(), watch_limits, nullptr);
+  WatchHub hub(store->get(), watch_limits,
+               [&metrics](int code) { metrics.GrpcRequest("WatchJob", code); });
   manager.SetChangeListener([&hub](const std::string& id) {
     if (id.empty()) {
       hub.AllChanged();
