@@ -61,7 +61,8 @@ grpc::Status AnalysisServiceImpl::ClearModelUnavailable(
   if (!reason.ok()) return Done("ClearModelUnavailable", reason.status());
   response->set_was_marked(!reason->empty());
   response->set_previous_reason(*reason);
-  for (const v1::ModelInfo& m : manager_->ListModels().models()) {
+  const v1::ListModelsResponse models = manager_->ListModels();
+  for (const v1::ModelInfo& m : models.models()) {
     if (m.name() == request->model()) *response->mutable_model() = m;
   }
   return Done("ClearModelUnavailable", absl::OkStatus());
