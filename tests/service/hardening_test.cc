@@ -57,7 +57,8 @@ v1::ListModelsResponse ListModels(v1::AnalysisService::Stub& stub) {
 }
 
 bool ModelAvailable(v1::AnalysisService::Stub& stub, const std::string& name) {
-  for (const v1::ModelInfo& m : ListModels(stub).models()) {
+  const v1::ListModelsResponse models = ListModels(stub);
+  for (const v1::ModelInfo& m : models.models()) {
     if (m.name() == name) return m.available();
   }
   return false;
@@ -379,7 +380,8 @@ TEST_F(HardeningTest, WindowedSinksAcceptSequencesLongerThanTheContext) {
   StartServer(1);
   auto stub = server_->NewStub();
   const int n_ctx = [&] {
-    for (const v1::ModelInfo& m : ListModels(*stub).models()) {
+    const v1::ListModelsResponse models = ListModels(*stub);
+    for (const v1::ModelInfo& m : models.models()) {
       if (m.name() == "stories260K") return m.n_ctx();
     }
     return 0;

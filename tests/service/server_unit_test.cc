@@ -289,12 +289,12 @@ TEST(ValidationTest, TextCountsItsBytesAtSubmission) {
   req.mutable_sequences(0)->set_text(std::string(4 * (1 << 20) + 8, 'a'));
   absl::Status bigger = ValidateJobRequest(req, *c, limits);
   EXPECT_TRUE(absl::IsResourceExhausted(bigger)) << bigger;
-  // Tokens: 1000 bytes + 2 > a cap of 1000 tokens, at submission.
+  // Tokens: 998 bytes + 2 = 1000 fit a cap of 1000 tokens; 999 + 2 do not.
   RequestLimits small = limits;
   small.max_total_tokens = 1000;
-  req.mutable_sequences(0)->set_text(std::string(999, 'a'));
+  req.mutable_sequences(0)->set_text(std::string(998, 'a'));
   EXPECT_TRUE(ValidateJobRequest(req, *c, small).ok());
-  req.mutable_sequences(0)->set_text(std::string(1000, 'a'));
+  req.mutable_sequences(0)->set_text(std::string(999, 'a'));
   EXPECT_TRUE(absl::IsResourceExhausted(ValidateJobRequest(req, *c, small)));
 
   // Work estimate: a scan of 2 x 100 ids on 5 layers is 1000 token-layers,
