@@ -562,5 +562,22 @@ int RunModels(const GlobalOptions& global) {
   return 0;
 }
 
+int RunClearModel(const GlobalOptions& global, const std::string& model) {
+  Connection conn(global);
+  v1::ClearModelUnavailableRequest request;
+  request.set_model(model);
+  v1::ClearModelUnavailableResponse response;
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  grpc::Status status = conn.stub().ClearModelUnavailable(&context, request, &response);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(response);
+  PrintText(response.was_marked()
+                ? absl::StrCat("model ", model, ": cleared the unavailable mark (",
+                               response.previous_reason(), ")\n")
+                : absl::StrCat("model ", model, " was not marked unavailable\n"));
+  return 0;
+}
+
 }  // namespace client
 }  // namespace sinkscope

@@ -69,6 +69,8 @@ int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_
 int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
 int RunModels(const GlobalOptions& global);
+/// `models clear NAME` (admin): AnalysisService.ClearModelUnavailable.
+int RunClearModel(const GlobalOptions& global, const std::string& model);
 
 /// Strict UTF-8 check (no overlong forms, surrogates or code points > U+10FFFF).
 bool IsValidUtf8(const std::string& text);

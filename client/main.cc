@@ -433,6 +433,10 @@ int main(int argc, char** argv) {
 
   // models
   CLI::App* models = app.add_subcommand("models", "List the server's model catalog and corpora");
+  CLI::App* models_clear = models->add_subcommand(
+      "clear", "Admin: clear a model's unavailable mark (after a checkpoint error)");
+  std::string clear_model;
+  models_clear->add_option("model", clear_model, "Catalog model name")->required();
 
   // sinks
   CLI::App* sinks = app.add_subcommand(
@@ -622,6 +626,7 @@ int main(int argc, char** argv) {
     return sinkscope::client::RunJobs(global, request);
   }
   if (cancel->parsed()) return sinkscope::client::RunCancel(global, cancel_id);
+  if (models_clear->parsed()) return sinkscope::client::RunClearModel(global, clear_model);
   if (models->parsed()) return sinkscope::client::RunModels(global);
 
   sinkscope::client::ScanOptions options;

@@ -22,19 +22,50 @@ grpc::Status AnalysisServiceImpl::SubmitJob(grpc::ServerContext* context,
   return Done("SubmitJob", absl::OkStatus());
 }
 
-grpc::Status AnalysisServiceImpl::WatchJob(grpc::ServerContext* context,
-                                           const v1::WatchJobRequest* request,
-                                           grpc::ServerWriter<v1::JobEvent>* writer) {
+grpc::ServerWriteReactor<v1::JobEvent>* AnalysisServiceImpl::WatchJob(
+    grpc::CallbackServerContext* context, const v1::WatchJobRequest* request) {
+  Metrics* metrics = metrics_;
+  auto on_done = [metrics](int code) {
+    if (metrics != nullptr) metrics->GrpcRequest("WatchJob", code);
+  };
   absl::StatusOr<Caller> caller = auth_->Authenticate(*context);
-  if (!caller.ok()) return Done("WatchJob", caller.status());
-  if (absl::Status s = manager_->CheckAccess(request->job_id(), *caller); !s.ok()) {
-    return Done("WatchJob", s);
+  if (!caller.ok()) return WatchHub::Failed(ToGrpcStatus(caller.status()), on_done);
+  const std::string& id = request->job_id();
+  if (id.empty()) {
+    return WatchHub::Failed(ToGrpcStatus(absl::InvalidArgumentError("job_id is empty")), on_done);
   }
-  absl::Status status = manager_->Watch(
-      request->job_id(), request->after_seq(),
-      [writer](const v1::JobEvent& event) { return writer->Write(event); },
-      [context] { return context->IsCancelled(); });
-  return Done("WatchJob", status);
+  if (request->after_seq() < 0) {
+    return WatchHub::Failed(ToGrpcStatus(absl::InvalidArgumentError("after_seq must be >= 0")),
+                            on_done);
+  }
+  if (absl::Status s = manager_->CheckAccess(id, *caller); !s.ok()) {
+    return WatchHub::Failed(ToGrpcStatus(s), on_done);
+  }
+  // NOT_FOUND for an unknown id (admins skip the ownership lookup).
+  if (absl::StatusOr<v1::Job> job = manager_->Get(id, false); !job.ok()) {
+    return WatchHub::Failed(ToGrpcStatus(job.status()), on_done);
+  }
+  return hub_->Open(caller->user, id, request->after_seq());
+}
+
+grpc::Status AnalysisServiceImpl::ClearModelUnavailable(
+    grpc::ServerContext* context, const v1::ClearModelUnavailableRequest* request,
+    v1::ClearModelUnavailableResponse* response) {
+  absl::StatusOr<Caller> caller = auth_->Authenticate(*context);
+  if (!caller.ok()) return Done("ClearModelUnavailable", caller.status());
+  if (!caller->admin) {
+    return Done("ClearModelUnavailable",
+                absl::PermissionDeniedError("ClearModelUnavailable needs an admin token"));
+  }
+  absl::StatusOr<std::string> reason = manager_->ClearModelUnavailable(request->model());
+  if (!reason.ok()) return Done("ClearModelUnavailable", reason.status());
+  response->set_was_marked(!reason->empty());
+  response->set_previous_reason(*reason);
+  const v1::ListModelsResponse models = manager_->ListModels();
+  for (const v1::ModelInfo& m : models.models()) {
+    if (m.name() == request->model()) *response->mutable_model() = m;
+  }
+  return Done("ClearModelUnavailable", absl::OkStatus());
 }
 
 grpc::Status AnalysisServiceImpl::GetJob(grpc::ServerContext* context,

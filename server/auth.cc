@@ -173,7 +173,7 @@ absl::StatusOr<Caller> TokenStore::Verify(const std::string& token) {
   return Caller{user, admin};
 }
 
-absl::StatusOr<Caller> Authenticator::Authenticate(const grpc::ServerContext& context) const {
+absl::StatusOr<Caller> Authenticator::Authenticate(const grpc::ServerContextBase& context) const {
   const auto& metadata = context.client_metadata();
   if (mode_ == "none") {
     auto it = metadata.find(kUserMetadataKey);

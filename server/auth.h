@@ -18,7 +18,7 @@
 
 
 namespace grpc {
-class ServerContext;
+class ServerContextBase;
 }
 
 namespace sinkscope {
@@ -79,7 +79,7 @@ class Authenticator {
   /// "token": the `authorization: Bearer <token>` metadata, UNAUTHENTICATED
   /// when missing or invalid. "none": x-sinkscope-user (default
   /// "anonymous"), treated as an admin (no isolation; dev and loopback only).
-  absl::StatusOr<Caller> Authenticate(const grpc::ServerContext& context) const;
+  absl::StatusOr<Caller> Authenticate(const grpc::ServerContextBase& context) const;
   const std::string& mode() const { return mode_; }
 
  private:

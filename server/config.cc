@@ -52,12 +52,14 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
   std::stringstream text;
   text << in.rdbuf();
   const std::string dir = DirName(path);
+  bool database_set = false;
   try {
     nlohmann::json j = nlohmann::json::parse(text.str());
     if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
     for (auto it = j.begin(); it != j.end(); ++it) {
       const std::string& key = it.key();
       const nlohmann::json& v = it.value();
+      if (key == "database") database_set = true;
       if (key == "listen") {
         config.listen = v.get<std::string>();
       } else if (key == "database") {
@@ -124,6 +126,26 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
         config.lease_ms = v.get<int64_t>();
       } else if (key == "queue_event_interval_ms") {
         config.queue_event_interval_ms = v.get<int>();
+      } else if (key == "allow_remote_metrics") {
+        config.allow_remote_metrics = v.get<bool>();
+      } else if (key == "heartbeat_interval_ms") {
+        config.heartbeat_interval_ms = v.get<int>();
+      } else if (key == "lease_timeout_ms") {
+        config.lease_timeout_ms = v.get<int>();
+      } else if (key == "progress_timeout_scale") {
+        config.progress_timeout_scale = v.get<double>();
+      } else if (key == "max_job_token_layers") {
+        config.max_job_token_layers = v.get<int64_t>();
+      } else if (key == "max_text_bytes") {
+        config.max_text_bytes = v.get<int64_t>();
+      } else if (key == "max_result_bytes") {
+        config.max_result_bytes = v.get<int64_t>();
+      } else if (key == "max_get_response_bytes") {
+        config.max_get_response_bytes = v.get<int64_t>();
+      } else if (key == "max_watch_streams_per_user") {
+        config.max_watch_streams_per_user = v.get<int>();
+      } else if (key == "max_watch_streams") {
+        config.max_watch_streams = v.get<int>();
       } else {
         return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
       }
@@ -131,6 +153,10 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
   }
+  // The database belongs to the config: a file that does not name one uses
+  // sinkscope.db next to it, whatever the current directory (the server and
+  // `sinkscope-server --config F token ...` then open the same file).
+  if (!database_set) config.database = ResolvePath(dir, config.database);
   return config;
 }
 
@@ -181,6 +207,28 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   if (c.host_id.size() > 200) return absl::InvalidArgumentError("host_id is longer than 200 characters");
   if (c.queue_event_interval_ms < 0) return absl::InvalidArgumentError("queue_event_interval_ms must be >= 0");
   if (c.metrics_max_users < 0) return absl::InvalidArgumentError("metrics_max_users must be >= 0");
+  if (!c.metrics_listen.empty() && !IsLoopbackAddress(c.metrics_listen) && !c.allow_remote_metrics) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics_listen ", c.metrics_listen, " is not a loopback address: /metrics has no ",
+        "authentication; set allow_remote_metrics: true (or --allow-remote-metrics) to serve it ",
+        "there anyway, or use 127.0.0.1:PORT"));
+  }
+  if (c.heartbeat_interval_ms < 10) return absl::InvalidArgumentError("heartbeat_interval_ms must be >= 10");
+  if (c.lease_timeout_ms < 2 * c.heartbeat_interval_ms) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease_timeout_ms (", c.lease_timeout_ms, ") must be at least twice heartbeat_interval_ms (",
+        c.heartbeat_interval_ms, ")"));
+  }
+  if (!(c.progress_timeout_scale > 0)) return absl::InvalidArgumentError("progress_timeout_scale must be > 0");
+  if (c.max_job_token_layers < 1) return absl::InvalidArgumentError("max_job_token_layers must be >= 1");
+  if (c.max_text_bytes < 1) return absl::InvalidArgumentError("max_text_bytes must be >= 1");
+  if (c.max_result_bytes < 1024) return absl::InvalidArgumentError("max_result_bytes must be >= 1024");
+  if (c.max_get_response_bytes < 1024) {
+    return absl::InvalidArgumentError("max_get_response_bytes must be >= 1024");
+  }
+  if (c.max_watch_streams_per_user < 1 || c.max_watch_streams < 1) {
+    return absl::InvalidArgumentError("max_watch_streams_per_user and max_watch_streams must be >= 1");
+  }
   return absl::OkStatus();
 }
 

@@ -80,6 +80,31 @@ struct ServerConfig {
   std::vector<int64_t> worker_memory_bytes;
   /// Minimum interval between two updated Queued events of one job.
   int queue_event_interval_ms = 1000;
+
+  // --- Hardening: leases, request bounds, streams ---------------------------
+
+  /// Serve /metrics on a non-loopback metrics_listen address (refused otherwise).
+  bool allow_remote_metrics = false;
+  /// A worker renews a running job's lease with a Heartbeat this often.
+  int heartbeat_interval_ms = 1000;
+  /// A running job whose worker sent nothing (no event, no heartbeat) for this
+  /// long has lost its lease: the worker is killed, the job re-dispatched.
+  int lease_timeout_ms = 10000;
+  /// Multiplies every progress deadline (the longest a job may go without its
+  /// units advancing, per job type and scaled by its work; see README Limits).
+  double progress_timeout_scale = 1.0;
+  /// Most work of one job, in token-layers (tokens through one layer,
+  /// counting every forward pass the job type makes), estimated at submission.
+  int64_t max_job_token_layers = int64_t{1} << 28;
+  /// Most bytes of text in one job (each text counts its bytes + 2 tokens).
+  int64_t max_text_bytes = 1 << 20;
+  /// Most bytes of result records one job may produce (it FAILS beyond).
+  int64_t max_result_bytes = 32 << 20;
+  /// Most bytes of results one GetJob(include_results) answers.
+  int64_t max_get_response_bytes = 8 << 20;
+  /// Most concurrent WatchJob streams per user, and in all.
+  int max_watch_streams_per_user = 256;
+  int max_watch_streams = 4096;
 };
 
 /// True for "unix:...", 127.0.0.0/8, "localhost" and [::1] addresses.

@@ -56,12 +56,25 @@ JobManager::JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* 
       limits_(limits),
       max_attempts_(max_attempts) {}
 
-void JobManager::Notify() {
+void JobManager::Notify() { NotifyJob(""); }
+
+void JobManager::NotifyJob(const std::string& id) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++generation_;
   }
   cv_.notify_all();
+  std::function<void(const std::string&)> listener;
+  {
+    std::lock_guard<std::mutex> lock(listener_mu_);
+    listener = listener_;
+  }
+  if (listener) listener(id);
+}
+
+void JobManager::SetChangeListener(std::function<void(const std::string&)> listener) {
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  listener_ = std::move(listener);
 }
 
 JobManager::~JobManager() {
@@ -184,7 +197,7 @@ void JobManager::RefreshPositions() {
         }
       }
     }
-    if (leads && store_->AppendQueuedEvent(job.id, pos).ok()) Notify();
+    if (leads && store_->AppendQueuedEvent(job.id, pos).ok()) NotifyJob(job.id);
   }
   last_position_ = std::move(now);
   if (metrics_ != nullptr) {
@@ -209,6 +222,18 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   }
   absl::Status valid = ValidateJobRequest(request.request(), *catalog_, limits_);
   if (!valid.ok()) return valid;
+  {
+    // A dtype the workers' devices cannot run is refused here, not found
+    // by a worker (where it used to look like a broken checkpoint).
+    absl::StatusOr<std::string> dtype = DtypeFromProto(request.request().dtype());
+    const CatalogEntry* entry = catalog_->Find(request.request().model());
+    if (dtype.ok() && entry != nullptr) {
+      if (absl::Status s = CheckDtypeRunnable(dtype->empty() ? entry->default_dtype : *dtype);
+          !s.ok()) {
+        return s;
+      }
+    }
+  }
   if (const std::string problem = WorkerHealth().problem(); !problem.empty()) {
     return absl::UnavailableError(problem);
   }
@@ -263,7 +288,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   if (created) {
     scheduler_->RememberTraits(stored->id(), traits);
     if (metrics_ != nullptr) metrics_->JobSubmitted(stored->type(), owner);
-    Notify();
+    NotifyJob(stored->id());
   }
   if (stored->state() == v1::JOB_STATE_QUEUED) {
     absl::StatusOr<int32_t> position = scheduler_->QueuePosition(stored->id());
@@ -287,6 +312,15 @@ absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_resu
   if (include_results && job->state() == v1::JOB_STATE_COMPLETED) {
     absl::StatusOr<std::vector<v1::ResultRecord>> results = store_->Results(id);
     if (!results.ok()) return results.status();
+    int64_t bytes = 0;
+    for (const auto& r : *results) bytes += static_cast<int64_t>(r.ByteSizeLong());
+    if (shared_.max_get_response_bytes > 0 && bytes > shared_.max_get_response_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "job ", id, " has ", results->size(), " result records of ", bytes,
+          " bytes, more than one GetJob answers (", shared_.max_get_response_bytes,
+          " bytes, max_get_response_bytes); read them record by record with WatchJob "
+          "(sinkscope watch ", id, " --json)"));
+    }
     for (auto& r : *results) *job->add_results() = std::move(r);
   }
   return job;
@@ -341,7 +375,7 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::str
       ForgetCancel(id);
       if (metrics_ != nullptr) metrics_->JobFinished(job->type(), "cancelled", -1);
     }
-    Notify();
+    NotifyJob(id);
   }
   return store_->GetJob(id);
 }
@@ -438,6 +472,42 @@ std::string JobManager::UnavailableReason(const CatalogEntry& entry) const {
   return absl::StrCat(it->second.reason, " (until its checkpoint file changes)");
 }
 
+absl::StatusOr<std::string> JobManager::ClearModelUnavailable(const std::string& name) {
+  const CatalogEntry* entry = catalog_->Find(name);
+  if (entry == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("model \"", name.substr(0, 128), "\" is not in the catalog; see ListModels"));
+  }
+  std::lock_guard<std::mutex> lock(health_mu_);
+  auto it = load_failures_.find(entry->name);
+  if (it == load_failures_.end()) return std::string();
+  std::string reason = it->second.reason;
+  load_failures_.erase(it);
+  return reason;
+}
+
+void JobManager::SetWorkerDtypes(const std::string& worker, std::vector<std::string> dtypes) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  worker_dtypes_[worker] = std::move(dtypes);
+}
+
+absl::Status JobManager::CheckDtypeRunnable(const std::string& dtype) const {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (worker_dtypes_.empty()) return absl::OkStatus();
+  std::set<std::string> all;
+  for (const auto& [worker, dtypes] : worker_dtypes_) {
+    for (const std::string& d : dtypes) {
+      if (d == dtype) return absl::OkStatus();
+      all.insert(d);
+    }
+  }
+  std::string names;
+  for (const std::string& d : all) absl::StrAppend(&names, names.empty() ? "" : ", ", d);
+  return absl::InvalidArgumentError(absl::StrCat(
+      "dtype ", dtype, " cannot run on this server's workers (their devices run ",
+      names.empty() ? "no dtype" : names, "); choose one of those"));
+}
+
 std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::Duration timeout) {
   const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoMilliseconds(timeout);
   while (true) {
@@ -451,7 +521,7 @@ std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::D
     if (!job.ok()) {
       std::fprintf(stderr, "sinkscope-server: claiming a job: %s\n", job.status().ToString().c_str());
     } else if (job->has_value()) {
-      Notify();  // state changed, positions moved
+      NotifyJob((**job).id());  // state changed, positions moved
       if (metrics_ != nullptr) {
         const v1::Job& j = **job;
         const double wait = (j.start_time().seconds() - j.create_time().seconds()) +
@@ -472,7 +542,7 @@ absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& eve
                                      std::optional<v1::JobState> new_state) {
   absl::StatusOr<v1::JobEvent> stored =
       store_->AppendEvent(job.id(), job.attempts(), event, new_state);
-  if (stored.ok()) Notify();
+  if (stored.ok()) NotifyJob(job.id());
   return stored.status();
 }
 
@@ -502,7 +572,7 @@ absl::Status JobManager::Finish(const v1::Job& job, v1::JobState state, const v1
     metrics_->JobFinished(job.type(), OutcomeLabel(state), seconds);
     if (seconds > 0) metrics_->AddUserWorkerSeconds(job.owner(), seconds);
   }
-  Notify();
+  NotifyJob(job.id());
   return stored.status();
 }
 
@@ -515,7 +585,7 @@ absl::StatusOr<ReleaseOutcome> JobManager::Release(const v1::Job& job, const std
     if (seconds > 0) metrics_->AddUserWorkerSeconds(job.owner(), seconds);
     if (*r == ReleaseOutcome::kFailed) metrics_->JobFinished(job.type(), "failed", seconds);
   }
-  Notify();
+  NotifyJob(job.id());
   return r;
 }
 

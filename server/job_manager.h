@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -36,6 +37,8 @@ struct SharedHostOptions {
   int64_t max_worker_budget = 0;
   /// Minimum interval between updated Queued events.
   int queue_event_interval_ms = 1000;
+  /// Most bytes of results one Get(include_results) answers (0 = no cap).
+  int64_t max_get_response_bytes = 0;
 };
 
 /// Thread-safe job operations for the API and the worker pool.
@@ -58,6 +61,10 @@ class JobManager {
   absl::Status CheckAccess(const std::string& id, const Caller& caller);
   /// The memory a job would need (weights in its dtype + activations).
   absl::StatusOr<MemoryEstimate> Estimate(const v1::JobRequest& request);
+  /// The work a job will do (token-layers), for limits and deadlines.
+  WorkEstimate EstimateWork(const v1::JobRequest& request) const {
+    return EstimateJobWork(request, *catalog_);
+  }
   /// Traits of a stored job for the scheduler.
   JobTraits TraitsOf(const std::string& id);
   Metrics* metrics() const { return metrics_; }
@@ -96,6 +103,15 @@ class JobManager {
   /// Why `entry` is unavailable: the catalog's reason or a load failure since
   /// its files last changed; "" when it is available.
   std::string UnavailableReason(const CatalogEntry& entry) const;
+  /// Admin: forgets the load failure of model `name` (ClearModelUnavailable).
+  /// NOT_FOUND for a model not in the catalog. Returns the cleared reason
+  /// ("" when the model was not marked).
+  absl::StatusOr<std::string> ClearModelUnavailable(const std::string& name);
+  /// The forward-pass dtypes worker `worker` reported it can run.
+  void SetWorkerDtypes(const std::string& worker, std::vector<std::string> dtypes);
+  /// INVALID_ARGUMENT when no worker that reported its dtypes can run
+  /// `dtype` (OK while none has reported).
+  absl::Status CheckDtypeRunnable(const std::string& dtype) const;
 
   // --- Worker-pool side ---------------------------------------------------
 
@@ -133,6 +149,11 @@ class JobManager {
   void Shutdown();
   /// Wakes waiters (after any change of the store made outside the manager).
   void Notify();
+  /// Wakes waiters after a change of job `id` (its watchers look again).
+  void NotifyJob(const std::string& id);
+  /// Called (outside the manager's locks) with the id of every changed job,
+  /// "" when any may have changed. Set before serving; null to unset.
+  void SetChangeListener(std::function<void(const std::string&)> listener);
 
  private:
   JobStore* const store_;
@@ -166,7 +187,10 @@ class JobManager {
   mutable std::mutex health_mu_;
   mutable std::map<std::string, LoadFailure> load_failures_;
   std::function<v1::WorkerHealth()> worker_health_;
+  std::map<std::string, std::vector<std::string>> worker_dtypes_;  // guarded by health_mu_
   std::map<std::string, int32_t> last_position_;  // position thread only
+  mutable std::mutex listener_mu_;
+  std::function<void(const std::string&)> listener_;
 };
 
 /// Size and mtime of a checkpoint file, or of the files of a HF directory

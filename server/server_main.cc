@@ -9,9 +9,10 @@
 // drain_timeout_s, put the others back in the queue (durably), exit 0.
 //
 // API tokens (stored hashed in the database's api_tokens table):
-//   sinkscope-server --database jobs.db token create --user alice [--admin]
+//   sinkscope-server --config server.json token create --user alice [--admin]
 //   sinkscope-server --database jobs.db token list
 //   sinkscope-server --database jobs.db token revoke --id 3   (or --user alice)
+// (--config or --database is required: the token goes to the server's database.)
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +44,7 @@
 #include "server/scheduler.h"
 #include "server/host_lease.h"
 #include "server/sql_job_store.h"
+#include "server/watch_hub.h"
 #include "server/worker_pool.h"
 
 namespace {
@@ -130,9 +132,10 @@ int RunTokenCommand(const ServerConfig& config, const std::string& command, cons
   using namespace sinkscope::server;
   absl::StatusOr<std::unique_ptr<TokenStore>> tokens = TokenStore::Open(config.database);
   if (!tokens.ok()) {
-    Log(tokens.status().ToString());
+    Log(absl::StrCat("database ", config.database, ": ", tokens.status().ToString()));
     return 1;
   }
+  std::fprintf(stderr, "sinkscope-server: tokens of database %s\n", config.database.c_str());
   if (command == "create") {
     TokenInfo info;
     absl::StatusOr<std::string> token = (*tokens)->Create(user, admin, &info);
@@ -208,7 +211,7 @@ int Run(const ServerConfig& config) {
   // One database for jobs, events, hosts and tokens (migrated here).
   absl::StatusOr<std::shared_ptr<SqlDb>> db = OpenSqlDb(config.database, config.sync_full);
   if (!db.ok()) {
-    Log(db.status().ToString());
+    Log(absl::StrCat("database ", config.database, ": ", db.status().ToString()));
     return 1;
   }
   std::unique_ptr<TokenStore> tokens;
@@ -247,7 +250,7 @@ int Run(const ServerConfig& config) {
   absl::StatusOr<std::vector<std::string>> requeued =
       (*store)->RequeueInterrupted("server restarted while the job was running");
   if (!requeued.ok()) {
-    Log(requeued.status().ToString());
+    Log(absl::StrCat("database ", config.database, ": ", requeued.status().ToString()));
     return 1;
   }
   if (!requeued->empty()) Log(absl::StrCat("re-queued ", requeued->size(), " interrupted job(s)"));
@@ -269,6 +272,8 @@ int Run(const ServerConfig& config) {
   RequestLimits limits;
   limits.max_sequences = config.max_sequences;
   limits.max_total_tokens = config.max_total_tokens;
+  limits.max_text_bytes = config.max_text_bytes;
+  limits.max_job_token_layers = config.max_job_token_layers;
   JobManager* manager_ptr = nullptr;
   Scheduler scheduler(
       store->get(),
@@ -280,6 +285,7 @@ int Run(const ServerConfig& config) {
   SharedHostOptions shared;
   shared.max_queued_per_user = config.max_queued_per_user;
   shared.queue_event_interval_ms = config.queue_event_interval_ms;
+  shared.max_get_response_bytes = config.max_get_response_bytes;
   for (size_t i = 0; i < config.worker_devices.size(); ++i) {
     const int64_t budget = WorkerMemoryBudget(config, i);
     if (budget == 0) {
@@ -327,7 +333,20 @@ int Run(const ServerConfig& config) {
   HostLeases leases(store->get(), &scheduler, lease_options, [relay] { relay->Fire(); });
   leases.Start();
 
-  AnalysisServiceImpl service(&manager, &authenticator, &metrics);
+  // WatchJob streams: callback API, no thread each; capped per user and in all.
+  WatchLimits watch_limits;
+  watch_limits.per_user = config.max_watch_streams_per_user;
+  watch_limits.total = config.max_watch_streams;
+  WatchHub hub(store->get(), watch_limits,
+               [&metrics](int code) { metrics.GrpcRequest("WatchJob", code); });
+  manager.SetChangeListener([&hub](const std::string& id) {
+    if (id.empty()) {
+      hub.AllChanged();
+    } else {
+      hub.JobChanged(id);
+    }
+  });
+  AnalysisServiceImpl service(&manager, &authenticator, &metrics, &hub);
   grpc::ServerBuilder builder;
   int port = 0;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -408,7 +427,9 @@ int Run(const ServerConfig& config) {
     pool.WaitIdle(absl::Now() + absl::Seconds(10));
   }
   manager.Shutdown();
+  hub.Shutdown();  // every WatchJob ends with UNAVAILABLE (and where to resume)
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  manager.SetChangeListener(nullptr);
   pool.Stop();
   leases.Stop();
   if (!socket_path.empty()) {
@@ -450,6 +471,9 @@ int main(int argc, char** argv) {
   app.add_option("--auth", auth, "auto (default), none or token");
   app.add_option("--metrics-listen", metrics_listen,
                  "Prometheus /metrics address (default 127.0.0.1:9464; \"off\" = none)");
+  bool allow_remote_metrics = false;
+  app.add_flag("--allow-remote-metrics", allow_remote_metrics,
+               "Serve /metrics on a non-loopback --metrics-listen address (no authentication)");
   app.add_option("--tls-cert", tls_cert, "PEM certificate chain: TLS on the public port");
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
   app.add_option("--listen", listen, "Address: host:port or unix:/path (default 127.0.0.1:50051)");
@@ -518,7 +542,16 @@ int main(int argc, char** argv) {
   if (!metrics_listen.empty()) config.metrics_listen = metrics_listen == "off" ? "" : metrics_listen;
   if (!tls_cert.empty()) config.tls_cert = tls_cert;
   if (!tls_key.empty()) config.tls_key = tls_key;
+  if (allow_remote_metrics) config.allow_remote_metrics = true;
+  // One database path whatever the current directory.
+  config.database = sinkscope::server::ResolvePath(".", config.database);
   if (token->parsed()) {
+    if (config_file.empty() && database.empty()) {
+      Log("token: name the server's database: --config FILE (the server's config) or "
+          "--database FILE (without them the token would go to ./sinkscope.db, which the "
+          "server may not use)");
+      return 2;
+    }
     const std::string command = token_create->parsed() ? "create"
                                 : token_revoke->parsed() ? "revoke" : "list";
     return RunTokenCommand(config, command, token_user, token_admin, token_id);

@@ -2,7 +2,12 @@
 
 #include <utf8.h>
 
+#include <algorithm>
 #include <cmath>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "server/mechanism_validation.h"
@@ -104,10 +109,11 @@ absl::Status CheckSequences(const std::string& label,
                                       " has no tokenizer; send token ids"));
         }
         if (!IsValidUtf8(seq.text())) return Invalid(absl::StrCat(name, " is not valid UTF-8"));
-        // Text is counted at 4 bytes per token (+ BOS): a tokenizer takes
-        // about that, so only text of more than 4x the token cap is refused
-        // here; the worker enforces the real count after tokenization.
-        *total_tokens += (static_cast<int64_t>(seq.text().size()) + 3) / 4 + 1;
+        // Text counts its bytes + 2 tokens: an upper bound (every piece of
+        // the llama2.c and SentencePiece tokenizers covers >= 1 byte; plus
+        // BOS and the dummy-prefix piece), so that a request too large is
+        // refused here, with the same code whatever its size.
+        *total_tokens += static_cast<int64_t>(seq.text().size()) + 2;
         break;
       }
       case v1::Sequence::kIds: {
@@ -135,6 +141,151 @@ absl::Status CheckSequences(const std::string& label,
       default:
         return Invalid(absl::StrCat(name, " is empty: set text or ids"));
     }
+  }
+  return absl::OkStatus();
+}
+
+
+/// RESOURCE_EXHAUSTED when a list has more than `limit` entries.
+absl::Status CheckCount(const std::string& field, int64_t n, int64_t limit,
+                        const char* limit_name) {
+  if (n <= limit) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(field, " has ", n, " entries, more than the limit of ",
+                                                   limit, " (", limit_name, ")"));
+}
+
+/// INVALID_ARGUMENT naming the first value that appears twice.
+template <typename Values>
+absl::Status CheckNoDuplicates(const std::string& field, const Values& values) {
+  std::set<typename Values::value_type> seen;
+  for (const auto& v : values) {
+    if (!seen.insert(v).second) {
+      return Invalid(absl::StrCat(field, ": ", v, " appears more than once (give each once)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+/// Every repeated field of `request` against `limits` (counts, duplicates,
+/// text bytes), before any per-entry check.
+absl::Status CheckRepeatedBounds(const v1::JobRequest& request, const CatalogEntry& model,
+                                 const RequestLimits& limits) {
+  const int64_t L = limits.max_list_entries;
+  int64_t n_sequences = request.sequences_size();
+  int64_t text_bytes = 0;
+  auto add_text = [&](const google::protobuf::RepeatedPtrField<v1::Sequence>& seqs) {
+    for (const v1::Sequence& seq : seqs) {
+      if (seq.has_text()) text_bytes += static_cast<int64_t>(seq.text().size());
+    }
+  };
+  add_text(request.sequences());
+  auto interventions = [&](const std::string& field,
+                           const v1::InterventionRequest& r) -> absl::Status {
+    if (absl::Status s = CheckCount(absl::StrCat(field, ".interventions"), r.interventions_size(),
+                                    limits.max_interventions, "max_interventions");
+        !s.ok()) {
+      return s;
+    }
+    for (int i = 0; i < r.interventions_size(); ++i) {
+      const v1::InterventionSpec& spec = r.interventions(i);
+      const std::string where = absl::StrCat(field, ".interventions[", i, "]");
+      if (spec.has_substitution()) {
+        const v1::ConstantSubstitution& sub = spec.substitution();
+        for (const auto& [name, list] :
+             {std::pair<const char*, const google::protobuf::RepeatedField<int32_t>*>{
+                  ".substitution.channels", &sub.channels()},
+              {".substitution.positions", &sub.positions()}}) {
+          if (absl::Status s = CheckCount(where + name, list->size(), L, "max_list_entries"); !s.ok()) return s;
+          if (absl::Status s = CheckNoDuplicates(where + name, *list); !s.ok()) return s;
+        }
+        const int64_t width_cap = std::max<int64_t>(L, model.d_model);
+        if (absl::Status s = CheckCount(where + ".substitution.constant", sub.constant_size(),
+                                        width_cap, "d_model");
+            !s.ok()) {
+          return s;
+        }
+      } else if (spec.has_ablation()) {
+        const v1::SinkAblation& a = spec.ablation();
+        if (absl::Status s = CheckCount(where + ".ablation.heads", a.heads_size(), L, "max_list_entries");
+            !s.ok()) {
+          return s;
+        }
+        std::vector<std::string> heads;
+        for (const v1::HeadRef& h : a.heads()) heads.push_back(absl::StrCat("layer ", h.layer(), " head ", h.head()));
+        if (absl::Status s = CheckNoDuplicates(where + ".ablation.heads", heads); !s.ok()) return s;
+        if (absl::Status s = CheckCount(where + ".ablation.sink_positions", a.sink_positions_size(), L,
+                                        "max_list_entries");
+            !s.ok()) {
+          return s;
+        }
+        if (absl::Status s = CheckNoDuplicates(where + ".ablation.sink_positions", a.sink_positions());
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    n_sequences += r.calibration_size();
+    add_text(r.calibration());
+    return absl::OkStatus();
+  };
+  absl::Status s = absl::OkStatus();
+  switch (request.params_case()) {
+    case v1::JobRequest::kSinks:
+      // Repeated layers are analysed once (folded), but still counted.
+      s = CheckCount("sinks.layers", request.sinks().layers_size(), L, "max_list_entries");
+      break;
+    case v1::JobRequest::kSelfAttentionProfile: {
+      const v1::SelfAttentionProfileRequest& r = request.self_attention_profile();
+      s = CheckCount("self_attention_profile.layers", r.layers_size(), L, "max_list_entries");
+      if (s.ok()) s = CheckCount("self_attention_profile.delimiter_ids", r.delimiter_ids_size(), L, "max_list_entries");
+      if (s.ok()) s = CheckNoDuplicates("self_attention_profile.delimiter_ids", r.delimiter_ids());
+      if (s.ok()) s = CheckCount("self_attention_profile.delimiters", r.delimiters_size(), L, "max_list_entries");
+      if (s.ok()) {
+        std::vector<std::string> shown;
+        for (const std::string& d : r.delimiters()) shown.push_back(absl::StrCat("\"", d.substr(0, 64), "\""));
+        s = CheckNoDuplicates("self_attention_profile.delimiters", shown);
+      }
+      break;
+    }
+    case v1::JobRequest::kFirstTokenProbe: {
+      const v1::FirstTokenProbeRequest& r = request.first_token_probe();
+      s = CheckCount("first_token_probe.token_ids", r.token_ids_size(), limits.max_probe_ids, "max_probe_ids");
+      if (s.ok()) s = CheckNoDuplicates("first_token_probe.token_ids", r.token_ids());
+      if (s.ok() && r.token_ids().empty()) {
+        const int64_t begin = r.has_range_begin() ? r.range_begin() : 0;
+        const int64_t end = r.has_range_end() ? r.range_end() : model.vocab_size;
+        if (end - begin > limits.max_probe_ids) {
+          s = absl::ResourceExhaustedError(absl::StrCat(
+              "first_token_probe range [", begin, ", ", end, ") probes ", end - begin,
+              " tokens, more than the limit of ", limits.max_probe_ids, " (max_probe_ids)"));
+        }
+      }
+      if (s.ok()) s = CheckCount("first_token_probe.prefix", r.prefix_size(), L, "max_list_entries");
+      if (s.ok() && r.has_max_listed_exceptions() && r.max_listed_exceptions() > limits.max_listed_exceptions) {
+        s = absl::ResourceExhaustedError(absl::StrCat(
+            "first_token_probe.max_listed_exceptions = ", r.max_listed_exceptions(),
+            " is more than the limit of ", limits.max_listed_exceptions, " (max_listed_exceptions)"));
+      }
+      break;
+    }
+    case v1::JobRequest::kConstantSubstitution:
+      s = interventions("constant_substitution", request.constant_substitution());
+      break;
+    case v1::JobRequest::kSinkAblation:
+      s = interventions("sink_ablation", request.sink_ablation());
+      break;
+    default:
+      break;
+  }
+  if (!s.ok()) return s;
+  if (n_sequences > limits.max_sequences) {
+    return absl::ResourceExhaustedError(absl::StrCat("too many sequences: ", n_sequences, " > ",
+                                                     limits.max_sequences, " (max_sequences)"));
+  }
+  if (text_bytes > limits.max_text_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request too large: ", text_bytes, " bytes of text > ", limits.max_text_bytes,
+        " (max_text_bytes)"));
   }
   return absl::OkStatus();
 }
@@ -445,6 +596,7 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown dtype value ", request.dtype()));
   }
+  if (absl::Status s = CheckRepeatedBounds(request, *model, limits); !s.ok()) return s;
   int64_t total_tokens = 0;
   // What the job reads: sequences required (1), forbidden (0) or optional (-1).
   int sequences_needed = 1;
@@ -506,9 +658,12 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
     return absl::ResourceExhaustedError(absl::StrCat("too many sequences: ", request.sequences_size(),
                                                      " > ", limits.max_sequences));
   }
-  // Evaluation streams are cut into chunks: a sequence may exceed the context.
+  // Evaluation streams are cut into chunks and sinks jobs into windows of
+  // T <= n_ctx tokens: their sequences may exceed the context.
   CatalogEntry for_sequences = *model;
-  if (sequences_needed == -1) for_sequences.n_ctx = 0;
+  if (sequences_needed == -1 || request.params_case() == v1::JobRequest::kSinks) {
+    for_sequences.n_ctx = 0;
+  }
   if (absl::Status s = CheckSequences("sequence", request.sequences(), for_sequences, min_ids,
                                       &total_tokens);
       !s.ok()) {
@@ -516,9 +671,120 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
   }
   if (total_tokens > limits.max_total_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("request too large: up to ", total_tokens,
-                                                     " tokens > ", limits.max_total_tokens));
+                                                     " tokens > ", limits.max_total_tokens,
+                                                     " (max_total_tokens; text counts its bytes + 2)"));
+  }
+  const WorkEstimate work = EstimateJobWork(request, catalog);
+  if (work.token_layers > limits.max_job_token_layers) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "job too large: its work is estimated at ", work.token_layers, " token-layers (",
+        work.basis, "), more than the limit of ", limits.max_job_token_layers,
+        " (max_job_token_layers); send fewer or shorter sequences, a smaller token_budget, "
+        "fewer probed tokens or fewer layers"));
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+/// Tokens of `seqs` (text as bytes + 2, an upper bound); *max_len gets the longest.
+int64_t CountTokens(const google::protobuf::RepeatedPtrField<v1::Sequence>& seqs,
+                    int64_t* max_len = nullptr) {
+  int64_t n = 0;
+  for (const v1::Sequence& seq : seqs) {
+    const int64_t len = seq.has_text() ? static_cast<int64_t>(seq.text().size()) + 2
+                                       : seq.ids().ids_size();
+    n += len;
+    if (max_len != nullptr) *max_len = std::max(*max_len, len);
+  }
+  return n;
+}
+
+}  // namespace
+
+WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& catalog) {
+  WorkEstimate w;
+  const CatalogEntry* model = catalog.Find(request.model());
+  const int64_t L = model != nullptr && model->n_layers > 0 ? model->n_layers : 1;
+  const int64_t n_ctx = model != nullptr && model->n_ctx > 0 ? model->n_ctx : 1 << 20;
+  const int64_t seq_tokens = CountTokens(request.sequences());
+  int64_t passes = 1, tokens_per_pass = seq_tokens;
+  std::string what = "tokens";
+  switch (request.params_case()) {
+    case v1::JobRequest::kSinks: {
+      const v1::SinksRequest& r = request.sinks();
+      const int64_t T = r.has_window() ? r.window() : 64;
+      if (!r.windowed()) {
+        tokens_per_pass = 0;
+        for (const v1::Sequence& seq : request.sequences()) {
+          const int64_t len = seq.has_text() ? static_cast<int64_t>(seq.text().size()) + 2
+                                             : seq.ids().ids_size();
+          tokens_per_pass += std::min(len, T);
+        }
+      }
+      break;
+    }
+    case v1::JobRequest::kFirstTokenProbe: {
+      const v1::FirstTokenProbeRequest& r = request.first_token_probe();
+      int64_t n = r.token_ids_size();
+      if (n == 0) {
+        const int64_t begin = r.has_range_begin() ? r.range_begin() : 0;
+        const int64_t end = r.has_range_end() ? r.range_end()
+                                              : (model != nullptr ? model->vocab_size : 0);
+        n = std::max<int64_t>(0, end - begin);
+      }
+      const int64_t run_len = (r.prefix().empty() ? 1 : r.prefix_size()) + 1;
+      passes = 2;  // at position 0 and the control
+      tokens_per_pass = n * run_len;
+      what = absl::StrCat("probed tokens x ", run_len, " positions");
+      break;
+    }
+    case v1::JobRequest::kSpikeSimilarity:
+    case v1::JobRequest::kSelfAttentionProfile:
+      passes = 2;  // the scan that finds spike tokens / layers, then the analysis
+      break;
+    case v1::JobRequest::kPerplexity:
+    case v1::JobRequest::kConstantSubstitution:
+    case v1::JobRequest::kSinkAblation: {
+      const v1::EvalCorpus& eval = request.has_perplexity() ? request.perplexity().eval()
+                                   : request.has_constant_substitution()
+                                       ? request.constant_substitution().eval()
+                                       : request.sink_ablation().eval();
+      int64_t stream = seq_tokens;
+      if (!eval.corpus().empty()) {
+        const CorpusEntry* corpus = catalog.FindCorpus(eval.corpus());
+        stream = corpus != nullptr ? corpus->size_bytes + 2 : 0;
+      }
+      if (eval.has_token_budget()) stream = std::min(stream, eval.token_budget());
+      tokens_per_pass = stream;
+      what = "evaluation tokens";
+      if (!request.has_perplexity()) {
+        const v1::InterventionRequest& r = request.has_constant_substitution()
+                                               ? request.constant_substitution()
+                                               : request.sink_ablation();
+        passes = 2;  // baseline and intervened
+        // Calibration passes (one per substitution, plus a scan) and a sink
+        // detection over one window per ablation.
+        const int64_t calibration = CountTokens(r.calibration());
+        int64_t extra = calibration * (1 + std::max(1, r.interventions_size()));
+        extra += 64 * std::max(1, r.interventions_size());
+        w.tokens = passes * tokens_per_pass + extra;
+        w.token_layers = w.tokens * L;
+        w.basis = absl::StrCat(passes, " passes x ", tokens_per_pass, " ", what, " + ", extra,
+                               " calibration/detection tokens, x ", L, " layers");
+        return w;
+      }
+      break;
+    }
+    default:
+      break;
+  }
+  (void)n_ctx;
+  w.tokens = passes * tokens_per_pass;
+  w.token_layers = w.tokens * L;
+  w.basis = absl::StrCat(passes, passes == 1 ? " pass" : " passes", " x ", tokens_per_pass, " ",
+                         what, " x ", L, " layers");
+  return w;
 }
 
 }  // namespace server

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -11,12 +12,45 @@
 namespace sinkscope {
 namespace server {
 
-/// Caps on one request (besides gRPC's max message size).
+/// Caps on one request (besides gRPC's max message size). Every repeated
+/// field counts against one of them (README "Limits").
 struct RequestLimits {
+  /// Sequences of a job (calibration sequences included).
   int max_sequences = 1024;
+  /// Tokens of a job: token ids as given, text as its bytes + 2 (an upper
+  /// bound of what the llama2.c and SentencePiece tokenizers make of it:
+  /// every piece covers >= 1 byte, plus BOS and the dummy-prefix piece).
   int64_t max_total_tokens = 1 << 20;
+  /// Bytes of text of a job.
+  int64_t max_text_bytes = 1 << 20;
   size_t max_client_request_id = 128;
+  /// Work of a job in token-layers (EstimateJobWork).
+  int64_t max_job_token_layers = int64_t{1} << 28;
+  /// Interventions of one intervention job.
+  int max_interventions = 16;
+  /// Token ids probed by one first-token probe (ids or range).
+  int64_t max_probe_ids = 1 << 18;
+  /// Entries of any other list (layers, delimiter ids/strings, heads,
+  /// channels, positions, constants).
+  int max_list_entries = 4096;
+  /// Exceptions a first-token probe may list.
+  int max_listed_exceptions = 65536;
 };
+
+/// What a job will compute, estimated at submission from the request and the
+/// model's shape (text counted as an upper bound, see max_total_tokens).
+struct WorkEstimate {
+  /// Tokens fed through the model, over every forward pass of the job.
+  int64_t tokens = 0;
+  /// tokens x layers: the unit of max_job_token_layers and of the
+  /// watchdog's progress deadline.
+  int64_t token_layers = 0;
+  /// How it was counted, for messages ("2 passes x 4096 tokens x 32 layers").
+  std::string basis;
+};
+
+/// The work of `request` (which ValidateJobRequest accepted).
+WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& catalog);
 
 /// Checks a JobRequest against the catalog and limits. Errors:
 ///  - NOT_FOUND naming the model (or the corpus) when it is not in the catalog;
@@ -34,7 +68,11 @@ struct RequestLimits {
 ///    range, an empty corpus (no corpus and no sequences), chunk_length
 ///    outside 2..n_ctx, token_budget < 2, unknown substitution mode or
 ///    ablation method;
-///  - RESOURCE_EXHAUSTED for too many sequences or tokens;
+///  - INVALID_ARGUMENT for a duplicate in a list that must not have one
+///    (token_ids, delimiter ids, heads, channels, positions);
+///  - RESOURCE_EXHAUSTED for too many sequences, tokens, text bytes, list
+///    entries or interventions, or too much work (EstimateJobWork), naming
+///    the count (or estimate) and the limit;
 ///  - UNIMPLEMENTED for job types the server does not run.
 absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalog& catalog,
                                 const RequestLimits& limits);

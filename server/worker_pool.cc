@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <optional>
+#include <condition_variable>
 #include <set>
 #include <utility>
 
@@ -75,6 +76,26 @@ pid_t SpawnProcess(const std::vector<std::string>& argv) {
 
 }  // namespace
 
+JobDeadlines DeadlinesForJob(const ServerConfig& config, v1::JobType type, int64_t token_layers) {
+  JobDeadlines d;
+  d.lease = absl::Milliseconds(config.lease_timeout_ms);
+  d.scale = config.progress_timeout_scale;
+  d.load = absl::Seconds(900) * config.progress_timeout_scale;
+  d.token_layers = token_layers;
+  switch (type) {
+    case v1::JOB_TYPE_FIRST_TOKEN_PROBE:
+    case v1::JOB_TYPE_CONSTANT_SUBSTITUTION:
+    case v1::JOB_TYPE_SINK_ABLATION:
+      // Calibration / detection passes run before the first unit.
+      d.progress_base = absl::Seconds(300);
+      break;
+    default:
+      d.progress_base = absl::Seconds(120);
+      break;
+  }
+  return d;
+}
+
 WorkerPool::WorkerPool(JobManager* manager, ServerConfig config, std::string runtime_dir)
     : manager_(manager), config_(std::move(config)), runtime_dir_(std::move(runtime_dir)) {
   for (size_t i = 0; i < config_.worker_devices.size(); ++i) {
@@ -110,6 +131,8 @@ void WorkerPool::RefreshStatus(Slot* slot) {
   if (!slot->stub->GetStatus(&ctx, request, &status).ok()) return;
   std::set<std::string> models;
   for (const v1::LoadedModel& m : status.loaded_models()) models.insert(m.name());
+  manager_->SetWorkerDtypes(slot->name, std::vector<std::string>(status.supported_dtypes().begin(),
+                                                                 status.supported_dtypes().end()));
   // A cuda worker without a configured budget enforces one from its device's
   // real capacity: the scheduler plans with the budget the worker reports.
   const int64_t budget = slot->budget_bytes > 0 ? slot->budget_bytes : status.budget_bytes();
@@ -405,6 +428,7 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   }
 
   run.set_max_total_tokens(config_.max_total_tokens);
+  run.set_heartbeat_interval_ms(config_.heartbeat_interval_ms);
   if (!early_failure.has_value()) {
     absl::StatusOr<MemoryEstimate> estimate = manager_->Estimate(request);
     if (estimate.ok()) {
@@ -414,6 +438,9 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   }
 
   std::optional<v1::JobFinished> finished;
+  std::string watchdog_reason;  // set when the watchdog killed the worker
+  int64_t result_bytes = 0;
+  bool results_too_large = false;
   bool store_rejected = false;
   int64_t n_tokens = 0;
   std::optional<absl::Time> load_started;
@@ -431,10 +458,98 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     if (!manager_->SetRunning(job.id(), [&ctx] { ctx.TryCancel(); })) abort_now = true;
     if (abort_now) ctx.TryCancel();
     std::unique_ptr<grpc::ClientReader<v1::WorkerEvent>> reader = slot->stub->RunJob(&ctx, run);
+    // The job's lease: every event (heartbeats included) renews it; the
+    // watchdog kills a worker that stops renewing (SIGSTOP, a hung process),
+    // or whose units stop advancing past the job's progress deadline.
+    const JobDeadlines deadlines = DeadlinesFor(job);
+    std::mutex lease_mu;
+    std::condition_variable lease_cv;
+    absl::Time last_event = absl::Now(), last_progress = absl::Now();
+    const absl::Time lease_start = absl::Now();
+    int64_t lease_units = -1, lease_units_total = 0;
+    bool loading = true, lease_done = false;
+    auto renew = [&](std::optional<int64_t> units_done, int64_t units_total, bool loaded) {
+      std::lock_guard<std::mutex> lock(lease_mu);
+      last_event = absl::Now();
+      if (loaded && loading) {
+        loading = false;
+        last_progress = last_event;
+      }
+      if (units_done.has_value() && *units_done > lease_units) {
+        lease_units = *units_done;
+        lease_units_total = units_total;
+        last_progress = last_event;
+      }
+    };
+    std::thread watchdog([&] {
+      std::unique_lock<std::mutex> lock(lease_mu);
+      while (!lease_done) {
+        lease_cv.wait_for(lock, std::chrono::milliseconds(100));
+        if (lease_done) break;
+        const absl::Time now = absl::Now();
+        std::string why;
+        if (now - last_event > deadlines.lease) {
+          why = absl::StrCat("lease expired: ", slot->name, " sent no event or heartbeat for ",
+                             absl::FormatDuration(absl::Trunc(now - last_event, absl::Milliseconds(100))),
+                             " (lease deadline ", absl::FormatDuration(deadlines.lease), ")");
+        } else if (loading && now - lease_start > deadlines.load) {
+          why = absl::StrCat("model load did not finish within its deadline of ",
+                             absl::FormatDuration(deadlines.load));
+        } else if (!loading && now - last_progress > deadlines.Progress(lease_units_total)) {
+          why = absl::StrCat("no progress for ",
+                             absl::FormatDuration(absl::Trunc(now - last_progress, absl::Seconds(1))),
+                             " at unit ", std::max<int64_t>(lease_units, 0), "/", lease_units_total,
+                             " (progress deadline ",
+                             absl::FormatDuration(absl::Trunc(deadlines.Progress(lease_units_total), absl::Seconds(1))),
+                             " for this ", v1::JobType_Name(job.type()), " job of ",
+                             deadlines.token_layers, " token-layers)");
+        }
+        if (why.empty()) continue;
+        pid_t pid;
+        {
+          std::lock_guard<std::mutex> pool_lock(mu_);
+          pid = slot->pid;
+        }
+        Log(absl::StrCat(job.id(), " attempt ", job.attempts(), ": watchdog: ", why,
+                         "; killing ", slot->name, " (pid ", pid, ")"));
+        watchdog_reason = absl::StrCat("watchdog: ", why, "; killed ", slot->name);
+        if (pid > 0) kill(pid, SIGKILL);
+        ctx.TryCancel();
+        break;
+      }
+    });
+    auto stop_watchdog = [&] {
+      {
+        std::lock_guard<std::mutex> lock(lease_mu);
+        lease_done = true;
+      }
+      lease_cv.notify_all();
+      if (watchdog.joinable()) watchdog.join();
+    };
     v1::WorkerEvent event;
     while (reader->Read(&event)) {
       v1::JobEvent job_event;
       std::optional<v1::JobState> new_state;
+      switch (event.event_case()) {
+        case v1::WorkerEvent::kHeartbeat:
+          renew(event.heartbeat().units_done(), event.heartbeat().units_total(), false);
+          continue;  // renews the lease; never stored
+        default:
+          break;
+      }
+      renew(event.has_running() ? std::optional<int64_t>(event.running().units_done())
+                                : std::nullopt,
+            event.running().units_total(),
+            event.has_model_loading() && event.model_loading().phase() != "loading");
+      if (event.has_result()) {
+        result_bytes += static_cast<int64_t>(event.result().ByteSizeLong());
+        if (result_bytes > config_.max_result_bytes) {
+          results_too_large = true;
+          ctx.TryCancel();
+          break;
+        }
+        renew(lease_units + 1, lease_units_total, false);  // a record is progress too
+      }
       switch (event.event_case()) {
         case v1::WorkerEvent::kModelLoading:
           *job_event.mutable_model_loading() = event.model_loading();
@@ -474,6 +589,8 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       }
     }
     rpc_status = reader->Finish();
+    stop_watchdog();
+    (void)model_loaded;
     manager_->ClearRunning(job.id());
     std::lock_guard<std::mutex> lock(mu_);
     slot->running_ctx = nullptr;
@@ -511,6 +628,14 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
 
   if (early_failure.has_value()) {
     finish_failed(static_cast<int>(early_failure->code()), std::string(early_failure->message()));
+  } else if (results_too_large) {
+    finish_failed(static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED),
+                  absl::StrCat("the job's results exceed ", config_.max_result_bytes,
+                               " bytes (max_result_bytes); ask for less (fewer sequences, "
+                               "layers or probed tokens)"));
+  } else if (!watchdog_reason.empty() && cancelled_by.empty() && !aborting) {
+    const std::string how = ReapWorker(slot, absl::Seconds(2), SIGKILL);
+    release(absl::StrCat(watchdog_reason, " (", how, ")"), /*count_failure=*/true);
   } else if (store_rejected) {
     // The job was finished elsewhere (cancelled while being claimed, ...).
     if (!cancelled_by.empty()) finish_cancelled();
@@ -533,10 +658,11 @@ void WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         release(absl::StrCat(slot->name, " stopped the job: ", finished->message()), !aborting);
       }
     } else {
-      if (finished->code() == static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION) &&
-          load_started.has_value() && !model_loaded && entry != nullptr) {
-        // The checkpoint cannot be loaded: refuse further jobs on it until
-        // its file changes (the worker's message holds no paths).
+      if (finished->checkpoint_error() && entry != nullptr) {
+        // The checkpoint (or tokenizer) file cannot be read: refuse further
+        // jobs on it until its file changes or an admin clears the mark
+        // (the worker's message holds no paths). Any other failure (dtype,
+        // device, memory, a parameter found late) is this job's alone.
         Log(absl::StrCat(job.id(), ": model ", entry->name, " (", entry->path,
                          ") failed to load; marking it unavailable: ", finished->message()));
         manager_->MarkModelLoadFailed(entry->name, finished->message());

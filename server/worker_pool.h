@@ -26,6 +26,31 @@ class ClientContext;
 namespace sinkscope {
 namespace server {
 
+/// The watchdog's deadlines for one running job (README "Limits").
+struct JobDeadlines {
+  /// Longest silence (no event, no heartbeat) before the lease expires.
+  absl::Duration lease;
+  /// Longest model load (from dispatch to the loaded/cached event).
+  absl::Duration load;
+  /// Base of the progress deadline for the job type, and the seconds per
+  /// token-layer of work (slowest device supported: 100 token-layers/s).
+  absl::Duration progress_base;
+  double seconds_per_token_layer = 0.01;
+  double scale = 1.0;
+  int64_t token_layers = 0;
+  /// Longest time without units_done advancing: scale x (base + the work
+  /// of one unit at the slowest rate); before the first Running event the
+  /// whole job counts as one unit.
+  absl::Duration Progress(int64_t units_total) const {
+    const double per_unit = static_cast<double>(token_layers) /
+                            static_cast<double>(units_total > 0 ? units_total : 1);
+    return (progress_base + absl::Seconds(per_unit * seconds_per_token_layer)) * scale;
+  }
+};
+
+/// Deadlines of a job of `type` doing `token_layers` of work under `config`.
+JobDeadlines DeadlinesForJob(const ServerConfig& config, v1::JobType type, int64_t token_layers);
+
 /// Owns the worker processes and one dispatch thread per worker.
 class WorkerPool {
  public:
@@ -67,6 +92,9 @@ class WorkerPool {
   bool EnsureWorker(Slot* slot);
   bool CheckHealth(Slot* slot, absl::Duration timeout);
   void RunJob(Slot* slot, const v1::Job& job);
+  JobDeadlines DeadlinesFor(const v1::Job& job) const {
+    return DeadlinesForJob(config_, job.type(), manager_->EstimateWork(job.request()).token_layers);
+  }
   /// Waits briefly for the worker to exit (else kills it); says how it ended.
   std::string ReapWorker(Slot* slot, absl::Duration grace, int kill_signal);
   void SleepUnlessStopping(absl::Duration d);

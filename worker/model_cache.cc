@@ -7,6 +7,7 @@
 #include <exception>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "worker/engine/checkpoint.h"
@@ -48,25 +49,40 @@ int64_t ModelCache::effective_budget_bytes() const {
 
 ModelCache::~ModelCache() = default;
 
+bool IsCheckpointError(const absl::Status& status) {
+  return status.GetPayload(kCheckpointErrorPayload).has_value();
+}
+
 namespace {
 
 absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std::string& device_name,
                                                   const std::string& stamp) {
+  // Errors of the checkpoint or tokenizer file carry kCheckpointErrorPayload;
+  // the device, the dtype and memory are the job's problem, not the file's.
+  auto file_error = [](absl::Status s) {
+    s.SetPayload(kCheckpointErrorPayload, absl::Cord("1"));
+    return s;
+  };
   try {
     ASSIGN_OR_RETURN(c10::Device device, ParseDevice(device_name));
     ASSIGN_OR_RETURN(c10::ScalarType dtype, ParseDtype(key.dtype));
-    ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(key.path));
+    absl::StatusOr<Checkpoint> read = LoadCheckpoint(key.path);
+    if (!read.ok()) return file_error(read.status());
+    Checkpoint ckpt = *std::move(read);
+    if (absl::Status s = ckpt.config.Validate(); !s.ok()) return file_error(s);
     ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(ckpt, device, dtype));
     auto entry = std::make_shared<CachedModel>();
     entry->key = key;
     entry->file_stamp = stamp;
     entry->checkpoint_format = ckpt.format;
     if (!key.tokenizer_path.empty()) {
-      ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok,
-                       LoadTokenizer(key.tokenizer_path, model->config().d_vocab));
-      RETURN_IF_ERROR(CheckTokenizerVocab(*tok, model->config().d_vocab, /*allow_padding=*/true,
-                                          absl::StrCat("model ", key.name, "'s tokenizer")));
-      entry->tokenizer = std::move(tok);
+      absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
+          LoadTokenizer(key.tokenizer_path, model->config().d_vocab);
+      if (!tok.ok()) return file_error(tok.status());
+      absl::Status vocab = CheckTokenizerVocab(**tok, model->config().d_vocab, /*allow_padding=*/true,
+                                               absl::StrCat("model ", key.name, "'s tokenizer"));
+      if (!vocab.ok()) return file_error(vocab);
+      entry->tokenizer = *std::move(tok);
     }
     entry->model = std::move(model);
     return entry;
@@ -144,8 +160,10 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
   if (!loaded.ok()) {
     // The full error (with paths) goes to the log; the job's message names
     // the model and the problem, never server paths. A checkpoint that
-    // cannot be loaded is a server-side problem, not the client's:
-    // FAILED_PRECONDITION (the server then marks the model unavailable).
+    // cannot be read is a server-side problem, not the client's:
+    // FAILED_PRECONDITION with kCheckpointErrorPayload (the server then
+    // marks the model unavailable). Other failures (dtype or device the
+    // worker cannot run, out of memory) keep their code: the job fails alone.
     const absl::Status& error = loaded.status();
     std::fprintf(stderr, "sinkscope-worker: loading model %s (%s): %s\n", key.name.c_str(),
                  key.path.c_str(), error.ToString().c_str());
@@ -155,14 +173,14 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
     if (!key.tokenizer_path.empty()) paths.emplace_back(key.tokenizer_path, "<tokenizer>");
     message = absl::StrReplaceAll(message, paths);
     message = absl::StrCat("loading model ", key.name, ": ", message);
-    switch (error.code()) {
-      case absl::StatusCode::kResourceExhausted:
-      case absl::StatusCode::kCancelled:
-      case absl::StatusCode::kInternal:  // exceptions (e.g. out of memory)
-        return absl::Status(error.code(), message);
-      default:
-        return absl::FailedPreconditionError(message);
+    if (IsCheckpointError(error)) {
+      absl::Status out = absl::FailedPreconditionError(message);
+      out.SetPayload(kCheckpointErrorPayload, absl::Cord("1"));
+      return out;
     }
+    return absl::Status(error.code() == absl::StatusCode::kOk ? absl::StatusCode::kInternal
+                                                              : error.code(),
+                        message);
   }
   std::lock_guard<std::mutex> lock(mu_);
   (*loaded)->uses = 1;

@@ -17,6 +17,12 @@ class Tokenizer;
 
 namespace worker {
 
+/// Payload URL marking a Status as a checkpoint (or tokenizer) file error:
+/// the only load failures after which the server marks a model unavailable.
+inline constexpr const char kCheckpointErrorPayload[] = "type.sinkscope.dev/checkpoint-error";
+/// True when `status` carries kCheckpointErrorPayload.
+bool IsCheckpointError(const absl::Status& status);
+
 /// What identifies a loaded model: the resolved catalog entry plus the
 /// checkpoint's file identity, so that a changed entry or a replaced file is
 /// reloaded.

@@ -5,11 +5,15 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
+#include <mutex>
 #include <exception>
 #include <fstream>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
 #include "worker/engine/model.h"
@@ -78,23 +82,25 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
   if (cancel && cancel->load()) return absl::CancelledError("cancelled");
   const v1::JobRequest& job = request.request();
   const v1::JobRequest::ParamsCase kind = job.params_case();
-  // Evaluation streams (perplexity, interventions) are chunked: their
-  // sequences may be longer than the context.
+  // Evaluation streams (perplexity, interventions) are chunked and sinks
+  // jobs cut or window to T <= n_ctx: their sequences may be longer than
+  // the context.
   const bool evaluation = kind == v1::JobRequest::kPerplexity ||
                           kind == v1::JobRequest::kConstantSubstitution ||
                           kind == v1::JobRequest::kSinkAblation;
   ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences,
                    TokenizeSequences(job.sequences(), job.has_add_bos() ? job.add_bos() : true,
-                                     *cached, "sequence", /*check_ctx=*/!evaluation));
+                                     *cached, "sequence",
+                                     /*check_ctx=*/!evaluation && kind != v1::JobRequest::kSinks));
   // The server's cap counts text at about 4 bytes per token; the real count
   // is known only now.
   if (request.max_total_tokens() > 0) {
     int64_t total = 0;
     for (const auto& seq : sequences) total += static_cast<int64_t>(seq.size());
     if (total > request.max_total_tokens()) {
-      return absl::InvalidArgumentError(absl::StrCat(
+      return absl::ResourceExhaustedError(absl::StrCat(
           "request too large: the sequences hold ", total, " tokens after tokenization, more than ",
-          "the server's limit of ", request.max_total_tokens(), " tokens"));
+          "the server's limit of ", request.max_total_tokens(), " tokens (max_total_tokens)"));
     }
   }
   const JobContext ctx{*cached, options, request, sink, cancel};
@@ -123,9 +129,41 @@ absl::Status RunJobToSink(ModelCache& cache, const WorkerOptions& options,
   }
 }
 
+std::vector<std::string> ProbeSupportedDtypes(const std::string& device_name) {
+  std::vector<std::string> out;
+  absl::StatusOr<c10::Device> device = ParseDevice(device_name);
+  if (!device.ok()) return out;
+  for (const char* name : {"float32", "bfloat16", "float16"}) {
+    absl::StatusOr<c10::ScalarType> dtype = ParseDtype(name);
+    if (!dtype.ok()) continue;
+    try {
+      // The operations of a forward pass (model.cc): linear, RMSNorm,
+      // rotary mix, scaled scores with a causal mask, softmax, SiLU gate,
+      // log-softmax of the logits.
+      const auto opts = at::TensorOptions().dtype(*dtype).device(*device);
+      at::Tensor x = at::randn({1, 4, 8}, opts);
+      at::Tensor w = at::randn({8, 8}, opts);
+      at::Tensor h = at::linear(x, w, {});
+      h = h * at::rsqrt(h.pow(2).mean(-1, true) + 1e-5);
+      h = h * at::cos(h) + at::sin(h);
+      at::Tensor scores = at::matmul(h, h.transpose(-1, -2)) * 0.5;
+      scores = scores.masked_fill(at::ones({4, 4}, opts.dtype(at::kBool)).triu(1), -INFINITY);
+      at::Tensor a = at::softmax(scores, -1);
+      h = at::silu(at::matmul(a, h)) * h;
+      at::Tensor lp = at::log_softmax(h.to(at::kFloat), -1);
+      if (!std::isfinite(lp.sum().item<float>())) continue;
+      out.push_back(name);
+    } catch (const c10::Error&) {
+    } catch (const std::exception&) {
+    }
+  }
+  return out;
+}
+
 WorkerServiceImpl::WorkerServiceImpl(WorkerOptions options)
     : options_(std::move(options)), cache_(options_.device, options_.cache_capacity) {
   cache_.set_budget_bytes(options_.memory_budget_bytes);
+  supported_dtypes_ = ProbeSupportedDtypes(options_.device);
 }
 
 grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
@@ -141,24 +179,47 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
     std::lock_guard<std::mutex> lock(status_mu_);
     running_job_id_ = request->job_id();
   }
-  // The server cancels the RPC to cancel the job (or goes away): poll for it.
-  // The watcher wakes every 20 ms, and at once when the job ends (a plain
-  // sleep made every job wait up to 20 ms more for the join).
+  // The server cancels the RPC to cancel the job (or goes away): poll for
+  // it. The same thread renews the job's lease with a Heartbeat every
+  // heartbeat interval, also while the engine is inside a long layer; a
+  // stopped or hung process sends none and the server's watchdog kills it.
   std::atomic<bool> cancel{false};
+  std::atomic<bool> done{false};
+  // The watcher sleeps on done_cv so that it ends at once with the job (a
+  // plain 20 ms sleep made every job wait up to 20 ms more for the join).
   std::mutex done_mu;
   std::condition_variable done_cv;
-  bool done = false;
+  std::atomic<int64_t> units_done{0}, units_total{0};
+  std::mutex write_mu;  // one writer at a time on the stream
+  const auto heartbeat_every = std::chrono::milliseconds(
+      request->heartbeat_interval_ms() > 0 ? request->heartbeat_interval_ms() : 1000);
   std::thread watcher([&] {
-    std::unique_lock<std::mutex> lock(done_mu);
-    while (!done) {
+    auto next_beat = std::chrono::steady_clock::now() + heartbeat_every;
+    while (!done.load()) {
       if (context->IsCancelled()) {
         cancel.store(true);
         return;
       }
-      done_cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
+      if (std::chrono::steady_clock::now() >= next_beat) {
+        next_beat = std::chrono::steady_clock::now() + heartbeat_every;
+        v1::WorkerEvent beat;
+        beat.mutable_heartbeat()->set_units_done(units_done.load());
+        beat.mutable_heartbeat()->set_units_total(units_total.load());
+        std::lock_guard<std::mutex> lock(write_mu);
+        if (!done.load()) writer->Write(beat);
+      }
+      std::unique_lock<std::mutex> lock(done_mu);
+      done_cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done.load(); });
     }
   });
-  EventSink sink = [&](const v1::WorkerEvent& event) { return writer->Write(event); };
+  EventSink sink = [&](const v1::WorkerEvent& event) {
+    if (event.has_running()) {
+      units_done.store(event.running().units_done());
+      units_total.store(event.running().units_total());
+    }
+    std::lock_guard<std::mutex> lock(write_mu);
+    return writer->Write(event);
+  };
   absl::Status status = RunJobToSink(cache_, options_, *request, sink, &cancel);
   {
     std::lock_guard<std::mutex> lock(done_mu);
@@ -171,6 +232,7 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
   v1::WorkerEvent finished;
   finished.mutable_finished()->set_code(static_cast<int32_t>(status.code()));
   finished.mutable_finished()->set_message(std::string(status.message()));
+  finished.mutable_finished()->set_checkpoint_error(!status.ok() && IsCheckpointError(status));
   writer->Write(finished);
   {
     std::lock_guard<std::mutex> lock(status_mu_);
@@ -212,6 +274,7 @@ grpc::Status WorkerServiceImpl::GetStatus(grpc::ServerContext*, const v1::GetSta
   response->set_device_free_bytes(dm.free_bytes);
   response->set_budget_bytes(cache_.effective_budget_bytes());
   response->set_code_version(CodeVersion());
+  for (const std::string& d : supported_dtypes_) response->add_supported_dtypes(d);
   std::lock_guard<std::mutex> lock(status_mu_);
   response->set_running_job_id(running_job_id_);
   response->set_jobs_run(jobs_run_);

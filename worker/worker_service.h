@@ -7,6 +7,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "sinkscope/v1/worker.grpc.pb.h"
@@ -58,7 +59,12 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
   std::mutex status_mu_;
   std::string running_job_id_;
   int64_t jobs_run_ = 0;
+  std::vector<std::string> supported_dtypes_;  // probed at start
 };
+
+/// The forward-pass dtypes ("float32", "bfloat16", "float16") that `device`
+/// runs: each is tried on a tiny forward of the model's operations.
+std::vector<std::string> ProbeSupportedDtypes(const std::string& device);
 
 }  // namespace worker
 }  // namespace sinkscope

@@ -2,14 +2,19 @@
 // and watch each to completion for D seconds (default 60) against a real
 // sinkscope-server with 2 cpu workers; reports jobs/s, p50/p99 of
 // submit-to-first-event, submit-to-dispatch (first worker event) and
-// submit-to-done, and checks that no job was lost or duplicated.
+// submit-to-done, and checks that no job was lost or duplicated. Meanwhile
+// W watchers (default 1000) keep WatchJob streams open on recent jobs (each
+// stream must end OK with its events in order); the server's threads and RSS
+// (/proc/PID/status) are sampled and reported.
 //
-//   build/tests/service/service_load_test --duration-s 60 --clients 16
+//   build/tests/service/service_load_test --duration-s 60 --clients 16 --watchers 1000
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -36,17 +41,38 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
+/// Threads and VmRSS (kB) of process `pid` from /proc/PID/status.
+bool ProcStatus(pid_t pid, int64_t* threads, int64_t* rss_kb) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  bool got = false;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    fields >> key;
+    if (key == "Threads:") {
+      fields >> *threads;
+      got = true;
+    } else if (key == "VmRSS:") {
+      fields >> *rss_kb;
+    }
+  }
+  return got;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int duration_s = 60, clients = 16, workers = 2;
+  int duration_s = 60, clients = 16, workers = 2, watchers = 1000;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     if (flag == "--duration-s") duration_s = std::atoi(argv[i + 1]);
     else if (flag == "--clients") clients = std::atoi(argv[i + 1]);
     else if (flag == "--workers") workers = std::atoi(argv[i + 1]);
+    else if (flag == "--watchers") watchers = std::atoi(argv[i + 1]);
     else {
-      std::fprintf(stderr, "usage: %s [--duration-s N] [--clients N] [--workers N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--duration-s N] [--clients N] [--workers N] [--watchers N]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -57,7 +83,9 @@ int main(int argc, char** argv) {
     return in_ci ? 1 : 77;  // 77: ctest SKIP_RETURN_CODE
   }
   TempDir dir;
-  OpsServer server(dir.path(), workers, R"("auth": "token", "metrics_listen": "127.0.0.1:0")");
+  OpsServer server(dir.path(), workers,
+                   R"("auth": "token", "metrics_listen": "127.0.0.1:0", )"
+                   R"("max_watch_streams_per_user": 2048, "max_watch_streams": 8192)");
   if (!server.Start()) {
     std::fprintf(stderr, "server did not start:\n%s\n", server.log().c_str());
     return 1;
@@ -66,8 +94,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> tokens;
   for (int c = 0; c < clients; ++c) tokens.push_back(server.CreateToken(absl::StrCat("load", c % 4)));
 
+  int64_t idle_threads = 0, idle_rss_kb = 0;
+  ProcStatus(server.pid(), &idle_threads, &idle_rss_kb);
   std::mutex mu;
   std::vector<double> first_event_ms, dispatch_ms, done_ms;
+  std::vector<std::string> recent;  // job ids, newest last (watchers pick from here)
   std::map<std::string, std::string> by_request;  // client_request_id -> job id
   std::atomic<int> failures{0}, submitted{0};
   const auto start = Clock::now();
@@ -88,6 +119,10 @@ int main(int argc, char** argv) {
           continue;
         }
         ++submitted;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          recent.push_back(job.id());
+        }
         auto ctx = Ctx(tokens[c], std::chrono::seconds(120));
         v1::WatchJobRequest w;
         w.set_job_id(job.id());
@@ -115,7 +150,70 @@ int main(int argc, char** argv) {
       }
     });
   }
+  // Watchers: each keeps one WatchJob stream open on a recent job of its
+  // user, again and again, until the end; every stream must end OK with
+  // strictly increasing seqs and a terminal event.
+  std::atomic<int> open_streams{0}, peak_streams{0}, streams_done{0}, bad_streams{0};
+  std::vector<std::thread> watcher_threads;
+  for (int w = 0; w < watchers; ++w) {
+    watcher_threads.emplace_back([&, w] {
+      auto stub = server.Stub();
+      for (int n = 0; Clock::now() < stop_at; ++n) {
+        std::string id;
+        {
+          // One of the newest jobs (about one per client is live).
+          std::lock_guard<std::mutex> lock(mu);
+          const size_t spread = std::min<size_t>(recent.size(), static_cast<size_t>(clients));
+          if (spread > 0) id = recent[recent.size() - 1 - static_cast<size_t>(w) % spread];
+        }
+        if (id.empty()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          continue;
+        }
+        // As the admin (one user: the per-user cap is raised above).
+        auto ctx = Ctx(admin, std::chrono::seconds(duration_s + 120));
+        v1::WatchJobRequest req;
+        req.set_job_id(id);
+        auto reader = stub->WatchJob(ctx.get(), req);
+        const int now_open = ++open_streams;
+        for (int peak = peak_streams.load(); now_open > peak && !peak_streams.compare_exchange_weak(peak, now_open);) {
+        }
+        v1::JobEvent e;
+        int64_t last = 0;
+        bool ordered = true, terminal = false;
+        while (reader->Read(&e)) {
+          if (e.seq() <= last) ordered = false;
+          last = e.seq();
+          terminal = terminal || e.has_completed() || e.has_failed() || e.has_cancelled();
+        }
+        const grpc::Status st = reader->Finish();
+        --open_streams;
+        ++streams_done;
+        if (!st.ok() || !ordered || !terminal) ++bad_streams;
+        // Pace the turnover of streams on jobs that just ended.
+        std::this_thread::sleep_for(std::chrono::milliseconds(100 + 10 * (w % 10)));
+      }
+    });
+  }
+  // Sampler: the server's threads and RSS while the watchers are open.
+  int64_t max_threads = 0, max_rss_kb = 0, threads_at_peak = 0, streams_at_peak = 0;
+  std::thread sampler([&] {
+    while (Clock::now() < stop_at) {
+      int64_t t = 0, r = 0;
+      if (ProcStatus(server.pid(), &t, &r)) {
+        max_threads = std::max(max_threads, t);
+        max_rss_kb = std::max(max_rss_kb, r);
+        if (open_streams.load() >= streams_at_peak) {
+          streams_at_peak = open_streams.load();
+          threads_at_peak = t;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+  });
   for (auto& t : threads) t.join();
+  for (auto& t : watcher_threads) t.join();
+  sampler.join();
   const double elapsed_s = std::chrono::duration<double>(Clock::now() - start).count();
 
   // Every submission is stored once, completed, and nothing else is there.
@@ -154,6 +252,13 @@ int main(int argc, char** argv) {
               "%d duplicates, %d client failures -> %s\n",
               stored.size(), stored_completed, ids.size(), by_request.size(), duplicates,
               failures.load(), lost || failures ? "FAIL" : "no job lost or duplicated");
+  std::printf("[load] %d watchers: peak %d concurrent WatchJob streams, %d streams watched, %d bad\n",
+              watchers, peak_streams.load(), streams_done.load(), bad_streams.load());
+  std::printf("[load] server threads: %lld idle, %lld with %lld streams open, max %lld; "
+              "RSS: %.1f MiB idle, max %.1f MiB\n",
+              static_cast<long long>(idle_threads), static_cast<long long>(threads_at_peak),
+              static_cast<long long>(streams_at_peak), static_cast<long long>(max_threads),
+              idle_rss_kb / 1024.0, max_rss_kb / 1024.0);
   server.Stop();
-  return lost || failures || done_ms.empty() ? 1 : 0;
+  return lost || failures || bad_streams || done_ms.empty() ? 1 : 0;
 }

@@ -440,16 +440,16 @@ TEST_F(QaTest, CatalogReasonsHoldNoPaths) {
   EXPECT_NE(ReadAll(server_->log_path()).find(dir_.path() + "/nope.bin"), std::string::npos);
 }
 
-// 13. Text is not refused on a byte count; the worker enforces the real
-// token count.
-TEST_F(QaTest, WorkerEnforcesTheTokenCapAfterTokenization) {
+// 13. Text over the token cap is refused at submission (text counts its
+// bytes + 2 tokens, an upper bound), with the code of every "too large".
+TEST_F(QaTest, TextOverTheTokenCapIsRefusedAtSubmission) {
   SKIP_WITHOUT_SHARED();
   if (AiDreamsPath().empty() || AiDreamsTokenizerPath().empty()) {
     SINKSCOPE_SKIP_MISSING("aidreams260K (a model with a tokenizer) not found");
   }
   StartServer(1, TestCatalog(), R"("max_total_tokens": 200)");
   auto stub = server_->NewStub();
-  // 700 bytes: estimated at 176 tokens, but single letters are a token each.
+  // 700 bytes: up to 702 tokens > 200.
   std::string text;
   for (int i = 0; i < 350; ++i) absl::StrAppend(&text, std::string(1, static_cast<char>('a' + i % 26)), " ");
   v1::SubmitJobRequest req;
@@ -458,12 +458,8 @@ TEST_F(QaTest, WorkerEnforcesTheTokenCapAfterTokenization) {
   req.mutable_request()->mutable_perplexity();
   v1::Job job;
   grpc::Status s = TrySubmit(*stub, req, &job);
-  ASSERT_TRUE(s.ok()) << s.error_message();
-  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
-  ASSERT_EQ(done.state(), v1::JOB_STATE_FAILED);
-  EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
-  EXPECT_NE(done.error().message().find("after tokenization"), std::string::npos)
-      << done.error().message();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("max_total_tokens"), std::string::npos) << s.error_message();
 }
 
 }  // namespace

@@ -353,9 +353,10 @@ TEST(CatalogTest, GgufEntriesAndModelTokenizers) {
   fs::remove_all(dir);
 }
 
-// Text is estimated at 4 bytes per token: a 1.1 MB text passes the
-// 1,048,576-token cap at submission; more than 4x the cap in bytes does not.
-TEST(ValidationTest, TextTokenEstimateIsFourBytesPerToken) {
+// Text counts its bytes + 2 tokens (an upper bound of what a tokenizer
+// makes of it): text over the caps is refused at submission with
+// RESOURCE_EXHAUSTED whatever its size (1.1 MB and 4 MB alike).
+TEST(ValidationTest, TextCountsItsBytesAtSubmission) {
   char tmpl[] = "/tmp/ssc-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
   WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
@@ -369,10 +370,64 @@ TEST(ValidationTest, TextTokenEstimateIsFourBytesPerToken) {
   v1::JobRequest req;
   req.set_model("m");
   req.mutable_perplexity();
-  req.add_sequences()->set_text(std::string(1100000, 'a'));
+  req.add_sequences()->set_text(std::string(1000000, 'a'));
   EXPECT_TRUE(ValidateJobRequest(req, *c, limits).ok()) << ValidateJobRequest(req, *c, limits);
+  req.mutable_sequences(0)->set_text(std::string(1100000, 'a'));
+  absl::Status big = ValidateJobRequest(req, *c, limits);
+  EXPECT_TRUE(absl::IsResourceExhausted(big)) << big;
   req.mutable_sequences(0)->set_text(std::string(4 * (1 << 20) + 8, 'a'));
-  EXPECT_TRUE(absl::IsResourceExhausted(ValidateJobRequest(req, *c, limits)));
+  absl::Status bigger = ValidateJobRequest(req, *c, limits);
+  EXPECT_TRUE(absl::IsResourceExhausted(bigger)) << bigger;
+  // Tokens: 998 bytes + 2 = 1000 fit a cap of 1000 tokens; 999 + 2 do not.
+  RequestLimits small = limits;
+  small.max_total_tokens = 1000;
+  req.mutable_sequences(0)->set_text(std::string(998, 'a'));
+  EXPECT_TRUE(ValidateJobRequest(req, *c, small).ok());
+  req.mutable_sequences(0)->set_text(std::string(999, 'a'));
+  EXPECT_TRUE(absl::IsResourceExhausted(ValidateJobRequest(req, *c, small)));
+
+  // Work estimate: a scan of 2 x 100 ids on 5 layers is 1000 token-layers,
+  // counted by hand; one more than the limit is refused with both numbers.
+  v1::JobRequest scan;
+  scan.set_model("m");
+  scan.mutable_scan();
+  for (int k = 0; k < 2; ++k) {
+    auto* ids = scan.add_sequences()->mutable_ids();
+    for (int i = 0; i < 100; ++i) ids->add_ids(1 + i % 60);
+  }
+  EXPECT_EQ(EstimateJobWork(scan, *c).token_layers, 2 * 100 * 5);
+  RequestLimits work = limits;
+  work.max_job_token_layers = 999;
+  absl::Status w = ValidateJobRequest(scan, *c, work);
+  EXPECT_TRUE(absl::IsResourceExhausted(w)) << w;
+  EXPECT_NE(w.message().find("1000 token-layers"), std::string::npos) << w;
+  EXPECT_NE(w.message().find("999 (max_job_token_layers)"), std::string::npos) << w;
+  // A first-token probe of a range: 2 runs x (range) x 2 positions x 5 layers.
+  v1::JobRequest probe;
+  probe.set_model("m");
+  probe.mutable_first_token_probe()->set_range_begin(0);
+  probe.mutable_first_token_probe()->set_range_end(50);
+  EXPECT_EQ(EstimateJobWork(probe, *c).token_layers, 2 * 50 * 2 * 5);
+  // Duplicates refused; too many entries refused.
+  probe.mutable_first_token_probe()->clear_range_end();
+  probe.mutable_first_token_probe()->clear_range_begin();
+  probe.mutable_first_token_probe()->add_token_ids(7);
+  probe.mutable_first_token_probe()->add_token_ids(7);
+  absl::Status dup = ValidateJobRequest(probe, *c, limits);
+  EXPECT_TRUE(absl::IsInvalidArgument(dup)) << dup;
+  EXPECT_NE(dup.message().find("7 appears more than once"), std::string::npos) << dup;
+  v1::JobRequest sinks = scan;
+  sinks.mutable_sinks();
+  for (int i = 0; i < 5000; ++i) sinks.mutable_sinks()->add_layers(i % 5);
+  absl::Status many = ValidateJobRequest(sinks, *c, limits);
+  EXPECT_TRUE(absl::IsResourceExhausted(many)) << many;
+  EXPECT_NE(many.message().find("max_list_entries"), std::string::npos) << many;
+  // sinks: a sequence longer than the context (n_ctx 512) is accepted.
+  v1::JobRequest longer = scan;
+  longer.mutable_sinks()->set_windowed(true);
+  auto* ids = longer.mutable_sequences(0)->mutable_ids();
+  for (int i = 0; i < 600; ++i) ids->add_ids(1 + i % 60);
+  EXPECT_TRUE(ValidateJobRequest(longer, *c, limits).ok()) << ValidateJobRequest(longer, *c, limits);
 
   // Perplexity of one token id: a clear message, no internal placeholder.
   v1::JobRequest one;

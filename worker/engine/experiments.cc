@@ -9,6 +9,7 @@
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <limits>
@@ -17,6 +18,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/sinks.h"
 #include "worker/engine/status_macros.h"
 
@@ -277,6 +279,22 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
   // ---- resolve the interventions ----
   std::vector<ResolvedSubstitution> subs;
   std::vector<ResolvedAblation> abls;
+  // Longest chunk of the evaluation: a position at or past it is in no chunk.
+  int64_t longest_chunk = 0;
+  for (const auto& ch : chunks) longest_chunk = std::max(longest_chunk, ch.length);
+  // An intervention whose given positions are all past every chunk would
+  // change nothing and report "+0%" as if it were a finding: refuse it.
+  auto touches_nothing = [&](const std::string& where, const char* field,
+                             const std::vector<int64_t>& positions) -> absl::Status {
+    if (positions.empty()) return absl::OkStatus();
+    for (int64_t p : positions) {
+      if (p < longest_chunk) return absl::OkStatus();
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        where, "touches nothing: every ", field, " (", absl::StrJoin(positions, ", "),
+        ") is past every evaluation chunk (the longest has ", longest_chunk,
+        " tokens); give positions below ", longest_chunk, " or a longer corpus"));
+  };
   for (size_t i = 0; i < params.interventions.size(); ++i) {
     const InterventionSpec& spec = params.interventions[i];
     const std::string where = absl::StrCat("intervention ", i, ": ");
@@ -314,6 +332,7 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
               where, "position ", p, " is outside a chunk of ", params.eval.chunk_length));
         }
       }
+      RETURN_IF_ERROR(touches_nothing(where, "substitution position", s.positions));
       // Calibration pass: spike states at the block (mean mode, detected channels).
       const bool need_calibration =
           s.mode == SubstitutionSpec::Mode::kMean || (s.channels_only && s.channels.empty());
@@ -387,6 +406,7 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
       for (int64_t p : a.sink_positions) {
         if (p < 0) return absl::InvalidArgumentError(where + "negative sink position");
       }
+      RETURN_IF_ERROR(touches_nothing(where, "ablated sink position", a.sink_positions));
       std::vector<std::pair<int64_t, int64_t>> heads = a.heads;
       if (heads.empty()) {
         SinkParams sp;

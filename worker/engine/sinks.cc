@@ -73,7 +73,9 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
                                             const std::atomic<bool>* cancel) {
   const ModelConfig& c = model.config();
   RETURN_IF_ERROR(ValidateSinkParams(params, c));
-  RETURN_IF_ERROR(model.ValidateTokens(sequences));
+  // Sequences may exceed the context: each is cut (or windowed) to T <= n_ctx
+  // tokens first, and the windows are what must fit.
+  if (sequences.empty()) return absl::InvalidArgumentError("no sequences given");
   // Cut (or window) every sequence to T tokens.
   std::vector<std::vector<int64_t>> windows;
   for (size_t s = 0; s < sequences.size(); ++s) {
@@ -91,6 +93,7 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
       }
     }
   }
+  RETURN_IF_ERROR(model.ValidateTokens(windows));
   const std::vector<int64_t> layers = ResolveLayers(params.layers, c);
   const int64_t H = c.n_heads, n_win = static_cast<int64_t>(windows.size());
   std::map<int64_t, std::vector<HeadAcc>> acc;  // layer -> heads
