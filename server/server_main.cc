@@ -544,7 +544,9 @@ int main(int argc, char** argv) {
   if (!tls_key.empty()) config.tls_key = tls_key;
   if (allow_remote_metrics) config.allow_remote_metrics = true;
   // One database path whatever the current directory.
-  config.database = sinkscope::server::ResolvePath(".", config.database);
+  if (!sinkscope::server::IsPostgresUrl(config.database)) {
+    config.database = sinkscope::server::ResolvePath(".", config.database);
+  }
   if (token->parsed()) {
     if (config_file.empty() && database.empty()) {
       Log("token: name the server's database: --config FILE (the server's config) or "

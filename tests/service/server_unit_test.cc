@@ -191,7 +191,7 @@ TEST(CatalogTest, RejectsBadEntries) {
   std::string dir = mkdtemp(tmpl);
   std::ofstream(dir + "/c.json") << R"({"models": [{"name": "a b", "format": "llama2c", "path": "x"}]})";
   EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/c.json").ok());
-  std::ofstream(dir + "/d.json") << R"({"models": [{"name": "a", "format": "gguf", "path": "x"}]})";
+  std::ofstream(dir + "/d.json") << R"({"models": [{"name": "a", "format": "onnx", "path": "x"}]})";
   EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/d.json").ok());
   std::ofstream(dir + "/e.json") << R"({"models": [{"name": "a", "format": "llama2c", "path": "missing.bin"}]})";
   auto c = ModelCatalog::LoadFile(dir + "/e.json");

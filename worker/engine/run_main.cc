@@ -103,6 +103,12 @@ absl::StatusOr<Loaded> Load(const CommonArgs& a) {
   const std::string tok_path = a.tokenizer.empty() ? FindModelTokenizer(a.model) : a.tokenizer;
   if (!tok_path.empty()) {
     auto tok = LoadTokenizer(tok_path, out.model->config().d_vocab);
+    if (!tok.ok() && a.tokenizer.empty() && absl::IsUnimplemented(tok.status())) {
+      // The model directory's own tokenizer is of a kind the engine cannot
+      // run (e.g. WordLevel): token ids still work; --text is refused.
+      std::fprintf(stderr, "sinkscope-run: no tokenizer: %s\n", tok.status().ToString().c_str());
+      return out;
+    }
     if (!tok.ok()) return tok.status();
     absl::Status fits = CheckTokenizerVocab(**tok, out.model->config().d_vocab,
                                             /*allow_padding=*/true, "tokenizer " + tok_path);
