@@ -227,6 +227,7 @@ TEST(GgufCheckpoint, BadMagicIsRefused) {
   GgufWriter w = TinyLlama();
   w.magic = "GGUX";
   auto st = Parse(w.Bytes(), "bad-magic.gguf").status();
+  ASSERT_FALSE(st.ok());
   ExpectInvalidArgumentNaming(st, "bad-magic.gguf");
   ExpectInvalidArgumentNaming(st, "bad magic \"GGUX\"");
 }
@@ -236,6 +237,7 @@ TEST(GgufCheckpoint, WrongVersionIsRefused) {
     GgufWriter w = TinyLlama();
     w.version = v;
     auto st = Parse(w.Bytes(), "v.gguf").status();
+    EXPECT_FALSE(st.ok()) << "version " << v;
     ExpectInvalidArgumentNaming(st, absl::StrCat("unsupported GGUF version ", v));
   }
 }
@@ -244,6 +246,7 @@ TEST(GgufCheckpoint, TruncatedTensorDataNamesTheTensor) {
   std::string b = TinyLlama().Bytes();
   b.resize(b.size() - 24);  // 16 bytes of padding and 8 of output_norm.weight, the last tensor
   auto st = Parse(b, "cut.gguf").status();
+  ASSERT_FALSE(st.ok());
   ExpectInvalidArgumentNaming(st, "cut.gguf: tensor output_norm.weight");
   ExpectInvalidArgumentNaming(st, "truncated tensor data");
   // A cut inside the header names where it stopped.

@@ -225,6 +225,7 @@ TEST(FfnQuadratic, RefusesBadParameters) {
   auto model = MakeCpuModel(PlantedCheckpoint(PlantedSpec{}, nullptr));
   FfnQuadraticParams p;
   p.blocks = {3};
+  EXPECT_FALSE(ValidateFfnQuadraticParams(p, model->config()).ok());
   testing::ExpectInvalidArgumentNaming(ValidateFfnQuadraticParams(p, model->config()),
                                        "attention block");
   p.blocks = {14};

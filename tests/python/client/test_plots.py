@@ -58,8 +58,8 @@ def test_top_magnitudes(results, tmp_path):
 def test_spike_attribution(results, tmp_path):
     r = get_result(results, "scan")
     if not len(getattr(r.summary, "attributions", [])):
-        from conftest import NOT_IN_PROTO
-        pytest.skip(f"{NOT_IN_PROTO} ScanSummary.attributions (mechanism branch)")
+        from conftest import NOT_IN_PROTO, require
+        require(False, f"{NOT_IN_PROTO} ScanSummary.attributions (mechanism branch)")
     fig = plot.spike_attribution(r)
     _save(fig, tmp_path, "attribution")
     a0, a1 = fig.axes[:2]
