@@ -360,7 +360,9 @@ TEST_P(JobStoreContract, ConcurrentEventsGetContiguousSeqs) {
     const int block = (*events)[i].result().scan_block().block();
     // Each writer's events keep its order.
     auto it = last_of_thread.find(block / 1000);
-    if (it != last_of_thread.end()) EXPECT_LT(it->second, block % 1000);
+    if (it != last_of_thread.end()) {
+      EXPECT_LT(it->second, block % 1000);
+    }
     last_of_thread[block / 1000] = block % 1000;
   }
 }
@@ -473,7 +475,9 @@ TEST(PostgresHosts, NotifyReachesTheOtherHostAndOneHostLeads) {
   {
     std::unique_lock<std::mutex> lock(mu);
     EXPECT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return !heard.empty(); }));
-    if (!heard.empty()) EXPECT_EQ(heard[0], "notified");
+    if (!heard.empty()) {
+      EXPECT_EQ(heard[0], "notified");
+    }
   }
   EXPECT_NE((*a)->LeadsQueue(), (*b)->LeadsQueue());
 }

@@ -271,7 +271,7 @@ std::vector<v1::JobEvent> WatchAll(v1::AnalysisService::Stub& stub, const std::s
 }
 
 v1::Job WaitTerminal(v1::AnalysisService::Stub& stub, const std::string& job_id,
-                     std::chrono::seconds timeout) {
+                     std::chrono::seconds timeout, bool include_results) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   v1::Job job;
   while (std::chrono::steady_clock::now() < deadline) {
@@ -280,7 +280,7 @@ v1::Job WaitTerminal(v1::AnalysisService::Stub& stub, const std::string& job_id,
     ctx.set_wait_for_ready(true);
     v1::GetJobRequest req;
     req.set_job_id(job_id);
-    req.set_include_results(true);
+    req.set_include_results(include_results);
     if (stub.GetJob(&ctx, req, &job).ok()) {
       const auto s = job.state();
       if (s == v1::JOB_STATE_COMPLETED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED) {

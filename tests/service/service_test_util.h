@@ -102,9 +102,10 @@ std::vector<v1::JobEvent> WatchAll(v1::AnalysisService::Stub& stub, const std::s
                                    int64_t after_seq, std::chrono::seconds timeout,
                                    grpc::Status* status = nullptr);
 
-/// Polls GetJob until the job is terminal; returns it with results.
+/// Polls GetJob until the job is terminal; returns it with its results
+/// unless `include_results` is false (jobs larger than max_get_response_bytes).
 v1::Job WaitTerminal(v1::AnalysisService::Stub& stub, const std::string& job_id,
-                     std::chrono::seconds timeout);
+                     std::chrono::seconds timeout, bool include_results = true);
 
 /// The scan of stories260K computed directly by the engine in this process
 /// (float32, CPU, default parameters). Returns false with `error` set when
