@@ -247,9 +247,11 @@ Checkpoint PlantedCheckpoint(const PlantedSpec& spec, PlantedTruth* truth) {
     wk.zero_();
     wq[slow][m_dir] = 7.0 / 6.3;
     wk[slow][k] = 7.0 / 8.0;
-    // Values that matter: what the sink head copies from the spike token is
-    // a sizeable vector (never on s*, m or k), so removing the sink changes
-    // every later token's residual stream.
+    // Values that matter: the other keys' values are sizeable (never on s*,
+    // m or k), so moving mass off the sink (mask) changes every later token's
+    // residual stream. The sink's own value is ~0: a spike token's normalised
+    // state lies on s* and k, which W_V never reads; a spike token at position
+    // 0 has exactly v = 0 (planted_reference_jobs_test.cc).
     at::Tensor wv = t[p + "v_proj.weight"].narrow(0, h * dh, dh);
     wv.mul_(4.0);
     at::Tensor wo = t[p + "o_proj.weight"].narrow(1, h * dh, dh);
