@@ -440,10 +440,11 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
                                                    hooks.Has(HookName(l, "attn.hook_pattern")));
       at::Tensor z;  // [batch, head, pos, d_head]
       if (need_pattern || c.attn_softcap > 0) {
-        at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)) * scale;  // [b, h, q, k]
+        // In place on the fresh [b, h, q, k] product: one [T, T] pass less each.
+        at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);
         scores = SoftCap(scores, c.attn_softcap);
-        scores = scores.masked_fill(get_mask(window).logical_not(),
-                                    -std::numeric_limits<double>::infinity());
+        scores.masked_fill_(get_mask(window).logical_not(),
+                            -std::numeric_limits<double>::infinity());
         scores = hook(l, "attn.hook_attn_scores", scores);
         at::Tensor pattern = at::softmax(scores.to(at::kFloat), -1).to(dtype_);
         pattern = hook(l, "attn.hook_pattern", pattern);

@@ -150,14 +150,16 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
                      [&scores](const std::string&, int64_t, const at::Tensor& t) { scores = t; });
       hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l, T](const std::string&, int64_t,
                                                                  const at::Tensor& t) {
-        // A few reductions over [batch, head, q, k] in float32 with float64
-        // accumulation; the distances use closed forms instead of [q, k] products.
+        // Two reductions over [batch, head, q, k] in float32 (ATen's cascade
+        // sums: ~1e-7 relative at T = 4096; a float64 sum would first copy the
+        // whole pattern to double), then float64 on the [b, h, T] results; the
+        // distances use closed forms instead of [q, k] products.
         at::Tensor A = t.to(at::kFloat);  // [batch, head, q_pos, k_pos]
         const int64_t B = A.size(0);
         const auto f64 = at::TensorOptions().dtype(at::kDouble).device(A.device());
         at::Tensor pos = at::arange(T, f64);                                  // [T]
-        at::Tensor col = A.sum(2, false, at::kDouble);                        // [b, h, k]
-        at::Tensor row = A.sum(3, false, at::kDouble);                        // [b, h, q]
+        at::Tensor col = A.sum(2).to(at::kDouble);                            // [b, h, k]
+        at::Tensor row = A.sum(3).to(at::kDouble);                            // [b, h, q]
         // eq. 27: alpha_k = (1/T) sum_t A[t, k]
         at::Tensor alpha = col / static_cast<double>(T);
         const int64_t half = std::max<int64_t>(1, T / 2);
@@ -186,7 +188,7 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
           }
           at::Tensor S0 = scores.to(at::kFloat).masked_fill(visible.logical_not(), 0);
           at::Tensor s_sink = S0.gather(3, idx).squeeze(3).to(at::kDouble);    // [b, h, q]
-          at::Tensor other_sum = S0.sum(3, false, at::kDouble) - s_sink;
+          at::Tensor other_sum = S0.sum(3).to(at::kDouble) - s_sink;
           at::Tensor vis_n = visible.sum(1, false, at::kDouble);               // [q]
           at::Tensor sink_vis = visible.to(at::kDouble).index_select(1, kstar.reshape({-1}))
                                     .t().reshape({B, H, T});                   // visible[q, k*]
