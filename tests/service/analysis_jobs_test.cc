@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
+#include "shared_server_suite.h"
 #include "tests/engine/fixtures.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/experiments.h"
@@ -56,29 +57,16 @@ std::string TinyShakespearePath() {
   return !dir.empty() && std::ifstream(path).good() ? path : "";
 }
 
-class AnalysisJobsTest : public ::testing::Test {
+class AnalysisJobsTest : public SharedServerSuite<AnalysisJobsTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
     // The planted fixture as a HF directory.
-    PlantedTruth truth;
-    Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, &truth);
-    truth_ = new PlantedTruth(truth);
-    const std::string planted = dir_->path() + "/planted";
-    std::filesystem::create_directories(planted);
-    setup_error_ = new std::string;
-    if (absl::Status s = WriteHfConfig(planted + "/config.json", ck.config); !s.ok()) {
-      *setup_error_ = s.ToString();
-      return;
-    }
-    if (absl::Status s = WriteSafetensors(planted + "/model.safetensors", ck.tensors); !s.ok()) {
-      *setup_error_ = s.ToString();
-      return;
-    }
-    WriteFile(dir_->path() + "/empty.txt", "");
-    std::string models = absl::StrCat(R"({"name": "planted", "format": "hf", "path": ")", planted,
-                                      R"(", "default_dtype": "float32"})");
-    std::string corpora = absl::StrCat(R"({"name": "empty", "path": ")", dir_->path(),
+    truth_ = new PlantedTruth;
+    const std::string planted = WriteHfModel("planted", PlantedCheckpoint(PlantedSpec{}, truth_));
+    if (planted.empty()) return;
+    WriteFile(SuiteDir() + "/empty.txt", "");
+    std::string models = HfModelEntry("planted", planted);
+    std::string corpora = absl::StrCat(R"({"name": "empty", "path": ")", SuiteDir(),
                                        R"(/empty.txt"})");
     if (!Stories260KPath().empty()) {
       absl::StrAppend(&models, R"(, {"name": "stories260K", "format": "llama2c", "path": ")",
@@ -97,72 +85,16 @@ class AnalysisJobsTest : public ::testing::Test {
     }
     const std::string catalog =
         absl::StrCat(R"({"models": [)", models, R"(], "corpora": [)", corpora, "]}");
-    server_ = new ServerProcess(dir_->path(), TestServerConfig(dir_->path(), 1, catalog));
-    if (!server_->Start()) *setup_error_ = "server did not start: " + ReadTail(server_->log_path());
+    StartSharedServer(catalog);
   }
 
   static void TearDownTestSuite() {
-    delete server_;
     delete truth_;
-    delete setup_error_;
-    delete dir_;
+    truth_ = nullptr;
+    SharedServerSuite::TearDownTestSuite();
   }
-
-  void SetUp() override {
-    ASSERT_TRUE(setup_error_->empty()) << *setup_error_;
-    stub_ = server_->NewStub();
-  }
-  void TearDown() override {
-    if (HasFailure()) {
-      std::fprintf(stderr, "---- server log tail ----\n%s\n", ReadTail(server_->log_path()).c_str());
-    }
-  }
-
-  /// A request on `model` with id sequences.
-  static v1::SubmitJobRequest Request(const std::string& model,
-                                      const std::vector<std::vector<int32_t>>& sequences) {
-    v1::SubmitJobRequest req;
-    req.mutable_request()->set_model(model);
-    for (const auto& s : sequences) {
-      req.mutable_request()->add_sequences()->mutable_ids()->mutable_ids()->Add(s.begin(), s.end());
-    }
-    return req;
-  }
-
-  grpc::Status TrySubmit(const v1::SubmitJobRequest& req, v1::Job* job) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
-    return stub_->SubmitJob(&ctx, req, job);
-  }
-
-  /// Submits, waits, and returns the terminal job with its results.
-  v1::Job Run(const v1::SubmitJobRequest& req) {
-    v1::Job job;
-    grpc::Status s = TrySubmit(req, &job);
-    EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
-    if (!s.ok()) return job;
-    return WaitTerminal(*stub_, job.id(), seconds(120));
-  }
-
-  /// Runs a job that must complete.
-  v1::Job RunOk(const v1::SubmitJobRequest& req) {
-    v1::Job job = Run(req);
-    EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED)
-        << job.error().code() << ": " << job.error().message();
-    return job;
-  }
-
-  static TempDir* dir_;
-  static ServerProcess* server_;
-  static PlantedTruth* truth_;
-  static std::string* setup_error_;
-  std::unique_ptr<v1::AnalysisService::Stub> stub_;
+  static inline PlantedTruth* truth_ = nullptr;
 };
-
-TempDir* AnalysisJobsTest::dir_ = nullptr;
-ServerProcess* AnalysisJobsTest::server_ = nullptr;
-PlantedTruth* AnalysisJobsTest::truth_ = nullptr;
-std::string* AnalysisJobsTest::setup_error_ = nullptr;
 
 void ExpectProvenance(const v1::Provenance& p, const std::string& model) {
   EXPECT_EQ(p.model(), model);

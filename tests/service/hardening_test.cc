@@ -147,7 +147,7 @@ TEST_F(HardeningTest, OneUsersBadRequestNeverChangesAnothersNextJob) {
   const std::vector<std::vector<int32_t>> seqs = {MakeIds(16, 5), MakeIds(16, 6)};
   v1::Job job;
   ASSERT_TRUE(TrySubmit(*stub, ScanRequest(seqs), &job, "alice").ok());
-  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120), false);
+  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
   ASSERT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.error().message();
   ExpectScanMatchesEngine(done, seqs);
 }
@@ -216,7 +216,7 @@ TEST_F(HardeningTest, StoppedWorkerLosesItsLeaseAndTheJobCompletesElsewhere) {
   ASSERT_EQ(workers.size(), 1u);
   ASSERT_EQ(kill(workers[0], SIGSTOP), 0);
   const auto stopped = std::chrono::steady_clock::now();
-  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120), false);
+  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
   ASSERT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.error().message();
   EXPECT_EQ(done.attempts(), 2);
@@ -441,7 +441,7 @@ TEST_F(HardeningTest, InterventionThatTouchesNothingFails) {
       ->add_sink_positions(100);  // the stream has 40 tokens
   v1::Job job;
   ASSERT_TRUE(TrySubmit(*stub, req, &job).ok());
-  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120), false);
+  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
   ASSERT_EQ(done.state(), v1::JOB_STATE_FAILED);
   EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION));
   EXPECT_NE(done.error().message().find("touches nothing"), std::string::npos)

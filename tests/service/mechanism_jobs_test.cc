@@ -17,6 +17,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
+#include "shared_server_suite.h"
 #include "tests/engine/fixtures.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
@@ -30,75 +31,28 @@ using std::chrono::seconds;
 const std::vector<std::vector<int32_t>> kSeqs = {{1, 10, 11, 12, 13, 14, 15, 16},
                                                  {1, 20, 21, 22, 23, 24, 25, 26, 27, 28}};
 
-class MechanismJobsTest : public ::testing::Test {
+class MechanismJobsTest : public SharedServerSuite<MechanismJobsTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    setup_error_ = new std::string;
     truth_ = new PlantedTruth;
     gradual_truth_ = new PlantedTruth;
     std::string models;
     for (bool gradual : {false, true}) {
       PlantedSpec spec;
       spec.gradual = gradual;
-      Checkpoint ck = PlantedCheckpoint(spec, gradual ? gradual_truth_ : truth_);
       const std::string name = gradual ? "gradual" : "planted";
-      const std::string path = dir_->path() + "/" + name;
-      std::filesystem::create_directories(path);
-      if (absl::Status s = WriteHfConfig(path + "/config.json", ck.config); !s.ok()) {
-        *setup_error_ = s.ToString();
-        return;
-      }
-      if (absl::Status s = WriteSafetensors(path + "/model.safetensors", ck.tensors); !s.ok()) {
-        *setup_error_ = s.ToString();
-        return;
-      }
-      if (!models.empty()) models += ", ";
-      absl::StrAppend(&models, R"({"name": ")", name, R"(", "format": "hf", "path": ")", path,
-                      R"(", "default_dtype": "float32"})");
+      const std::string path =
+          WriteHfModel(name, PlantedCheckpoint(spec, gradual ? gradual_truth_ : truth_));
+      if (path.empty()) return;
+      absl::StrAppend(&models, models.empty() ? "" : ", ", HfModelEntry(name, path));
     }
-    const std::string catalog = absl::StrCat(R"({"models": [)", models, "]}");
-    server_ = new ServerProcess(dir_->path(), TestServerConfig(dir_->path(), 1, catalog));
-    if (!server_->Start()) *setup_error_ = "server did not start: " + ReadTail(server_->log_path());
+    StartSharedServer(absl::StrCat(R"({"models": [)", models, "]}"));
   }
   static void TearDownTestSuite() {
-    delete server_;
     delete truth_;
     delete gradual_truth_;
-    delete setup_error_;
-    delete dir_;
-  }
-  void SetUp() override {
-    ASSERT_TRUE(setup_error_->empty()) << *setup_error_;
-    stub_ = server_->NewStub();
-  }
-  void TearDown() override {
-    if (HasFailure()) {
-      std::fprintf(stderr, "---- server log tail ----\n%s\n", ReadTail(server_->log_path()).c_str());
-    }
-  }
-  static v1::SubmitJobRequest Request(const std::string& model,
-                                      const std::vector<std::vector<int32_t>>& sequences) {
-    v1::SubmitJobRequest req;
-    req.mutable_request()->set_model(model);
-    for (const auto& s : sequences) {
-      req.mutable_request()->add_sequences()->mutable_ids()->mutable_ids()->Add(s.begin(), s.end());
-    }
-    return req;
-  }
-  grpc::Status TrySubmit(const v1::SubmitJobRequest& req, v1::Job* job) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
-    return stub_->SubmitJob(&ctx, req, job);
-  }
-  v1::Job RunOk(const v1::SubmitJobRequest& req) {
-    v1::Job job;
-    grpc::Status s = TrySubmit(req, &job);
-    EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
-    if (!s.ok()) return job;
-    job = WaitTerminal(*stub_, job.id(), seconds(120));
-    EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.error().code() << ": " << job.error().message();
-    return job;
+    truth_ = gradual_truth_ = nullptr;
+    SharedServerSuite::TearDownTestSuite();
   }
   static std::vector<int> Blocks(const google::protobuf::RepeatedPtrField<v1::BlockRef>& v) {
     std::vector<int> out;
@@ -106,19 +60,9 @@ class MechanismJobsTest : public ::testing::Test {
     return out;
   }
 
-  static TempDir* dir_;
-  static ServerProcess* server_;
-  static PlantedTruth* truth_;
-  static PlantedTruth* gradual_truth_;
-  static std::string* setup_error_;
-  std::unique_ptr<v1::AnalysisService::Stub> stub_;
+  static inline PlantedTruth* truth_ = nullptr;
+  static inline PlantedTruth* gradual_truth_ = nullptr;
 };
-
-TempDir* MechanismJobsTest::dir_ = nullptr;
-ServerProcess* MechanismJobsTest::server_ = nullptr;
-PlantedTruth* MechanismJobsTest::truth_ = nullptr;
-PlantedTruth* MechanismJobsTest::gradual_truth_ = nullptr;
-std::string* MechanismJobsTest::setup_error_ = nullptr;
 
 // Scan: channel 7, spike tokens (seq, 0), step-up block 4, step-down block 10
 // and the planted value c SiLU(8) 8 with c = 20; the attribution sums to it.

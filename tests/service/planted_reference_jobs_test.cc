@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service_test_util.h"
+#include "shared_server_suite.h"
 #include "tests/engine/fixtures.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
@@ -269,70 +270,28 @@ std::vector<std::vector<int64_t>> Chunks(const std::vector<int64_t>& stream, siz
   return out;
 }
 
-class PlantedReferenceJobsTest : public ::testing::Test {
+class PlantedReferenceJobsTest : public SharedServerSuite<PlantedReferenceJobsTest> {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new TempDir();
-    setup_error_ = new std::string;
-    PlantedTruth truth;
-    Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, &truth);
-    truth_ = new PlantedTruth(truth);
+    truth_ = new PlantedTruth;
+    Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, truth_);
     ref_ = new RefModel(ck);
-    const std::string planted = dir_->path() + "/planted";
-    std::filesystem::create_directories(planted);
-    if (absl::Status s = WriteHfConfig(planted + "/config.json", ck.config); !s.ok()) {
-      *setup_error_ = s.ToString();
-      return;
-    }
-    if (absl::Status s = WriteSafetensors(planted + "/model.safetensors", ck.tensors); !s.ok()) {
-      *setup_error_ = s.ToString();
-      return;
-    }
-    const std::string catalog =
-        absl::StrCat(R"({"models": [{"name": "planted", "format": "hf", "path": ")", planted,
-                     R"(", "default_dtype": "float32"}]})");
-    server_ = new ServerProcess(dir_->path(), TestServerConfig(dir_->path(), 1, catalog));
-    if (!server_->Start()) *setup_error_ = "server did not start: " + ReadTail(server_->log_path());
+    const std::string planted = WriteHfModel("planted", ck);
+    if (planted.empty()) return;
+    StartSharedServer(absl::StrCat(R"({"models": [)", HfModelEntry("planted", planted), "]}"));
   }
   static void TearDownTestSuite() {
-    delete server_;
     delete ref_;
     delete truth_;
-    delete setup_error_;
-    delete dir_;
-  }
-  void SetUp() override {
-    ASSERT_TRUE(setup_error_->empty()) << *setup_error_;
-    stub_ = server_->NewStub();
-  }
-  void TearDown() override {
-    if (HasFailure()) {
-      std::fprintf(stderr, "---- server log tail ----\n%s\n",
-                   ReadTail(server_->log_path()).c_str());
-    }
+    ref_ = nullptr;
+    truth_ = nullptr;
+    SharedServerSuite::TearDownTestSuite();
   }
 
   static v1::SubmitJobRequest Request(const std::vector<std::vector<int64_t>>& sequences) {
-    v1::SubmitJobRequest req;
-    req.mutable_request()->set_model("planted");
-    for (const auto& s : sequences) {
-      auto* ids = req.mutable_request()->add_sequences()->mutable_ids()->mutable_ids();
-      for (int64_t id : s) ids->Add(static_cast<int32_t>(id));
-    }
-    return req;
-  }
-
-  v1::Job RunOk(const v1::SubmitJobRequest& req) {
-    v1::Job job;
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
-    grpc::Status s = stub_->SubmitJob(&ctx, req, &job);
-    EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
-    if (!s.ok()) return job;
-    job = WaitTerminal(*stub_, job.id(), seconds(180));
-    EXPECT_EQ(job.state(), v1::JOB_STATE_COMPLETED)
-        << job.error().code() << ": " << job.error().message();
-    return job;
+    std::vector<std::vector<int32_t>> ids;
+    for (const auto& seq : sequences) ids.emplace_back(seq.begin(), seq.end());
+    return SharedServerSuite::Request("planted", ids);
   }
 
   static const v1::InterventionSummary* Summary(const v1::Job& job) {
@@ -344,19 +303,9 @@ class PlantedReferenceJobsTest : public ::testing::Test {
     return &job.results(job.results_size() - 1).intervention_summary();
   }
 
-  static TempDir* dir_;
-  static ServerProcess* server_;
-  static PlantedTruth* truth_;
-  static RefModel* ref_;
-  static std::string* setup_error_;
-  std::unique_ptr<v1::AnalysisService::Stub> stub_;
+  static inline PlantedTruth* truth_ = nullptr;
+  static inline RefModel* ref_ = nullptr;
 };
-
-TempDir* PlantedReferenceJobsTest::dir_ = nullptr;
-ServerProcess* PlantedReferenceJobsTest::server_ = nullptr;
-PlantedTruth* PlantedReferenceJobsTest::truth_ = nullptr;
-RefModel* PlantedReferenceJobsTest::ref_ = nullptr;
-std::string* PlantedReferenceJobsTest::setup_error_ = nullptr;
 
 bool IsSpikeToken(const PlantedTruth& t, int64_t id) {
   return std::find(t.spike_token_ids.begin(), t.spike_token_ids.end(), id) !=
