@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 
@@ -37,7 +39,11 @@ using testing::TestTolerance;
 
 // ---------------------------------------------------------------------------
 // Independent float64 reference: token-by-token loops, written from the HF
-// modelling code's definitions, sharing nothing with model.cc.
+// modelling code's definitions, sharing nothing with model.cc. Covers q/k/v
+// biases, q/k norm (per head or full width), GQA, sliding window, llama3 rope
+// scaling, tied embeddings, all three norm placements, and both RoPE layouts
+// (applied directly in the checkpoint's layout: an adjacent-pairs checkpoint
+// is never permuted here, so the engine's load-time permutation is checked).
 // ---------------------------------------------------------------------------
 struct Ref {
   const Checkpoint& ck;
@@ -105,18 +111,26 @@ struct Ref {
       };
       at::Tensor q = proj("self_attn.q_proj"), k = proj("self_attn.k_proj"),
                  v = proj("self_attn.v_proj");
+      // q/k norm before RoPE: OLMo 2 over each token's whole projected row
+      // (n_heads*d_head resp. n_kv_heads*d_head); Qwen 3 per head (below).
+      // The gains are applied in the file's coordinate order.
+      const bool per_head_norm = c.qk_norm && !c.qk_norm_full_width;
+      if (c.qk_norm && c.qk_norm_full_width) {
+        q = Rms(q, W(p + "self_attn.q_norm.weight"), c.norm_eps);
+        k = Rms(k, W(p + "self_attn.k_norm.weight"), c.norm_eps);
+      }
       at::Tensor z = at::zeros({T, c.n_heads * c.d_head}, at::kDouble);
       for (int64_t hd = 0; hd < c.n_heads; ++hd) {
         int64_t kvh = hd / (c.n_heads / c.n_kv_heads);
         std::vector<at::Tensor> keys;
         for (int64_t s = 0; s < T; ++s) {
           at::Tensor ks = k[s].narrow(0, kvh * c.d_head, c.d_head);
-          if (c.qk_norm) ks = Rms(ks, W(p + "self_attn.k_norm.weight"), c.norm_eps);
+          if (per_head_norm) ks = Rms(ks, W(p + "self_attn.k_norm.weight"), c.norm_eps);
           keys.push_back(Rope(ks, s));
         }
         for (int64_t t = 0; t < T; ++t) {
           at::Tensor qt = q[t].narrow(0, hd * c.d_head, c.d_head);
-          if (c.qk_norm) qt = Rms(qt, W(p + "self_attn.q_norm.weight"), c.norm_eps);
+          if (per_head_norm) qt = Rms(qt, W(p + "self_attn.q_norm.weight"), c.norm_eps);
           qt = Rope(qt, t);
           std::vector<double> sc;
           std::vector<int64_t> ks_idx;
@@ -167,16 +181,30 @@ class FamilyTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FamilyTest, LogitsMatchFloat64Reference) {
   Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 7);
+  if (ck.config.tied_embeddings) {
+    ASSERT_EQ(ck.tensors.count("lm_head.weight"), 0u) << "the engine must reuse embed_tokens";
+  }
   auto model = MakeCpuModel(ck);
   ASSERT_NE(model, nullptr);
-  std::vector<int64_t> ids = {1, 5, 9, 33, 2, 17, 60, 4, 4, 8, 12, 3};
-  auto logits = model->Forward(Ids(ids), HookRegistry());
-  ASSERT_TRUE(logits.ok()) << logits.status();
-  at::Tensor ref = Ref{ck}.Forward(ids);
-  double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
-  // float32: 1e-4 absolute; bfloat16 (SINKSCOPE_TEST_DTYPE): 3e-2 of max |logit|.
-  const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
-  EXPECT_LT(err, tol) << GetParam() << " max |logit - reference|";
+  // 12 tokens; 40 (past the sliding window and llama3's original context 16);
+  // the full n_ctx.
+  const std::vector<int64_t> first = {1, 5, 9, 33, 2, 17, 60, 4, 4, 8, 12, 3};
+  for (int64_t T : {int64_t{12}, int64_t{40}, ck.config.n_ctx}) {
+    std::vector<int64_t> ids = first;
+    ids.resize(T);
+    for (int64_t i = 12; i < T; ++i) ids[i] = (i * 37 + 11) % ck.config.d_vocab;
+    auto logits = model->Forward(Ids(ids), HookRegistry());
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    at::Tensor ref = Ref{ck}.Forward(ids);
+    double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    // float32: 1e-4 absolute; bfloat16 (SINKSCOPE_TEST_DTYPE): 3e-2 of max |logit|.
+    const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
+    EXPECT_LT(err, tol) << GetParam() << " T=" << T << " max |logit - reference|";
+    if (std::getenv("SINKSCOPE_TEST_VERBOSE")) {
+      std::printf("%s T=%lld max err %.3g (max |logit| %.3g)\n", GetParam().c_str(),
+                  static_cast<long long>(T), err, ref.abs().max().item<double>());
+    }
+  }
 }
 
 TEST_P(FamilyTest, HookInvariants) {
@@ -292,7 +320,7 @@ TEST_P(FamilyTest, Bfloat16StaysNearFloat32) {
 
 INSTANTIATE_TEST_SUITE_P(AllFamilies, FamilyTest,
                          ::testing::Values("llama2", "llama3", "mistral", "qwen2", "qwen3",
-                                           "sandwich", "post"));
+                                           "qwen2_tied", "olmo2", "sandwich", "post"));
 
 TEST(ModelErrors, UnknownHookIsNamed) {
   auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));
