@@ -322,6 +322,72 @@ INSTANTIATE_TEST_SUITE_P(AllFamilies, FamilyTest,
                          ::testing::Values("llama2", "llama3", "mistral", "qwen2", "qwen3",
                                            "qwen2_tied", "olmo2", "sandwich", "post"));
 
+// A checkpoint in llama2.c's adjacent-pairs RoPE layout with q/k/v biases and
+// q/k norms (per head, full width) and GQA: the engine permutes W_Q/W_K rows,
+// the q/k biases and the q/k norm gains into rotate-halves at load; the
+// reference applies adjacent-pair RoPE to the file's weights as they are.
+// The same weights converted to HF layout by the test (transformers'
+// `permute`, applied to every q/k tensor) give the same logits in both.
+class AdjacentPairsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(AdjacentPairsTest, PermutedBiasesAndNormsMatchFloat64Reference) {
+  Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 23);
+  const ModelConfig& c = ck.config;
+  ck.config.rope_layout = RopeLayout::kAdjacentPairs;
+  // Large biases and uneven gains, so that a coordinate mix-up shows.
+  for (auto& [name, w] : ck.tensors) {
+    if (name.find("_proj.bias") != std::string::npos) w.mul_(8.0);
+    if (name.find("_norm.weight") != std::string::npos) w.sub_(1.0).mul_(5.0).add_(1.0);
+  }
+  // HF conversion of every q/k tensor; `wrong` leaves the biases and norm gains
+  // unpermuted (weights only), to show this fixture depends on them.
+  auto permute = [&](const at::Tensor& w, int64_t n_head) {
+    if (w.dim() == 2) return testing::PermuteForRotateHalves(w, n_head, c.d_head).contiguous();
+    return testing::PermuteForRotateHalves(w.view({-1, 1}), n_head, c.d_head)
+        .view({-1})
+        .contiguous();
+  };
+  Checkpoint hf = ck, wrong = ck;
+  hf.config.rope_layout = wrong.config.rope_layout = RopeLayout::kRotateHalves;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".self_attn.");
+    for (const char* n : {"q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
+                          "q_norm.weight", "k_norm.weight"}) {
+      auto it = ck.tensors.find(p + n);
+      if (it == ck.tensors.end()) continue;
+      // Heads in the tensor: n_heads / n_kv_heads for weights, biases and
+      // full-width gains; 1 for a per-head gain [d_head].
+      const int64_t n_head = it->second.size(0) / c.d_head;
+      hf.tensors[p + n] = permute(it->second, n_head);
+      if (it->second.dim() == 2) wrong.tensors[p + n] = hf.tensors[p + n];
+    }
+  }
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < c.n_ctx; ++i) ids.push_back((i * 37 + 11) % c.d_vocab);
+  at::Tensor ref = Ref{ck}.Forward(ids);
+  // The test's own conversion is the HF one: float64 references agree.
+  EXPECT_LT((Ref{hf}.Forward(ids) - ref).abs().max().item<double>(), 1e-9);
+  const double wrong_err = (Ref{wrong}.Forward(ids) - ref).abs().max().item<double>();
+  EXPECT_GT(wrong_err, 1e-2) << "biases / norm gains left unpermuted must change the logits";
+  const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
+  for (const Checkpoint* k : {&ck, &hf}) {
+    auto model = MakeCpuModel(*k);
+    ASSERT_NE(model, nullptr);
+    auto logits = model->Forward(Ids(ids), HookRegistry());
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    const double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    EXPECT_LT(err, tol) << GetParam() << (k == &ck ? " adjacent-pairs" : " HF") << " checkpoint";
+    if (std::getenv("SINKSCOPE_TEST_VERBOSE")) {
+      std::printf("%s %s T=%zu max err %.3g (max |logit| %.3g, unpermuted biases/norms %.3g)\n",
+                  GetParam().c_str(), k == &ck ? "adjacent" : "hf", ids.size(), err,
+                  ref.abs().max().item<double>(), wrong_err);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BiasAndNormFamilies, AdjacentPairsTest,
+                         ::testing::Values("qwen2", "qwen3", "olmo2"));
+
 TEST(ModelErrors, UnknownHookIsNamed) {
   auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));
   HookRegistry hooks;
