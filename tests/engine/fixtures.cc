@@ -46,6 +46,17 @@ ModelConfig SmallConfig(const std::string& family) {
     c.model_type = "qwen3";
     c.qk_norm = true;
     c.d_head = 16;  // head_dim != d_model / n_heads, as in Qwen3
+  } else if (family == "qwen2_tied") {
+    c.model_type = "qwen2";
+    c.qkv_bias = true;
+    c.n_kv_heads = 2;
+    c.tied_embeddings = true;  // Qwen2-0.5B / 1.5B: lm_head = embed_tokens
+  } else if (family == "olmo2") {
+    c.model_type = "olmo2";
+    c.norm_placement = NormPlacement::kPost;
+    c.qk_norm = true;
+    c.qk_norm_full_width = true;  // q_norm over n_heads*d_head, k_norm over n_kv_heads*d_head
+    c.n_kv_heads = 2;
   } else if (family == "sandwich") {
     c.norm_placement = NormPlacement::kSandwich;
   } else if (family == "post") {
@@ -78,8 +89,8 @@ Checkpoint RandomCheckpoint(const ModelConfig& c, uint64_t seed, double scale) {
       t[p + "self_attn.v_proj.bias"] = randn({kv_out}, scale);
     }
     if (c.qk_norm) {
-      t[p + "self_attn.q_norm.weight"] = norm(c.d_head);
-      t[p + "self_attn.k_norm.weight"] = norm(c.d_head);
+      t[p + "self_attn.q_norm.weight"] = norm(c.qk_norm_full_width ? q_out : c.d_head);
+      t[p + "self_attn.k_norm.weight"] = norm(c.qk_norm_full_width ? kv_out : c.d_head);
     }
     t[p + "mlp.gate_proj.weight"] = randn({c.d_ffn, c.d_model}, scale);
     t[p + "mlp.up_proj.weight"] = randn({c.d_ffn, c.d_model}, scale);

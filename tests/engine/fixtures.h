@@ -13,7 +13,9 @@ namespace sinkscope::testing {
 
 /// A small config of the given family: "llama2", "llama3" (GQA + llama3
 /// rope_scaling), "mistral" (GQA + sliding window 5), "qwen2" (qkv bias),
-/// "qwen3" (qk_norm, explicit head_dim), "sandwich", "post".
+/// "qwen3" (qk_norm, explicit head_dim), "qwen2_tied" (qwen2 + tied
+/// embeddings, no lm_head.weight), "olmo2" (post-norm + full-width q/k norm,
+/// GQA), "sandwich", "post".
 ModelConfig SmallConfig(const std::string& family);
 
 /// Random weights (normal, std `scale`; norms near 1) for `config`, under the

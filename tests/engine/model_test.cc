@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 
@@ -37,7 +39,11 @@ using testing::TestTolerance;
 
 // ---------------------------------------------------------------------------
 // Independent float64 reference: token-by-token loops, written from the HF
-// modelling code's definitions, sharing nothing with model.cc.
+// modelling code's definitions, sharing nothing with model.cc. Covers q/k/v
+// biases, q/k norm (per head or full width), GQA, sliding window, llama3 rope
+// scaling, tied embeddings, all three norm placements, and both RoPE layouts
+// (applied directly in the checkpoint's layout: an adjacent-pairs checkpoint
+// is never permuted here, so the engine's load-time permutation is checked).
 // ---------------------------------------------------------------------------
 struct Ref {
   const Checkpoint& ck;
@@ -105,18 +111,26 @@ struct Ref {
       };
       at::Tensor q = proj("self_attn.q_proj"), k = proj("self_attn.k_proj"),
                  v = proj("self_attn.v_proj");
+      // q/k norm before RoPE: OLMo 2 over each token's whole projected row
+      // (n_heads*d_head resp. n_kv_heads*d_head); Qwen 3 per head (below).
+      // The gains are applied in the file's coordinate order.
+      const bool per_head_norm = c.qk_norm && !c.qk_norm_full_width;
+      if (c.qk_norm && c.qk_norm_full_width) {
+        q = Rms(q, W(p + "self_attn.q_norm.weight"), c.norm_eps);
+        k = Rms(k, W(p + "self_attn.k_norm.weight"), c.norm_eps);
+      }
       at::Tensor z = at::zeros({T, c.n_heads * c.d_head}, at::kDouble);
       for (int64_t hd = 0; hd < c.n_heads; ++hd) {
         int64_t kvh = hd / (c.n_heads / c.n_kv_heads);
         std::vector<at::Tensor> keys;
         for (int64_t s = 0; s < T; ++s) {
           at::Tensor ks = k[s].narrow(0, kvh * c.d_head, c.d_head);
-          if (c.qk_norm) ks = Rms(ks, W(p + "self_attn.k_norm.weight"), c.norm_eps);
+          if (per_head_norm) ks = Rms(ks, W(p + "self_attn.k_norm.weight"), c.norm_eps);
           keys.push_back(Rope(ks, s));
         }
         for (int64_t t = 0; t < T; ++t) {
           at::Tensor qt = q[t].narrow(0, hd * c.d_head, c.d_head);
-          if (c.qk_norm) qt = Rms(qt, W(p + "self_attn.q_norm.weight"), c.norm_eps);
+          if (per_head_norm) qt = Rms(qt, W(p + "self_attn.q_norm.weight"), c.norm_eps);
           qt = Rope(qt, t);
           std::vector<double> sc;
           std::vector<int64_t> ks_idx;
@@ -167,16 +181,30 @@ class FamilyTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(FamilyTest, LogitsMatchFloat64Reference) {
   Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 7);
+  if (ck.config.tied_embeddings) {
+    ASSERT_EQ(ck.tensors.count("lm_head.weight"), 0u) << "the engine must reuse embed_tokens";
+  }
   auto model = MakeCpuModel(ck);
   ASSERT_NE(model, nullptr);
-  std::vector<int64_t> ids = {1, 5, 9, 33, 2, 17, 60, 4, 4, 8, 12, 3};
-  auto logits = model->Forward(Ids(ids), HookRegistry());
-  ASSERT_TRUE(logits.ok()) << logits.status();
-  at::Tensor ref = Ref{ck}.Forward(ids);
-  double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
-  // float32: 1e-4 absolute; bfloat16 (SINKSCOPE_TEST_DTYPE): 3e-2 of max |logit|.
-  const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
-  EXPECT_LT(err, tol) << GetParam() << " max |logit - reference|";
+  // 12 tokens; 40 (past the sliding window and llama3's original context 16);
+  // the full n_ctx.
+  const std::vector<int64_t> first = {1, 5, 9, 33, 2, 17, 60, 4, 4, 8, 12, 3};
+  for (int64_t T : {int64_t{12}, int64_t{40}, ck.config.n_ctx}) {
+    std::vector<int64_t> ids = first;
+    ids.resize(T);
+    for (int64_t i = 12; i < T; ++i) ids[i] = (i * 37 + 11) % ck.config.d_vocab;
+    auto logits = model->Forward(Ids(ids), HookRegistry());
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    at::Tensor ref = Ref{ck}.Forward(ids);
+    double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    // float32: 1e-4 absolute; bfloat16 (SINKSCOPE_TEST_DTYPE): 3e-2 of max |logit|.
+    const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
+    EXPECT_LT(err, tol) << GetParam() << " T=" << T << " max |logit - reference|";
+    if (std::getenv("SINKSCOPE_TEST_VERBOSE")) {
+      std::printf("%s T=%lld max err %.3g (max |logit| %.3g)\n", GetParam().c_str(),
+                  static_cast<long long>(T), err, ref.abs().max().item<double>());
+    }
+  }
 }
 
 TEST_P(FamilyTest, HookInvariants) {
@@ -292,7 +320,73 @@ TEST_P(FamilyTest, Bfloat16StaysNearFloat32) {
 
 INSTANTIATE_TEST_SUITE_P(AllFamilies, FamilyTest,
                          ::testing::Values("llama2", "llama3", "mistral", "qwen2", "qwen3",
-                                           "sandwich", "post"));
+                                           "qwen2_tied", "olmo2", "sandwich", "post"));
+
+// A checkpoint in llama2.c's adjacent-pairs RoPE layout with q/k/v biases and
+// q/k norms (per head, full width) and GQA: the engine permutes W_Q/W_K rows,
+// the q/k biases and the q/k norm gains into rotate-halves at load; the
+// reference applies adjacent-pair RoPE to the file's weights as they are.
+// The same weights converted to HF layout by the test (transformers'
+// `permute`, applied to every q/k tensor) give the same logits in both.
+class AdjacentPairsTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(AdjacentPairsTest, PermutedBiasesAndNormsMatchFloat64Reference) {
+  Checkpoint ck = RandomCheckpoint(SmallConfig(GetParam()), 23);
+  const ModelConfig& c = ck.config;
+  ck.config.rope_layout = RopeLayout::kAdjacentPairs;
+  // Large biases and uneven gains, so that a coordinate mix-up shows.
+  for (auto& [name, w] : ck.tensors) {
+    if (name.find("_proj.bias") != std::string::npos) w.mul_(8.0);
+    if (name.find("_norm.weight") != std::string::npos) w.sub_(1.0).mul_(5.0).add_(1.0);
+  }
+  // HF conversion of every q/k tensor; `wrong` leaves the biases and norm gains
+  // unpermuted (weights only), to show this fixture depends on them.
+  auto permute = [&](const at::Tensor& w, int64_t n_head) {
+    if (w.dim() == 2) return testing::PermuteForRotateHalves(w, n_head, c.d_head).contiguous();
+    return testing::PermuteForRotateHalves(w.view({-1, 1}), n_head, c.d_head)
+        .view({-1})
+        .contiguous();
+  };
+  Checkpoint hf = ck, wrong = ck;
+  hf.config.rope_layout = wrong.config.rope_layout = RopeLayout::kRotateHalves;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = absl::StrCat("model.layers.", l, ".self_attn.");
+    for (const char* n : {"q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
+                          "q_norm.weight", "k_norm.weight"}) {
+      auto it = ck.tensors.find(p + n);
+      if (it == ck.tensors.end()) continue;
+      // Heads in the tensor: n_heads / n_kv_heads for weights, biases and
+      // full-width gains; 1 for a per-head gain [d_head].
+      const int64_t n_head = it->second.size(0) / c.d_head;
+      hf.tensors[p + n] = permute(it->second, n_head);
+      if (it->second.dim() == 2) wrong.tensors[p + n] = hf.tensors[p + n];
+    }
+  }
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < c.n_ctx; ++i) ids.push_back((i * 37 + 11) % c.d_vocab);
+  at::Tensor ref = Ref{ck}.Forward(ids);
+  // The test's own conversion is the HF one: float64 references agree.
+  EXPECT_LT((Ref{hf}.Forward(ids) - ref).abs().max().item<double>(), 1e-9);
+  const double wrong_err = (Ref{wrong}.Forward(ids) - ref).abs().max().item<double>();
+  EXPECT_GT(wrong_err, 1e-2) << "biases / norm gains left unpermuted must change the logits";
+  const double tol = TestTolerance(1e-4, 3e-2 * ref.abs().max().item<double>());
+  for (const Checkpoint* k : {&ck, &hf}) {
+    auto model = MakeCpuModel(*k);
+    ASSERT_NE(model, nullptr);
+    auto logits = model->Forward(Ids(ids), HookRegistry());
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    const double err = (logits->squeeze(0).cpu().to(at::kDouble) - ref).abs().max().item<double>();
+    EXPECT_LT(err, tol) << GetParam() << (k == &ck ? " adjacent-pairs" : " HF") << " checkpoint";
+    if (std::getenv("SINKSCOPE_TEST_VERBOSE")) {
+      std::printf("%s %s T=%zu max err %.3g (max |logit| %.3g, unpermuted biases/norms %.3g)\n",
+                  GetParam().c_str(), k == &ck ? "adjacent" : "hf", ids.size(), err,
+                  ref.abs().max().item<double>(), wrong_err);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BiasAndNormFamilies, AdjacentPairsTest,
+                         ::testing::Values("qwen2", "qwen3", "olmo2"));
 
 TEST(ModelErrors, UnknownHookIsNamed) {
   auto model = MakeCpuModel(RandomCheckpoint(SmallConfig("llama2"), 1));

@@ -235,8 +235,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10
         for (const char* n : {"k_proj.weight", "k_proj.bias"}) {
           if (m->weights_.count(p + n)) m->weights_[p + n] = permute(m->weights_[p + n], m->config_.n_kv_heads);
         }
+        // q/k norm gains: [d_head] (per head) or [n_heads * d_head] (full width, OLMo 2).
         for (const char* n : {"q_norm.weight", "k_norm.weight"}) {
-          if (m->weights_.count(p + n)) m->weights_[p + n] = permute(m->weights_[p + n], 1);
+          if (m->weights_.count(p + n)) {
+            const at::Tensor g = m->weights_[p + n];
+            m->weights_[p + n] = permute(g, g.numel() / dh);
+          }
         }
       }
       m->rope_permuted_at_load_ = true;
