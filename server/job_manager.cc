@@ -58,12 +58,14 @@ JobManager::JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* 
 
 void JobManager::Notify() { NotifyJob(""); }
 
-void JobManager::NotifyJob(const std::string& id) {
+void JobManager::NotifyJob(const std::string& id, bool queue_changed) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++generation_;
+    if (queue_changed) ++queue_generation_;
   }
   cv_.notify_all();
+  if (queue_changed) queue_cv_.notify_all();
   std::function<void(const std::string&)> listener;
   {
     std::lock_guard<std::mutex> lock(listener_mu_);
@@ -154,15 +156,17 @@ void JobManager::PositionLoop() {
   while (true) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::seconds(5), [&] { return shutdown_ || generation_ != seen; });
+      queue_cv_.wait_for(lock, std::chrono::seconds(5),
+                         [&] { return shutdown_ || queue_generation_ != seen; });
       if (shutdown_) return;
-      seen = generation_;
+      seen = queue_generation_;
     }
     RefreshPositions();
     // Throttle: at most one round of updated Queued events per interval.
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, std::chrono::milliseconds(std::max(50, shared_.queue_event_interval_ms)),
-                 [&] { return shutdown_; });
+    queue_cv_.wait_for(lock,
+                       std::chrono::milliseconds(std::max(50, shared_.queue_event_interval_ms)),
+                       [&] { return shutdown_; });
     if (shutdown_) return;
   }
 }
@@ -197,7 +201,7 @@ void JobManager::RefreshPositions() {
         }
       }
     }
-    if (leads && store_->AppendQueuedEvent(job.id, pos).ok()) NotifyJob(job.id);
+    if (leads && store_->AppendQueuedEvent(job.id, pos).ok()) NotifyJob(job.id, false);
   }
   last_position_ = std::move(now);
   if (metrics_ != nullptr) {
@@ -515,7 +519,7 @@ std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::D
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (draining_ || shutdown_) return std::nullopt;
-      generation = generation_;
+      generation = queue_generation_;
     }
     absl::StatusOr<std::optional<v1::Job>> job = scheduler_->ClaimNext(worker);
     if (!job.ok()) {
@@ -531,8 +535,9 @@ std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::D
       return **job;
     }
     std::unique_lock<std::mutex> lock(mu_);
-    if (!cv_.wait_until(lock, deadline,
-                        [&] { return generation_ != generation || draining_ || shutdown_; })) {
+    if (!queue_cv_.wait_until(
+            lock, deadline,
+            [&] { return queue_generation_ != generation || draining_ || shutdown_; })) {
       return std::nullopt;
     }
   }
@@ -542,7 +547,7 @@ absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& eve
                                      std::optional<v1::JobState> new_state) {
   absl::StatusOr<v1::JobEvent> stored =
       store_->AppendEvent(job.id(), job.attempts(), event, new_state);
-  if (stored.ok()) NotifyJob(job.id());
+  if (stored.ok()) NotifyJob(job.id(), /*queue_changed=*/false);
   return stored.status();
 }
 
@@ -617,6 +622,7 @@ void JobManager::BeginDrain() {
     draining_ = true;
   }
   cv_.notify_all();
+  queue_cv_.notify_all();
 }
 
 bool JobManager::draining() const {
@@ -631,6 +637,7 @@ void JobManager::Shutdown() {
     shutdown_ = true;
   }
   cv_.notify_all();
+  queue_cv_.notify_all();
 }
 
 }  // namespace server

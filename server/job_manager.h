@@ -150,7 +150,10 @@ class JobManager {
   /// Wakes waiters (after any change of the store made outside the manager).
   void Notify();
   /// Wakes waiters after a change of job `id` (its watchers look again).
-  void NotifyJob(const std::string& id);
+  /// `queue_changed` (a job entered or left the queue, a worker was freed)
+  /// also wakes the idle workers and the queue-position loop; progress and
+  /// result events do not, so that they cost no queue scan each.
+  void NotifyJob(const std::string& id, bool queue_changed = true);
   /// Called (outside the manager's locks) with the id of every changed job,
   /// "" when any may have changed. Set before serving; null to unset.
   void SetChangeListener(std::function<void(const std::string&)> listener);
@@ -164,7 +167,11 @@ class JobManager {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  int64_t generation_ = 0;  // bumped on every change; waiters compare
+  int64_t generation_ = 0;  // bumped on every change; watchers compare
+  // Bumped (with queue_cv_) only when the queue may have changed: idle
+  // workers (WaitForJob) and PositionLoop wait on it.
+  std::condition_variable queue_cv_;
+  int64_t queue_generation_ = 0;
   bool draining_ = false;
   bool shutdown_ = false;
   std::map<std::string, std::function<void()>> running_;  // job id -> cancel
