@@ -23,8 +23,7 @@ namespace {
 using R = v1::JobRequest;
 
 TEST(JobTypesTest, EveryParamsCaseHasExactlyOneDescriptor) {
-  const google::protobuf::OneofDescriptor* oneof =
-      R::descriptor()->FindOneofByName("params");
+  const google::protobuf::OneofDescriptor* oneof = R::descriptor()->FindOneofByName("params");
   ASSERT_NE(oneof, nullptr);
   ASSERT_GT(oneof->field_count(), 0);
   std::set<int> oneof_numbers;
@@ -136,14 +135,15 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
                                : optional.count(c) ? SequenceInput::kOptional
                                                    : SequenceInput::kRequired;
     EXPECT_EQ(d.sequences, want);
-    EXPECT_EQ(std::string(d.sequences_forbidden_message).empty(), want != SequenceInput::kForbidden);
+    EXPECT_EQ(std::string(d.sequences_forbidden_message).empty(),
+              want != SequenceInput::kForbidden);
     EXPECT_EQ(d.min_ids_per_sequence, c == R::kSinks ? 2 : 1);
     EXPECT_EQ(d.may_exceed_context, beyond_ctx.count(c) == 1);
     EXPECT_EQ(d.streams_per_chunk, optional.count(c) == 1);
     EXPECT_EQ(d.needs_attention_patterns, c != R::kScan);
     EXPECT_EQ(d.reads_corpus(), optional.count(c) == 1);
-    EXPECT_EQ(d.memory_estimate, fold.count(c) ? MemoryEstimateKind::kForwardFfnFold
-                                               : MemoryEstimateKind::kForward);
+    EXPECT_EQ(d.memory_estimate,
+              fold.count(c) ? MemoryEstimateKind::kForwardFfnFold : MemoryEstimateKind::kForward);
     EXPECT_EQ(d.mechanism, mechanism.count(c) == 1);
     EXPECT_EQ(d.progress_base_seconds, slow_start.count(c) ? 300 : 120);
     EXPECT_STREQ(d.progress_unit, c == R::kScan              ? "blocks"
@@ -159,10 +159,9 @@ TEST(JobTypesTest, EvalCorpusPointsIntoTheRequestsParams) {
   substitution.mutable_constant_substitution()->mutable_eval()->set_corpus("cs-corpus");
   R ablation;
   ablation.mutable_sink_ablation()->mutable_eval()->set_corpus("sa-corpus");
-  for (const auto& [request, corpus] :
-       {std::pair<const R*, const char*>{&perplexity, "ppl-corpus"},
-        {&substitution, "cs-corpus"},
-        {&ablation, "sa-corpus"}}) {
+  for (const auto& [request, corpus] : {std::pair<const R*, const char*>{&perplexity, "ppl-corpus"},
+                                        {&substitution, "cs-corpus"},
+                                        {&ablation, "sa-corpus"}}) {
     const JobTypeDescriptor* d = JobTypeOfRequest(*request);
     ASSERT_NE(d, nullptr);
     ASSERT_TRUE(d->reads_corpus());
