@@ -6,10 +6,12 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/job_types.h"
 
 namespace sinkscope {
 namespace client {
@@ -66,18 +68,15 @@ std::string DescribeSequence(const v1::Sequence& seq) {
 
 std::string DescribeParams(const v1::JobRequest& request) {
   if (request.params_case() != v1::JobRequest::kScan) {
-    if (request.params_case() == v1::JobRequest::PARAMS_NOT_SET) return "-";
-    absl::StatusOr<std::string> json;
-    switch (request.params_case()) {
-      case v1::JobRequest::kSinks: json = ToJson(request.sinks(), false); break;
-      case v1::JobRequest::kFirstTokenProbe: json = ToJson(request.first_token_probe(), false); break;
-      case v1::JobRequest::kSpikeSimilarity: json = ToJson(request.spike_similarity(), false); break;
-      case v1::JobRequest::kPerplexity: json = ToJson(request.perplexity(), false); break;
-      case v1::JobRequest::kConstantSubstitution: json = ToJson(request.constant_substitution(), false); break;
-      case v1::JobRequest::kSinkAblation: json = ToJson(request.sink_ablation(), false); break;
-      case v1::JobRequest::kSelfAttentionProfile: json = ToJson(request.self_attention_profile(), false); break;
-      default: return "-";
-    }
+    const JobTypeDescriptor* job = JobTypeOfRequest(request);
+    // Mechanism jobs (and unknown cases) show no parameters here.
+    if (job == nullptr || job->mechanism) return "-";
+    // The set params message, found by its oneof field number.
+    const google::protobuf::FieldDescriptor* field =
+        request.GetDescriptor()->FindFieldByNumber(static_cast<int>(request.params_case()));
+    if (field == nullptr) return "-";
+    absl::StatusOr<std::string> json =
+        ToJson(request.GetReflection()->GetMessage(request, field), false);
     if (!json.ok()) return "-";
     std::string text = *json;
     if (text.size() > 400) text = text.substr(0, 400) + "...";
@@ -124,6 +123,7 @@ std::string JobStateName(v1::JobState state) {
 }
 
 std::string JobTypeName(v1::JobType type) {
+  if (const JobTypeDescriptor* job = FindJobType(type)) return absl::AsciiStrToUpper(job->metrics_label);
   return StripPrefix(v1::JobType_Name(type), "JOB_TYPE_");
 }
 
@@ -585,11 +585,8 @@ std::string RenderInterventionSummary(const v1::InterventionSummary& s) {
 }
 
 std::string ProgressUnit(v1::JobType type) {
-  switch (type) {
-    case v1::JOB_TYPE_ACTIVATION_SCAN: return "blocks";
-    case v1::JOB_TYPE_FIRST_TOKEN_PROBE: return "tokens";
-    default: return "units";
-  }
+  const JobTypeDescriptor* job = FindJobType(type);
+  return job != nullptr ? job->progress_unit : "units";
 }
 
 std::string RenderResults(const std::vector<v1::ResultRecord>& records) {

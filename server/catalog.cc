@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 #include "common/model_config.h"
 #include "server/config.h"
 #include "worker/engine/gguf.h"
@@ -234,16 +235,9 @@ v1::CorpusInfo CorpusEntry::ToCorpusInfo() const {
 }
 
 std::string CorpusNameOf(const v1::JobRequest& request) {
-  switch (request.params_case()) {
-    case v1::JobRequest::kPerplexity:
-      return request.perplexity().eval().corpus();
-    case v1::JobRequest::kConstantSubstitution:
-      return request.constant_substitution().eval().corpus();
-    case v1::JobRequest::kSinkAblation:
-      return request.sink_ablation().eval().corpus();
-    default:
-      return "";
-  }
+  const JobTypeDescriptor* job = JobTypeOfRequest(request);
+  if (job == nullptr || !job->reads_corpus()) return "";
+  return job->eval_corpus(request)->corpus();
 }
 
 absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {

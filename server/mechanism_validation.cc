@@ -146,39 +146,15 @@ absl::Status ValidateActivations(const v1::JobRequest& request, const CatalogEnt
 
 }  // namespace
 
-bool IsMechanismRequest(const v1::JobRequest& request) {
+absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model) {
   switch (request.params_case()) {
     case v1::JobRequest::kFfnQuadratic:
-    case v1::JobRequest::kSiluRegime:
-    case v1::JobRequest::kVoCircuit:
-    case v1::JobRequest::kActivations:
-      return true;
-    default:
-      return false;
-  }
-}
-
-absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model,
-                                      int* sequences_needed) {
-  switch (request.params_case()) {
-    case v1::JobRequest::kFfnQuadratic:
-      *sequences_needed = 0;
-      if (request.sequences_size() > 0) {
-        return Invalid("ffn_quadratic reads weights only: give no sequences");
-      }
-      *sequences_needed = -1;
       return ValidateFfn(request.ffn_quadratic(), model);
     case v1::JobRequest::kSiluRegime:
-      *sequences_needed = 1;
       return ValidateSilu(request.silu_regime(), model);
     case v1::JobRequest::kVoCircuit:
-      if (request.sequences_size() > 0) {
-        return Invalid("vo_circuit places its tokens at position 0 itself: give token_ids, no sequences");
-      }
-      *sequences_needed = -1;
       return ValidateVo(request.vo_circuit(), model);
     case v1::JobRequest::kActivations:
-      *sequences_needed = 1;
       return ValidateActivations(request, model);
     default:
       return absl::UnimplementedError("not a mechanism job");

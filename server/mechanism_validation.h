@@ -9,19 +9,16 @@
 namespace sinkscope {
 namespace server {
 
-/// True for the params cases checked here.
-bool IsMechanismRequest(const v1::JobRequest& request);
-
 /// Checks the parameters of a mechanism job against `model`'s shape. Errors
 /// name the field: INVALID_ARGUMENT for an unknown block, an attention block
 /// where an MLP block is needed, zero / too many channels, a sample larger
 /// than d_model (or the vocabulary), an unknown hook name, an empty hook
-/// list, an index out of range, sequences given to a weights-only job;
-/// RESOURCE_EXHAUSTED for an activations result over the limit (names the
-/// computed size and the limit; text counts one token per byte + BOS).
-/// `*sequences_needed`: 1 required, 0 forbidden, -1 optional.
-absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model,
-                                      int* sequences_needed);
+/// list, an index out of range; RESOURCE_EXHAUSTED for an activations result
+/// over the limit (names the computed size and the limit; text counts one
+/// token per byte + BOS); UNIMPLEMENTED for a request that is no mechanism
+/// job. Whether sequences are required or forbidden is a trait of the job
+/// type (common/job_types.h), checked by ValidateJobRequest.
+absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model);
 
 }  // namespace server
 }  // namespace sinkscope

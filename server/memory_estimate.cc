@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/job_types.h"
 #include "common/model_config.h"
 #include "worker/engine/gguf.h"
 
@@ -111,7 +112,9 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
     ++batch_by_length[std::max<int64_t>(t, 1)];
   }
   const int64_t heads = std::max<int64_t>(shape.n_heads, 1);
-  const bool patterns = request.params_case() != v1::JobRequest::kScan;
+  const JobTypeDescriptor* job = JobTypeOfRequest(request);
+  // Eager attention materializes the patterns (unknown job: the larger bound).
+  const bool patterns = job == nullptr || job->needs_attention_patterns;
   int64_t worst = 0;
   for (const auto& [t, b] : batch_by_length) {
     const int64_t bt = b * t;
@@ -120,9 +123,7 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
     worst = std::max(worst, elems * 4);
   }
   out.activation_bytes = worst;
-  if (request.params_case() == v1::JobRequest::kFfnQuadratic ||
-      request.params_case() == v1::JobRequest::kSiluRegime ||
-      request.params_case() == v1::JobRequest::kVoCircuit) {
+  if (job != nullptr && job->memory_estimate == MemoryEstimateKind::kForwardFfnFold) {
     // One block's folded FFN weights in float64 plus one row chunk of the
     // Frobenius computation (worker/engine/mechanism.h: memory bound).
     const int64_t chunk = 1024;

@@ -12,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 
 namespace sinkscope {
 namespace server {
@@ -118,6 +119,8 @@ absl::StatusOr<int> Metrics::Expose(const std::string& address) {
 }
 
 std::string Metrics::TypeLabel(v1::JobType type) {
+  if (const JobTypeDescriptor* job = FindJobType(type)) return job->metrics_label;
+  // UNSPECIFIED, or a value this table lacks.
   std::string name = v1::JobType_Name(type);
   if (name.empty()) return "unknown";
   if (absl::StartsWith(name, "JOB_TYPE_")) name = name.substr(9);

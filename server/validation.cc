@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 #include "server/mechanism_validation.h"
 
 namespace sinkscope {
@@ -22,34 +23,8 @@ bool IsValidUtf8(std::string_view text) {
 }
 
 v1::JobType JobTypeOf(const v1::JobRequest& request) {
-  switch (request.params_case()) {
-    case v1::JobRequest::kScan:
-      return v1::JOB_TYPE_ACTIVATION_SCAN;
-    case v1::JobRequest::kSinks:
-      return v1::JOB_TYPE_SINKS;
-    case v1::JobRequest::kFirstTokenProbe:
-      return v1::JOB_TYPE_FIRST_TOKEN_PROBE;
-    case v1::JobRequest::kSpikeSimilarity:
-      return v1::JOB_TYPE_SPIKE_SIMILARITY;
-    case v1::JobRequest::kPerplexity:
-      return v1::JOB_TYPE_PERPLEXITY;
-    case v1::JobRequest::kConstantSubstitution:
-      return v1::JOB_TYPE_CONSTANT_SUBSTITUTION;
-    case v1::JobRequest::kSinkAblation:
-      return v1::JOB_TYPE_SINK_ABLATION;
-    case v1::JobRequest::kSelfAttentionProfile:
-      return v1::JOB_TYPE_SELF_ATTENTION_PROFILE;
-    case v1::JobRequest::kFfnQuadratic:
-      return v1::JOB_TYPE_FFN_QUADRATIC;
-    case v1::JobRequest::kSiluRegime:
-      return v1::JOB_TYPE_SILU_REGIME;
-    case v1::JobRequest::kVoCircuit:
-      return v1::JOB_TYPE_VO_CIRCUIT;
-    case v1::JobRequest::kActivations:
-      return v1::JOB_TYPE_ACTIVATIONS;
-    default:
-      return v1::JOB_TYPE_UNSPECIFIED;
-  }
+  const JobTypeDescriptor* job = JobTypeOfRequest(request);
+  return job != nullptr ? job->type : v1::JOB_TYPE_UNSPECIFIED;
 }
 
 namespace {
@@ -598,9 +573,16 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
   }
   if (absl::Status s = CheckRepeatedBounds(request, *model, limits); !s.ok()) return s;
   int64_t total_tokens = 0;
-  // What the job reads: sequences required (1), forbidden (0) or optional (-1).
-  int sequences_needed = 1;
-  int64_t min_ids = 1;
+  if (request.params_case() == v1::JobRequest::PARAMS_NOT_SET) {
+    return absl::InvalidArgumentError(
+        "no job parameters: set one of the params (e.g. scan, sinks, perplexity)");
+  }
+  const JobTypeDescriptor* job = JobTypeOfRequest(request);
+  if (job == nullptr) return absl::UnimplementedError("this job type is not implemented by this server");
+  if (job->sequences == SequenceInput::kForbidden && request.sequences_size() > 0) {
+    return absl::InvalidArgumentError(job->sequences_forbidden_message);
+  }
+  // The job's own parameters (its traits come from the job-type table).
   absl::Status params = absl::OkStatus();
   switch (request.params_case()) {
     case v1::JobRequest::kScan:
@@ -608,11 +590,9 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
       break;
     case v1::JobRequest::kSinks:
       params = ValidateSinks(request.sinks(), *model);
-      min_ids = 2;
       break;
     case v1::JobRequest::kFirstTokenProbe:
       params = ValidateFirstToken(request.first_token_probe(), *model);
-      sequences_needed = 0;
       break;
     case v1::JobRequest::kSpikeSimilarity:
       params = ValidateSpikeSimilarity(request.spike_similarity(), *model);
@@ -622,50 +602,34 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
       break;
     case v1::JobRequest::kPerplexity:
       params = ValidateEval("perplexity.eval", request.perplexity().eval(), request, catalog, *model);
-      sequences_needed = -1;
       break;
     case v1::JobRequest::kConstantSubstitution:
       params = ValidateIntervention("constant_substitution", request.constant_substitution(),
                                     request, catalog, *model, &total_tokens);
-      sequences_needed = -1;
       break;
     case v1::JobRequest::kSinkAblation:
       params = ValidateIntervention("sink_ablation", request.sink_ablation(), request, catalog,
                                     *model, &total_tokens);
-      sequences_needed = -1;
       break;
-    case v1::JobRequest::kFfnQuadratic:
-    case v1::JobRequest::kSiluRegime:
-    case v1::JobRequest::kVoCircuit:
-    case v1::JobRequest::kActivations:
-      params = ValidateMechanismRequest(request, *model, &sequences_needed);
-      break;
-    case v1::JobRequest::PARAMS_NOT_SET:
-      return absl::InvalidArgumentError(
-          "no job parameters: set one of the params (e.g. scan, sinks, perplexity)");
     default:
-      return absl::UnimplementedError("this job type is not implemented by this server");
+      if (!job->mechanism) return absl::UnimplementedError("this job type is not implemented by this server");
+      params = ValidateMechanismRequest(request, *model);
+      break;
   }
   if (!params.ok()) return params;
-  if (sequences_needed == 1 && request.sequences_size() == 0) {
+  if (job->sequences == SequenceInput::kRequired && request.sequences_size() == 0) {
     return absl::InvalidArgumentError("no input: give at least one sequence (text or token ids)");
-  }
-  if (sequences_needed == 0 && request.sequences_size() > 0) {
-    return absl::InvalidArgumentError(
-        "first_token_probe takes no sequences: give token_ids or a vocabulary range");
   }
   if (request.sequences_size() > limits.max_sequences) {
     return absl::ResourceExhaustedError(absl::StrCat("too many sequences: ", request.sequences_size(),
                                                      " > ", limits.max_sequences));
   }
-  // Evaluation streams are cut into chunks and sinks jobs into windows of
-  // T <= n_ctx tokens: their sequences may exceed the context.
+  // Chunked (evaluation streams) and windowed (sinks) jobs: their sequences
+  // may exceed the context.
   CatalogEntry for_sequences = *model;
-  if (sequences_needed == -1 || request.params_case() == v1::JobRequest::kSinks) {
-    for_sequences.n_ctx = 0;
-  }
-  if (absl::Status s = CheckSequences("sequence", request.sequences(), for_sequences, min_ids,
-                                      &total_tokens);
+  if (job->may_exceed_context) for_sequences.n_ctx = 0;
+  if (absl::Status s = CheckSequences("sequence", request.sequences(), for_sequences,
+                                      job->min_ids_per_sequence, &total_tokens);
       !s.ok()) {
     return s;
   }
@@ -746,10 +710,7 @@ WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& 
     case v1::JobRequest::kPerplexity:
     case v1::JobRequest::kConstantSubstitution:
     case v1::JobRequest::kSinkAblation: {
-      const v1::EvalCorpus& eval = request.has_perplexity() ? request.perplexity().eval()
-                                   : request.has_constant_substitution()
-                                       ? request.constant_substitution().eval()
-                                       : request.sink_ablation().eval();
+      const v1::EvalCorpus& eval = *FindJobType(request.params_case())->eval_corpus(request);
       int64_t stream = seq_tokens;
       if (!eval.corpus().empty()) {
         const CorpusEntry* corpus = catalog.FindCorpus(eval.corpus());

@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 #include "server/status_util.h"
 #include "sinkscope/v1/worker.grpc.pb.h"
 
@@ -82,17 +83,9 @@ JobDeadlines DeadlinesForJob(const ServerConfig& config, v1::JobType type, int64
   d.scale = config.progress_timeout_scale;
   d.load = absl::Seconds(900) * config.progress_timeout_scale;
   d.token_layers = token_layers;
-  switch (type) {
-    case v1::JOB_TYPE_FIRST_TOKEN_PROBE:
-    case v1::JOB_TYPE_CONSTANT_SUBSTITUTION:
-    case v1::JOB_TYPE_SINK_ABLATION:
-      // Calibration / detection passes run before the first unit.
-      d.progress_base = absl::Seconds(300);
-      break;
-    default:
-      d.progress_base = absl::Seconds(120);
-      break;
-  }
+  // Longer for jobs whose calibration / detection passes run before the first unit.
+  const JobTypeDescriptor* job = FindJobType(type);
+  d.progress_base = absl::Seconds(job != nullptr ? job->progress_base_seconds : 120);
   return d;
 }
 

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 #include "worker/analysis_convert.h"
 #include "worker/mechanism_jobs.h"
 #include "worker/engine/experiments.h"
@@ -345,9 +346,11 @@ absl::Status RunAnalysisJob(const JobContext& ctx,
     case v1::JobRequest::kConstantSubstitution:
     case v1::JobRequest::kSinkAblation:
       return RunIntervention(ctx, sequences);
-    default:
-      if (IsMechanismJob(ctx.run.request().params_case())) return RunMechanismJob(ctx, sequences);
+    default: {
+      const JobTypeDescriptor* job = JobTypeOfRequest(ctx.run.request());
+      if (job != nullptr && job->mechanism) return RunMechanismJob(ctx, sequences);
       return absl::UnimplementedError("this worker does not run this job type");
+    }
   }
 }
 

@@ -232,11 +232,6 @@ absl::Status RunActivationsJob(const JobContext& ctx,
 
 }  // namespace
 
-bool IsMechanismJob(v1::JobRequest::ParamsCase c) {
-  return c == v1::JobRequest::kFfnQuadratic || c == v1::JobRequest::kSiluRegime ||
-         c == v1::JobRequest::kVoCircuit || c == v1::JobRequest::kActivations;
-}
-
 absl::Status RunMechanismJob(const JobContext& ctx,
                              const std::vector<std::vector<int64_t>>& sequences) {
   switch (ctx.run.request().params_case()) {

@@ -13,10 +13,9 @@
 namespace sinkscope {
 namespace worker {
 
-/// True for the params cases this file runs.
-bool IsMechanismJob(v1::JobRequest::ParamsCase params_case);
-
-/// Runs one of them; `sequences` are the request's, tokenized.
+/// Runs one of them (the job types whose descriptor in common/job_types.h has
+/// `mechanism`); `sequences` are the request's, tokenized. UNIMPLEMENTED for
+/// any other params case.
 absl::Status RunMechanismJob(const JobContext& ctx,
                              const std::vector<std::vector<int64_t>>& sequences);
 

@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_types.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scan.h"
 #include "worker/engine/status_macros.h"
@@ -81,17 +82,15 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
   }
   if (cancel && cancel->load()) return absl::CancelledError("cancelled");
   const v1::JobRequest& job = request.request();
-  const v1::JobRequest::ParamsCase kind = job.params_case();
+  const JobTypeDescriptor* type = JobTypeOfRequest(job);
+  if (type == nullptr) return absl::UnimplementedError("this worker does not run this job type");
   // Evaluation streams (perplexity, interventions) are chunked and sinks
   // jobs cut or window to T <= n_ctx: their sequences may be longer than
   // the context.
-  const bool evaluation = kind == v1::JobRequest::kPerplexity ||
-                          kind == v1::JobRequest::kConstantSubstitution ||
-                          kind == v1::JobRequest::kSinkAblation;
   ASSIGN_OR_RETURN(std::vector<std::vector<int64_t>> sequences,
                    TokenizeSequences(job.sequences(), job.has_add_bos() ? job.add_bos() : true,
                                      *cached, "sequence",
-                                     /*check_ctx=*/!evaluation && kind != v1::JobRequest::kSinks));
+                                     /*check_ctx=*/!type->may_exceed_context));
   // The server's cap counts text at about 4 bytes per token; the real count
   // is known only now.
   if (request.max_total_tokens() > 0) {
@@ -104,7 +103,7 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
     }
   }
   const JobContext ctx{*cached, options, request, sink, cancel};
-  if (kind == v1::JobRequest::kScan) return RunScan(ctx, sequences);
+  if (type->params_case == v1::JobRequest::kScan) return RunScan(ctx, sequences);
   return RunAnalysisJob(ctx, sequences);
 }
 

@@ -13,9 +13,11 @@
 #include "absl/strings/str_cat.h"
 #include "server/catalog.h"
 #include "server/memory_estimate.h"
+#include "server/metrics.h"
 #include "server/sqlite_job_store.h"
 #include "server/status_util.h"
 #include "server/validation.h"
+#include "server/worker_pool.h"
 
 namespace sinkscope {
 namespace server {
@@ -438,6 +440,98 @@ TEST(ValidationTest, TextCountsItsBytesAtSubmission) {
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_NE(s.message().find("the corpus has 1 token; at least 2 are needed"), std::string::npos) << s;
   fs::remove_all(dir);
+}
+
+// The traits of the job-type table as validation, memory estimate, corpus
+// lookup, deadlines and metrics apply them (values written out by hand).
+TEST(ValidationTest, JobTypeTraitsAsApplied) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
+  std::ofstream(dir + "/c.json")
+      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin"}]})";
+  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  RequestLimits limits;
+  auto with_ids = [](v1::JobRequest r, int n) {
+    r.set_model("m");
+    auto* ids = r.add_sequences()->mutable_ids();
+    for (int i = 0; i < n; ++i) ids->add_ids(1 + i % 60);
+    return r;
+  };
+  auto expect_invalid = [&](const v1::JobRequest& r, const std::string& part) {
+    absl::Status s = ValidateJobRequest(r, *c, limits);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find(part), std::string::npos) << s;
+  };
+  v1::JobRequest scan, sinks, probe, ffn, vo, similarity, none;
+  scan.mutable_scan();
+  sinks.mutable_sinks();
+  probe.mutable_first_token_probe()->add_token_ids(3);
+  ffn.mutable_ffn_quadratic();
+  vo.mutable_vo_circuit()->add_token_ids(3);
+  similarity.mutable_spike_similarity();
+  none.set_model("m");
+  // Context (n_ctx 512): a scan refuses 600 ids, a sinks job (windowed) takes them.
+  expect_invalid(with_ids(scan, 600), "more than the context of model m (512)");
+  EXPECT_TRUE(ValidateJobRequest(with_ids(scan, 512), *c, limits).ok());
+  // Min ids: sinks needs 2 per sequence, a scan 1.
+  expect_invalid(with_ids(sinks, 1), "this job needs >= 2");
+  EXPECT_TRUE(ValidateJobRequest(with_ids(scan, 1), *c, limits).ok());
+  // Forbidden sequences, each with its own message.
+  expect_invalid(with_ids(probe, 2), "first_token_probe takes no sequences");
+  expect_invalid(with_ids(ffn, 2), "ffn_quadratic reads weights only");
+  expect_invalid(with_ids(vo, 2), "vo_circuit places its tokens at position 0 itself");
+  // Required sequences.
+  similarity.set_model("m");
+  expect_invalid(similarity, "at least one sequence");
+  expect_invalid(none, "no job parameters");
+  fs::remove_all(dir);
+
+  // Memory: d_model 4, d_mlp 8, 2 heads, vocab 10, one sequence of 3 ids:
+  // 3 * (8*4 + 3*8 + 10) = 198 floats, plus 2*3*3 = 18 pattern floats x 2
+  // (scan) or x 5 (eager attention patterns); FFN fold jobs add
+  // 8 * (3*4*8 + 3*1024*8 + 4*1024) = 230144 bytes.
+  ModelShape shape;
+  shape.d_model = 4;
+  shape.d_mlp = 8;
+  shape.n_layers = 1;
+  shape.n_heads = 2;
+  shape.n_kv_heads = 2;
+  shape.vocab = 10;
+  shape.n_ctx = 100;
+  v1::JobRequest acts, silu;
+  acts.mutable_activations();
+  silu.mutable_silu_regime();
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(scan, 3)).activation_bytes, (198 + 36) * 4);
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(sinks, 3)).activation_bytes, (198 + 90) * 4);
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(acts, 3)).activation_bytes, (198 + 90) * 4);
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(silu, 3)).activation_bytes,
+            (198 + 90) * 4 + 230144);
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", ffn).activation_bytes, 230144);
+
+  // Corpus names: the eval corpus of the evaluation jobs, none for others.
+  v1::JobRequest ppl, ablation;
+  ppl.mutable_perplexity()->mutable_eval()->set_corpus("tiny");
+  ablation.mutable_sink_ablation()->mutable_eval()->set_corpus("tiny2");
+  EXPECT_EQ(CorpusNameOf(ppl), "tiny");
+  EXPECT_EQ(CorpusNameOf(ablation), "tiny2");
+  EXPECT_EQ(CorpusNameOf(scan), "");
+  EXPECT_EQ(JobTypeOf(ablation), v1::JOB_TYPE_SINK_ABLATION);
+  EXPECT_EQ(JobTypeOf(none), v1::JOB_TYPE_UNSPECIFIED);
+
+  // Deadlines: 300 s before the first unit for jobs with calibration passes.
+  ServerConfig config;
+  config.progress_timeout_scale = 1;
+  EXPECT_EQ(DeadlinesForJob(config, v1::JOB_TYPE_FIRST_TOKEN_PROBE, 0).progress_base, absl::Seconds(300));
+  EXPECT_EQ(DeadlinesForJob(config, v1::JOB_TYPE_SINK_ABLATION, 0).progress_base, absl::Seconds(300));
+  EXPECT_EQ(DeadlinesForJob(config, v1::JOB_TYPE_ACTIVATION_SCAN, 0).progress_base, absl::Seconds(120));
+  EXPECT_EQ(DeadlinesForJob(config, v1::JOB_TYPE_UNSPECIFIED, 0).progress_base, absl::Seconds(120));
+
+  // Metrics labels.
+  EXPECT_EQ(Metrics::TypeLabel(v1::JOB_TYPE_ACTIVATION_SCAN), "activation_scan");
+  EXPECT_EQ(Metrics::TypeLabel(v1::JOB_TYPE_FIRST_TOKEN_PROBE), "first_token_probe");
+  EXPECT_EQ(Metrics::TypeLabel(v1::JOB_TYPE_UNSPECIFIED), "unspecified");
 }
 
 }  // namespace
