@@ -424,7 +424,13 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
                          }
                        });
       }
-      RETURN_IF_ERROR(model.RunHooks(make_tokens(batch), hooks, cancel));
+      // Causal: the states at positions <= p depend on tokens <= p only, so
+      // the pass stops after the last tracked position (spike tokens sit
+      // early: this pass is usually a few tokens long, not a second forward).
+      const int64_t keep = *std::max_element(pp.begin(), pp.end()) + 1;
+      at::Tensor tokens = make_tokens(batch);
+      if (keep < tokens.size(1)) tokens = tokens.narrow(1, 0, keep).contiguous();
+      RETURN_IF_ERROR(model.RunHooks(tokens, hooks, cancel));
     }
     for (auto& [key, a] : attribution) {
       const float peak = a.entry.value;
