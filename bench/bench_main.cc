@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
   CLI::App* service = app.add_subcommand("service", "Section 3");
   add_service(service);
   service->add_option("--threads", eo.threads, "Intra-op threads per worker (default 1)");
+  service->add_option("--clients", so.clients, "Client counts to run (default 1 8)");
 
   std::string mem_dir, mem_variant;
   CLI::App* mem = app.add_subcommand("mem-child", "internal: one variant, fresh process");

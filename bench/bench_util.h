@@ -34,6 +34,10 @@ bool ResetPeakRss();
 /// Direct children of `pid` (from /proc/<pid>/task/*/children).
 std::vector<pid_t> ChildPids(pid_t pid);
 
+/// CPU time (user + system, seconds) that process `pid` has used so far,
+/// from /proc/PID/stat; -1 if it cannot be read.
+double ProcessCpuSeconds(pid_t pid);
+
 /// Pins intra-op threads: OMP_NUM_THREADS / OPENBLAS_NUM_THREADS /
 /// MKL_NUM_THREADS for children, at::set_num_threads is the caller's job;
 /// this also calls openblas_set_num_threads when the BLAS in the process

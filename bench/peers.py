@@ -30,6 +30,7 @@ Writes peers.json and peers.md into --out-dir (default: a temp dir) and prints
 the table.
 """
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -347,8 +348,8 @@ def main():
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "transformer_lens": getattr(transformer_lens, "__version__", "?"),
-                     "nnsight": getattr(nnsight, "__version__", "?"),
+                     "transformer_lens": importlib.metadata.version("transformer-lens"),
+                     "nnsight": importlib.metadata.version("nnsight"),
                      "sinkscope": ss["provenance"]["code_version"]},
         "shape": {k: getattr(args, k) for k in ("layers", "d_model", "heads", "d_ffn", "vocab", "seq_len")},
         "threads": args.threads, "max_rel_diff_vs_sinkscope": checks,

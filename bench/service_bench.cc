@@ -68,6 +68,26 @@ double Percentile(std::vector<double> v, double p) {
   return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
 }
 
+/// Where one job's latency went, seconds from the client's SubmitJob call
+/// (server event times are the server's store times: same host, same clock).
+struct JobPhases {
+  double submitted = 0;      // SubmitJob returned
+  double first_worker = 0;   // the first event a worker sent was stored (model_loading)
+  double first_result = 0;   // the first result record was stored
+  double last_result = 0;    // the last result record was stored
+  double completed = 0;      // COMPLETED was stored
+  double received = 0;       // the client read COMPLETED
+  int events = 0;            // events the client read
+};
+
+double WallNow() {
+  return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+}
+
+double EventTime(const v1::JobEvent& ev) {
+  return ev.time().seconds() + ev.time().nanos() * 1e-9;
+}
+
 struct RunStats {
   std::vector<double> latency_s;
   double wall_s = 0;
@@ -75,6 +95,9 @@ struct RunStats {
   std::string first_error;
   int64_t peak_kib = 0;  // direct: the process; server: server + workers
   std::string peak_detail;
+  std::vector<JobPhases> phases;  // server side only
+  double server_cpu_s = 0;        // server side: CPU of the server process
+  double worker_cpu_s = 0;        // server side: CPU of its worker processes
 };
 
 json StatsJson(const RunStats& s) {
@@ -215,8 +238,11 @@ class Server {
 };
 
 /// One job through the public API: submit, watch to the terminal event.
-/// Returns "" on COMPLETED, else why not.
-std::string ServerJob(v1::AnalysisService::Stub& stub, const std::vector<int64_t>& ids) {
+/// Returns "" on COMPLETED, else why not. `phases` (optional) gets the
+/// job's timeline.
+std::string ServerJob(v1::AnalysisService::Stub& stub, const std::vector<int64_t>& ids,
+                      JobPhases* phases = nullptr) {
+  const double t0 = WallNow();
   v1::SubmitJobRequest req;
   v1::JobRequest* r = req.mutable_request();
   r->set_model("stories260K");
@@ -231,6 +257,8 @@ std::string ServerJob(v1::AnalysisService::Stub& stub, const std::vector<int64_t
     grpc::Status s = stub.SubmitJob(&ctx, req, &job);
     if (!s.ok()) return absl::StrCat("SubmitJob: ", s.error_message());
   }
+  JobPhases ph;
+  ph.submitted = WallNow() - t0;
   grpc::ClientContext ctx;
   ctx.AddMetadata("x-sinkscope-user", "bench");
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
@@ -240,7 +268,17 @@ std::string ServerJob(v1::AnalysisService::Stub& stub, const std::vector<int64_t
   v1::JobEvent ev;
   std::string result = "stream ended without a terminal event";
   while (reader->Read(&ev)) {
+    ++ph.events;
+    const double at = EventTime(ev) - t0;
+    if (ev.has_model_loading() && ph.first_worker == 0) ph.first_worker = at;
+    if (ev.has_result()) {
+      if (ph.first_result == 0) ph.first_result = at;
+      ph.last_result = at;
+    }
     if (ev.has_completed()) {
+      ph.completed = at;
+      ph.received = WallNow() - t0;
+      if (phases != nullptr) *phases = ph;
       result = "";
       break;
     }
@@ -271,11 +309,13 @@ RunStats RunServerClients(const ServiceBenchOptions& opt, const std::string& add
       for (int j = 0; j < opt.jobs_per_client; ++j) {
         const auto ids = JobTokens(opt.seq_len, 512, job_offset + c * 1000 + j);
         const double s = Now();
-        const std::string err = ServerJob(*stub, ids);
+        JobPhases ph;
+        const std::string err = ServerJob(*stub, ids, &ph);
         const double lat = Now() - s;
         std::lock_guard<std::mutex> lock(mu);
         if (err.empty()) {
           out.latency_s.push_back(lat);
+          out.phases.push_back(ph);
         } else {
           if (out.failed++ == 0) out.first_error = err;
         }
@@ -364,6 +404,9 @@ RunStats RunDirect(const ServiceBenchOptions& opt, int clients) {
 
 void Merge(RunStats& into, const RunStats& more) {
   into.latency_s.insert(into.latency_s.end(), more.latency_s.begin(), more.latency_s.end());
+  into.phases.insert(into.phases.end(), more.phases.begin(), more.phases.end());
+  into.server_cpu_s += more.server_cpu_s;
+  into.worker_cpu_s += more.worker_cpu_s;
   into.wall_s += more.wall_s;
   if (into.failed == 0 && more.failed > 0) into.first_error = more.first_error;
   into.failed += more.failed;
@@ -427,7 +470,18 @@ int RunServiceBench(const ServiceBenchOptions& opt) {
     Row row{c, {}, {}};
     for (int round = 0; round < 2; ++round) {
       std::fprintf(stderr, "  service: %d client(s), round %d: server\n", c, round + 1);
-      Merge(row.server, RunServerClients(opt, server.address(), c, round * 100000));
+      auto cpu = [&](double* workers) {
+        *workers = 0;
+        for (pid_t w : ChildPids(server.pid())) *workers += std::max(0.0, ProcessCpuSeconds(w));
+        return ProcessCpuSeconds(server.pid());
+      };
+      double w0 = 0, w1 = 0;
+      const double s0 = cpu(&w0);
+      RunStats run = RunServerClients(opt, server.address(), c, round * 100000);
+      const double s1 = cpu(&w1);
+      run.server_cpu_s = s1 - s0;
+      run.worker_cpu_s = w1 - w0;
+      Merge(row.server, run);
       std::fprintf(stderr, "  service: %d client(s), round %d: direct\n", c, round + 1);
       std::string out;
       const int rc = RunCapture({opt.self_exe, "direct-child", "--clients", std::to_string(c),
@@ -467,6 +521,29 @@ int RunServiceBench(const ServiceBenchOptions& opt) {
                 Percentile(r.server.latency_s, 0.5) /
                     std::max(1e-9, Percentile(r.direct.latency_s, 0.5)),
                 dir_rate > 0 ? srv_rate / dir_rate : 0);
+  }
+  // Where the server path's time goes (medians over its jobs): what the
+  // engine does is first_result -> last_result plus a block or two before.
+  for (const Row& r : rows) {
+    if (r.server.phases.empty()) continue;
+    auto med = [&](auto f) {
+      std::vector<double> v;
+      for (const JobPhases& p : r.server.phases) v.push_back(f(p));
+      return Percentile(v, 0.5) * 1e3;
+    };
+    std::printf("  %-8d timeline (ms from SubmitJob, p50): submit returned %.2f, first worker "
+                "event stored %.2f, first result %.2f, last result %.2f, COMPLETED stored %.2f, "
+                "read by the client %.2f; %.0f events\n",
+                r.clients, med([](const JobPhases& p) { return p.submitted; }),
+                med([](const JobPhases& p) { return p.first_worker; }),
+                med([](const JobPhases& p) { return p.first_result; }),
+                med([](const JobPhases& p) { return p.last_result; }),
+                med([](const JobPhases& p) { return p.completed; }),
+                med([](const JobPhases& p) { return p.received; }),
+                med([](const JobPhases& p) { return p.events / 1e3; }));
+    const double n = static_cast<double>(r.server.latency_s.size());
+    std::printf("  %-8d CPU per job: server %.2f ms, workers %.2f ms\n", r.clients,
+                r.server.server_cpu_s / n * 1e3, r.server.worker_cpu_s / n * 1e3);
   }
   int64_t direct_peak = 0;
   for (const Row& r : rows) direct_peak = std::max(direct_peak, r.direct.peak_kib);

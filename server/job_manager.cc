@@ -551,6 +551,14 @@ absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& eve
   return stored.status();
 }
 
+absl::Status JobManager::RecordEvents(const v1::Job& job, const std::vector<v1::JobEvent>& events,
+                                      std::optional<v1::JobState> new_state) {
+  absl::StatusOr<std::vector<v1::JobEvent>> stored =
+      store_->AppendEvents(job.id(), job.attempts(), events, new_state);
+  if (stored.ok()) NotifyJob(job.id(), /*queue_changed=*/false);
+  return stored.status();
+}
+
 namespace {
 
 double SecondsSinceStart(const v1::Job& job) {

@@ -121,6 +121,10 @@ class JobManager {
   /// Stores a non-terminal event of the job's current attempt and notifies.
   absl::Status RecordEvent(const v1::Job& job, const v1::JobEvent& event,
                            std::optional<v1::JobState> new_state);
+  /// RecordEvent for several events (a worker's batch): one transaction, one
+  /// notification.
+  absl::Status RecordEvents(const v1::Job& job, const std::vector<v1::JobEvent>& events,
+                            std::optional<v1::JobState> new_state);
   /// Stores a terminal event + state transactionally and notifies.
   absl::Status Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event);
   /// The job's worker was lost; re-queue (or fail after max_attempts when

@@ -103,9 +103,20 @@ class JobStore {
   /// assigned here) and, when `new_state` is set, moves the job to that
   /// non-terminal state. FailedPrecondition when the job is finished or its
   /// current attempt is not `attempt` (a stale writer). Returns the event.
-  virtual absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& id, int32_t attempt,
-                                                   const v1::JobEvent& event,
-                                                   std::optional<v1::JobState> new_state) = 0;
+  absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& id, int32_t attempt,
+                                           const v1::JobEvent& event,
+                                           std::optional<v1::JobState> new_state) {
+    absl::StatusOr<std::vector<v1::JobEvent>> stored = AppendEvents(id, attempt, {event}, new_state);
+    if (!stored.ok()) return stored.status();
+    return std::move(stored->front());
+  }
+
+  /// AppendEvent for several events at once, in one transaction: all are
+  /// stored (consecutive seqs, in order) or none. `events` is not empty.
+  /// Returns the stored events.
+  virtual absl::StatusOr<std::vector<v1::JobEvent>> AppendEvents(
+      const std::string& id, int32_t attempt, const std::vector<v1::JobEvent>& events,
+      std::optional<v1::JobState> new_state) = 0;
 
   /// Appends a Queued{position} event to a job that is QUEUED (its position
   /// moved). FailedPrecondition when it is not QUEUED any more.

@@ -121,26 +121,41 @@ absl::StatusOr<v1::Job> ReadJob(SqlTx& tx, const std::string& id) {
 }
 
 /// Appends an event (seq from the job row, under its lock) and NOTIFYs.
+/// Appends `events` with consecutive seqs (one UPDATE of the job's last_seq
+/// for all of them) and returns them as stored.
+absl::StatusOr<std::vector<v1::JobEvent>> InsertEvents(SqlDb& db, SqlTx& tx, const std::string& id,
+                                                       int32_t attempt,
+                                                       const std::vector<v1::JobEvent>& events) {
+  const int64_t n = static_cast<int64_t>(events.size());
+  STORE_ASSIGN(seqs, tx.Query("UPDATE jobs SET last_seq = last_seq + $1 WHERE id = $2 "
+                              "RETURNING last_seq",
+                              {n, id}));
+  if (seqs.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
+  const int64_t first_seq = seqs.Int(0, 0) - n + 1;
+  const int64_t now = NowMicros();
+  std::vector<v1::JobEvent> out;
+  out.reserve(events.size());
+  for (int64_t i = 0; i < n; ++i) {
+    v1::JobEvent stored = events[static_cast<size_t>(i)];
+    stored.set_job_id(id);
+    stored.set_seq(first_seq + i);
+    stored.set_attempt(attempt);
+    SetTimestamp(now, stored.mutable_time());
+    STORE_ASSIGN(ins, tx.Query("INSERT INTO events (job_id, seq, attempt, is_result, time_us, payload) "
+                               "VALUES ($1, $2, $3, $4, $5, $6)",
+                               {id, first_seq + i, int64_t{attempt}, int64_t{stored.has_result() ? 1 : 0},
+                                now, SqlBytes{stored.SerializeAsString()}}));
+    (void)ins;
+    out.push_back(std::move(stored));
+  }
+  STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
+  return out;
+}
+
 absl::StatusOr<v1::JobEvent> InsertEvent(SqlDb& db, SqlTx& tx, const std::string& id,
                                          int32_t attempt, const v1::JobEvent& event) {
-  STORE_ASSIGN(seqs, tx.Query("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = $1 "
-                              "RETURNING last_seq",
-                              {id}));
-  if (seqs.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
-  const int64_t seq = seqs.Int(0, 0);
-  const int64_t now = NowMicros();
-  v1::JobEvent stored = event;
-  stored.set_job_id(id);
-  stored.set_seq(seq);
-  stored.set_attempt(attempt);
-  SetTimestamp(now, stored.mutable_time());
-  STORE_ASSIGN(ins, tx.Query("INSERT INTO events (job_id, seq, attempt, is_result, time_us, payload) "
-                             "VALUES ($1, $2, $3, $4, $5, $6)",
-                             {id, seq, int64_t{attempt}, int64_t{stored.has_result() ? 1 : 0}, now,
-                              SqlBytes{stored.SerializeAsString()}}));
-  (void)ins;
-  STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
-  return stored;
+  STORE_ASSIGN(stored, InsertEvents(db, tx, id, attempt, {event}));
+  return std::move(stored.front());
 }
 
 absl::StatusOr<int32_t> QueuePosition(SqlTx& tx, const std::string& id) {
@@ -336,17 +351,21 @@ absl::StatusOr<v1::Job> SqlJobStore::ClaimJob(const std::string& id, const std::
             .status());
     STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
     return ReadJob(tx, id);
-  });
+    // Group commit: a claim lost with a power cut leaves the job QUEUED (or
+    // RUNNING under an expired lease), and it is dispatched again; the job
+    // itself was made durable when it was accepted.
+  }, SqlDurability::kGroupCommit);
 }
 
-absl::StatusOr<v1::JobEvent> SqlJobStore::AppendEvent(const std::string& id, int32_t attempt,
-                                                      const v1::JobEvent& event,
-                                                      std::optional<v1::JobState> new_state) {
+absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::AppendEvents(
+    const std::string& id, int32_t attempt, const std::vector<v1::JobEvent>& events,
+    std::optional<v1::JobState> new_state) {
+  if (events.empty()) return absl::InternalError("AppendEvents needs at least one event");
   SqlDb& db = *db_;
-  return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::JobEvent> {
+  return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::JobEvent>> {
     STORE_ASSIGN(facts, LockFacts(db, tx, id));
     STORE_RETURN_IF_ERROR(CheckAppend(facts, attempt, new_state));
-    STORE_ASSIGN(stored, InsertEvent(db, tx, id, attempt, event));
+    STORE_ASSIGN(stored, InsertEvents(db, tx, id, attempt, events));
     if (new_state.has_value() && *new_state != facts.state) {
       STORE_RETURN_IF_ERROR(
           tx.Query("UPDATE jobs SET state = $1 WHERE id = $2", {int64_t{*new_state}, id}).status());

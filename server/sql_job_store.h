@@ -58,9 +58,9 @@ class SqlJobStore : public JobStore {
   absl::StatusOr<std::vector<QueuedJob>> ListQueued() override;
   absl::StatusOr<v1::Job> ClaimJob(const std::string& id, const std::string& worker) override;
   absl::StatusOr<v1::JobEvent> AppendQueuedEvent(const std::string& id, int32_t position) override;
-  absl::StatusOr<v1::JobEvent> AppendEvent(const std::string& id, int32_t attempt,
-                                           const v1::JobEvent& event,
-                                           std::optional<v1::JobState> new_state) override;
+  absl::StatusOr<std::vector<v1::JobEvent>> AppendEvents(
+      const std::string& id, int32_t attempt, const std::vector<v1::JobEvent>& events,
+      std::optional<v1::JobState> new_state) override;
   absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
                                          v1::JobState state, const v1::JobEvent& event) override;
   absl::StatusOr<ReleaseOutcome> ReleaseLostJob(const std::string& id, int32_t attempt,

@@ -91,7 +91,9 @@ class WorkerPool {
   void SlotLoop(Slot* slot);
   bool EnsureWorker(Slot* slot);
   bool CheckHealth(Slot* slot, absl::Duration timeout);
-  void RunJob(Slot* slot, const v1::Job& job);
+  /// Runs one job on `slot`'s worker to its end; true when the worker's
+  /// models or memory may have changed (a load, a failure).
+  bool RunJob(Slot* slot, const v1::Job& job);
   JobDeadlines DeadlinesFor(const v1::Job& job) const {
     return DeadlinesForJob(config_, job.type(), manager_->EstimateWork(job.request()).token_layers);
   }

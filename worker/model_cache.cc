@@ -128,7 +128,8 @@ void ModelCache::EvictLocked(int64_t extra, const CachedModel* keep) {
 absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key,
                                                              bool* was_cached,
                                                              int64_t need_weight_bytes,
-                                                             int64_t reserve_bytes) {
+                                                             int64_t reserve_bytes,
+                                                             const std::function<void()>& before_load) {
   const std::string stamp = FileStamp(key.path);
   const std::string key_str = key.ToString();
   {
@@ -156,6 +157,7 @@ absl::StatusOr<std::shared_ptr<CachedModel>> ModelCache::Get(const ModelKey& key
   // Loading happens outside the lock (the worker runs one job at a time, so
   // two loads of the same key do not race in practice; if they did, both
   // would succeed and the later one would win).
+  if (before_load) before_load();
   absl::StatusOr<std::shared_ptr<CachedModel>> loaded = Load(key, device_, stamp);
   if (!loaded.ok()) {
     // The full error (with paths) goes to the log; the job's message names

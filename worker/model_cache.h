@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -66,10 +67,11 @@ class ModelCache {
   /// which. Errors of the loaders are returned annotated with the model name.
   /// With a memory budget, least recently used models are evicted first so
   /// that the cached weights (+ `need_weight_bytes` for a model to load) +
-  /// `reserve_bytes` (the job's activations) fit in it.
-  absl::StatusOr<std::shared_ptr<CachedModel>> Get(const ModelKey& key, bool* was_cached,
-                                                   int64_t need_weight_bytes = 0,
-                                                   int64_t reserve_bytes = 0);
+  /// `reserve_bytes` (the job's activations) fit in it. `before_load`, when
+  /// set, is called once just before a load starts (never on a cache hit).
+  absl::StatusOr<std::shared_ptr<CachedModel>> Get(
+      const ModelKey& key, bool* was_cached, int64_t need_weight_bytes = 0,
+      int64_t reserve_bytes = 0, const std::function<void()>& before_load = nullptr);
 
   /// Memory budget for weights + a job's activations (0 = unlimited; on a
   /// cuda device, 0 means 90% of the device's capacity).

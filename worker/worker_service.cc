@@ -73,11 +73,15 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
     loading->set_device(options.device);
     return sink(event);
   };
-  if (!send_loading(0, "loading")) return absl::CancelledError("the server went away");
+  // "loading" only when a load starts (a cache hit sends "cached" alone:
+  // one event and one store transaction less per job).
+  bool gone = false;
   bool was_cached = false;
-  ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached, cache.Get(key, &was_cached, request.estimated_weight_bytes(),
-                                                    request.estimated_activation_bytes()));
-  if (!send_loading(1, was_cached ? "cached" : "loaded")) {
+  ASSIGN_OR_RETURN(std::shared_ptr<CachedModel> cached,
+                   cache.Get(key, &was_cached, request.estimated_weight_bytes(),
+                             request.estimated_activation_bytes(),
+                             [&] { gone = !send_loading(0, "loading"); }));
+  if (gone || !send_loading(1, was_cached ? "cached" : "loaded")) {
     return absl::CancelledError("the server went away");
   }
   if (cancel && cancel->load()) return absl::CancelledError("cancelled");
@@ -190,25 +194,58 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
   std::condition_variable done_cv;
   std::atomic<int64_t> units_done{0}, units_total{0};
   std::mutex write_mu;  // one writer at a time on the stream
+  // Result and progress events are coalesced into one WorkerEventBatch for
+  // up to kBatchWindow (a small job's records then cost one message and one
+  // store transaction instead of one each); the watcher sends a batch that
+  // has waited that long, any other event and the end of the job send it
+  // first, and a batch never grows past kBatchMaxBytes (a larger event
+  // travels alone).
+  using Clock = std::chrono::steady_clock;
+  constexpr auto kBatchWindow = std::chrono::milliseconds(10);
+  constexpr size_t kBatchMaxBytes = 1 << 20;
+  std::vector<v1::WorkerEvent> pending;  // guarded by write_mu
+  size_t pending_bytes = 0;
+  Clock::time_point pending_since;
+  bool receiver_ok = true;  // false once a Write failed (the server went away)
+  auto flush_locked = [&]() -> bool {
+    if (pending.empty()) return receiver_ok;
+    v1::WorkerEvent out;
+    if (pending.size() == 1) {
+      out = std::move(pending.front());
+    } else {
+      v1::WorkerEventBatch* batch = out.mutable_batch();
+      for (v1::WorkerEvent& e : pending) *batch->add_events() = std::move(e);
+    }
+    pending.clear();
+    pending_bytes = 0;
+    if (!writer->Write(out)) receiver_ok = false;
+    return receiver_ok;
+  };
   const auto heartbeat_every = std::chrono::milliseconds(
       request->heartbeat_interval_ms() > 0 ? request->heartbeat_interval_ms() : 1000);
   std::thread watcher([&] {
-    auto next_beat = std::chrono::steady_clock::now() + heartbeat_every;
+    auto next_beat = Clock::now() + heartbeat_every;
     while (!done.load()) {
       if (context->IsCancelled()) {
         cancel.store(true);
         return;
       }
-      if (std::chrono::steady_clock::now() >= next_beat) {
-        next_beat = std::chrono::steady_clock::now() + heartbeat_every;
+      if (Clock::now() >= next_beat) {
+        next_beat = Clock::now() + heartbeat_every;
         v1::WorkerEvent beat;
         beat.mutable_heartbeat()->set_units_done(units_done.load());
         beat.mutable_heartbeat()->set_units_total(units_total.load());
         std::lock_guard<std::mutex> lock(write_mu);
         if (!done.load()) writer->Write(beat);
       }
+      {
+        std::lock_guard<std::mutex> lock(write_mu);
+        if (!done.load() && !pending.empty() && Clock::now() - pending_since >= kBatchWindow) {
+          flush_locked();
+        }
+      }
       std::unique_lock<std::mutex> lock(done_mu);
-      done_cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done.load(); });
+      done_cv.wait_for(lock, kBatchWindow, [&] { return done.load(); });
     }
   });
   EventSink sink = [&](const v1::WorkerEvent& event) {
@@ -217,9 +254,27 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
       units_total.store(event.running().units_total());
     }
     std::lock_guard<std::mutex> lock(write_mu);
+    if (event.has_result() || event.has_running()) {
+      const size_t bytes = event.ByteSizeLong();
+      if (!pending.empty() && pending_bytes + bytes > kBatchMaxBytes && !flush_locked()) {
+        return false;
+      }
+      if (pending.empty()) pending_since = Clock::now();
+      pending.push_back(event);
+      pending_bytes += bytes;
+      if (pending_bytes >= kBatchMaxBytes || Clock::now() - pending_since >= kBatchWindow) {
+        return flush_locked();
+      }
+      return receiver_ok;
+    }
+    if (!flush_locked()) return false;
     return writer->Write(event);
   };
   absl::Status status = RunJobToSink(cache_, options_, *request, sink, &cancel);
+  {
+    std::lock_guard<std::mutex> lock(write_mu);
+    flush_locked();
+  }
   {
     std::lock_guard<std::mutex> lock(done_mu);
     done = true;

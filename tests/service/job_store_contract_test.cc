@@ -367,6 +367,60 @@ TEST_P(JobStoreContract, ConcurrentEventsGetContiguousSeqs) {
   }
 }
 
+// A worker's batch (AppendEvents): one transaction, consecutive seqs in the
+// batch's order even while another connection appends single events, the
+// job's state moved once, and a stale attempt stores none of the batch.
+TEST_P(JobStoreContract, BatchedEventsAreContiguousAndAllOrNothing) {
+  Create("a");
+  ASSERT_TRUE(store_->ClaimJob("a", "w").ok());
+  std::unique_ptr<SqlJobStore> b = OpenStore("host-a");  // a second connection
+  constexpr int kBatches = 20, kPerBatch = 7;
+  std::thread singles([&] {
+    for (int i = 0; i < kBatches; ++i) {
+      EXPECT_TRUE(b->AppendEvent("a", 1, Block(900000 + i), std::nullopt).ok());
+    }
+  });
+  for (int i = 0; i < kBatches; ++i) {
+    std::vector<v1::JobEvent> batch;
+    for (int k = 0; k < kPerBatch; ++k) batch.push_back(Block(i * 100 + k));
+    auto stored = store_->AppendEvents("a", 1, batch, v1::JOB_STATE_RUNNING);
+    ASSERT_TRUE(stored.ok()) << stored.status();
+    ASSERT_EQ(stored->size(), static_cast<size_t>(kPerBatch));
+    for (int k = 0; k < kPerBatch; ++k) {
+      EXPECT_EQ((*stored)[k].seq(), (*stored)[0].seq() + k);
+      EXPECT_EQ((*stored)[k].result().scan_block().block(), i * 100 + k);
+      EXPECT_EQ((*stored)[k].attempt(), 1);
+      EXPECT_EQ((*stored)[k].job_id(), "a");
+    }
+  }
+  singles.join();
+  EXPECT_EQ(store_->GetJob("a")->state(), v1::JOB_STATE_RUNNING);
+  auto events = store_->EventsSince("a", 0, 1000);
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 1u + kBatches * (kPerBatch + 1));
+  // Read back in seq order: each batch's records sit together and in order.
+  int batch_records = 0;
+  for (size_t i = 0; i < events->size(); ++i) {
+    EXPECT_EQ((*events)[i].seq(), static_cast<int64_t>(i + 1));
+    if (i == 0) continue;
+    const int block = (*events)[i].result().scan_block().block();
+    if (block >= 900000) continue;
+    if (block % 100 != 0) {
+      EXPECT_EQ((*events)[i - 1].result().scan_block().block(), block - 1) << "seq " << i + 1;
+    }
+    ++batch_records;
+  }
+  EXPECT_EQ(batch_records, kBatches * kPerBatch);
+  // A stale writer's batch: refused whole.
+  const int64_t last = events->back().seq();
+  std::vector<v1::JobEvent> stale = {Block(1), Block(2), Block(3)};
+  EXPECT_TRUE(absl::IsFailedPrecondition(store_->AppendEvents("a", 2, stale, std::nullopt).status()));
+  auto after = store_->EventsSince("a", last, 1000);
+  ASSERT_TRUE(after.ok());
+  EXPECT_TRUE(after->empty());
+  EXPECT_EQ(store_->GetJob("a")->last_event_seq(), last);
+}
+
 TEST_P(JobStoreContract, PublishedWorkersAndRunningAreSeenByTheOtherHost) {
   std::unique_ptr<SqlJobStore> b = OpenStore("host-b");
   HostWorker w;
