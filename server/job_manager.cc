@@ -578,8 +578,10 @@ const char* OutcomeLabel(v1::JobState state) {
 
 }  // namespace
 
-absl::Status JobManager::Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event) {
-  absl::StatusOr<v1::JobEvent> stored = store_->FinishJob(job.id(), job.attempts(), state, event);
+absl::Status JobManager::Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event,
+                                const std::vector<v1::JobEvent>& preceding) {
+  absl::StatusOr<v1::JobEvent> stored =
+      store_->FinishJob(job.id(), job.attempts(), state, preceding, event);
   if (stored.ok() && metrics_ != nullptr) {
     const double seconds = SecondsSinceStart(job);
     metrics_->JobFinished(job.type(), OutcomeLabel(state), seconds);

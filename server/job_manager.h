@@ -125,8 +125,10 @@ class JobManager {
   /// notification.
   absl::Status RecordEvents(const v1::Job& job, const std::vector<v1::JobEvent>& events,
                             std::optional<v1::JobState> new_state);
-  /// Stores a terminal event + state transactionally and notifies.
-  absl::Status Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event);
+  /// Stores a terminal event + state transactionally and notifies;
+  /// `preceding` (the attempt's last records) go first, in the same commit.
+  absl::Status Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event,
+                      const std::vector<v1::JobEvent>& preceding = {});
   /// The job's worker was lost; re-queue (or fail after max_attempts when
   /// `count_failure`) and notify.
   absl::StatusOr<ReleaseOutcome> Release(const v1::Job& job, const std::string& reason,

@@ -128,8 +128,16 @@ class JobStore {
   /// `attempt` 0 accepts any attempt (used to cancel a queued job); a
   /// COMPLETED job records `attempt` as the one whose results count.
   /// FailedPrecondition when already finished or the attempt is stale.
+  absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
+                                         v1::JobState state, const v1::JobEvent& event) {
+    return FinishJob(id, attempt, state, {}, event);
+  }
+  /// FinishJob that first appends `preceding` (non-terminal events of the
+  /// same attempt, e.g. a worker's last batch of records) in the same
+  /// transaction: one durable commit for the end of a job.
   virtual absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
                                                  v1::JobState state,
+                                                 const std::vector<v1::JobEvent>& preceding,
                                                  const v1::JobEvent& event) = 0;
 
   /// A dispatched job lost its worker (or the server is stopping): writes a

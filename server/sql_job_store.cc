@@ -388,12 +388,16 @@ absl::StatusOr<v1::JobEvent> SqlJobStore::AppendQueuedEvent(const std::string& i
 
 absl::StatusOr<v1::JobEvent> SqlJobStore::FinishJob(const std::string& id, int32_t attempt,
                                                     v1::JobState state,
+                                                    const std::vector<v1::JobEvent>& preceding,
                                                     const v1::JobEvent& event) {
   if (!IsTerminal(state)) return absl::InternalError("FinishJob needs a terminal state");
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::JobEvent> {
     STORE_ASSIGN(facts, LockFacts(db, tx, id));
     STORE_ASSIGN(event_attempt, CheckFinish(facts, attempt, state));
+    if (!preceding.empty()) {
+      STORE_RETURN_IF_ERROR(InsertEvents(db, tx, id, event_attempt, preceding).status());
+    }
     STORE_ASSIGN(stored, InsertEvent(db, tx, id, event_attempt, event));
     STORE_RETURN_IF_ERROR(
         tx.Query("UPDATE jobs SET state = $1, end_us = $2, error_code = $3, error_message = $4, "

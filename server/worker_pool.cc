@@ -449,6 +449,9 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   int n_records = 0;
   // The worker's models or memory changed (a load): ask for its status.
   bool refresh_status = false;
+  // Records that came in one batch with a successful JobFinished: stored
+  // with the completion (or on their own if the job does not complete).
+  std::vector<v1::JobEvent> deferred;
   grpc::Status rpc_status;
   if (!early_failure.has_value()) {
     grpc::ClientContext ctx;
@@ -602,6 +605,13 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         break;
       }
       if (to_store.empty()) continue;
+      if (finished.has_value() && finished->code() == 0) {
+        // The worker's last batch ended with its JobFinished: these records
+        // are stored with COMPLETED, in its (durable) transaction.
+        deferred = std::move(to_store);
+        to_store.clear();
+        continue;
+      }
       absl::Status stored = to_store.size() == 1
                                 ? manager_->RecordEvent(job, to_store.front(), new_state)
                                 : manager_->RecordEvents(job, to_store, new_state);
@@ -650,6 +660,14 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     }
   };
 
+  const bool completes = !early_failure.has_value() && !results_too_large && !store_rejected &&
+                         !(!watchdog_reason.empty() && cancelled_by.empty() && !aborting) &&
+                         finished.has_value() && finished->code() == 0;
+  if (!deferred.empty() && !completes) {
+    absl::Status s = manager_->RecordEvents(job, deferred, v1::JOB_STATE_RUNNING);
+    if (!s.ok()) Log(absl::StrCat(job.id(), ": not recording worker events: ", s.ToString()));
+    deferred.clear();
+  }
   if (early_failure.has_value()) {
     finish_failed(static_cast<int>(early_failure->code()), std::string(early_failure->message()));
   } else if (results_too_large) {
@@ -673,7 +691,7 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         }
       }
       if (Metrics* m = manager_->metrics()) m->TokensProcessed(n_tokens);
-      absl::Status s = manager_->Finish(job, v1::JOB_STATE_COMPLETED, e);
+      absl::Status s = manager_->Finish(job, v1::JOB_STATE_COMPLETED, e, deferred);
       if (!s.ok()) Log(absl::StrCat(job.id(), ": recording completion: ", s.ToString()));
     } else if (finished->code() == static_cast<int>(grpc::StatusCode::CANCELLED)) {
       if (!cancelled_by.empty()) {

@@ -272,10 +272,6 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
   };
   absl::Status status = RunJobToSink(cache_, options_, *request, sink, &cancel);
   {
-    std::lock_guard<std::mutex> lock(write_mu);
-    flush_locked();
-  }
-  {
     std::lock_guard<std::mutex> lock(done_mu);
     done = true;
   }
@@ -283,11 +279,21 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
   watcher.join();
   if (cancel.load() && !status.ok()) status = absl::CancelledError("cancelled");
 
+  // The last batch (if any) ends with the JobFinished: one message, and the
+  // server stores it with the job's terminal event in one commit.
   v1::WorkerEvent finished;
   finished.mutable_finished()->set_code(static_cast<int32_t>(status.code()));
   finished.mutable_finished()->set_message(std::string(status.message()));
   finished.mutable_finished()->set_checkpoint_error(!status.ok() && IsCheckpointError(status));
-  writer->Write(finished);
+  {
+    std::lock_guard<std::mutex> lock(write_mu);
+    if (pending.empty()) {
+      writer->Write(finished);
+    } else {
+      pending.push_back(std::move(finished));
+      flush_locked();  // two or more events: a batch
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(status_mu_);
     running_job_id_.clear();

@@ -419,6 +419,28 @@ TEST_P(JobStoreContract, BatchedEventsAreContiguousAndAllOrNothing) {
   ASSERT_TRUE(after.ok());
   EXPECT_TRUE(after->empty());
   EXPECT_EQ(store_->GetJob("a")->last_event_seq(), last);
+  // The last batch stored with the completion: records, then COMPLETED, one
+  // commit; a stale attempt's completion stores neither.
+  v1::JobEvent done;
+  done.mutable_completed()->set_n_records(kBatches * kPerBatch + 2);
+  const std::vector<v1::JobEvent> tail = {Block(7001), Block(7002)};
+  EXPECT_TRUE(absl::IsFailedPrecondition(
+      store_->FinishJob("a", 2, v1::JOB_STATE_COMPLETED, tail, done).status()));
+  EXPECT_EQ(store_->GetJob("a")->last_event_seq(), last);
+  auto finished = store_->FinishJob("a", 1, v1::JOB_STATE_COMPLETED, tail, done);
+  ASSERT_TRUE(finished.ok()) << finished.status();
+  EXPECT_EQ(finished->seq(), last + 3);
+  auto end = store_->EventsSince("a", last, 1000);
+  ASSERT_TRUE(end.ok());
+  ASSERT_EQ(end->size(), 3u);
+  EXPECT_EQ((*end)[0].result().scan_block().block(), 7001);
+  EXPECT_EQ((*end)[1].result().scan_block().block(), 7002);
+  EXPECT_TRUE((*end)[2].has_completed());
+  EXPECT_EQ(store_->GetJob("a")->state(), v1::JOB_STATE_COMPLETED);
+  auto results = store_->Results("a");
+  ASSERT_TRUE(results.ok());
+  ASSERT_EQ(results->size(), static_cast<size_t>(kBatches + kBatches * kPerBatch + 2));
+  EXPECT_EQ(results->back().scan_block().block(), 7002);
 }
 
 TEST_P(JobStoreContract, PublishedWorkersAndRunningAreSeenByTheOtherHost) {

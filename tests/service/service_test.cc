@@ -466,6 +466,37 @@ TEST_F(ServiceTest, BadRequestsGetClearStatuses) {
   EXPECT_EQ(CompareResults(job, want.blocks, want.summary), "");
 }
 
+// The worker batches records computed within 10 ms of each other, never
+// longer: on a job whose units take 100 ms each, the block records are
+// stored one unit apart while it runs (not all at its end), in block order.
+TEST_F(ServiceTest, RecordsOfASlowJobAreStoredAsTheyAreComputed) {
+  SKIP_WITHOUT_SHARED();
+  server_ = std::make_unique<ServerProcess>(
+      dir_.path(), TestServerConfig(dir_.path(), 1, TestCatalog(),
+                                    R"("worker_args": ["--test-unit-delay-ms=100"])"));
+  ASSERT_TRUE(server_->Start()) << ReadTail(server_->log_path());
+  auto stub = server_->NewStub();
+  const v1::Job job = Submit(*stub, ScanRequest({MakeIds(12, 3)}));
+  grpc::Status status;
+  const auto events = WatchAll(*stub, job.id(), 0, seconds(60), &status);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  std::vector<double> block_times;
+  std::vector<int> blocks;
+  for (const auto& e : events) {
+    if (e.has_result() && e.result().has_scan_block()) {
+      block_times.push_back(e.time().seconds() + e.time().nanos() * 1e-9);
+      blocks.push_back(e.result().scan_block().block());
+    }
+  }
+  ASSERT_EQ(blocks.size(), 10u);  // stories260K: 5 layers = blocks 1..10
+  for (size_t i = 0; i < blocks.size(); ++i) EXPECT_EQ(blocks[i], static_cast<int>(i + 1));
+  // 100 ms per unit: consecutive records at least 50 ms apart (a batch
+  // held to the end of the job would store them in the same millisecond).
+  for (size_t i = 1; i < block_times.size(); ++i) {
+    EXPECT_GE(block_times[i] - block_times[i - 1], 0.05) << "blocks " << i << " and " << i + 1;
+  }
+}
+
 // A late watcher gets every event; after_seq resumes; cancel works for
 // queued and running jobs; client_request_id makes submission idempotent.
 TEST_F(ServiceTest, LateWatcherCancelAndIdempotentSubmit) {
