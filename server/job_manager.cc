@@ -79,6 +79,21 @@ void JobManager::SetChangeListener(std::function<void(const std::string&)> liste
   listener_ = std::move(listener);
 }
 
+void JobManager::SetEventsListener(
+    std::function<void(const std::string&, const std::vector<v1::JobEvent>&)> listener) {
+  std::lock_guard<std::mutex> lock(listener_mu_);
+  events_listener_ = std::move(listener);
+}
+
+void JobManager::OfferEvents(const std::string& id, const std::vector<v1::JobEvent>& events) {
+  std::function<void(const std::string&, const std::vector<v1::JobEvent>&)> listener;
+  {
+    std::lock_guard<std::mutex> lock(listener_mu_);
+    listener = events_listener_;
+  }
+  if (listener) listener(id, events);
+}
+
 JobManager::~JobManager() {
   Shutdown();
   if (position_thread_.joinable()) position_thread_.join();
@@ -547,7 +562,10 @@ absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& eve
                                      std::optional<v1::JobState> new_state) {
   absl::StatusOr<v1::JobEvent> stored =
       store_->AppendEvent(job.id(), job.attempts(), event, new_state);
-  if (stored.ok()) NotifyJob(job.id(), /*queue_changed=*/false);
+  if (stored.ok()) {
+    OfferEvents(job.id(), {*stored});
+    NotifyJob(job.id(), /*queue_changed=*/false);
+  }
   return stored.status();
 }
 
@@ -555,7 +573,10 @@ absl::Status JobManager::RecordEvents(const v1::Job& job, const std::vector<v1::
                                       std::optional<v1::JobState> new_state) {
   absl::StatusOr<std::vector<v1::JobEvent>> stored =
       store_->AppendEvents(job.id(), job.attempts(), events, new_state);
-  if (stored.ok()) NotifyJob(job.id(), /*queue_changed=*/false);
+  if (stored.ok()) {
+    OfferEvents(job.id(), *stored);
+    NotifyJob(job.id(), /*queue_changed=*/false);
+  }
   return stored.status();
 }
 
@@ -580,8 +601,9 @@ const char* OutcomeLabel(v1::JobState state) {
 
 absl::Status JobManager::Finish(const v1::Job& job, v1::JobState state, const v1::JobEvent& event,
                                 const std::vector<v1::JobEvent>& preceding) {
-  absl::StatusOr<v1::JobEvent> stored =
+  absl::StatusOr<std::vector<v1::JobEvent>> stored =
       store_->FinishJob(job.id(), job.attempts(), state, preceding, event);
+  if (stored.ok()) OfferEvents(job.id(), *stored);
   if (stored.ok() && metrics_ != nullptr) {
     const double seconds = SecondsSinceStart(job);
     metrics_->JobFinished(job.type(), OutcomeLabel(state), seconds);

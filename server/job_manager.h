@@ -163,6 +163,11 @@ class JobManager {
   /// Called (outside the manager's locks) with the id of every changed job,
   /// "" when any may have changed. Set before serving; null to unset.
   void SetChangeListener(std::function<void(const std::string&)> listener);
+  /// Called (before the change listener) with the events the worker pool
+  /// just committed for a job (in seq order): watchers are fed from memory
+  /// instead of reading them back from the store.
+  void SetEventsListener(
+      std::function<void(const std::string&, const std::vector<v1::JobEvent>&)> listener);
 
  private:
   JobStore* const store_;
@@ -204,6 +209,9 @@ class JobManager {
   std::map<std::string, int32_t> last_position_;  // position thread only
   mutable std::mutex listener_mu_;
   std::function<void(const std::string&)> listener_;
+  std::function<void(const std::string&, const std::vector<v1::JobEvent>&)> events_listener_;
+  /// Hands `events` of job `id` to the events listener, if any.
+  void OfferEvents(const std::string& id, const std::vector<v1::JobEvent>& events);
 };
 
 /// Size and mtime of a checkpoint file, or of the files of a HF directory

@@ -130,15 +130,17 @@ class JobStore {
   /// FailedPrecondition when already finished or the attempt is stale.
   absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
                                          v1::JobState state, const v1::JobEvent& event) {
-    return FinishJob(id, attempt, state, {}, event);
+    absl::StatusOr<std::vector<v1::JobEvent>> stored = FinishJob(id, attempt, state, {}, event);
+    if (!stored.ok()) return stored.status();
+    return std::move(stored->back());
   }
   /// FinishJob that first appends `preceding` (non-terminal events of the
   /// same attempt, e.g. a worker's last batch of records) in the same
-  /// transaction: one durable commit for the end of a job.
-  virtual absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
-                                                 v1::JobState state,
-                                                 const std::vector<v1::JobEvent>& preceding,
-                                                 const v1::JobEvent& event) = 0;
+  /// transaction: one durable commit for the end of a job. Returns every
+  /// event stored, the terminal one last.
+  virtual absl::StatusOr<std::vector<v1::JobEvent>> FinishJob(
+      const std::string& id, int32_t attempt, v1::JobState state,
+      const std::vector<v1::JobEvent>& preceding, const v1::JobEvent& event) = 0;
 
   /// A dispatched job lost its worker (or the server is stopping): writes a
   /// Retrying event and puts it back in the queue at its original FIFO

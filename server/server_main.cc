@@ -339,6 +339,9 @@ int Run(const ServerConfig& config) {
   watch_limits.total = config.max_watch_streams;
   WatchHub hub(store->get(), watch_limits,
                [&metrics](int code) { metrics.GrpcRequest("WatchJob", code); });
+  manager.SetEventsListener([&hub](const std::string& id, const std::vector<sinkscope::v1::JobEvent>& events) {
+    hub.Offer(id, events);
+  });
   manager.SetChangeListener([&hub](const std::string& id) {
     if (id.empty()) {
       hub.AllChanged();
@@ -430,6 +433,7 @@ int Run(const ServerConfig& config) {
   hub.Shutdown();  // every WatchJob ends with UNAVAILABLE (and where to resume)
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   manager.SetChangeListener(nullptr);
+  manager.SetEventsListener(nullptr);
   pool.Stop();
   leases.Stop();
   if (!socket_path.empty()) {

@@ -386,19 +386,17 @@ absl::StatusOr<v1::JobEvent> SqlJobStore::AppendQueuedEvent(const std::string& i
   }, SqlDurability::kGroupCommit);
 }
 
-absl::StatusOr<v1::JobEvent> SqlJobStore::FinishJob(const std::string& id, int32_t attempt,
-                                                    v1::JobState state,
-                                                    const std::vector<v1::JobEvent>& preceding,
-                                                    const v1::JobEvent& event) {
+absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::FinishJob(
+    const std::string& id, int32_t attempt, v1::JobState state,
+    const std::vector<v1::JobEvent>& preceding, const v1::JobEvent& event) {
   if (!IsTerminal(state)) return absl::InternalError("FinishJob needs a terminal state");
   SqlDb& db = *db_;
-  return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::JobEvent> {
+  return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::JobEvent>> {
     STORE_ASSIGN(facts, LockFacts(db, tx, id));
     STORE_ASSIGN(event_attempt, CheckFinish(facts, attempt, state));
-    if (!preceding.empty()) {
-      STORE_RETURN_IF_ERROR(InsertEvents(db, tx, id, event_attempt, preceding).status());
-    }
-    STORE_ASSIGN(stored, InsertEvent(db, tx, id, event_attempt, event));
+    std::vector<v1::JobEvent> all = preceding;
+    all.push_back(event);
+    STORE_ASSIGN(stored, InsertEvents(db, tx, id, event_attempt, all));
     STORE_RETURN_IF_ERROR(
         tx.Query("UPDATE jobs SET state = $1, end_us = $2, error_code = $3, error_message = $4, "
                  "result_attempt = $5, lease_expires_us = 0 WHERE id = $6",

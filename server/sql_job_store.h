@@ -62,10 +62,10 @@ class SqlJobStore : public JobStore {
       const std::string& id, int32_t attempt, const std::vector<v1::JobEvent>& events,
       std::optional<v1::JobState> new_state) override;
   using JobStore::FinishJob;
-  absl::StatusOr<v1::JobEvent> FinishJob(const std::string& id, int32_t attempt,
-                                         v1::JobState state,
-                                         const std::vector<v1::JobEvent>& preceding,
-                                         const v1::JobEvent& event) override;
+  absl::StatusOr<std::vector<v1::JobEvent>> FinishJob(const std::string& id, int32_t attempt,
+                                                      v1::JobState state,
+                                                      const std::vector<v1::JobEvent>& preceding,
+                                                      const v1::JobEvent& event) override;
   absl::StatusOr<ReleaseOutcome> ReleaseLostJob(const std::string& id, int32_t attempt,
                                                 const std::string& reason, bool count_failure,
                                                 int max_failures) override;

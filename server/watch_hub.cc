@@ -1,6 +1,8 @@
 #include "server/watch_hub.h"
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -230,7 +232,10 @@ void WatchHub::Remove(Stream* s) {
   auto job = by_job_.find(s->job_id());
   if (job != by_job_.end()) {
     job->second.erase(s);
-    if (job->second.empty()) by_job_.erase(job);
+    if (job->second.empty()) {
+      by_job_.erase(job);
+      PruneOfferedLocked(s->job_id(), INT64_MAX);
+    }
   }
   auto user = by_user_.find(s->user());
   if (user != by_user_.end() && --user->second <= 0) by_user_.erase(user);
@@ -254,6 +259,34 @@ void WatchHub::JobChanged(const std::string& job_id) {
     for (Stream* s : it->second) ready_.push_back(streams_[s]);
   }
   cv_.notify_all();
+}
+
+void WatchHub::Offer(const std::string& job_id, const std::vector<v1::JobEvent>& events) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto watchers = by_job_.find(job_id);
+    if (watchers == by_job_.end()) return;  // nobody watches: the store has them
+    std::map<int64_t, v1::JobEvent>& kept = offered_[job_id];
+    for (const v1::JobEvent& e : events) {
+      const size_t bytes = e.ByteSizeLong();
+      if (bytes > kMaxOfferedEventBytes || offered_bytes_ + bytes > kMaxOfferedBytes) continue;
+      if (kept.emplace(e.seq(), e).second) offered_bytes_ += bytes;
+    }
+    if (kept.empty()) offered_.erase(job_id);
+    for (Stream* st : watchers->second) ready_.push_back(streams_[st]);
+  }
+  cv_.notify_all();
+}
+
+void WatchHub::PruneOfferedLocked(const std::string& job_id, int64_t upto) {
+  auto it = offered_.find(job_id);
+  if (it == offered_.end()) return;
+  std::map<int64_t, v1::JobEvent>& kept = it->second;
+  while (!kept.empty() && kept.begin()->first <= upto) {
+    offered_bytes_ -= kept.begin()->second.ByteSizeLong();
+    kept.erase(kept.begin());
+  }
+  if (kept.empty()) offered_.erase(it);
 }
 
 void WatchHub::AllChanged() {
@@ -295,6 +328,35 @@ void WatchHub::Refill(const std::shared_ptr<Stream>& s) {
   int64_t seq = 0;
   if (!s->IdleAt(&seq)) return;  // writing, or finishing: it reschedules itself
   constexpr int kBatch = 256;
+  {
+    // Offered events that continue the stream exactly: no store read. The
+    // ones every watcher of the job has passed are dropped.
+    std::vector<v1::JobEvent> next;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = offered_.find(s->job_id());
+      if (it != offered_.end()) {
+        for (auto e = it->second.find(seq + 1);
+             e != it->second.end() && e->first == seq + 1 + static_cast<int64_t>(next.size()) &&
+             static_cast<int>(next.size()) < kBatch;
+             ++e) {
+          next.push_back(e->second);
+        }
+        int64_t low = seq + static_cast<int64_t>(next.size());
+        auto watchers = by_job_.find(s->job_id());
+        if (watchers != by_job_.end()) {
+          for (Stream* other : watchers->second) {
+            if (other != s.get()) low = std::min(low, other->seq());
+          }
+        }
+        PruneOfferedLocked(s->job_id(), low);
+      }
+    }
+    if (!next.empty()) {
+      s->Push(seq, std::move(next));
+      return;
+    }
+  }
   absl::StatusOr<std::vector<v1::JobEvent>> events = store_->EventsSince(s->job_id(), seq, kBatch);
   if (!events.ok()) {
     s->End(ToGrpcStatus(events.status()));

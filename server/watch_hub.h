@@ -58,6 +58,14 @@ class WatchHub {
 
   /// Job `job_id` has new events or a new state.
   void JobChanged(const std::string& job_id);
+  /// Events of job `job_id` just committed (any order across calls): kept
+  /// in memory while the job has watchers, so that their streams take them
+  /// from here instead of reading them back from the store. Events of up
+  /// to kMaxOfferedEventBytes each, kMaxOfferedBytes in all; a stream whose
+  /// next event is not here reads the store as before.
+  void Offer(const std::string& job_id, const std::vector<v1::JobEvent>& events);
+  static constexpr size_t kMaxOfferedEventBytes = 256 << 10;
+  static constexpr size_t kMaxOfferedBytes = 64 << 20;
   /// Every stream should look again (a change made outside the manager).
   void AllChanged();
   /// Ends every stream with UNAVAILABLE (it says the after_seq to resume
@@ -89,6 +97,11 @@ class WatchHub {
   std::map<std::string, std::set<Stream*>> by_job_;
   std::map<std::string, int> by_user_;
   std::deque<std::shared_ptr<Stream>> ready_;  // streams to refill
+  /// Offered events by job and seq (jobs with watchers only), and their size.
+  std::map<std::string, std::map<int64_t, v1::JobEvent>> offered_;
+  size_t offered_bytes_ = 0;
+  /// Drops job_id's offered events with seq <= `upto` (mu_ held).
+  void PruneOfferedLocked(const std::string& job_id, int64_t upto);
   bool sweep_ = false;                         // refill every stream
   std::thread pump_;
 };

@@ -429,7 +429,8 @@ TEST_P(JobStoreContract, BatchedEventsAreContiguousAndAllOrNothing) {
   EXPECT_EQ(store_->GetJob("a")->last_event_seq(), last);
   auto finished = store_->FinishJob("a", 1, v1::JOB_STATE_COMPLETED, tail, done);
   ASSERT_TRUE(finished.ok()) << finished.status();
-  EXPECT_EQ(finished->seq(), last + 3);
+  ASSERT_EQ(finished->size(), 3u);
+  EXPECT_EQ(finished->back().seq(), last + 3);
   auto end = store_->EventsSince("a", last, 1000);
   ASSERT_TRUE(end.ok());
   ASSERT_EQ(end->size(), 3u);
