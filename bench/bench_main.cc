@@ -91,6 +91,7 @@ int main(int argc, char** argv) {
   add_service(service);
   service->add_option("--threads", eo.threads, "Intra-op threads per worker (default 1)");
   service->add_option("--clients", so.clients, "Client counts to run (default 1 8)");
+  service->add_option("--workers", so.workers, "cpu workers (and direct-engine models), default 2");
 
   std::string mem_dir, mem_variant;
   CLI::App* mem = app.add_subcommand("mem-child", "internal: one variant, fresh process");
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
   CLI::App* direct = app.add_subcommand("direct-child", "internal: direct-engine jobs");
   add_service(direct);
   direct->add_option("--clients", direct_clients);
+  direct->add_option("--workers", so.workers);
   direct->add_option("--threads", eo.threads);
   CLI11_PARSE(app, argc, argv);
 

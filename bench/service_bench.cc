@@ -488,7 +488,8 @@ int RunServiceBench(const ServiceBenchOptions& opt) {
                                  "--threads", std::to_string(opt.threads), "--service-model",
                                  opt.model_path, "--jobs-per-client",
                                  std::to_string(opt.jobs_per_client), "--job-tokens",
-                                 std::to_string(opt.seq_len)},
+                                 std::to_string(opt.seq_len), "--workers",
+                                 std::to_string(opt.workers)},
                                 &out);
       const size_t at = out.find("RESULT ");
       if (rc != 0 || at == std::string::npos) {
