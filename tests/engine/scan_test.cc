@@ -10,8 +10,11 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
+#include <vector>
 
 #include "tests/engine/fixtures.h"
+#include "worker/engine/reductions.h"
 #include "tests/engine/test_util.h"
 
 namespace sinkscope {
@@ -152,6 +155,44 @@ TEST(ActivationScan, StatisticsMatchFullTensorComputation) {
       EXPECT_NEAR(rec.resid_median_abs[s], lower_median, 1e-5 * (1 + lower_median));
     }
   }
+}
+
+// The scan's fused CPU row statistics against a float64 sort of |x| done
+// here: signed values, ties, odd and even lengths, zeros, infinities; a NaN
+// or a non-float32 row is left to the tensor path (false).
+TEST(ActivationScan, FusedMedianAndMaxOfAbsMatchASort) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  for (int64_t n : {1, 2, 3, 10, 511, 512, 4096}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      std::vector<float> v(static_cast<size_t>(n));
+      for (auto& x : v) x = normal(rng);
+      if (variant == 1) {  // many ties and both signs of the same magnitude
+        for (size_t i = 0; i < v.size(); ++i) v[i] = (i % 2 ? -1.f : 1.f) * static_cast<float>(i % 5);
+      }
+      if (variant == 2) {  // a massive entry and an infinity
+        v[0] = -500.f;
+        v.back() = INFINITY;
+      }
+      std::vector<double> sorted;
+      for (float x : v) sorted.push_back(std::fabs(static_cast<double>(x)));
+      std::sort(sorted.begin(), sorted.end());
+      const double want_median = sorted[static_cast<size_t>((n - 1) / 2)];  // lower median
+      const double want_max = sorted.back();
+      const at::Tensor row = at::tensor(v);
+      float median = -1, mx = -1;
+      ASSERT_TRUE(MedianMaxAbsCpu(row, &median, &mx)) << n << " " << variant;
+      EXPECT_EQ(static_cast<double>(median), want_median) << n << " " << variant;
+      EXPECT_EQ(static_cast<double>(mx), want_max) << n << " " << variant;
+      EXPECT_EQ(static_cast<double>(MedianAbs(row.abs())), want_median);
+    }
+  }
+  float median = -1, mx = -1;
+  EXPECT_FALSE(MedianMaxAbsCpu(at::tensor(std::vector<float>{1.f, NAN, 2.f}), &median, &mx));
+  EXPECT_FALSE(MedianMaxAbsCpu(at::tensor(std::vector<double>{1.0, 2.0}), &median, &mx));
+  EXPECT_FALSE(MedianMaxAbsCpu(at::tensor(std::vector<float>{}), &median, &mx));
+  EXPECT_EQ(median, -1.f);
+  EXPECT_EQ(mx, -1.f);
 }
 
 TEST(ActivationScan, BadParametersAreRefusedByName) {

@@ -21,4 +21,12 @@ bool TopKAbsCpu(const at::Tensor& flat, int64_t k, std::vector<std::pair<float, 
 /// float32: exact radix select on the bit patterns; else at::median.
 float MedianAbs(const at::Tensor& abs_row);
 
+/// Lower median and maximum of |row| for a contiguous CPU float32 `row` of
+/// signed values, without materialising |row|: one pass for the histogram of
+/// the bit patterns and the maximum, one over the median's bucket. Same
+/// values as MedianAbs(row.abs()) and row.abs().max(). False (nothing
+/// written) for other tensors, an empty row or a NaN, so that the caller
+/// takes the tensor path and its NaN semantics.
+bool MedianMaxAbsCpu(const at::Tensor& row, float* median, float* max_abs);
+
 }  // namespace sinkscope

@@ -73,13 +73,11 @@ bool TopKAbsCpu(const at::Tensor& flat, int64_t k, std::vector<std::pair<float, 
 // float32: exact radix select on the bit patterns (histogram of the top 16
 // bits, then nth_element inside one bucket), about 6x faster than
 // at::median's copy + nth_element over the whole tensor. Else at::median.
-float MedianAbs(const at::Tensor& abs_row) {
-  if (!abs_row.device().is_cpu() || abs_row.scalar_type() != at::kFloat || abs_row.numel() == 0) {
-    return abs_row.reshape({-1}).median().item<float>();
-  }
-  const at::Tensor c = abs_row.contiguous();
-  const float* p = c.data_ptr<float>();
-  const int64_t n = c.numel();
+namespace {
+
+/// The radix select behind MedianAbs and MedianMaxAbsCpu: lower median and
+/// max of |p[0..n)| (n > 0); false when a NaN is present.
+bool RadixMedianMaxAbs(const float* p, int64_t n, float* median, float* max_abs) {
   const int64_t rank = (n - 1) / 2;  // 0-based rank of the lower median
   std::vector<uint32_t> hist(1u << 16, 0);
   uint32_t max_bits = 0;
@@ -88,7 +86,7 @@ float MedianAbs(const at::Tensor& abs_row) {
     ++hist[b >> 16];
     max_bits = std::max(max_bits, b);
   }
-  if (max_bits > 0x7f800000u) return c.reshape({-1}).median().item<float>();  // NaN present
+  if (max_bits > 0x7f800000u) return false;  // NaN present
   uint32_t bucket = 0;
   int64_t below = 0;
   while (below + hist[bucket] <= rank) below += hist[bucket++];
@@ -99,7 +97,31 @@ float MedianAbs(const at::Tensor& abs_row) {
   }
   auto nth = cand.begin() + (rank - below);
   std::nth_element(cand.begin(), nth, cand.end());
-  return *nth;
+  *median = *nth;
+  std::memcpy(max_abs, &max_bits, sizeof max_bits);
+  return true;
+}
+
+}  // namespace
+
+float MedianAbs(const at::Tensor& abs_row) {
+  if (!abs_row.device().is_cpu() || abs_row.scalar_type() != at::kFloat || abs_row.numel() == 0) {
+    return abs_row.reshape({-1}).median().item<float>();
+  }
+  const at::Tensor c = abs_row.contiguous();
+  float median = 0, max_abs = 0;
+  if (!RadixMedianMaxAbs(c.data_ptr<float>(), c.numel(), &median, &max_abs)) {
+    return c.reshape({-1}).median().item<float>();  // NaN present
+  }
+  return median;
+}
+
+bool MedianMaxAbsCpu(const at::Tensor& row, float* median, float* max_abs) {
+  if (!row.device().is_cpu() || row.scalar_type() != at::kFloat || !row.is_contiguous() ||
+      row.numel() == 0) {
+    return false;
+  }
+  return RadixMedianMaxAbs(row.data_ptr<float>(), row.numel(), median, max_abs);
 }
 
 namespace {
@@ -259,22 +281,32 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
       hooks.AddProbe(id.resid_hook(), [&, b, id](const std::string&, int64_t,
                                                  const at::Tensor& t) {
         BlockAccumulator& a = acc[b];
-        at::Tensor h32 = t.to(at::kFloat);
-        at::Tensor abs = h32.abs();
+        at::Tensor h32 = t.to(at::kFloat).contiguous();
         MergeTopK(a.resid_top, TopK(h32, params.top_k, batch), params.top_k);
         std::set<std::array<int64_t, 3>> cur_hits;
         for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
-          at::Tensor row = abs.select(0, r);
-          // torch.median semantics: the lower of the two middle values.
-          const float median = MedianAbs(row);
-          const float mx = row.max().item<float>();
+          const at::Tensor row = h32.select(0, r);  // signed, [pos, d_model]
+          // torch.median semantics: the lower of the two middle values. The
+          // CPU float32 path reads the signed row once for median and max
+          // (no |row| copy); others (and NaN) take the tensor path.
+          float median = 0, mx = 0;
+          at::Tensor abs_row;
+          if (!MedianMaxAbsCpu(row, &median, &mx)) {
+            abs_row = row.abs();
+            median = MedianAbs(abs_row);
+            mx = abs_row.max().item<float>();
+          }
           const int64_t s = batch[r];
           a.median_by_seq[s] = median;
           a.max_abs = std::max(a.max_abs, mx);
           seq_max[s] = std::max(seq_max[s], mx);
           const double thr =
               std::max(params.abs_threshold, params.rel_threshold * static_cast<double>(median));
-          at::Tensor hits = (row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
+          // No entry can pass the threshold when the row's max does not
+          // (a NaN max still looks, like the tensor comparison would).
+          if (static_cast<double>(mx) <= thr) continue;
+          if (!abs_row.defined()) abs_row = row.abs();
+          at::Tensor hits = (abs_row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
           a.n_massive += hits.size(0);
           auto hx = hits.accessor<int64_t, 2>();
           for (int64_t i = 0; i < hits.size(0); ++i) {
