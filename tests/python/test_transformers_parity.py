@@ -34,12 +34,16 @@ VOCAB = 128
 N_NEW = 8
 
 
+def in_ci():
+    return os.environ.get("CI") in ("true", "1")
+
+
 def need(module):
     """Imports `module`; skips when absent, fails under CI=true."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             raise
         pytest.skip(f"python package {module} missing: {e}")
 
@@ -205,7 +209,7 @@ def hf_greedy(model, ids, n):
 
 def run_engine(args):
     if not SINKSCOPE_RUN:
-        if os.environ.get("CI") == "true":
+        if in_ci():
             pytest.fail("SINKSCOPE_RUN (path of sinkscope-run) is not set")
         pytest.skip("SINKSCOPE_RUN not set")
     p = subprocess.run([SINKSCOPE_RUN] + args, capture_output=True, text=True, timeout=300)

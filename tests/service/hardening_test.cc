@@ -27,12 +27,6 @@ namespace {
 
 using std::chrono::seconds;
 
-#define SKIP_WITHOUT_SHARED()                                                           \
-  if (Stories260KPath().empty()) {                                                      \
-    SINKSCOPE_SKIP_MISSING("shared/models/stories260K/stories260K.bin not found (set " \
-                           "SINKSCOPE_SHARED_DIR)");                                   \
-  }
-
 std::string ReadAll(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream s;

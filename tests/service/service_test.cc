@@ -26,12 +26,6 @@ namespace {
 
 using std::chrono::seconds;
 
-#define SKIP_WITHOUT_SHARED()                                                           \
-  if (Stories260KPath().empty()) {                                                      \
-    SINKSCOPE_SKIP_MISSING("shared/models/stories260K/stories260K.bin not found (set "          \
-                    "SINKSCOPE_SHARED_DIR); skipping the service integration tests");     \
-  }
-
 /// Submits `req` and returns the job (fails the test on error).
 v1::Job Submit(v1::AnalysisService::Stub& stub, const v1::SubmitJobRequest& req,
                const std::string& user = "tester") {

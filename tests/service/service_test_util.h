@@ -12,7 +12,16 @@
 #include <grpcpp/grpcpp.h>
 
 #include "sinkscope/v1/analysis.grpc.pb.h"
+#include "tests/common/skip.h"
 #include "worker/engine/scan.h"
+
+/// Skips (developer machine) or fails (CI=true) the current test when the
+/// shared stories260K checkpoint the real-server tests run is missing.
+#define SKIP_WITHOUT_SHARED()                                                            \
+  if (::sinkscope::testing::Stories260KPath().empty()) {                                 \
+    SINKSCOPE_SKIP_MISSING("shared/models/stories260K/stories260K.bin not found (set "  \
+                           "SINKSCOPE_SHARED_DIR)");                                    \
+  }
 
 namespace sinkscope {
 namespace testing {

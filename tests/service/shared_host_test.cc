@@ -29,16 +29,10 @@ namespace {
 using std::chrono::seconds;
 using Clock = std::chrono::steady_clock;
 
-#define REQUIRE_MODEL()                                                                   \
-  if (Stories260KPath().empty()) {                                                        \
-    SINKSCOPE_SKIP_MISSING("shared checkpoint stories260K missing (set SINKSCOPE_SHARED_DIR); " \
-                    "skipping this real-server test");                                     \
-  }
-
 double ToSeconds(const google::protobuf::Timestamp& t) { return t.seconds() + t.nanos() * 1e-9; }
 
 TEST(AuthTest, EveryRpcNeedsAValidTokenAndJobsAreIsolated) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   OpsServer server(dir.path(), 1, R"("auth": "token")");
   ASSERT_TRUE(server.Start()) << server.log();
@@ -167,7 +161,7 @@ TEST(AuthTest, EveryRpcNeedsAValidTokenAndJobsAreIsolated) {
 }
 
 TEST(AuthTest, TlsWithASelfSignedCertificate) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   int rc = 0;
   RunCommand(absl::StrCat("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
@@ -212,7 +206,7 @@ TEST(AuthTest, TlsWithASelfSignedCertificate) {
 }
 
 TEST(AuthTest, PlaintextOnANonLoopbackAddressIsRefused) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   WriteFile(dir.path() + "/catalog.json", TestCatalog());
   int status = 0;
@@ -225,7 +219,7 @@ TEST(AuthTest, PlaintextOnANonLoopbackAddressIsRefused) {
 }
 
 TEST(SchedulingTest, FairShareLetsALateUserThrough) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   OpsServer server(dir.path(), 2,
                    R"("auth": "token", "queue_event_interval_ms": 200, "worker_args": ["--test-unit-delay-ms", "20"])");
@@ -287,7 +281,7 @@ TEST(SchedulingTest, FairShareLetsALateUserThrough) {
 }
 
 TEST(SchedulingTest, PerUserQueueLimitAndPriority) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   OpsServer server(dir.path(), 1,
                    R"("auth": "token", "max_queued_per_user": 3, "worker_args": ["--test-unit-delay-ms", "100"])");
@@ -318,7 +312,7 @@ TEST(SchedulingTest, PerUserQueueLimitAndPriority) {
 }
 
 TEST(MemoryTest, JobLargerThanEveryBudgetIsRefusedWithTheNumbers) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   OpsServer server(dir.path(), 1, R"("worker_memory_bytes": 100000)");
   ASSERT_TRUE(server.Start()) << server.log();
@@ -332,7 +326,7 @@ TEST(MemoryTest, JobLargerThanEveryBudgetIsRefusedWithTheNumbers) {
 }
 
 TEST(MemoryTest, TwoModelsThatDoNotFitTogetherAreServedByEviction) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   if (AiDreamsPath().empty()) { SINKSCOPE_SKIP_MISSING("aidreams260K missing; needs two models"); }
   TempDir dir;
   // One 260K-parameter float32 model (~1.04 MB) + activations fit in 1.6 MB; two do not.
@@ -365,7 +359,7 @@ TEST(MemoryTest, TwoModelsThatDoNotFitTogetherAreServedByEviction) {
 }
 
 TEST(CancelTest, CancellingALongJobFreesTheWorkerWithinOneLayer) {
-  REQUIRE_MODEL();
+  SKIP_WITHOUT_SHARED();
   TempDir dir;
   constexpr int kUnitDelayMs = 100;  // one unit = one block; a layer = 2 blocks
   OpsServer server(dir.path(), 1,

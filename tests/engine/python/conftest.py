@@ -34,6 +34,17 @@ def shared_path(rel):
     return p if root and os.path.exists(p) else None
 
 
+def require_shared(rel):
+    """The shared file `rel`; skips when it is missing (fails under CI=true)."""
+    p = shared_path(rel)
+    if not p:
+        msg = f"missing dependency: shared {rel}"
+        if in_ci():
+            pytest.fail(msg + " under CI=true")
+        pytest.skip(msg)
+    return p
+
+
 def run_bin():
     b = os.environ.get("SINKSCOPE_RUN_BIN")
     if not b or not os.path.exists(b):

@@ -5,11 +5,10 @@ Llama 3 Split regex, the Qwen2 regex with an NFC normalizer), saved as
 tokenizer.json, and sinkscope must encode every text exactly as the package
 does (`encode(text, add_special_tokens=False).ids`).
 """
-import os
 
 import pytest
 
-from conftest import need, shared_path, sinkscope_run, sinkscope_run_error, sinkscope_run_lines
+from conftest import in_ci, need, require_shared, shared_path, sinkscope_run, sinkscope_run_error, sinkscope_run_lines
 
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -85,7 +84,9 @@ def build(tmp_path, variant):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     corpus = [TRAIN] * 3
-    shakespeare = shared_path("corpora/tinyshakespeare.txt")
+    # Real text widens the merges; optional on a developer machine only.
+    rel = "corpora/tinyshakespeare.txt"
+    shakespeare = require_shared(rel) if in_ci() else shared_path(rel)
     if shakespeare:
         with open(shakespeare, encoding="utf-8") as f:
             corpus.append(f.read(200_000))
@@ -117,11 +118,7 @@ def test_bpe_matches_tokenizers(tmp_path, variant):
 
 
 def test_bpe_matches_tokenizers_on_shakespeare(tmp_path):
-    corpus = shared_path("corpora/tinyshakespeare.txt")
-    if not corpus:
-        if os.environ.get("CI") in ("true", "1"):
-            pytest.fail("missing dependency under CI=true: shared corpora/tinyshakespeare.txt")
-        pytest.skip("missing dependency: shared corpora/tinyshakespeare.txt")
+    corpus = require_shared("corpora/tinyshakespeare.txt")
     tok, path = build(tmp_path, "llama3")
     with open(corpus, encoding="utf-8") as f:
         want = tok.encode(f.read(), add_special_tokens=False).ids
