@@ -560,13 +560,7 @@ std::optional<v1::Job> JobManager::WaitForJob(const std::string& worker, absl::D
 
 absl::Status JobManager::RecordEvent(const v1::Job& job, const v1::JobEvent& event,
                                      std::optional<v1::JobState> new_state) {
-  absl::StatusOr<v1::JobEvent> stored =
-      store_->AppendEvent(job.id(), job.attempts(), event, new_state);
-  if (stored.ok()) {
-    OfferEvents(job.id(), {*stored});
-    NotifyJob(job.id(), /*queue_changed=*/false);
-  }
-  return stored.status();
+  return RecordEvents(job, {event}, new_state);
 }
 
 absl::Status JobManager::RecordEvents(const v1::Job& job, const std::vector<v1::JobEvent>& events,

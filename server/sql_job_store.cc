@@ -120,9 +120,8 @@ absl::StatusOr<v1::Job> ReadJob(SqlTx& tx, const std::string& id) {
   return JobFromRow(rows, 0);
 }
 
-/// Appends an event (seq from the job row, under its lock) and NOTIFYs.
-/// Appends `events` with consecutive seqs (one UPDATE of the job's last_seq
-/// for all of them) and returns them as stored.
+/// Appends `events` with consecutive seqs (one UPDATE of the job's last_seq,
+/// under its row lock, for all of them), NOTIFYs, and returns them as stored.
 absl::StatusOr<std::vector<v1::JobEvent>> InsertEvents(SqlDb& db, SqlTx& tx, const std::string& id,
                                                        int32_t attempt,
                                                        const std::vector<v1::JobEvent>& events) {
@@ -328,6 +327,9 @@ absl::StatusOr<std::vector<QueuedJob>> SqlJobStore::ListQueued() {
   });
 }
 
+// Group commit: a claim lost with a power cut leaves the job QUEUED (or
+// RUNNING under an expired lease), and it is dispatched again; the job itself
+// was made durable when it was accepted.
 absl::StatusOr<v1::Job> SqlJobStore::ClaimJob(const std::string& id, const std::string& worker) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::Job> {
@@ -351,9 +353,6 @@ absl::StatusOr<v1::Job> SqlJobStore::ClaimJob(const std::string& id, const std::
             .status());
     STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
     return ReadJob(tx, id);
-    // Group commit: a claim lost with a power cut leaves the job QUEUED (or
-    // RUNNING under an expired lease), and it is dispatched again; the job
-    // itself was made durable when it was accepted.
   }, SqlDurability::kGroupCommit);
 }
 

@@ -612,9 +612,7 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         to_store.clear();
         continue;
       }
-      absl::Status stored = to_store.size() == 1
-                                ? manager_->RecordEvent(job, to_store.front(), new_state)
-                                : manager_->RecordEvents(job, to_store, new_state);
+      absl::Status stored = manager_->RecordEvents(job, to_store, new_state);
       if (!stored.ok()) {
         Log(absl::StrCat(job.id(), ": not recording worker event: ", stored.ToString()));
         store_rejected = true;

@@ -241,7 +241,7 @@ grpc::Status WorkerServiceImpl::RunJob(grpc::ServerContext* context,
       {
         std::lock_guard<std::mutex> lock(write_mu);
         if (!done.load() && !pending.empty() && Clock::now() - pending_since >= kBatchWindow) {
-          flush_locked();
+          flush_locked();  // a batch that waited its window
         }
       }
       std::unique_lock<std::mutex> lock(done_mu);
