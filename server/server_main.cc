@@ -32,6 +32,7 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include "absl/synchronization/mutex.h"
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
@@ -457,6 +458,10 @@ int Run(const ServerConfig& config) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Debian builds Abseil without NDEBUG: every absl::Mutex lock inside
+  // gRPC would update a global lock graph, and a reported cycle aborts the
+  // process. Release behaviour (bench/RESULTS.md, 2026-12-03).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Signals are taken by sigwait in the main thread; block them before any
   // thread starts (children get an empty mask before exec).
   sigset_t signals;

@@ -15,6 +15,7 @@
 
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
+#include "absl/synchronization/mutex.h"
 #include <grpcpp/grpcpp.h>
 
 #include "worker/engine/model.h"
@@ -29,6 +30,10 @@ void OnSignal(int) { g_stop.store(true); }
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Debian builds Abseil without NDEBUG: every absl::Mutex lock inside
+  // gRPC would update a global lock graph, and a reported cycle aborts the
+  // process. Release behaviour (bench/RESULTS.md, 2026-12-03).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   CLI::App app{"sinkscope-worker: runs sinkscope analyses for sinkscope-server"};
   std::string socket_path;
   sinkscope::worker::WorkerOptions options;
