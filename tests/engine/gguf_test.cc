@@ -25,45 +25,9 @@ namespace sinkscope {
 namespace {
 
 using ::sinkscope::testing::ExpectInvalidArgumentNaming;
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-struct VocabCase {
-  std::string input;
-  std::vector<int64_t> ids;
-};
-
-/// llama.cpp's tests/test-tokenizer-0 files: inputs separated (and ended) by
-/// "\n__ggml_vocab_test__\n"; one line of expected ids (no BOS) per input.
-std::vector<VocabCase> LoadVocabCases(const std::string& inp_path, const std::string& out_path) {
-  const std::string text = ReadAll(inp_path);
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  std::vector<std::string> inputs;
-  for (size_t pos = 0; pos < text.size();) {
-    size_t next = text.find(sep, pos);
-    if (next == std::string::npos) next = text.size();
-    inputs.push_back(text.substr(pos, next - pos));
-    pos = next + sep.size();
-  }
-  std::ifstream out(out_path);
-  std::vector<VocabCase> cases;
-  std::string line;
-  for (size_t i = 0; std::getline(out, line); ++i) {
-    VocabCase c;
-    c.input = i < inputs.size() ? inputs[i] : "";
-    std::istringstream ls(line);
-    int64_t id;
-    while (ls >> id) c.ids.push_back(id);
-    cases.push_back(std::move(c));
-  }
-  EXPECT_EQ(inputs.size(), cases.size());
-  return cases;
-}
+using ::sinkscope::testing::LoadVocabCases;
+using ::sinkscope::testing::ReadAll;
+using ::sinkscope::testing::VocabCase;
 
 /// Encodes every case; returns how many match, printing the others.
 int CountMatches(const Tokenizer& tok, const std::vector<VocabCase>& cases, const char* label) {

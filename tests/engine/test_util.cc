@@ -5,6 +5,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -57,6 +59,38 @@ std::string MakeTempDir(const std::string& prefix) {
   if (!d) return std::string();
   Registry().dirs.push_back(d);
   return std::string(d);
+}
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<VocabCase> LoadVocabCases(const std::string& inp_path, const std::string& out_path) {
+  const std::string text = ReadAll(inp_path);
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  std::vector<std::string> inputs;
+  for (size_t pos = 0; pos < text.size();) {
+    size_t next = text.find(sep, pos);
+    if (next == std::string::npos) next = text.size();
+    inputs.push_back(text.substr(pos, next - pos));
+    pos = next + sep.size();
+  }
+  std::ifstream out(out_path);
+  std::vector<VocabCase> cases;
+  std::string line;
+  for (size_t i = 0; std::getline(out, line); ++i) {
+    VocabCase c;
+    c.input = i < inputs.size() ? inputs[i] : "";
+    std::istringstream ls(line);
+    int64_t id;
+    while (ls >> id) c.ids.push_back(id);
+    cases.push_back(std::move(c));
+  }
+  EXPECT_EQ(inputs.size(), cases.size()) << "inputs in " << inp_path << " vs lines in " << out_path;
+  return cases;
 }
 
 }  // namespace sinkscope::testing

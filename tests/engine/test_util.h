@@ -1,7 +1,9 @@
 // Helpers shared by the tests: where ../shared is, temporary directories.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -17,6 +19,20 @@ std::string SharedDir();
 std::string SharedFile(const std::string& relative);
 /// A fresh empty temporary directory, removed with its contents when the test binary exits.
 std::string MakeTempDir(const std::string& prefix);
+
+/// The whole file as bytes ("" when it cannot be read).
+std::string ReadAll(const std::string& path);
+
+/// One case of llama.cpp's tokenizer test vectors: input text, expected ids (no BOS).
+struct VocabCase {
+  std::string input;
+  std::vector<int64_t> ids;
+};
+/// llama.cpp's tests/test-tokenizer-0 files (same split as test-tokenizer-0.cpp):
+/// `inp_path` holds the inputs, each followed by "\n__ggml_vocab_test__\n";
+/// `out_path` one line of expected ids per input. Expects (gtest) as many
+/// lines as inputs.
+std::vector<VocabCase> LoadVocabCases(const std::string& inp_path, const std::string& out_path);
 
 /// Asserts `status` is INVALID_ARGUMENT and its message contains `what`.
 inline void ExpectInvalidArgumentNaming(const absl::Status& status, const std::string& what) {

@@ -23,6 +23,10 @@
 namespace sinkscope {
 namespace {
 
+using ::sinkscope::testing::LoadVocabCases;
+using ::sinkscope::testing::ReadAll;
+using ::sinkscope::testing::VocabCase;
+
 /// Removes a temp directory (recursively) when the test ends.
 struct RemoveDirOnExit {
   std::string dir;
@@ -39,54 +43,12 @@ struct RemoveDirOnExit {
     EXPECT_NE(h_.find(needle), std::string::npos) << "[" << h_ << "] lacks [" << (needle) << "]"; \
   } while (0)
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 void WriteAll(const std::string& path, const std::string& data) {
   std::ofstream f(path, std::ios::binary);
   f.write(data.data(), static_cast<std::streamsize>(data.size()));
 }
 
-// ---------------------------------------------------------------------------
-// llama.cpp test vectors: .inp inputs separated by "\n__ggml_vocab_test__\n"
-// (the file also ends with that separator), .out one line of ids per input.
-struct VocabCase {
-  std::string input;
-  std::vector<int64_t> ids;
-};
-
-std::vector<VocabCase> LoadVocabCases(const std::string& inp_path, const std::string& out_path) {
-  const std::string text = ReadAll(inp_path);
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  std::vector<std::string> inputs;
-  // Same split as llama.cpp's tests/test-tokenizer-0.cpp.
-  for (size_t pos = 0; pos < text.size();) {
-    size_t next = text.find(sep, pos);
-    if (next == std::string::npos) next = text.size();
-    inputs.push_back(text.substr(pos, next - pos));
-    pos = next + sep.size();
-  }
-  std::ifstream out(out_path);
-  std::vector<VocabCase> cases;
-  std::string line;
-  size_t i = 0;
-  while (std::getline(out, line)) {
-    VocabCase c;
-    c.input = i < inputs.size() ? inputs[i] : "";
-    std::istringstream ls(line);
-    int64_t id;
-    while (ls >> id) c.ids.push_back(id);
-    cases.push_back(std::move(c));
-    ++i;
-  }
-  EXPECT_EQ(inputs.size(), cases.size()) << "inputs in " << inp_path << " vs lines in " << out_path;
-  return cases;
-}
-
+// llama.cpp test vectors: LoadVocabCases (tests/engine/test_util.h).
 std::string Ids(const std::vector<int64_t>& ids) { return absl::StrJoin(ids, " "); }
 
 // ---------------------------------------------------------------------------
