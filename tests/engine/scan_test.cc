@@ -195,6 +195,49 @@ TEST(ActivationScan, FusedMedianAndMaxOfAbsMatchASort) {
   EXPECT_EQ(mx, -1.f);
 }
 
+// The scan's CPU top-k by |x| against a float64 stable sort done here
+// (ties: the lower index first): lengths around its 64-value chunks, k from 1
+// to 64, ties of both signs, zeros, an increasing row (every value enters),
+// a massive entry and an infinity; a NaN is left to at::topk (false).
+TEST(ActivationScan, CpuTopKOfAbsMatchesAStableSort) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  for (int64_t n : {1, 2, 63, 64, 65, 130, 4096}) {
+    for (int variant = 0; variant < 5; ++variant) {
+      std::vector<float> v(static_cast<size_t>(n));
+      for (auto& x : v) x = normal(rng);
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (variant == 1) v[i] = (i % 2 ? -1.f : 1.f) * static_cast<float>(i % 5);  // ties
+        if (variant == 2) v[i] = 0.f;
+        if (variant == 3) v[i] = static_cast<float>(i) * (i % 3 ? 1.f : -1.f);  // increasing |x|
+      }
+      if (variant == 4) {
+        v[static_cast<size_t>(n / 2)] = -500.f;
+        v.back() = INFINITY;
+      }
+      std::vector<int64_t> order(v.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+        return std::fabs(static_cast<double>(v[a])) > std::fabs(static_cast<double>(v[b]));
+      });
+      for (int64_t k : {1, 3, 64}) {
+        if (k > n) continue;
+        std::vector<std::pair<float, int64_t>> got;
+        ASSERT_TRUE(TopKAbsCpu(at::tensor(v), k, &got)) << n << " " << variant << " " << k;
+        ASSERT_EQ(got.size(), static_cast<size_t>(k));
+        for (int64_t r = 0; r < k; ++r) {
+          EXPECT_EQ(got[r].second, order[r]) << n << " " << variant << " k " << k << " rank " << r;
+          EXPECT_EQ(got[r].first, v[order[r]]) << n << " " << variant << " k " << k << " rank " << r;
+        }
+      }
+    }
+  }
+  std::vector<std::pair<float, int64_t>> got;
+  std::vector<float> with_nan(100, 1.f);
+  with_nan[70] = NAN;
+  EXPECT_FALSE(TopKAbsCpu(at::tensor(with_nan), 3, &got));
+}
+
 TEST(ActivationScan, BadParametersAreRefusedByName) {
   Checkpoint ck = PlantedCheckpoint(PlantedSpec{}, nullptr);
   auto model = MakeCpuModel(ck);

@@ -12,8 +12,9 @@ namespace sinkscope {
 
 /// CPU float32 fast path of the scan's top-k: one pass over the contiguous
 /// float32 `flat` keeping the k largest |value| as (signed value, flat index),
-/// largest first (ties: lower flat index first). False (nothing written) when
-/// a NaN is present, so that the caller falls back to at::topk's NaN semantics.
+/// largest first (ties: lower flat index first); 1 <= k <= numel. False
+/// (`out` then unspecified) when a NaN is present, so that the caller falls
+/// back to at::topk's NaN semantics.
 bool TopKAbsCpu(const at::Tensor& flat, int64_t k, std::vector<std::pair<float, int64_t>>* out);
 
 /// Lower median of `abs_row` (non-negative values; torch.median semantics:
