@@ -248,10 +248,14 @@ std::string RenderScanSummary(const v1::ScanSummary& s, int max_entries) {
                   "  [per sequence max |h| over blocks, tokens, channels; mean over sequences]\n");
   if (s.has_thresholds()) {
     const auto& t = s.thresholds();
+    // The step rule the scan used (an old server sends none: single block).
+    const std::string step =
+        t.step_rule() == "share"
+            ? absl::StrFormat("step rule share (step share %g)", t.step_share())
+            : absl::StrFormat("step rule single-block (step fraction %g)", t.step_fraction());
     absl::StrAppend(&out, Key("Thresholds"),
-                    absl::StrFormat("|h| > %g and |h| > %g x median|h|; step fraction %g; top-k %d",
-                                    t.abs_threshold(), t.rel_threshold(), t.step_fraction(),
-                                    t.top_k()),
+                    absl::StrFormat("|h| > %g and |h| > %g x median|h|; %s; top-k %d",
+                                    t.abs_threshold(), t.rel_threshold(), step, t.top_k()),
                     "\n");
   }
   if (s.has_provenance()) {

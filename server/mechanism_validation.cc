@@ -12,6 +12,10 @@ namespace {
 
 absl::Status Invalid(const std::string& m) { return absl::InvalidArgumentError(m); }
 
+/// Bytes of one activations record besides its values (hook, shape, dims,
+/// framing): an allowance, so that the estimate stays above what is stored.
+constexpr int64_t kRecordOverheadBytes = 1024;
+
 absl::Status CheckMlpBlock(const std::string& field, int64_t b, const CatalogEntry& m) {
   const int64_t n_blocks = 2 * m.n_layers;
   if (b < 1 || b > n_blocks) {
@@ -91,7 +95,8 @@ absl::Status ValidateVo(const v1::VoCircuitRequest& r, const CatalogEntry& m) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateActivations(const v1::JobRequest& request, const CatalogEntry& m) {
+absl::Status ValidateActivations(const v1::JobRequest& request, const CatalogEntry& m,
+                                 int64_t max_result_bytes) {
   const v1::ActivationsRequest& r = request.activations();
   if (r.hooks().empty()) return Invalid("activations.hooks is empty: name at least one hook point");
   HookDims dims;
@@ -132,21 +137,28 @@ absl::Status ValidateActivations(const v1::JobRequest& request, const CatalogEnt
       }
       int64_t n = 1;
       for (int64_t x : SlicedShape(*layout, T, slices)) n *= x;
-      bytes += 4 * n;
+      // float32 values plus the record's hook name, shape and dims.
+      bytes += 4 * n + kRecordOverheadBytes;
     }
   }
-  if (bytes > kDefaultMaxActivationsBytes) {
+  // The engine's cap, or the server's max_result_bytes where that is lower:
+  // a job refused here instead of failing once it has computed everything.
+  const bool result_cap = max_result_bytes < kDefaultMaxActivationsBytes;
+  const int64_t limit = result_cap ? max_result_bytes : kDefaultMaxActivationsBytes;
+  if (bytes > limit) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "activations: the result would be ", bytes, " bytes (float32; text counted at one token "
-        "per byte), over the per-job limit of ", kDefaultMaxActivationsBytes,
-        " bytes; slice positions/channels/heads or name fewer hooks"));
+        "activations: the result would be about ", bytes, " bytes (float32; text counted at one "
+        "token per byte), over the per-job limit of ", limit, " bytes (",
+        result_cap ? "the server's max_result_bytes" : "the engine's activations cap",
+        "); slice positions/channels/heads, select fewer sequences or name fewer hooks"));
   }
   return absl::OkStatus();
 }
 
 }  // namespace
 
-absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model) {
+absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model,
+                                      int64_t max_result_bytes) {
   switch (request.params_case()) {
     case v1::JobRequest::kFfnQuadratic:
       return ValidateFfn(request.ffn_quadratic(), model);
@@ -155,7 +167,7 @@ absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const Catal
     case v1::JobRequest::kVoCircuit:
       return ValidateVo(request.vo_circuit(), model);
     case v1::JobRequest::kActivations:
-      return ValidateActivations(request, model);
+      return ValidateActivations(request, model, max_result_bytes);
     default:
       return absl::UnimplementedError("not a mechanism job");
   }

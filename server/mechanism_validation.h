@@ -14,11 +14,13 @@ namespace server {
 /// where an MLP block is needed, zero / too many channels, a sample larger
 /// than d_model (or the vocabulary), an unknown hook name, an empty hook
 /// list, an index out of range; RESOURCE_EXHAUSTED for an activations result
-/// over the limit (names the computed size and the limit; text counts one
-/// token per byte + BOS); UNIMPLEMENTED for a request that is no mechanism
+/// over the limit, the lower of the engine's kDefaultMaxActivationsBytes and
+/// `max_result_bytes` (names the computed size and which limit; text counts
+/// one token per byte + BOS); UNIMPLEMENTED for a request that is no mechanism
 /// job. Whether sequences are required or forbidden is a trait of the job
 /// type (common/job_types.h), checked by ValidateJobRequest.
-absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model);
+absl::Status ValidateMechanismRequest(const v1::JobRequest& request, const CatalogEntry& model,
+                                      int64_t max_result_bytes);
 
 }  // namespace server
 }  // namespace sinkscope

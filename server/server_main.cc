@@ -275,6 +275,7 @@ int Run(const ServerConfig& config) {
   limits.max_total_tokens = config.max_total_tokens;
   limits.max_text_bytes = config.max_text_bytes;
   limits.max_job_token_layers = config.max_job_token_layers;
+  limits.max_result_bytes = config.max_result_bytes;
   JobManager* manager_ptr = nullptr;
   Scheduler scheduler(
       store->get(),

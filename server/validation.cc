@@ -243,6 +243,21 @@ absl::Status CheckRepeatedBounds(const v1::JobRequest& request, const CatalogEnt
       }
       break;
     }
+    case v1::JobRequest::kActivations: {
+      // Repeated hooks are read once (folded), but still counted.
+      const v1::ActivationsRequest& r = request.activations();
+      s = CheckCount("activations.hooks", r.hooks_size(), L, "max_list_entries");
+      for (const auto& [name, list] :
+           {std::pair<const char*, const google::protobuf::RepeatedField<int32_t>*>{
+                "activations.sequences", &r.sequences()},
+            {"activations.positions", &r.positions()},
+            {"activations.channels", &r.channels()},
+            {"activations.heads", &r.heads()}}) {
+        if (s.ok()) s = CheckCount(name, list->size(), L, "max_list_entries");
+        if (s.ok()) s = CheckNoDuplicates(name, *list);
+      }
+      break;
+    }
     case v1::JobRequest::kConstantSubstitution:
       s = interventions("constant_substitution", request.constant_substitution());
       break;
@@ -613,7 +628,7 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
       break;
     default:
       if (!job->mechanism) return absl::UnimplementedError("this job type is not implemented by this server");
-      params = ValidateMechanismRequest(request, *model);
+      params = ValidateMechanismRequest(request, *model, limits.max_result_bytes);
       break;
   }
   if (!params.ok()) return params;

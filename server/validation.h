@@ -35,6 +35,10 @@ struct RequestLimits {
   int max_list_entries = 4096;
   /// Exceptions a first-token probe may list.
   int max_listed_exceptions = 65536;
+  /// Result bytes a job may store (max_result_bytes; the worker pool fails a
+  /// job that passes it). A job whose result size is known at submission
+  /// (activations) is refused there instead.
+  int64_t max_result_bytes = 32 << 20;
 };
 
 /// What a job will compute, estimated at submission from the request and the

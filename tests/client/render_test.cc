@@ -80,6 +80,8 @@ v1::ScanSummary Summary() {
   th->set_abs_threshold(100);
   th->set_rel_threshold(1000);
   th->set_step_fraction(0.5);
+  th->set_step_rule("share");
+  th->set_step_share(0.2);
   auto* p = s.mutable_provenance();
   p->set_model("stories260K");
   p->set_checkpoint_format("llama2c");
@@ -159,7 +161,10 @@ TEST(ScanSummaryTest, ShowsSpikesStepsPeakThresholdsProvenance) {
   EXPECT_THAT(s, HasSubstr("Step-up blocks:       block 4 (layer 1 mlp)"));
   EXPECT_THAT(s, HasSubstr("Step-down blocks:     block 9 (layer 4 attn)"));
   EXPECT_THAT(s, HasSubstr("1234.50 at block 6 (layer 2 mlp)"));
-  EXPECT_THAT(s, HasSubstr("|h| > 100 and |h| > 1000 x median|h|; step fraction 0.5; top-k 3"));
+  EXPECT_THAT(s, HasSubstr("|h| > 100 and |h| > 1000 x median|h|; step rule share (step share 0.2); top-k 3"));
+  v1::ScanSummary single = Summary();
+  single.mutable_thresholds()->set_step_rule("single-block");
+  EXPECT_THAT(RenderScanSummary(single), HasSubstr("; step rule single-block (step fraction 0.5); top-k 3"));
   EXPECT_THAT(s, HasSubstr("model stories260K (llama2c), dtype float32, device cpu"));
   EXPECT_THAT(s, HasSubstr("code 0.1.0+abc1234"));
   EXPECT_THAT(s, HasSubstr("3 tokens in 1 sequence\n"));

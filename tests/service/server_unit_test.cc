@@ -442,6 +442,62 @@ TEST(ValidationTest, TextCountsItsBytesAtSubmission) {
   fs::remove_all(dir);
 }
 
+// Activations: a repeated head / channel / position / sequence index is
+// refused by name (repeated hooks are read once), and the result size is
+// checked at submission against the lower of the engine's cap and the
+// server's max_result_bytes: 512 positions x d_model 64 x 4 bytes + the
+// 1024-byte record allowance = 132096 bytes.
+TEST(ValidationTest, ActivationsRefuseDuplicatesAndResultsOverMaxResultBytes) {
+  char tmpl[] = "/tmp/ssc-XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
+  std::ofstream(dir + "/c.json")
+      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin"}]})";
+  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::JobRequest base;
+  base.set_model("m");
+  auto* ids = base.add_sequences()->mutable_ids();
+  for (int i = 0; i < 512; ++i) ids->add_ids(1 + i % 60);
+  base.mutable_activations()->add_hooks("blocks.1.hook_resid_post");
+  RequestLimits limits;
+  EXPECT_TRUE(ValidateJobRequest(base, *c, limits).ok());
+  {
+    v1::JobRequest r = base;
+    r.mutable_activations()->add_hooks("blocks.1.hook_resid_post");  // folded
+    EXPECT_TRUE(ValidateJobRequest(r, *c, limits).ok());
+  }
+  struct Dup {
+    const char* field;
+    void (*set)(v1::ActivationsRequest*);
+  };
+  for (const Dup& d : std::vector<Dup>{
+           {"activations.sequences: 0 appears more than once",
+            [](v1::ActivationsRequest* a) { a->add_sequences(0); a->add_sequences(0); }},
+           {"activations.positions: 2 appears more than once",
+            [](v1::ActivationsRequest* a) { a->add_positions(2); a->add_positions(2); }},
+           {"activations.channels: 3 appears more than once",
+            [](v1::ActivationsRequest* a) { a->add_channels(3); a->add_channels(3); }},
+           {"activations.heads: 0 appears more than once",
+            [](v1::ActivationsRequest* a) { a->add_heads(0); a->add_heads(0); }}}) {
+    v1::JobRequest r = base;
+    d.set(r.mutable_activations());
+    absl::Status s = ValidateJobRequest(r, *c, limits);
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_NE(s.message().find(d.field), std::string::npos) << s;
+  }
+  limits.max_result_bytes = 132096;
+  EXPECT_TRUE(ValidateJobRequest(base, *c, limits).ok());
+  limits.max_result_bytes = 132095;
+  absl::Status s = ValidateJobRequest(base, *c, limits);
+  EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+  EXPECT_NE(s.message().find("about 132096 bytes"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("limit of 132095 bytes (the server's max_result_bytes)"),
+            std::string::npos)
+      << s;
+  fs::remove_all(dir);
+}
+
 // The traits of the job-type table as validation, memory estimate, corpus
 // lookup, deadlines and metrics apply them (values written out by hand).
 TEST(ValidationTest, JobTypeTraitsAsApplied) {
