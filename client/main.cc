@@ -15,6 +15,7 @@
 // Exit codes: 0 success; 1 RPC error or failed/cancelled job (the server's
 // code and message on stderr as "sinkscope: <CODE>: <message>"); 2 usage error.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -46,6 +47,9 @@ bool ReadTextFile(const std::string& path, std::string* text) {
   if (path == "-") {
     buffer << std::cin.rdbuf();
   } else {
+    std::error_code ec;
+    // A directory opens as an ifstream on Linux and reads as empty text.
+    if (std::filesystem::is_directory(path, ec)) return false;
     std::ifstream in(path, std::ios::binary);
     if (!in) return false;
     buffer << in.rdbuf();
@@ -118,7 +122,9 @@ struct InputFlags {
       } else if (opt == file_opt && next_file < files.size()) {
         const std::string& path = files[next_file++];
         std::string text;
-        if (!ReadTextFile(path, &text)) return absl::StrCat("--file: cannot read ", path);
+        if (!ReadTextFile(path, &text)) {
+          return absl::StrCat("--file: cannot read ", path, " (not a readable file)");
+        }
         if (!sinkscope::client::IsValidUtf8(text)) {
           return absl::StrCat("--file ", path, ": the text is not valid UTF-8");
         }

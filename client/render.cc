@@ -46,7 +46,8 @@ std::string JoinCapped(const std::vector<std::string>& items, size_t max,
 }
 
 /// "label:" padded to the summary's key column.
-std::string Key(const std::string& label) { return absl::StrFormat("%-22s", label + ":"); }
+/// "Label:" padded to 22 columns, and at least one space after a longer one.
+std::string Key(const std::string& label) { return absl::StrFormat("%-21s ", label + ":"); }
 
 std::string DescribeSequence(const v1::Sequence& seq) {
   switch (seq.input_case()) {

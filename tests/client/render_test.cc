@@ -457,7 +457,8 @@ TEST(SinksRenderTest, SummaryComparesSinkHeadsWithOthers) {
   std::string t = RenderSinkSummary(s);
   EXPECT_THAT(t, HasSubstr("12.50%"));
   EXPECT_THAT(t, HasSubstr("3 of 24 heads"));
-  EXPECT_THAT(t, HasSubstr("(2,0), (2,2), (3,1)"));
+  // A label longer than the 22-column key still gets a space.
+  EXPECT_THAT(t, HasSubstr("Sink heads (layer,head): (2,0), (2,2), (3,1)"));
   EXPECT_THAT(t, HasSubstr("sink heads"));
   EXPECT_THAT(t, HasSubstr("other heads"));
   EXPECT_THAT(t, HasSubstr("15.50"));

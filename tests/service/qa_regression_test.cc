@@ -258,6 +258,11 @@ TEST_F(QaTest, ClientRejectsBadArgumentsAsUsageErrors) {
   ClientRun file = RunClient(d, {"--server", server, "scan", "--model", "m", "--file", d + "/bad.txt"});
   EXPECT_EQ(file.rc, 2);
   EXPECT_NE(file.err.find("--file"), std::string::npos) << file.err;
+  // A directory is no text file (it used to read as empty text).
+  ClientRun dir = RunClient(d, {"--server", server, "scan", "--model", "m", "--file", d});
+  EXPECT_EQ(dir.rc, 2);
+  EXPECT_NE(dir.err.find("--file: cannot read " + d + " (not a readable file)"), std::string::npos)
+      << dir.err;
 }
 
 // 3, 10. Server side: odd metadata and oversized ids get clean statuses.
