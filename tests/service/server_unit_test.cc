@@ -214,6 +214,15 @@ void WriteLlama2cHeader(const std::string& path, std::vector<int32_t> header) {
   out.write(reinterpret_cast<const char*>(header.data()), header.size() * sizeof(int32_t));
 }
 
+/// A catalog in `dir` of one model "m": a llama2.c header only (d_model 64,
+/// d_ffn 172, 5 layers, 8 heads, 4 kv heads, vocab 512, n_ctx 512).
+absl::StatusOr<ModelCatalog> HeaderOnlyCatalog(const std::string& dir) {
+  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
+  std::ofstream(dir + "/c.json")
+      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin"}]})";
+  return ModelCatalog::LoadFile(dir + "/c.json");
+}
+
 // Nonsense shapes make the model unavailable with a reason (no paths);
 // sane ones stay available.
 TEST(CatalogTest, NonsenseShapesAreUnavailableWithAReason) {
@@ -450,10 +459,7 @@ TEST(ValidationTest, TextCountsItsBytesAtSubmission) {
 TEST(ValidationTest, ActivationsRefuseDuplicatesAndResultsOverMaxResultBytes) {
   char tmpl[] = "/tmp/ssc-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
-  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
-  std::ofstream(dir + "/c.json")
-      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin"}]})";
-  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  auto c = HeaderOnlyCatalog(dir);
   ASSERT_TRUE(c.ok()) << c.status();
   v1::JobRequest base;
   base.set_model("m");
@@ -503,10 +509,7 @@ TEST(ValidationTest, ActivationsRefuseDuplicatesAndResultsOverMaxResultBytes) {
 TEST(ValidationTest, JobTypeTraitsAsApplied) {
   char tmpl[] = "/tmp/ssc-XXXXXX";
   const std::string dir = mkdtemp(tmpl);
-  WriteLlama2cHeader(dir + "/m.bin", {64, 172, 5, 8, 4, 512, 512});
-  std::ofstream(dir + "/c.json")
-      << R"({"models": [{"name": "m", "format": "llama2c", "path": "m.bin"}]})";
-  auto c = ModelCatalog::LoadFile(dir + "/c.json");
+  auto c = HeaderOnlyCatalog(dir);
   ASSERT_TRUE(c.ok()) << c.status();
   RequestLimits limits;
   auto with_ids = [](v1::JobRequest r, int n) {
