@@ -56,7 +56,9 @@ std::string DescribeParams(const v1::JobRequest& request) {
   if (s.has_top_k()) parts.push_back(absl::StrCat("top_k ", s.top_k()));
   if (s.has_abs_threshold()) parts.push_back(absl::StrFormat("abs_threshold %g", s.abs_threshold()));
   if (s.has_rel_threshold()) parts.push_back(absl::StrFormat("rel_threshold %g", s.rel_threshold()));
+  if (s.has_step_rule()) parts.push_back(absl::StrCat("step_rule ", s.step_rule()));
   if (s.has_step_fraction()) parts.push_back(absl::StrFormat("step_fraction %g", s.step_fraction()));
+  if (s.has_step_share()) parts.push_back(absl::StrFormat("step_share %g", s.step_share()));
   return parts.empty() ? "defaults" : absl::StrJoin(parts, ", ");
 }
 

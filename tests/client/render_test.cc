@@ -259,12 +259,14 @@ TEST(JobTest, ShowsStateErrorAndInputs) {
   for (int id : {1, 461, 401}) ids->add_ids(id);
   job.mutable_request()->add_sequences()->set_text("Once upon a time");
   job.mutable_request()->mutable_scan()->set_top_k(5);
+  job.mutable_request()->mutable_scan()->set_step_rule("share");
+  job.mutable_request()->mutable_scan()->set_step_share(0.2);
   std::string t = RenderJob(job, absl::UTCTimeZone());
   EXPECT_THAT(t, HasSubstr("FAILED"));
   EXPECT_THAT(t, HasSubstr("INVALID_ARGUMENT: token id 9999 out of range"));
   EXPECT_THAT(t, HasSubstr("ids [1 461 401]"));
   EXPECT_THAT(t, HasSubstr("text \"Once upon a time\""));
-  EXPECT_THAT(t, HasSubstr("top_k 5"));
+  EXPECT_THAT(t, HasSubstr("top_k 5, step_rule share, step_share 0.2"));
   EXPECT_THAT(t, HasSubstr("started     -"));
 }
 
