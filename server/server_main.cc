@@ -44,6 +44,7 @@
 #include "server/job_manager.h"
 #include "server/scheduler.h"
 #include "server/host_lease.h"
+#include "server/single_server.h"
 #include "server/sql_job_store.h"
 #include "server/watch_hub.h"
 #include "server/worker_pool.h"
@@ -82,49 +83,6 @@ std::string FormatTime(int64_t micros) {
   char buf[32];
   std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
   return buf;
-}
-
-/// The filesystem path of a "unix:" listen address ("" for other addresses).
-std::string UnixSocketPath(const std::string& listen) {
-  if (listen.rfind("unix:", 0) != 0) return "";
-  std::string path = listen.substr(5);
-  if (path.rfind("//", 0) == 0) path = path.substr(2);  // unix:///abs/path
-  return path;
-}
-
-/// Whether something accepts connections on the Unix socket at `path`:
-/// ECONNREFUSED (a stale socket file) and ENOENT are "no".
-bool UnixSocketAnswers(const std::string& path) {
-  sockaddr_un addr{};
-  if (path.size() >= sizeof(addr.sun_path)) return false;
-  addr.sun_family = AF_UNIX;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  const int rc = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
-  const int err = errno;
-  close(fd);
-  if (rc == 0) return true;
-  // EAGAIN: a listener with a full backlog is still a listener.
-  return err == EAGAIN;
-}
-
-/// Before listening on unix:`path`: refuse when another server answers
-/// there; remove a stale socket file (nothing listening). "" or the error.
-std::string PrepareUnixSocket(const std::string& path) {
-  struct stat st;
-  if (lstat(path.c_str(), &st) != 0) return "";
-  if (!S_ISSOCK(st.st_mode)) {
-    return absl::StrCat("cannot listen on unix:", path, ": the path exists and is not a socket");
-  }
-  if (UnixSocketAnswers(path)) {
-    return absl::StrCat("address in use: another server is listening on unix:", path);
-  }
-  if (unlink(path.c_str()) != 0 && errno != ENOENT) {
-    return absl::StrCat("cannot remove the stale socket unix:", path, ": ", std::strerror(errno));
-  }
-  Log(absl::StrCat("removed the stale socket unix:", path, " (nothing was listening on it)"));
-  return "";
 }
 
 /// `token create|revoke|list` on the configured database.
@@ -190,12 +148,20 @@ int RunTokenCommand(const ServerConfig& config, const std::string& command, cons
 int Run(const ServerConfig& config) {
   using namespace sinkscope::server;
   // A second server must not take over a running one's socket.
+  // Nor share a TCP port or a SQLite database with one: both are checked
+  // before any job is touched.
   const std::string socket_path = UnixSocketPath(config.listen);
-  if (!socket_path.empty()) {
-    if (std::string error = PrepareUnixSocket(socket_path); !error.empty()) {
-      Log(error);
-      return 1;
-    }
+  if (absl::Status s = socket_path.empty() ? CheckTcpListenFree(config.listen)
+                                           : PrepareUnixSocket(socket_path, Log);
+      !s.ok()) {
+    Log(std::string(s.message()));
+    return 1;
+  }
+  absl::StatusOr<DatabaseLock> db_lock =
+      IsPostgresUrl(config.database) ? DatabaseLock::Acquire("") : DatabaseLock::Acquire(config.database);
+  if (!db_lock.ok()) {
+    Log(std::string(db_lock.status().message()));
+    return 1;
   }
   const std::string auth_mode = EffectiveAuthMode(config);
   Metrics metrics(config.metrics_max_users);
@@ -205,8 +171,11 @@ int Run(const ServerConfig& config) {
       const std::string host = config.metrics_listen.substr(0, config.metrics_listen.rfind(':'));
       Log(absl::StrCat("metrics on http://", host, ":", *port, "/metrics"));
     } else {
-      // Serving jobs matters more than metrics: say so loudly and go on.
-      Log(absl::StrCat("WARNING: ", port.status().message(), "; running without /metrics"));
+      // The operator asked for /metrics: a server the monitoring cannot see
+      // (or another server's metrics scraped as this one's) is refused.
+      Log(absl::StrCat(port.status().message(),
+                       "; free the port or change metrics_listen (--metrics-listen off runs without /metrics)"));
+      return 1;
     }
   }
   // One database for jobs, events, hosts and tokens (migrated here).
@@ -383,6 +352,9 @@ int Run(const ServerConfig& config) {
       bind_path.clear();
     }
   }
+  // No SO_REUSEPORT: a second server on this address fails to bind
+  // instead of sharing its connections at random.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(bind_address, credentials, &port);
   builder.RegisterService(&service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_request_bytes));

@@ -1,6 +1,8 @@
 // SqlDb on an embedded SQLite database: one connection (WAL mode, busy
 // timeout) behind a mutex that each transaction holds.
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <mutex>
@@ -231,6 +233,13 @@ absl::StatusOr<SqlRows> SqliteTx::Query(const std::string& sql,
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<SqlDb>> OpenSqliteDb(const std::string& path, bool sync_full) {
+  // It holds API token hashes and every result: owner-only from the start
+  // (SQLite would create it, and its -wal / -shm files, with the umask's 0644;
+  // it gives those the database file's mode).
+  if (path != ":memory:" && path.rfind("file:", 0) != 0) {
+    const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+  }
   sqlite3* raw = nullptr;
   const int rc = sqlite3_open_v2(path.c_str(), &raw,
                                  SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,

@@ -3,6 +3,7 @@
 // start, broken checkpoints, client argument checks, watching ended jobs.
 #include <fcntl.h>
 #include <signal.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -213,6 +214,146 @@ TEST_F(QaTest, SecondServerDoesNotTakeOverTheSocket) {
   struct stat after;
   ASSERT_EQ(stat(socket_path.c_str(), &after), 0) << "the server removed a socket not its own";
   EXPECT_EQ(after.st_ino, theirs.st_ino);
+}
+
+/// Waits up to 60 s for `pid` to exit; its exit code, or -1 (killed, or
+/// still running: the test fails).
+int ExitCodeOf(pid_t pid) {
+  int status = 0;
+  const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+  while (waitpid(pid, &status, WNOHANG) != pid) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+      ADD_FAILURE() << "process " << pid << " did not exit";
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+bool LoopbackPortAnswers(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+// Issue 25.1. A second server on a TCP address in use exits 1 naming the
+// address before it touches its database (gRPC's SO_REUSEPORT used to let
+// both listen and share connections at random); the first keeps serving.
+TEST_F(QaTest, SecondServerOnATcpPortInUseExits) {
+  SKIP_WITHOUT_SHARED();
+  const int port = FreeLoopbackPort();
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  TempDir first, second;
+  for (const TempDir* d : {&first, &second}) {
+    WriteFile(d->path() + "/catalog.json", TestCatalog());
+    WriteFile(d->path() + "/server.json",
+              ServerConfigJson(d->path(), listen, 1, R"("metrics_listen": "")"));
+  }
+  const pid_t a = SpawnServer(first.path() + "/server.json", first.path() + "/server.log");
+  const auto deadline = std::chrono::steady_clock::now() + seconds(90);
+  while (!LoopbackPortAnswers(port)) {
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << ReadAll(first.path() + "/server.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const pid_t b = SpawnServer(second.path() + "/server.json", second.path() + "/server.log");
+  EXPECT_EQ(ExitCodeOf(b), 1);
+  const std::string log = ReadAll(second.path() + "/server.log");
+  EXPECT_NE(log.find("address in use: another process (a running sinkscope-server?) listens on " +
+                     listen),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("database"), std::string::npos) << "touched its database first:\n" << log;
+  EXPECT_FALSE(fs::exists(second.path() + "/jobs.db"));
+  EXPECT_TRUE(LoopbackPortAnswers(port));
+  kill(a, SIGTERM);
+  EXPECT_EQ(ExitCodeOf(a), 0);
+}
+
+// Issue 25.2. A second server on a running server's SQLite database exits 1
+// naming the file, and re-queues nothing: the first server's running job
+// completes once, on its first attempt.
+TEST_F(QaTest, SecondServerOnADatabaseInUseExitsWithoutRequeueing) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog(), R"("worker_args": ["--test-unit-delay-ms", "400"])");
+  auto stub = server_->NewStub();
+  v1::Job job;
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(16, 1)}), &job).ok());
+  const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+  for (;;) {  // wait until it runs
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_job_id(job.id());
+    ASSERT_TRUE(stub->GetJob(&ctx, req, &job).ok());
+    if (job.state() == v1::JOB_STATE_RUNNING) break;
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << job.ShortDebugString();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  TempDir other;
+  WriteFile(other.path() + "/catalog.json", TestCatalog());
+  // Same database (dir_/jobs.db), another address.
+  std::string config = ServerConfigJson(dir_.path(), "unix:" + other.path() + "/api.sock", 1,
+                                        R"("metrics_listen": "")");
+  WriteFile(other.path() + "/server.json", config);
+  const pid_t second = SpawnServer(other.path() + "/server.json", other.path() + "/server.log");
+  EXPECT_EQ(ExitCodeOf(second), 1);
+  const std::string log = ReadAll(other.path() + "/server.log");
+  EXPECT_NE(log.find("database " + dir_.path() + "/jobs.db is in use by another running "
+                     "sinkscope-server"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(log.find("re-queued"), std::string::npos) << log;
+  const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
+  EXPECT_EQ(done.state(), v1::JOB_STATE_COMPLETED) << done.ShortDebugString();
+  EXPECT_EQ(done.attempts(), 1);
+  // The database holds tokens and results: owner-only.
+  struct stat st;
+  ASSERT_EQ(stat((dir_.path() + "/jobs.db").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+// Issue 25.7. A metrics address in use is an error at start, not a warning
+// (the operator's Prometheus would scrape the other process).
+TEST_F(QaTest, BusyMetricsPortStopsTheServer) {
+  SKIP_WITHOUT_SHARED();
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  const std::string metrics = absl::StrCat("127.0.0.1:", ntohs(addr.sin_port));
+  WriteFile(dir_.path() + "/server.json",
+            TestServerConfig(dir_.path(), 1, TestCatalog(),
+                             absl::StrCat(R"("metrics_listen": ")", metrics, "\"")));
+  const pid_t pid = SpawnServer(dir_.path() + "/server.json", dir_.path() + "/server.log");
+  EXPECT_EQ(ExitCodeOf(pid), 1);
+  const std::string log = ReadAll(dir_.path() + "/server.log");
+  EXPECT_NE(log.find("change metrics_listen"), std::string::npos) << log;
+  close(fd);
 }
 
 // 3, 4, 9, 10. Client arguments that cannot be sent are usage errors (exit 2)
