@@ -12,6 +12,7 @@
 #include <memory>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -72,6 +73,34 @@ class Connection {
   const GlobalOptions& global_;
   std::unique_ptr<v1::AnalysisService::Stub> stub_;
 };
+
+/// GetJob of `job_id` into `job`; with `include_results`, every result
+/// record, read page by page (GetJob page_results), so results of any size
+/// the server accepted come back whatever max_get_response_bytes is.
+grpc::Status GetJobWithResults(Connection& conn, const std::string& job_id, bool include_results,
+                               v1::Job* job) {
+  v1::GetJobRequest request;
+  request.set_job_id(job_id);
+  request.set_include_results(include_results);
+  request.set_page_results(include_results);
+  std::vector<v1::ResultRecord> records;
+  for (;;) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::Job page;
+    grpc::Status status = conn.stub().GetJob(&context, request, &page);
+    if (!status.ok()) return status;
+    for (auto& r : *page.mutable_results()) records.push_back(std::move(r));
+    const int32_t next = page.next_results_offset();
+    *job = std::move(page);
+    if (next <= request.results_offset()) break;  // 0: the last page
+    request.set_results_offset(next);
+  }
+  job->clear_results();
+  for (auto& r : records) *job->add_results() = std::move(r);
+  job->set_next_results_offset(0);
+  return grpc::Status::OK;
+}
 
 /// Prints "sinkscope: <CODE>: <message>" to stderr; returns exit code 1.
 int Fail(int code, const std::string& message) {
@@ -211,12 +240,7 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
       // after_seq: the job had already ended (its terminal event is at or
       // before after_seq). Take the final state from GetJob; no reconnecting.
       v1::Job job;
-      grpc::ClientContext get_context;
-      conn.Prepare(&get_context, /*streaming=*/false);
-      v1::GetJobRequest get;
-      get.set_job_id(job_id);
-      get.set_include_results(true);
-      grpc::Status got = conn.stub().GetJob(&get_context, get, &job);
+      grpc::Status got = GetJobWithResults(conn, job_id, /*include_results=*/true, &job);
       if (!got.ok()) {
         line.Finish();
         return Fail(got, global);
@@ -501,12 +525,7 @@ int RunWatch(const GlobalOptions& global, const std::string& job_id,
 int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {
   Connection conn(global);
   v1::Job job;
-  grpc::ClientContext context;
-  conn.Prepare(&context, /*streaming=*/false);
-  v1::GetJobRequest request;
-  request.set_job_id(job_id);
-  request.set_include_results(include_results);
-  grpc::Status status = conn.stub().GetJob(&context, request, &job);
+  grpc::Status status = GetJobWithResults(conn, job_id, include_results, &job);
   if (!status.ok()) return Fail(status, global);
   if (global.json) return PrintJson(job);
   std::string text = RenderJob(job);

@@ -75,7 +75,8 @@ grpc::Status AnalysisServiceImpl::GetJob(grpc::ServerContext* context,
   if (absl::Status s = manager_->CheckAccess(request->job_id(), *caller); !s.ok()) {
     return Done("GetJob", s);
   }
-  absl::StatusOr<v1::Job> job = manager_->Get(request->job_id(), request->include_results());
+  absl::StatusOr<v1::Job> job = manager_->Get(request->job_id(), request->include_results(),
+                                                 request->page_results(), request->results_offset());
   if (!job.ok()) return Done("GetJob", job.status());
   *response = *std::move(job);
   return Done("GetJob", absl::OkStatus());

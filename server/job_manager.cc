@@ -316,9 +316,13 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   return stored;
 }
 
-absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_results) {
+absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_results,
+                                        bool page_results, int32_t results_offset) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
   if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
+  if (results_offset != 0 && !page_results) {
+    return absl::InvalidArgumentError("results_offset is only read with page_results");
+  }
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
   if (job->state() == v1::JOB_STATE_QUEUED) {
@@ -331,16 +335,30 @@ absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_resu
   if (include_results && job->state() == v1::JOB_STATE_COMPLETED) {
     absl::StatusOr<std::vector<v1::ResultRecord>> results = store_->Results(id);
     if (!results.ok()) return results.status();
-    int64_t bytes = 0;
-    for (const auto& r : *results) bytes += static_cast<int64_t>(r.ByteSizeLong());
-    if (shared_.max_get_response_bytes > 0 && bytes > shared_.max_get_response_bytes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "job ", id, " has ", results->size(), " result records of ", bytes,
-          " bytes, more than one GetJob answers (", shared_.max_get_response_bytes,
-          " bytes, max_get_response_bytes); read them record by record with WatchJob "
-          "(sinkscope watch ", id, " --json)"));
+    const int32_t total = static_cast<int32_t>(results->size());
+    job->set_total_results(total);
+    if (results_offset < 0 || (results_offset > 0 && results_offset >= total)) {
+      return absl::InvalidArgumentError(absl::StrCat("results_offset ", results_offset,
+                                                     " is outside the job's ", total, " records"));
     }
-    for (auto& r : *results) *job->add_results() = std::move(r);
+    const int64_t cap = shared_.max_get_response_bytes;
+    int64_t bytes = 0;
+    int32_t end = results_offset;
+    for (; end < total; ++end) {
+      const int64_t next = static_cast<int64_t>((*results)[end].ByteSizeLong());
+      if (cap > 0 && bytes + next > cap && (end > results_offset || !page_results)) break;
+      bytes += next;
+    }
+    if (end < total && !page_results) {
+      for (int32_t i = end; i < total; ++i) bytes += static_cast<int64_t>((*results)[i].ByteSizeLong());
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "job ", id, " has ", total, " result records of ", bytes,
+          " bytes, more than one GetJob answers (", cap,
+          " bytes, max_get_response_bytes); page them (GetJob page_results, as sinkscope get "
+          "and the Python client do) or stream them with WatchJob (sinkscope watch ", id, ")"));
+    }
+    for (int32_t i = results_offset; i < end; ++i) *job->add_results() = std::move((*results)[i]);
+    if (page_results && end < total) job->set_next_results_offset(end);
   }
   return job;
 }

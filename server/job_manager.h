@@ -74,8 +74,11 @@ class JobManager {
 
   /// Validates and stores a job (QUEUED); UNAVAILABLE while draining.
   absl::StatusOr<v1::Job> Submit(const std::string& owner, const v1::SubmitJobRequest& request);
-  /// The job with its queue position; results when asked and COMPLETED.
-  absl::StatusOr<v1::Job> Get(const std::string& id, bool include_results);
+  /// The job with its queue position; results when asked and COMPLETED:
+  /// all of them (RESOURCE_EXHAUSTED over max_get_response_bytes), or with
+  /// `page_results` those from `results_offset` that fit in one answer.
+  absl::StatusOr<v1::Job> Get(const std::string& id, bool include_results,
+                              bool page_results = false, int32_t results_offset = 0);
   /// A page of jobs, newest first.
   absl::StatusOr<v1::ListJobsResponse> List(const v1::ListJobsRequest& request);
   /// Cancels a job (see AnalysisService.CancelJob). `who` goes into the reason.

@@ -406,7 +406,18 @@ class Job:
         """Waits, then returns the records of the completing attempt as a :class:`sinkscope.Result`."""
         from .results import Result
         self.wait(timeout=timeout, progress=progress)
-        job = self.client._call("GetJob", pb.GetJobRequest(job_id=self.id, include_results=True))
+        job = self.client._call("GetJob", pb.GetJobRequest(job_id=self.id, include_results=True,
+                                                            page_results=True))
+        records = list(job.results)
+        # Results larger than one answer (the server's max_get_response_bytes)
+        # come in pages; next_results_offset is 0 after the last one.
+        while job.next_results_offset > 0:
+            job = self.client._call("GetJob", pb.GetJobRequest(
+                job_id=self.id, include_results=True, page_results=True,
+                results_offset=job.next_results_offset))
+            records.extend(job.results)
+        del job.results[:]
+        job.results.extend(records)
         self.info = job
         return Result(job)
 

@@ -356,3 +356,29 @@ def test_token_and_tls(binaries):
     finally:
         srv.stop()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_results_larger_than_one_answer(binaries):
+    """Issue 25.3: Job.result(), client.get(id).result() and the report read
+    results over max_get_response_bytes page by page: every record, as the
+    watch stream delivered it."""
+    d = _tmpdir()
+    pdir = planted.write_planted(os.path.join(d, "planted"))
+    srv = Server(d, {"models": [{"name": "planted", "format": "hf", "path": pdir}]}, workers=1,
+                 extra={"max_get_response_bytes": 2048})
+    srv.start()
+    try:
+        c = sinkscope.connect(srv.address)
+        job = c.scan("planted", [SEQ_A, SEQ_B], top_k=32)
+        streamed = [e.result.SerializeToString() for e in job.events()
+                    if e.WhichOneof("event") == "result"]
+        assert len(streamed) > 4
+        for result in (job.result(progress=False), c.get(job.id).result(progress=False)):
+            assert [r.SerializeToString() for r in result.raw_records] == streamed
+            assert result.job.total_results == len(streamed)
+        out = subprocess.run([sys.executable, "-m", "sinkscope", "--server", srv.address, "report",
+                              job.id, "-o", os.path.join(d, "report.html")],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+    finally:
+        srv.stop()
