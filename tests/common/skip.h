@@ -5,8 +5,9 @@
 // executable as skipped (SKIP_RETURN_CODE), never as a silent pass.
 #pragma once
 
+#include <cctype>
 #include <cstdlib>
-#include <cstring>
+#include <string>
 
 #include <gtest/gtest.h>
 
@@ -15,10 +16,15 @@ namespace sinkscope::testing {
 /// Exit code of a test binary in which some tests skipped and none failed.
 constexpr int kSkipReturnCode = 77;
 
-/// True when the environment says this is a CI run (CI=true or CI=1).
+/// True when the environment says this is a CI run: CI is "true", "1" or
+/// "yes", in any case (GitHub/GitLab set "true", some runners "True" or "yes").
+/// The same rule as in_ci() in tests/common/pytest_skip_exit.py.
 inline bool InCi() {
   const char* ci = std::getenv("CI");
-  return ci != nullptr && (std::strcmp(ci, "true") == 0 || std::strcmp(ci, "1") == 0);
+  if (ci == nullptr) return false;
+  std::string v(ci);
+  for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return v == "true" || v == "1" || v == "yes";
 }
 
 }  // namespace sinkscope::testing

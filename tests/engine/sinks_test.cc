@@ -16,6 +16,7 @@
 #include <set>
 
 #include "tests/engine/fixtures.h"
+#include "tests/engine/llama2c_reference.h"
 #include "tests/engine/test_util.h"
 
 namespace sinkscope {
@@ -134,7 +135,9 @@ TEST(SinkAnalysis, BadParametersAreRefused) {
   EXPECT_FALSE(short_seq.ok());
 }
 
-// eq. 27 recomputed in float64 from the rotated queries and keys.
+// eq. 27 recomputed in float64 from rotated queries and keys computed
+// independently from the checkpoint's weights (tests/engine/llama2c_reference.h:
+// a float64 forward sharing no code with the engine).
 void CheckAgainstRecomputation(const std::string& rel) {
   std::string path = testing::SharedFile(rel);
   if (path.empty()) { SINKSCOPE_SKIP_MISSING("shared data missing: " << rel); }
@@ -149,42 +152,40 @@ void CheckAgainstRecomputation(const std::string& rel) {
   auto r = RunSinkAnalysis(*model, {ids}, p, nullptr, nullptr);
   ASSERT_TRUE(r.ok()) << r.status();
   const int64_t T = 40;
-  std::map<int64_t, at::Tensor> q, k;
-  HookRegistry hooks;
-  for (int64_t l = 0; l < c.n_layers; ++l) {
-    hooks.AddProbe(HookName(l, "attn.hook_rot_q"),
-                   [&, l](auto&, auto, const at::Tensor& t) { q[l] = t.to(at::kDouble); });
-    hooks.AddProbe(HookName(l, "attn.hook_rot_k"),
-                   [&, l](auto&, auto, const at::Tensor& t) { k[l] = t.to(at::kDouble); });
-  }
-  std::vector<int64_t> cut(ids.begin(), ids.begin() + T);
-  ASSERT_TRUE(model->Forward(at::tensor(cut, at::TensorOptions().dtype(at::kLong)).view({1, -1}),
-                             hooks)
-                  .ok());
+  testing::Llama2cFloat64 reference;
+  std::string error;
+  ASSERT_TRUE(reference.Load(path, &error)) << error;
+  ASSERT_EQ(reference.n_heads, c.n_heads);
+  ASSERT_EQ(reference.n_kv_heads, c.n_kv_heads);
+  const std::vector<int64_t> cut(ids.begin(), ids.begin() + T);
+  const testing::Llama2cFloat64::Trace trace = reference.Forward(cut);
+  const int64_t dh = reference.head_size();
   double ratio = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) {
     int64_t sinks = 0;
+    const at::Tensor q = at::tensor(trace.rot_q[l], at::kDouble).view({T, c.n_heads, dh});
+    const at::Tensor k = at::tensor(trace.rot_k[l], at::kDouble).view({T, c.n_kv_heads, dh});
     for (int64_t h = 0; h < c.n_heads; ++h) {
       const int64_t kv = h / (c.n_heads / c.n_kv_heads);
-      at::Tensor qh = q[l][0].select(1, h);   // [pos, d_head]
-      at::Tensor kh = k[l][0].select(1, kv);  // [pos, d_head]
+      at::Tensor qh = q.select(1, h);   // [pos, d_head]
+      at::Tensor kh = k.select(1, kv);  // [pos, d_head]
       at::Tensor s = at::matmul(qh, kh.t()) / std::sqrt(static_cast<double>(c.d_head));
       at::Tensor causal = at::ones({T, T}, at::kDouble).triu(1).to(at::kBool);
       at::Tensor A = at::softmax(s.masked_fill(causal, -INFINITY), -1);
       at::Tensor alpha = A.sum(0) / static_cast<double>(T);  // eq. 27
       const double max_alpha = alpha.narrow(0, 0, T / 2).max().item<double>();
       const HeadSinkStats& got = r->layers[l].heads[h];
-      // bfloat16: the recomputation reads the bfloat16 pattern, the engine the
-      // float32 softmax before that rounding: 2e-3 absolute.
-      EXPECT_NEAR(got.max_importance, max_alpha, TestTolerance(1e-5, 2e-3)) << "layer " << l << " head " << h;
-      EXPECT_NEAR(got.gu_first_key_score, alpha[0].item<double>(), TestTolerance(1e-5, 2e-3));
+      // float32 engine vs float64 reference: 1e-5 absolute; bfloat16: the
+      // engine's whole forward rounds (2e-2).
+      EXPECT_NEAR(got.max_importance, max_alpha, TestTolerance(1e-5, 2e-2)) << "layer " << l << " head " << h;
+      EXPECT_NEAR(got.gu_first_key_score, alpha[0].item<double>(), TestTolerance(1e-5, 2e-2));
       EXPECT_EQ(got.is_sink_head, max_alpha > 0.3);
       // Mean attention distance sum_t sum_k A[t,k](t-k)/T.
       double dist = 0;
       for (int64_t t = 0; t < T; ++t) {
         for (int64_t kk = 0; kk <= t; ++kk) dist += A[t][kk].item<double>() * (t - kk);
       }
-      EXPECT_NEAR(got.mean_attention_distance, dist / T, TestTolerance(1e-4, 5e-3 * std::max(1.0, dist / T)));
+      EXPECT_NEAR(got.mean_attention_distance, dist / T, TestTolerance(1e-4, 5e-2 * std::max(1.0, dist / T)));
       sinks += max_alpha > 0.3;
     }
     ratio += static_cast<double>(sinks) / c.n_heads;

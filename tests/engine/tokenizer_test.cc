@@ -168,7 +168,12 @@ TEST(Llama2cTokenizer, AidreamsDecodeMatchesLlama2cText) {
   EXPECT_EQ((*tok)->Decode(seq), kAidreamsText);
   // Without BOS nothing is stripped: the dummy-prefix space stays.
   EXPECT_EQ((*tok)->Decode(kAidreamsIds), std::string(" ") + kAidreamsText);
-  // Round trip of the text: the prompt part re-encodes to the same ids.
+  // The prompt encodes to the published ids: BOS, then the first six
+  // (llama2.c prints the prompt's own tokens first: shared/README.md).
+  auto prompt = (*tok)->Encode("I dreamed", true);
+  ASSERT_TRUE(prompt.ok()) << prompt.status();
+  EXPECT_EQ(*prompt, (std::vector<int64_t>{1, 303, 281, 269, 435, 447, 328}));
+  // And the text round-trips.
   auto re = (*tok)->Encode(kAidreamsText, true);
   ASSERT_TRUE(re.ok());
   EXPECT_EQ((*tok)->Decode(*re), kAidreamsText);
@@ -249,6 +254,7 @@ TEST(Llama2cTokenizer, Llama2VocabOnLlamaCppVectors) {
   auto tok = LoadLlama2cTokenizer(path, 32000);
   ASSERT_TRUE(tok.ok()) << tok.status();
   const auto cases = LoadVocabCases(inp, out);
+  ASSERT_EQ(cases.size(), 46u) << "llama.cpp's ggml-vocab-llama-spm vectors";
   int matched = 0;
   for (size_t i = 0; i < cases.size(); ++i) {
     auto got = (*tok)->Encode(cases[i].input, false);
@@ -259,6 +265,7 @@ TEST(Llama2cTokenizer, Llama2VocabOnLlamaCppVectors) {
       std::cout << "[ llama2c differs ] case " << i << " input [" << cases[i].input << "]\n  want "
                 << Ids(cases[i].ids) << "\n  got  " << Ids(*got) << "\n";
     }
+    EXPECT_EQ(Ids(*got), Ids(cases[i].ids)) << "case " << i;
   }
   std::cout << "llama2.c algorithm matches " << matched << " of " << cases.size()
             << " llama.cpp SPM vectors\n";
@@ -310,6 +317,11 @@ TEST(SentencePieceTokenizer, DecodeAndPieces) {
   const std::string text = "I dreamed, as I sense the nodes 🦙\n";
   auto ids = (*tok)->Encode(text, true);
   ASSERT_TRUE(ids.ok());
+  // The ids of the sentencepiece Python package (0.2.3,
+  // SentencePieceProcessor(model_file=...).encode(text)), BOS first; the
+  // llama emoji has no piece: its UTF-8 bytes F0 9F A6 99 as <0xXX> pieces (byte + 3).
+  EXPECT_EQ(*ids, (std::vector<int64_t>{1, 306, 12561, 287, 29892, 408, 306, 4060, 278, 7573, 29871,
+                                        243, 162, 169, 156, 13}));
   EXPECT_EQ((*tok)->Decode(*ids), text);
   EXPECT_EQ((*tok)->Encode("bad \xFF", false).status().code(), absl::StatusCode::kInvalidArgument);
 }

@@ -25,8 +25,12 @@ import importlib
 import json
 import os
 import subprocess
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from pytest_skip_exit import in_ci, skip_missing  # noqa: E402
 
 ATOL = 1e-5
 SEQ_LEN = 32
@@ -34,18 +38,14 @@ VOCAB = 128
 N_NEW = 8
 
 
-def in_ci():
-    return os.environ.get("CI") in ("true", "1")
-
-
 def need(module):
-    """Imports `module`; skips when absent, fails under CI=true."""
+    """Imports `module`; skips when absent, fails under CI."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
         if in_ci():
             raise
-        pytest.skip(f"python package {module} missing: {e}")
+        skip_missing(f"python package {module} ({e})")
 
 
 torch = need("torch")
@@ -209,9 +209,7 @@ def hf_greedy(model, ids, n):
 
 def run_engine(args):
     if not SINKSCOPE_RUN:
-        if in_ci():
-            pytest.fail("SINKSCOPE_RUN (path of sinkscope-run) is not set")
-        pytest.skip("SINKSCOPE_RUN not set")
+        skip_missing("SINKSCOPE_RUN (path of sinkscope-run) is not set")
     p = subprocess.run([SINKSCOPE_RUN] + args, capture_output=True, text=True, timeout=300)
     return p
 

@@ -77,8 +77,7 @@ int main(int argc, char** argv) {
     }
   }
   if (Stories260KPath().empty()) {
-    const char* ci = std::getenv("CI");
-    const bool in_ci = ci && (std::string(ci) == "true" || std::string(ci) == "1");
+    const bool in_ci = InCi();
     std::printf("%s: stories260K missing (set SINKSCOPE_SHARED_DIR)\n", in_ci ? "FAIL" : "SKIP");
     return in_ci ? 1 : 77;  // 77: ctest SKIP_RETURN_CODE
   }

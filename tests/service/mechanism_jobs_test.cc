@@ -4,11 +4,15 @@
 // the one-block fixture ("planted") and the gradual one ("gradual": the spike
 // injected over blocks 4, 6, 8). Values are the planted ground truth
 // (PlantedTruth, analytic) or the engine's own hook tensors computed in this
-// process (activations, bitwise).
+// process (activations, bitwise); vo-circuit also on shared/ bytelm-demo
+// against a float64 reference computed here from the checkpoint's bytes.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -45,6 +49,10 @@ class MechanismJobsTest : public SharedServerSuite<MechanismJobsTest> {
           WriteHfModel(name, PlantedCheckpoint(spec, gradual ? gradual_truth_ : truth_));
       if (path.empty()) return;
       absl::StrAppend(&models, models.empty() ? "" : ", ", HfModelEntry(name, path));
+    }
+    if (!ByteLmDemoPath().empty()) {  // a real model with a spike (shared/)
+      absl::StrAppend(&models, R"(, {"name": "bytelm-demo", "format": "llama2c", "path": ")",
+                      ByteLmDemoPath(), R"(", "default_dtype": "float32"})");
     }
     StartSharedServer(absl::StrCat(R"({"models": [)", models, "]}"));
   }
@@ -164,8 +172,88 @@ TEST_F(MechanismJobsTest, VoCircuitStreamsOneRecordPerLayerUpToTheStepUpBlock) {
   ASSERT_EQ(job.results_size(), 3) << "layers 0 and 1 (step-up block 4 is layer 1's MLP)";
   EXPECT_EQ(job.results(2).vo_circuit_summary().step_up_block(), 4);
   for (int l = 0; l < 2; ++l) {
-    EXPECT_EQ(job.results(l).vo_circuit_layer().layer(), l);
-    EXPECT_EQ(job.results(l).vo_circuit_layer().token_alignment_size(), 2);
+    const v1::VoCircuitLayer& L = job.results(l).vo_circuit_layer();
+    EXPECT_EQ(L.layer(), l);
+    // Analytic: s* = e_0 (U_7 = 20 e_0 e_0^T) and W_O writes nothing on e_0,
+    // so |cos(W_VO h~, s*)| is 0 for every token (non-zero values: the
+    // bytelm-demo test below).
+    ASSERT_EQ(L.token_alignment_size(), 2);
+    for (double a : L.token_alignment()) EXPECT_NEAR(a, 0.0, 1e-12);
+    EXPECT_NEAR(L.sample_max(), 0.0, 1e-12);
+  }
+}
+
+// vo-circuit on a real model (shared/ bytelm-demo, step-up block 2 = layer 0's
+// MLP, spike channel 251) against a float64 reference computed here from the
+// llama2.c file's bytes (shared/README.md layout; libtorch only for the
+// arithmetic and the symmetric eigensolver): s* = the leading eigenvector of
+// S_251 = (U + U^T) / 2, U = sum_i W2[251, i] (W1[i] o g)^T (W3[i] o g)
+// (g = rms_ffn[0]); h~ = RMSNorm(embedding) * rms_att[0]; alignment
+// |cos(W_O W_V h~, s*)| for the requested tokens and the whole vocabulary
+// (vocab_sample = 257: mean, min, max, 10/50/90 % order statistics).
+TEST_F(MechanismJobsTest, VoCircuitEqualsFloat64ReferenceOnByteLmDemo) {
+  if (ByteLmDemoPath().empty()) {
+    SINKSCOPE_SKIP_MISSING("shared/models/bytelm-demo/bytelm-demo.bin not found");
+  }
+  const std::vector<int64_t> tokens = {256, 70, 105, 114};
+  auto req = Request("bytelm-demo", {});
+  for (int64_t t : tokens) req.mutable_request()->mutable_vo_circuit()->add_token_ids(t);
+  req.mutable_request()->mutable_vo_circuit()->set_vocab_sample(257);
+  req.mutable_request()->mutable_vo_circuit()->set_step_up_block(2);
+  v1::Job job = RunOk(req);
+  ASSERT_EQ(job.results_size(), 2) << "layer 0, then the summary";
+  const v1::VoCircuitLayer& L = job.results(0).vo_circuit_layer();
+
+  // The reference, from the file's bytes.
+  std::ifstream in(ByteLmDemoPath(), std::ios::binary);
+  std::vector<char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  int32_t hdr[7];
+  ASSERT_GE(raw.size(), sizeof(hdr));
+  std::memcpy(hdr, raw.data(), sizeof(hdr));
+  const int64_t D = hdr[0], F = hdr[1], NL = hdr[2], V = std::abs(hdr[5]);
+  ASSERT_EQ(D, 256);
+  ASSERT_EQ(hdr[3], hdr[4]) << "no GQA in bytelm-demo";
+  const float* f = reinterpret_cast<const float*>(raw.data() + sizeof(hdr));
+  int64_t off = 0;
+  auto take = [&](std::vector<int64_t> shape, int64_t layers) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    at::Tensor t = at::from_blob(const_cast<float*>(f + off), shape, at::kFloat).to(at::kDouble);
+    off += n * layers;
+    return t;  // layer 0's slice
+  };
+  const at::Tensor emb = take({V, D}, 1), rms_att = take({D}, NL);
+  take({D, D}, NL);  // wq
+  take({D, D}, NL);  // wk
+  const at::Tensor wv = take({D, D}, NL), wo = take({D, D}, NL), rms_ffn = take({D}, NL);
+  const at::Tensor w1 = take({F, D}, NL), w2 = take({D, F}, NL), w3 = take({F, D}, NL);
+  ASSERT_LE(static_cast<size_t>(off) * sizeof(float) + sizeof(hdr), raw.size());
+  const int64_t k = 251;
+  const at::Tensor gate = w1 * rms_ffn, up = w3 * rms_ffn;
+  const at::Tensor U = at::matmul(gate.t() * w2[k], up);
+  const auto [vals, vecs] = at::linalg_eigh((U + U.t()) / 2);
+  const at::Tensor s_star = vecs.select(1, vals.abs().argmax().item<int64_t>());
+  const at::Tensor h = emb / (emb.pow(2).mean(-1, true) + 1e-5).sqrt() * rms_att;
+  const at::Tensor y = at::matmul(h, at::matmul(wo, wv).t());
+  const at::Tensor cos = at::matmul(y, s_star).abs() / y.norm(2, {1});
+  std::vector<double> vocab(cos.data_ptr<double>(), cos.data_ptr<double>() + V);
+
+  ASSERT_EQ(L.token_alignment_size(), static_cast<int>(tokens.size()));
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    EXPECT_NEAR(L.token_alignment(static_cast<int>(i)), vocab[tokens[i]], 1e-5) << "token " << tokens[i];
+  }
+  std::vector<double> sorted = vocab;
+  std::sort(sorted.begin(), sorted.end());
+  double mean = 0;
+  for (double v : vocab) mean += v / V;
+  EXPECT_GT(sorted.back(), 0.1) << "non-trivial alignments";
+  EXPECT_NEAR(L.sample_mean(), mean, 1e-5);
+  EXPECT_NEAR(L.sample_min(), sorted.front(), 1e-5);
+  EXPECT_NEAR(L.sample_max(), sorted.back(), 1e-5);
+  ASSERT_EQ(L.sample_quantiles_size(), 3);
+  const double q[3] = {0.1, 0.5, 0.9};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_NEAR(L.sample_quantiles(i), sorted[static_cast<size_t>(q[i] * (V - 1))], 1e-5) << q[i];
   }
 }
 

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -570,6 +571,101 @@ TEST_F(ServiceTest, LateWatcherCancelAndIdempotentSubmit) {
   // The worker is free again after the cancel.
   const v1::Job after = WaitTerminal(*stub, Submit(*stub, ScanRequest({MakeIds(4, 77)})).id(), seconds(60));
   EXPECT_EQ(after.state(), v1::JOB_STATE_COMPLETED) << after.error().message();
+}
+
+// The scan through the service on a model that does spike: shared/'s
+// bytelm-demo on the text shared/README.md names, with its published values
+// from an independent float64 numpy forward (position-0 spike on channel 251:
+// -85.81 after block 2, of which block 2 adds -85.07; per-block max |h| and
+// medians; perplexity 3.326), at the thresholds that call it massive
+// (abs 50, rel 20). The whole result must also equal the engine's in this
+// process value by value (spike tokens, channels, step-up / step-down blocks).
+TEST_F(ServiceTest, ByteLmDemoScanThroughServiceMatchesPublishedFloat64Values) {
+  SKIP_WITHOUT_SHARED();
+  if (ByteLmDemoPath().empty()) {
+    SINKSCOPE_SKIP_MISSING("shared/models/bytelm-demo/bytelm-demo.bin not found");
+  }
+  const std::string catalog = absl::StrCat(
+      R"({"models": [{"name": "bytelm-demo", "format": "llama2c", "path": ")", ByteLmDemoPath(),
+      R"(", "default_dtype": "float32"}]})");
+  server_ = std::make_unique<ServerProcess>(dir_.path(), TestServerConfig(dir_.path(), 1, catalog));
+  ASSERT_TRUE(server_->Start()) << ReadTail(server_->log_path());
+  auto stub = server_->NewStub();
+  const std::string text =
+      "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.";
+  std::vector<int32_t> ids = {256};  // BOS, then one id per UTF-8 byte
+  for (unsigned char c : text) ids.push_back(c);
+  ASSERT_EQ(ids.size(), 81u);
+
+  ScanParams params;
+  params.abs_threshold = 50;
+  params.rel_threshold = 20;
+  v1::SubmitJobRequest scan = ScanRequest({ids}, "bytelm-demo");
+  scan.mutable_request()->mutable_scan()->set_abs_threshold(params.abs_threshold);
+  scan.mutable_request()->mutable_scan()->set_rel_threshold(params.rel_threshold);
+  v1::SubmitJobRequest ppl;
+  ppl.mutable_request()->set_model("bytelm-demo");
+  auto* seq = ppl.mutable_request()->add_sequences()->mutable_ids();
+  for (int32_t id : ids) seq->add_ids(id);
+  ppl.mutable_request()->mutable_perplexity()->mutable_eval()->set_chunk_length(81);
+  const std::string scan_id = Submit(*stub, scan).id();
+  const std::string ppl_id = Submit(*stub, ppl).id();
+  const v1::Job job = WaitTerminal(*stub, scan_id, seconds(120));
+  ASSERT_EQ(job.state(), v1::JOB_STATE_COMPLETED) << job.error().message();
+  ASSERT_EQ(job.results_size(), 13);
+
+  // Published (shared/README.md): max |h| (2 decimals) and median |h|
+  // (3 decimals) of the post-residual after blocks 1..12.
+  const double max_abs[12] = {5.15,   85.81,  93.06,  111.42, 119.74, 125.23,
+                              129.98, 151.43, 165.58, 171.87, 184.93, 193.16};
+  const double median_abs[12] = {0.324, 1.162, 1.576, 1.904, 2.190, 2.532,
+                                 2.806, 3.031, 3.325, 3.786, 4.112, 6.961};
+  for (int b = 0; b < 12; ++b) {
+    SCOPED_TRACE(absl::StrCat("block ", b + 1));
+    const v1::ScanBlock& g = job.results(b).scan_block();
+    EXPECT_EQ(g.block(), b + 1);
+    EXPECT_NEAR(g.max_abs(), max_abs[b], 0.006);
+    ASSERT_EQ(g.median_abs_size(), 1);
+    EXPECT_NEAR(g.median_abs(0), median_abs[b], 0.0006);
+  }
+  // Block 2 (layer 0 MLP) is where the spike appears: its largest entry.
+  const v1::ScanBlock& b2 = job.results(1).scan_block();
+  ASSERT_GE(b2.resid_top_size(), 1);
+  EXPECT_EQ(b2.resid_top(0).position(), 0);
+  EXPECT_EQ(b2.resid_top(0).channel(), 251);
+  EXPECT_NEAR(b2.resid_top(0).value(), -85.81, 0.006);
+  ASSERT_GE(b2.output_top_size(), 1);
+  EXPECT_EQ(b2.output_top(0).position(), 0);
+  EXPECT_EQ(b2.output_top(0).channel(), 251);
+  EXPECT_NEAR(b2.output_top(0).value(), -85.07, 0.006);
+  EXPECT_GT(b2.n_massive(), 0);
+  EXPECT_EQ(job.results(0).scan_block().n_massive(), 0);  // 5.15 < 50
+
+  const v1::ScanSummary& s = job.results(12).scan_summary();
+  EXPECT_NEAR(s.peak_abs(), 193.16, 0.006);
+  EXPECT_EQ(s.peak_block().block(), 12);
+  bool token0 = false;
+  for (const v1::SpikeToken& t : s.spike_tokens()) token0 |= t.sequence() == 0 && t.position() == 0;
+  EXPECT_TRUE(token0) << s.ShortDebugString();
+  EXPECT_NE(std::find(s.spike_channels().begin(), s.spike_channels().end(), 251),
+            s.spike_channels().end());
+  ASSERT_GT(s.step_up_blocks_size(), 0);
+  EXPECT_EQ(s.step_up_blocks(0).block(), 2);  // the first step-up block
+
+  // Every value, list and index equals the engine's, computed here.
+  std::vector<BlockRecord> blocks;
+  ScanSummary summary;
+  std::string error;
+  ASSERT_TRUE(EngineScan({ids}, &blocks, &summary, &error, ByteLmDemoPath(), params)) << error;
+  EXPECT_FALSE(summary.spike_tokens.empty());
+  EXPECT_EQ(CompareResults(job, blocks, summary, "bytelm-demo", params), "");
+
+  // Perplexity of the 80 next bytes (published: 3.326).
+  const v1::Job pj = WaitTerminal(*stub, ppl_id, seconds(120));
+  ASSERT_EQ(pj.state(), v1::JOB_STATE_COMPLETED) << pj.error().message();
+  const v1::PerplexitySummary& ps = pj.results(pj.results_size() - 1).perplexity_summary();
+  EXPECT_EQ(ps.n_scored(), 80);
+  EXPECT_NEAR(ps.perplexity(), 3.326, 0.0006);
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 #include <ATen/Parallel.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
 
@@ -46,6 +47,12 @@ std::string Stories260KPath() {
 std::string AiDreamsPath() {
   std::string dir = SharedDir();
   std::string path = dir + "/models/aidreams260K/aidreams260K.bin";
+  return !dir.empty() && fs::exists(path) ? path : "";
+}
+
+std::string ByteLmDemoPath() {
+  std::string dir = SharedDir();
+  std::string path = dir + "/models/bytelm-demo/bytelm-demo.bin";
   return !dir.empty() && fs::exists(path) ? path : "";
 }
 
@@ -293,9 +300,10 @@ v1::Job WaitTerminal(v1::AnalysisService::Stub& stub, const std::string& job_id,
 }
 
 bool EngineScan(const std::vector<std::vector<int32_t>>& sequences,
-                std::vector<BlockRecord>* blocks, ScanSummary* summary, std::string* error) {
+                std::vector<BlockRecord>* blocks, ScanSummary* summary, std::string* error,
+                const std::string& model_path, const ScanParams& params) {
   at::set_num_threads(1);  // as the test workers (worker_threads 1)
-  auto ckpt = LoadCheckpoint(Stories260KPath());
+  auto ckpt = LoadCheckpoint(model_path);
   if (!ckpt.ok()) {
     *error = ckpt.status().ToString();
     return false;
@@ -309,7 +317,7 @@ bool EngineScan(const std::vector<std::vector<int32_t>>& sequences,
   for (const auto& s : sequences) ids.emplace_back(s.begin(), s.end());
   blocks->clear();
   auto result = RunActivationScan(
-      **model, ids, ScanParams(), [&](const BlockRecord& r) { blocks->push_back(r); },
+      **model, ids, params, [&](const BlockRecord& r) { blocks->push_back(r); },
       [](int64_t, int64_t) {});
   if (!result.ok()) {
     *error = result.status().ToString();
@@ -342,10 +350,24 @@ std::string CompareEntries(const std::string& what,
   return "";
 }
 
+/// "" when the job's block references list exactly the blocks `want`.
+std::string CompareBlockRefs(const std::string& what,
+                             const google::protobuf::RepeatedPtrField<v1::BlockRef>& got,
+                             const std::vector<int64_t>& want) {
+  std::vector<int64_t> g;
+  for (const v1::BlockRef& b : got) g.push_back(b.block());
+  if (g != want) {
+    return absl::StrCat(what, ": blocks [", absl::StrJoin(g, ","), "], engine [",
+                        absl::StrJoin(want, ","), "]");
+  }
+  return "";
+}
+
 }  // namespace
 
 std::string CompareResults(const v1::Job& job, const std::vector<BlockRecord>& blocks,
-                           const ScanSummary& summary) {
+                           const ScanSummary& summary, const std::string& model,
+                           const ScanParams& params) {
   if (job.state() != v1::JOB_STATE_COMPLETED) {
     return absl::StrCat("job ", job.id(), " is ", v1::JobState_Name(job.state()), ": ",
                         job.error().message());
@@ -379,18 +401,30 @@ std::string CompareResults(const v1::Job& job, const std::vector<BlockRecord>& b
   if (!Near(s.peak_abs(), summary.peak_abs)) return "summary peak_abs";
   if (s.peak_block().block() != summary.peak_block) return "summary peak_block";
   if (!Near(s.spike_mean_over_sequences(), summary.spike_mean_over_sequences)) return "summary spike mean";
-  if (s.spike_tokens_size() != static_cast<int>(summary.spike_tokens.size())) return "summary spike tokens";
-  if (s.spike_channels_size() != static_cast<int>(summary.spike_channels.size())) return "summary spike channels";
+  std::vector<std::pair<int64_t, int64_t>> tokens;
+  for (const v1::SpikeToken& t : s.spike_tokens()) tokens.emplace_back(t.sequence(), t.position());
+  if (tokens != summary.spike_tokens) {
+    std::string g, w;
+    for (const auto& [q, p] : tokens) absl::StrAppend(&g, " (", q, ",", p, ")");
+    for (const auto& [q, p] : summary.spike_tokens) absl::StrAppend(&w, " (", q, ",", p, ")");
+    return absl::StrCat("summary spike tokens:", g, "; engine:", w);
+  }
+  const std::vector<int64_t> channels(s.spike_channels().begin(), s.spike_channels().end());
+  if (channels != summary.spike_channels) {
+    return absl::StrCat("summary spike channels: [", absl::StrJoin(channels, ","), "], engine [",
+                        absl::StrJoin(summary.spike_channels, ","), "]");
+  }
   if (std::string d = CompareEntries("summary spike_entries", s.spike_entries(), summary.spike_entries); !d.empty()) return d;
-  if (s.step_up_blocks_size() != static_cast<int>(summary.step_up_blocks.size())) return "summary step-up";
-  if (s.step_down_blocks_size() != static_cast<int>(summary.step_down_blocks.size())) return "summary step-down";
+  if (std::string d = CompareBlockRefs("summary step-up", s.step_up_blocks(), summary.step_up_blocks); !d.empty()) return d;
+  if (std::string d = CompareBlockRefs("summary step-down", s.step_down_blocks(), summary.step_down_blocks); !d.empty()) return d;
   if (s.provenance().n_tokens() != summary.n_tokens) return "summary n_tokens";
-  if (s.provenance().model() != "stories260K" || s.provenance().dtype() != "float32" ||
+  if (s.provenance().model() != model || s.provenance().dtype() != "float32" ||
       s.provenance().device() != "cpu" || s.provenance().code_version().empty()) {
     return absl::StrCat("provenance: ", s.provenance().ShortDebugString());
   }
-  if (s.thresholds().top_k() != 3 || s.thresholds().abs_threshold() != 100.0 ||
-      s.thresholds().rel_threshold() != 1000.0 || s.thresholds().step_fraction() != 0.5) {
+  if (s.thresholds().top_k() != params.top_k || s.thresholds().abs_threshold() != params.abs_threshold ||
+      s.thresholds().rel_threshold() != params.rel_threshold ||
+      s.thresholds().step_fraction() != params.step_fraction) {
     return absl::StrCat("thresholds: ", s.thresholds().ShortDebugString());
   }
   return "";

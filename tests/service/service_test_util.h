@@ -33,6 +33,8 @@ std::string Stories260KPath();
 /// aidreams260K checkpoint and tokenizer, or "" when missing.
 std::string AiDreamsPath();
 std::string AiDreamsTokenizerPath();
+/// shared/models/bytelm-demo/bytelm-demo.bin (a model with a real spike) or "".
+std::string ByteLmDemoPath();
 
 /// A fresh directory under /tmp, removed (recursively) on destruction.
 class TempDir {
@@ -116,17 +118,22 @@ std::vector<v1::JobEvent> WatchAll(v1::AnalysisService::Stub& stub, const std::s
 v1::Job WaitTerminal(v1::AnalysisService::Stub& stub, const std::string& job_id,
                      std::chrono::seconds timeout, bool include_results = true);
 
-/// The scan of stories260K computed directly by the engine in this process
-/// (float32, CPU, default parameters). Returns false with `error` set when
-/// the engine fails.
+/// The scan of the llama2.c checkpoint `model_path` (default stories260K)
+/// computed directly by the engine in this process (float32, CPU, `params`).
+/// Returns false with `error` set when the engine fails.
 bool EngineScan(const std::vector<std::vector<int32_t>>& sequences,
-                std::vector<BlockRecord>* blocks, ScanSummary* summary, std::string* error);
+                std::vector<BlockRecord>* blocks, ScanSummary* summary, std::string* error,
+                const std::string& model_path = Stories260KPath(),
+                const ScanParams& params = ScanParams());
 
-/// Compares a completed job's result records with the engine's (indices
-/// exactly, values with a 1e-4 relative tolerance). "" when equal, else
-/// the first difference.
+/// Compares a completed job's result records with the engine's: indices,
+/// spike tokens, spike channels and step-up / step-down blocks exactly (by
+/// value, element by element), values with a 1e-4 relative tolerance; the
+/// provenance names `model` (float32, cpu) and the thresholds are `params`.
+/// "" when equal, else the first difference.
 std::string CompareResults(const v1::Job& job, const std::vector<BlockRecord>& blocks,
-                           const ScanSummary& summary);
+                           const ScanSummary& summary, const std::string& model = "stories260K",
+                           const ScanParams& params = ScanParams());
 
 }  // namespace testing
 }  // namespace sinkscope

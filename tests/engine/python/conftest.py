@@ -2,29 +2,26 @@
 
 The references are PyPI packages (`tokenizers`, `gguf`, `transformers`,
 `safetensors`); a missing one skips on a developer machine and fails under
-CI=true, as tests/common/skip.h does for the C++ tests.
+CI (tests/common/pytest_skip_exit.py), as tests/common/skip.h does for the C++ tests.
 """
 import importlib
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
-
-def in_ci():
-    return os.environ.get("CI") in ("true", "1")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "common"))
+from pytest_skip_exit import in_ci, skip_missing  # noqa: E402,F401
 
 
 def need(module):
-    """Imports `module`, or skips (fails under CI=true) when it is missing."""
+    """Imports `module`, or skips (fails under CI) when it is missing."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        msg = f"missing dependency: Python package {module} ({e})"
-        if in_ci():
-            pytest.fail(msg + " under CI=true")
-        pytest.skip(msg)
+        skip_missing(f"Python package {module} ({e})")
 
 
 def shared_path(rel):
@@ -38,10 +35,7 @@ def require_shared(rel):
     """The shared file `rel`; skips when it is missing (fails under CI=true)."""
     p = shared_path(rel)
     if not p:
-        msg = f"missing dependency: shared {rel}"
-        if in_ci():
-            pytest.fail(msg + " under CI=true")
-        pytest.skip(msg)
+        skip_missing(f"shared {rel}")
     return p
 
 

@@ -6,8 +6,9 @@ tinyshakespeare from shared/ when present), and the C++ CLI for cross-checks.
 Binary paths come from ctest's environment (SINKSCOPE_SERVER_BIN,
 SINKSCOPE_WORKER_BIN, SINKSCOPE_CLIENT_BIN; tests/python/CMakeLists.txt),
 defaulting to build/ of this checkout. A missing dependency skips, and fails
-under CI=true (as SINKSCOPE_SKIP_MISSING). When tests skipped and none failed,
-pytest exits 77 (ctest SKIP_RETURN_CODE).
+under CI (as SINKSCOPE_SKIP_MISSING). When tests skipped and none failed,
+pytest exits 77 (ctest SKIP_RETURN_CODE; tests/common/pytest_skip_exit.py,
+loaded by ctest with -p).
 """
 from __future__ import annotations
 
@@ -25,20 +26,16 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "common"))
 
 import planted  # noqa: E402
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "") in ("true", "1")
+from pytest_skip_exit import NOT_APPLICABLE, in_ci, skip_missing  # noqa: E402,F401
 
 
 def require(condition, message: str):
-    """Skips (developer machine) or fails (CI=true) when `condition` is false."""
+    """Skips (developer machine) or fails (CI) when `condition` is false."""
     if not condition:
-        if in_ci():
-            pytest.fail(f"missing dependency under CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+        skip_missing(message)
 
 
 def binary(env: str, rel: str) -> str:
@@ -125,7 +122,8 @@ def _tmpdir() -> str:
 
 
 def demo_catalog() -> dict:
-    """deploy/catalog.json's models and corpus with absolute shared/ paths."""
+    """deploy/catalog.json's models and corpus with absolute shared/ paths
+    (and bytelm-demo, a model with a real spike, without its tokenizer)."""
     models, corpora = [], []
     if shared_file("models/stories260K/stories260K.bin"):
         models.append({"name": "stories260K", "format": "llama2c", "default_dtype": "float32",
@@ -134,6 +132,9 @@ def demo_catalog() -> dict:
         models.append({"name": "aidreams260K", "format": "llama2c", "default_dtype": "float32",
                        "path": shared_file("models/aidreams260K/aidreams260K.bin"),
                        "tokenizer": shared_file("models/aidreams260K/tok512.bin")})
+    if shared_file("models/bytelm-demo/bytelm-demo.bin"):
+        models.append({"name": "bytelm-demo", "format": "llama2c", "default_dtype": "float32",
+                       "path": shared_file("models/bytelm-demo/bytelm-demo.bin")})
     if shared_file("corpora/tinyshakespeare.txt") and shared_file("models/aidreams260K/tok512.bin"):
         corpora.append({"name": "tinyshakespeare", "path": shared_file("corpora/tinyshakespeare.txt"),
                         "tokenizer": shared_file("models/aidreams260K/tok512.bin")})
@@ -186,6 +187,11 @@ def has_stories(server):
     return bool(shared_file("models/stories260K/stories260K.bin"))
 
 
+# The shared/ file each shared model of jobs.SPECS needs.
+SHARED_MODELS = {"stories260K": "models/stories260K/stories260K.bin",
+                 "bytelm-demo": "models/bytelm-demo/bytelm-demo.bin"}
+
+
 def cli_json(binaries, server, *args) -> dict:
     """`sinkscope --server ADDR --json ARGS...` parsed."""
     out = subprocess.run([binaries["client"], "--server", server.address, "--json", "-q", *args],
@@ -194,20 +200,9 @@ def cli_json(binaries, server, *args) -> dict:
     return json.loads(out.stdout)
 
 
-NOT_IN_PROTO = "job type not in this checkout's proto:"
-
-
-def pytest_sessionfinish(session, exitstatus):
-    # Skips are reported as skips to ctest (SKIP_RETURN_CODE 77), never as a
-    # pass; tests of job types this checkout's proto does not define (the
-    # mechanism jobs before that branch is merged) are not missing dependencies.
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or exitstatus != 0:
-        return
-    real = [r for r in reporter.stats.get("skipped", [])
-            if NOT_IN_PROTO not in str(getattr(r, "longrepr", ""))]
-    if real:
-        session.exitstatus = 77
+# Tests of job types this checkout's proto does not define are not missing
+# dependencies: such skips count as passes (tests/common/pytest_skip_exit.py).
+NOT_IN_PROTO = NOT_APPLICABLE
 
 
 @pytest.fixture(scope="session")
@@ -218,8 +213,8 @@ def results(client, has_stories):
     from jobs import SPECS
     types = set(sinkscope.job_types())
     handles, out = {}, {}
-    for name, (job_type, needs_stories, submit) in SPECS.items():
-        if job_type not in types or (needs_stories and not has_stories):
+    for name, (job_type, needs, submit) in SPECS.items():
+        if job_type not in types or (needs and not shared_file(SHARED_MODELS[needs])):
             continue
         try:
             handles[name] = submit(client)
@@ -238,11 +233,11 @@ def get_result(results, name):
     data, or a job type this proto lacks), fails when the job failed."""
     from jobs import SPECS
     if name not in results:
-        job_type, needs_stories, _ = SPECS[name]
+        job_type, needs, _ = SPECS[name]
         import sinkscope
         if job_type not in sinkscope.job_types():
             require(False, f"{NOT_IN_PROTO} {job_type}")
-        require(False, f"{name} needs shared/ (stories260K, tinyshakespeare)")
+        require(False, f"{name} needs shared/{SHARED_MODELS.get(needs, needs)} (and tinyshakespeare)")
     r = results[name]
     if isinstance(r, Exception):
         pytest.fail(f"job {name} failed: {r}", pytrace=False)

@@ -23,35 +23,43 @@ for c in range(6):
 STORIES_IDS = [1, 461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 362, 409, 283, 264,
                283, 452, 288, 13]
 
-# name -> (job type, needs stories260K, submit(client) -> Job)
+# bytelm-demo (shared/): BOS (256) then one id per byte.
+BYTELM_IDS = [256, 70, 105, 114, 115, 116]  # BOS "First"
+
+# name -> (job type, shared model it needs (None, "stories260K", "bytelm-demo"),
+#          submit(client) -> Job)
 SPECS = {
-    "scan": ("scan", False, lambda c: c.scan("planted", [SEQ_A, SEQ_B])),
-    "sinks": ("sinks", False, lambda c: c.sinks("planted", [ordinary(40, 1), ordinary(40, 2)],
+    "scan": ("scan", None, lambda c: c.scan("planted", [SEQ_A, SEQ_B])),
+    "sinks": ("sinks", None, lambda c: c.sinks("planted", [ordinary(40, 1), ordinary(40, 2)],
                                                 window=32)),
-    "first_token_probe": ("first_token_probe", False, lambda c: c.first_token_probe(
+    "first_token_probe": ("first_token_probe", None, lambda c: c.first_token_probe(
         "planted", token_ids=[1, 5, 9, 10, 11, 12, 13], batch_size=4)),
-    "spike_similarity": ("spike_similarity", False,
+    "spike_similarity": ("spike_similarity", None,
                          lambda c: c.spike_similarity("planted", [SEQ_A, SEQ_B])),
-    "self_attention_profile": ("self_attention_profile", False, lambda c: c.self_attention_profile(
+    "self_attention_profile": ("self_attention_profile", None, lambda c: c.self_attention_profile(
         "planted", [SEQ_D], layers=[0, 1, 2], delimiter_ids=[12])),
-    "perplexity": ("perplexity", False, lambda c: c.perplexity(
+    "perplexity": ("perplexity", None, lambda c: c.perplexity(
         "planted", [ordinary(50, 0), ordinary(50, 4)], chunk_length=16)),
-    "constant_substitution": ("constant_substitution", False, lambda c: c.constant_substitution(
+    "constant_substitution": ("constant_substitution", None, lambda c: c.constant_substitution(
         "planted", [CORPUS], chunk_length=16)),
-    "constant_substitution_zero": ("constant_substitution", False, lambda c: c.constant_substitution(
+    "constant_substitution_zero": ("constant_substitution", None, lambda c: c.constant_substitution(
         "planted", [CORPUS], chunk_length=16,
         interventions=[{"substitution": {"mode": "zero"}}])),
-    "sink_ablation": ("sink_ablation", False, lambda c: c.sink_ablation(
+    "sink_ablation": ("sink_ablation", None, lambda c: c.sink_ablation(
         "planted", [CORPUS], chunk_length=16)),
-    "scan_stories": ("scan", True, lambda c: c.scan("stories260K", STORIES_IDS)),
-    "perplexity_stories": ("perplexity", True, lambda c: c.perplexity(
+    "scan_stories": ("scan", "stories260K", lambda c: c.scan("stories260K", STORIES_IDS)),
+    "perplexity_stories": ("perplexity", "stories260K", lambda c: c.perplexity(
         "stories260K", corpus="tinyshakespeare", token_budget=512, chunk_length=128)),
     # Mechanism jobs (used when the proto has them).
-    "ffn_quadratic": ("ffn_quadratic", False, lambda c: c.submit("ffn_quadratic", "planted")),
-    "silu_regime": ("silu_regime", False, lambda c: c.submit("silu_regime", "planted", [SEQ_A, SEQ_B])),
-    "vo_circuit": ("vo_circuit", False, lambda c: c.submit("vo_circuit", "planted",
+    "ffn_quadratic": ("ffn_quadratic", None, lambda c: c.submit("ffn_quadratic", "planted")),
+    "silu_regime": ("silu_regime", None, lambda c: c.submit("silu_regime", "planted", [SEQ_A, SEQ_B])),
+    "vo_circuit": ("vo_circuit", None, lambda c: c.submit("vo_circuit", "planted",
                                                            token_ids=[1, 5, 10, 11])),
-    "activations": ("activations", False, lambda c: c.submit(
+    # vo-circuit where the alignments are not all 0 (on planted, W_O writes
+    # nothing on s* = e_0): bytelm-demo's step-up block 2, the whole vocabulary.
+    "vo_circuit_bytelm": ("vo_circuit", "bytelm-demo", lambda c: c.submit(
+        "vo_circuit", "bytelm-demo", token_ids=BYTELM_IDS, step_up_block=2, vocab_sample=257)),
+    "activations": ("activations", None, lambda c: c.submit(
         "activations", "planted", [SEQ_A], hooks=["blocks.1.hook_resid_post", "blocks.2.attn.hook_pattern"],
         positions=[0, 1, 8])),
 }

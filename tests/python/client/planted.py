@@ -106,6 +106,16 @@ def write_planted(directory: str) -> str:
     return directory
 
 
+def step_up_value(eps: float = 1e-5) -> float:
+    """Channel 7 of the post-residual of BOS after the step-up block, analytic:
+    BOS enters layer 1's MLP as exactly 8 s* (layers 0-1 read nothing from
+    channels 0 / 7 and write nothing there), its RMSNorm (gain 1) gives
+    x = 8 / sqrt(1 + eps) on s*, unit 0 outputs SiLU(x) x = x^2 sigmoid(x),
+    and W_down[7, 0] = 20: 20 x^2 sigmoid(x) = 1279.558 (not 20 * 8^2)."""
+    x = 8.0 / np.sqrt(1.0 + eps)
+    return float(20.0 * x * x / (1.0 + np.exp(-x)))
+
+
 def ordinary(n: int, start: int):
     """BOS then n - 1 ordinary ids (never 1, 5 or 9), as analysis_jobs_test.cc."""
     return [1] + [10 + (start + 7 * i) % 50 for i in range(1, n)]

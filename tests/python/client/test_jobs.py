@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 
 import planted
+import planted_reference as ref
 import sinkscope
-from conftest import Server, _tmpdir, demo_catalog, get_result, require
-from jobs import CORPUS, SEQ_A, SEQ_B, SEQ_D, SPECS
+from conftest import Server, _tmpdir, demo_catalog, get_result, require, shared_file
+from jobs import BYTELM_IDS, CORPUS, SEQ_A, SEQ_B, SEQ_D, SPECS
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "common"))
+import llama2c_float64  # noqa: E402  (tests/common: float64 llama2.c reference)
 
 
 def test_every_job_type_has_a_job(results):
@@ -48,9 +52,10 @@ def test_scan_planted(results):
     steps = r.frame("step_blocks")
     assert planted.STEP_UP_BLOCK in steps[steps.kind == "step_up"].block.tolist()
     assert planted.STEP_DOWN_BLOCK in steps[steps.kind == "step_down"].block.tolist()
-    # Channel 7 of a spike token carries ~ 20 * 8^2 = 1280 between the two MLPs.
+    # Channel 7 of BOS carries 20 x^2 sigmoid(x), x = 8 / sqrt(1 + eps), between
+    # the two MLPs (planted.step_up_value), the largest |h| of the block.
     blocks = r.frame("blocks").set_index("block")
-    assert 600 < blocks.loc[planted.STEP_UP_BLOCK, "max_abs"] < 3000
+    assert blocks.loc[planted.STEP_UP_BLOCK, "max_abs"] == pytest.approx(planted.step_up_value(), rel=1e-6)
     assert blocks.loc[planted.STEP_UP_BLOCK - 1, "n_massive"] == 0
     prov = r.provenance
     assert prov["model"] == "planted" and prov["dtype"] == "float32" and prov["device"] == "cpu"
@@ -140,8 +145,21 @@ def test_perplexity_planted(results):
 def test_perplexity_stories(results):
     r = get_result(results, "perplexity_stories")
     n_chunks, n_scored = _scored(512, 128)
-    assert len(r.frame("chunks")) == n_chunks and r.summary.n_scored == n_scored
+    chunks = r.frame("chunks")
+    assert len(chunks) == n_chunks and r.summary.n_scored == n_scored
     assert r.summary.eval.corpus == "tinyshakespeare"
+    # Independent value: the corpus's first 512 tokens by llama2.c's encoder
+    # (tests/common/llama2c_float64.py; a prefix of the text is enough for
+    # them) through a float64 numpy forward of stories260K, chunk by chunk.
+    pieces, scores = llama2c_float64.read_tokenizer(shared_file("models/aidreams260K/tok512.bin"), 512)
+    with open(shared_file("corpora/tinyshakespeare.txt"), encoding="utf-8") as f:
+        ids = llama2c_float64.encode(f.read(1500), pieces, scores)[:512]
+    assert len(ids) == 512
+    model = llama2c_float64.Llama2c(shared_file("models/stories260K/stories260K.bin"))
+    nll = [llama2c_float64.nll(model.forward(ids[i:i + 128])["logits"], ids[i:i + 128]).sum()
+           for i in range(0, 512, 128)]
+    np.testing.assert_allclose(chunks.nll_sum, nll, rtol=1e-5)
+    assert r.summary.perplexity == pytest.approx(math.exp(sum(nll) / n_scored), rel=1e-5)
 
 
 def test_constant_substitution_planted(results):
@@ -195,18 +213,81 @@ def test_ffn_quadratic_planted(results):
     # The step-up MLP's U_7 = 20 e_0 e_0^T: ||U_7||_F = 20, the largest of its block.
     row = blocks.block.tolist().index(planted.STEP_UP_BLOCK)
     assert int(np.argmax(m[row])) == planted.SPIKE_CHANNEL
-    assert m[row, planted.SPIKE_CHANNEL] == pytest.approx(20.0, rel=0.05)
+    assert m[row, planted.SPIKE_CHANNEL] == pytest.approx(20.0, rel=1e-6)
 
 
 def test_silu_regime_planted(results):
     r = get_result(results, "silu_regime")
     t = r.frame("tokens")
-    assert t.is_spike_token.any() and (~t.is_spike_token).any()
+    # The detected step-up / step-down MLP blocks; every token of both sequences.
+    assert sorted(t.block.unique()) == [planted.STEP_UP_BLOCK, planted.STEP_DOWN_BLOCK]
+    spikes = {(s, p) for s, seq in enumerate([SEQ_A, SEQ_B]) for p in planted.spike_positions(seq)}
+    w = ref.weights()
+    fwd = [ref.forward(seq, w) for seq in (SEQ_A, SEQ_B)]
+    for block in (planted.STEP_UP_BLOCK, planted.STEP_DOWN_BLOCK):
+        bt = t[t.block == block].sort_values(["sequence", "position"])
+        assert list(zip(bt.sequence, bt.position)) == [(s, p) for s, seq in enumerate([SEQ_A, SEQ_B])
+                                                       for p in range(len(seq))]
+        assert {(s, p) for s, p, k in zip(bt.sequence, bt.position, bt.is_spike_token) if k} == spikes
+        # cos(x, SiLU(x)) and ||SiLU(x)|| / ||x|| of mlp.hook_pre, float64 reference.
+        cos, ratio = zip(*(ref.silu_regime(f["mlp_pre"][block // 2 - 1]) for f in fwd))
+        np.testing.assert_allclose(bt.cosine, np.concatenate(cos), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(bt.norm_ratio, np.concatenate(ratio), rtol=1e-5, atol=1e-6)
+
+
+def _check_vo_circuit(r, alignments, n_layers):
+    """vo-circuit result `r` against float64 alignments [layers, 1 + vocab]:
+    column 0.. the requested tokens, then the whole vocabulary (the sample)."""
+    layers = r.frame("layers").sort_values("layer")
+    assert layers.layer.tolist() == list(range(n_layers))
+    al = r.frame("alignment")
+    for l in range(n_layers):
+        tok, vocab = alignments[l]
+        got = al[al.layer == l].sort_values("index").token_alignment.to_numpy()
+        np.testing.assert_allclose(got, tok, rtol=1e-5, atol=1e-6)
+        row = layers[layers.layer == l].iloc[0]
+        np.testing.assert_allclose(row.sample_quantiles, ref.quantiles(vocab), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([row.sample_mean, row.sample_min, row.sample_max],
+                                   [vocab.mean(), vocab.min(), vocab.max()], rtol=1e-5, atol=1e-6)
 
 
 def test_vo_circuit_planted(results):
     r = get_result(results, "vo_circuit")
-    assert len(r.frame("layers")) >= 1
+    assert r.summary.step_up_block == planted.STEP_UP_BLOCK
+    # Layers 0..1 (block 4 is layer 1's MLP); s* = e_0 (U_7 = 20 e_0 e_0^T) and
+    # W_O writes nothing on e_0, so every alignment is 0 here (bytelm-demo
+    # below has non-zero ones).
+    w = ref.weights()
+    tok = ref.vo_alignments(w, [1, 5, 10, 11], 1, planted.SPIKE_CHANNEL)
+    vocab = ref.vo_alignments(w, list(range(planted.D_VOCAB)), 1, planted.SPIKE_CHANNEL)
+    _check_vo_circuit(r, [(tok[l], vocab[l]) for l in range(2)], 2)
+
+
+def vo_circuit_bytelm_reference():
+    """Float64 vo-circuit of bytelm-demo at step-up block 2 (layer 0, channel
+    251 = argmax ||U_k||_F): |cos(W_VO h~, s*)| of position 0 for BYTELM_IDS
+    and for all 257 ids; h~ = RMSNorm(embedding) * rms_att (one-token
+    sequences: position 0 attends only to itself)."""
+    m = llama2c_float64.Llama2c(shared_file("models/bytelm-demo/bytelm-demo.bin"))
+    g = m.rms_ffn[0]
+    gate, up, down = m.w1[0] * g, m.w3[0] * g, m.w2[0]
+    frob = [np.linalg.norm((gate.T * down[k]) @ up) for k in range(m.dim)]
+    k = int(np.argmax(frob))
+    U = (gate.T * down[k]) @ up
+    vals, vecs = np.linalg.eigh((U + U.T) / 2)
+    s = vecs[:, int(np.argmax(np.abs(vals)))]
+    y = m.rmsnorm(m.emb, m.rms_att[0]) @ (m.wo[0] @ m.wv[0]).T  # [vocab, D]
+    cos = np.abs(y @ s) / np.linalg.norm(y, axis=1)
+    return k, cos[BYTELM_IDS], cos
+
+
+def test_vo_circuit_bytelm(results):
+    r = get_result(results, "vo_circuit_bytelm")
+    assert r.summary.step_up_block == 2 and r.summary.vocab_sample == 257
+    k, tok, vocab = vo_circuit_bytelm_reference()
+    assert k == 251  # the spike channel of shared/README.md
+    assert vocab.max() > 0.1  # values a wrong s* or W_VO would not give
+    _check_vo_circuit(r, [(tok, vocab)], 1)
 
 
 def test_activations_planted(results):
@@ -214,9 +295,13 @@ def test_activations_planted(results):
     mats = r.matrices()
     resid = mats["blocks.1.hook_resid_post/0"]
     assert resid.shape == (3, planted.D_MODEL)
-    # Position 0 (BOS) and 8 (id 5) are spike tokens after block 4 (layer 1 mlp): ~1280 on e_7.
-    assert abs(resid[0, planted.SPIKE_CHANNEL]) > 600 and abs(resid[2, planted.SPIKE_CHANNEL]) > 600
-    assert abs(resid[1, planted.SPIKE_CHANNEL]) < 50
+    # Position 0 (BOS) and 8 (id 5) are spike tokens after block 4 (layer 1
+    # mlp): BOS carries the analytic planted.step_up_value() on e_7; every value
+    # equals the float64 reference forward.
+    assert resid[0, planted.SPIKE_CHANNEL] == pytest.approx(planted.step_up_value(), rel=1e-6)
+    want = ref.forward(SEQ_A)["resid_pre"][2][[0, 1, 8]]
+    np.testing.assert_allclose(resid, want, rtol=1e-5, atol=1e-4)
+    assert abs(want[2, planted.SPIKE_CHANNEL]) > 1000 and abs(want[1, planted.SPIKE_CHANNEL]) < 1
 
 
 # -- client behaviour ---------------------------------------------------------

@@ -193,6 +193,24 @@ def test_vo_circuit(results, tmp_path):
     assert _labels(fig.axes[0]) == ("layer", "cos(W_VO^T h~, s*)")
 
 
+def test_vo_circuit_shows_the_float64_values(results, tmp_path):
+    # bytelm-demo (non-zero alignments): the median line and one line per
+    # requested token plot the values of the float64 reference (test_jobs.py).
+    from test_jobs import vo_circuit_bytelm_reference
+    from jobs import BYTELM_IDS
+    import planted_reference
+    r = get_result(results, "vo_circuit_bytelm")
+    fig = plot.vo_circuit(r)
+    _save(fig, tmp_path, "vo-bytelm")
+    _, tok, vocab = vo_circuit_bytelm_reference()
+    lines = {l.get_label(): l for l in fig.axes[0].lines}
+    assert set(lines) == {"vocab sample median"} | {f"token {t}" for t in BYTELM_IDS}
+    np.testing.assert_allclose(lines["vocab sample median"].get_xydata(),
+                               [[0, planted_reference.quantiles(vocab)[1]]], rtol=1e-5, atol=1e-6)
+    for t, want in zip(BYTELM_IDS, tok):
+        np.testing.assert_allclose(lines[f"token {t}"].get_xydata(), [[0, want]], rtol=1e-5, atol=1e-6)
+
+
 def test_figures_of_every_result(results):
     # plot.figures() finds at least one figure for every job type that has one.
     for name, r in results.items():
