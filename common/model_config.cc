@@ -5,7 +5,13 @@
 //
 // config.json mapping (ParseHfConfig <-> WriteHfConfig):
 //   model_type                 llama | mistral | qwen2 | qwen3 (writable); gpt2 | gemma2 |
-//                              gemma3_text | olmo2 (read only)
+//                              gemma3_text | gemma3 | olmo2 | gpt_neox (read only)
+//   text_config                gemma3 (multimodal): the text decoder's keys, read as gemma3_text;
+//                              absent keys take Gemma3TextConfig's defaults (the Hub's files
+//                              list only the non-default ones)
+//   use_parallel_residual      gpt_neox: parallel_attn_mlp (default true)
+//   rotary_pct, rotary_emb_base  gpt_neox (transformers 4; 5 writes rope_parameters.
+//                              partial_rotary_factor / rope_theta): rotary_dim = int(d_head x pct)
 //   rope_parameters            transformers 5: {rope_type, rope_theta, factor, ...} or, for
 //                              gemma3_text, {full_attention: {...}, sliding_attention: {...}}
 //   layer_types                gemma2/gemma3_text: per-layer sliding_attention | full_attention
@@ -37,12 +43,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -167,6 +175,11 @@ absl::Status ParseRopeDict(const json& r, const std::string& field, const std::s
 // `rope_local_base_freq`).
 absl::Status ParseRope(const json& j, const std::string& source, bool per_layer_type,
                        ModelConfig* c) {
+  // The older keys first (with the family's defaults); rope_parameters overrides them.
+  RETURN_IF_ERROR(GetDouble(j, "rope_theta", false, source, &c->rope_theta));
+  if (per_layer_type) {
+    RETURN_IF_ERROR(GetDouble(j, "rope_local_base_freq", false, source, &c->rope_local_theta));
+  }
   auto rp = j.find("rope_parameters");
   if (rp != j.end() && !rp->is_null()) {
     if (!rp->is_object()) {
@@ -180,7 +193,7 @@ absl::Status ParseRope(const json& j, const std::string& source, bool per_layer_
       }
       if (auto sl = rp->find("sliding_attention"); sl != rp->end() && !sl->is_null()) {
         RopeScaling local;
-        double theta = c->rope_theta;
+        double theta = c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta;
         RETURN_IF_ERROR(
             ParseRopeDict(*sl, "rope_parameters.sliding_attention", source, &local, &theta));
         if (!local.rope_type.empty()) {
@@ -193,14 +206,10 @@ absl::Status ParseRope(const json& j, const std::string& source, bool per_layer_
     }
     return ParseRopeDict(*rp, "rope_parameters", source, &c->rope_scaling, &c->rope_theta);
   }
-  RETURN_IF_ERROR(GetDouble(j, "rope_theta", false, source, &c->rope_theta));
   auto it = j.find("rope_scaling");
   if (it != j.end() && !it->is_null()) {
     double unused = c->rope_theta;
     RETURN_IF_ERROR(ParseRopeDict(*it, "rope_scaling", source, &c->rope_scaling, &unused));
-  }
-  if (per_layer_type) {
-    RETURN_IF_ERROR(GetDouble(j, "rope_local_base_freq", false, source, &c->rope_local_theta));
   }
   return absl::OkStatus();
 }
@@ -217,6 +226,13 @@ struct TensorNames {
   std::vector<std::pair<const char*, const char*>> layer;  // per-layer module suffixes
   bool conv1d = false;  // linear weights stored [in, out] (GPT-2 Conv1D)
   const char* fused_qkv = nullptr;  // per-layer module holding q, k, v fused (GPT-2 attn.c_attn)
+  TensorLayout fused_qkv_layout = TensorLayout::kFusedQkvConv1D;
+  // A prefix the published files may leave out (the Hub's gpt2 files: bare `h.0...`, `wte`).
+  const char* optional_prefix = nullptr;
+  // Per-layer buffers that are no weights, skipped (GPT-2's causal mask `attn.bias`).
+  std::vector<const char*> ignored_layer_suffixes;
+  // Whole modules skipped (the vision tower of a multimodal checkpoint).
+  std::vector<const char*> ignored_prefixes;
 };
 
 const TensorNames kCanonicalNames{};
@@ -232,7 +248,44 @@ const TensorNames kGpt2Names{
      {"mlp.up_proj", "mlp.c_fc"},
      {"mlp.down_proj", "mlp.c_proj"}},
     true,
-    "attn.c_attn"};
+    "attn.c_attn",
+    TensorLayout::kFusedQkvConv1D,
+    "transformer.",
+    {"attn.bias", "attn.masked_bias"},
+    {}};
+
+// GPT-NeoX / Pythia (transformers' GPTNeoXForCausalLM; the Hub's files and
+// transformers 5's save_pretrained both write `embed_out`, not `lm_head`).
+const TensorNames kGptNeoxNames{
+    {{"model.embed_tokens", "gpt_neox.embed_in"},
+     {"model.norm", "gpt_neox.final_layer_norm"},
+     {"lm_head", "embed_out"}},
+    "gpt_neox.layers.",
+    {{"self_attn.o_proj", "attention.dense"},
+     {"mlp.up_proj", "mlp.dense_h_to_4h"},
+     {"mlp.down_proj", "mlp.dense_4h_to_h"}},
+    false,
+    "attention.query_key_value",
+    TensorLayout::kFusedQkvPerHead,
+    nullptr,
+    {"attention.bias", "attention.masked_bias"},
+    {}};
+
+// Gemma 3 multimodal (Gemma3ForConditionalGeneration) as the Hub's files and
+// transformers 5.24's save_pretrained name it: the text decoder under
+// `language_model.model.`, the vision tower and projector beside it.
+const TensorNames kGemma3MultimodalNames{
+    {{"model.embed_tokens", "language_model.model.embed_tokens"},
+     {"model.norm", "language_model.model.norm"},
+     {"lm_head", "language_model.lm_head"}},
+    "language_model.model.layers.",
+    {},
+    false,
+    nullptr,
+    TensorLayout::kAsIs,
+    nullptr,
+    {},
+    {"vision_tower.", "multi_modal_projector."}};
 
 enum class WindowRule {
   kNone,        // full attention; `use_sliding_window: true` refused (Qwen)
@@ -244,6 +297,7 @@ enum class BiasRule {
   kAttentionBiasKey,  // attention_bias -> q/k/v/o bias, mlp_bias -> MLP bias (Llama)
   kQkvAlways,         // q/k/v always biased, o never (Qwen2)
   kAll,               // every linear and norm has a bias (GPT-2)
+  kAttentionBiasKeyMlpAlways,  // attention_bias -> q/k/v/o bias; MLP always biased (GPT-NeoX)
 };
 
 struct FamilySpec {
@@ -279,9 +333,32 @@ struct FamilySpec {
   bool embed_scale_sqrt_d = false;
   bool query_pre_attn_scalar = false;
   bool rope_per_layer_type = false;
+  bool attention_bias_default = false;  // attention_bias when absent (GPT-NeoX: true)
+  // Parallel attention + MLP: this boolean key (GPT-NeoX use_parallel_residual), its default.
+  const char* parallel_key = nullptr;
+  bool parallel_default = false;
+  // Partial rotary: rope_parameters.partial_rotary_factor, else rotary_pct (default 0.25),
+  // base rope_parameters.rope_theta, else rotary_emb_base (GPT-NeoX).
+  bool partial_rotary = false;
+  // The decoder's keys sit in this nested object (Gemma 3 multimodal: text_config),
+  // whose model_type, when given, must be text_model_type.
+  const char* text_config_key = nullptr;
+  const char* text_model_type = nullptr;
+  // The transformers config class's defaults for absent keys, as a JSON object
+  // (configs written by to_diff_dict leave out every default, as the Hub's Gemma 3 do).
+  const char* defaults_json = nullptr;
   bool writable = false;  // WriteHfConfig can express it
   const TensorNames* names = &kCanonicalNames;
 };
+
+// transformers 5.24 Gemma3TextConfig defaults (configuration_gemma3.py).
+constexpr const char* kGemma3TextDefaults = R"({
+  "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+  "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+  "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+  "query_pre_attn_scalar": 256, "sliding_window": 4096, "rope_theta": 1000000.0,
+  "rope_local_base_freq": 10000.0, "bos_token_id": 2, "eos_token_id": 1,
+  "tie_word_embeddings": true})";
 
 const std::vector<FamilySpec>& Families() {
   static const std::vector<FamilySpec>* kFamilies = [] {
@@ -361,7 +438,16 @@ const std::vector<FamilySpec>& Families() {
     gemma3.qk_norm = true;
     gemma3.window_pattern = 6;
     gemma3.rope_per_layer_type = true;
+    gemma3.defaults_json = kGemma3TextDefaults;
     v->push_back(gemma3);
+
+    FamilySpec gemma3_mm = gemma3;
+    gemma3_mm.model_type = "gemma3";
+    gemma3_mm.architecture = "Gemma3ForConditionalGeneration";
+    gemma3_mm.text_config_key = "text_config";
+    gemma3_mm.text_model_type = "gemma3_text";
+    gemma3_mm.names = &kGemma3MultimodalNames;
+    v->push_back(gemma3_mm);
 
     FamilySpec olmo2 = llama;
     olmo2.model_type = "olmo2";
@@ -373,6 +459,30 @@ const std::vector<FamilySpec>& Families() {
     olmo2.qk_norm_full_width = true;
     olmo2.head_dim_key = nullptr;
     v->push_back(olmo2);
+
+    // GPT-NeoX / Pythia: keys of transformers' GPTNeoXConfig, defaults of its class.
+    FamilySpec neox = llama;
+    neox.model_type = "gpt_neox";
+    neox.architecture = "GPTNeoXForCausalLM";
+    neox.writable = false;
+    neox.n_kv_heads_key = nullptr;
+    neox.head_dim_key = nullptr;
+    neox.eps_key = "layer_norm_eps";
+    neox.eps_default = 1e-5;
+    neox.act_default = "gelu";
+    neox.activations = {{"gelu", Activation::kGelu},
+                        {"gelu_new", Activation::kGeluTanh},
+                        {"gelu_pytorch_tanh", Activation::kGeluTanh}};
+    neox.norm_kind = NormKind::kLayer;
+    neox.gated = false;
+    neox.bias = BiasRule::kAttentionBiasKeyMlpAlways;
+    neox.attention_bias_default = true;
+    neox.parallel_key = "use_parallel_residual";
+    neox.parallel_default = true;
+    neox.partial_rotary = true;
+    neox.defaults_json = R"({"bos_token_id": 0, "eos_token_id": 2})";
+    neox.names = &kGptNeoxNames;
+    v->push_back(neox);
     return v;
   }();
   return *kFamilies;
@@ -460,20 +570,54 @@ absl::Status ParseLayerWindows(const json& j, const FamilySpec& f, const std::st
   return absl::OkStatus();
 }
 
-absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& j, const std::string& source) {
-  if (!j.is_object()) {
+// The object holding the decoder's keys: the file's top level, or its
+// `text_config` for a multimodal family; the family's defaults fill absent keys.
+// `source` becomes "<file>: text_config" for the nested case.
+absl::StatusOr<json> DecoderKeys(const json& file, const FamilySpec& f, std::string* source) {
+  json j = file;
+  if (f.text_config_key != nullptr) {
+    auto it = file.find(f.text_config_key);
+    if (it == file.end() || !it->is_object()) {
+      return FieldError(*source, f.text_config_key,
+                        absl::StrCat(it == file.end() ? "missing" : "must be an object",
+                                     " (model_type ", f.model_type,
+                                     " keeps its text decoder's config there)"));
+    }
+    j = *it;
+    *source = absl::StrCat(*source, ": ", f.text_config_key);
+    std::string text_type = f.text_model_type;
+    RETURN_IF_ERROR(GetString(j, "model_type", false, *source, &text_type));
+    if (text_type != f.text_model_type) {
+      return FieldError(*source, "model_type",
+                        absl::StrCat("has unsupported value '", text_type, "' (", f.model_type,
+                                     " runs a ", f.text_model_type, " text model)"));
+    }
+  }
+  if (f.defaults_json != nullptr) {
+    const json defaults = json::parse(f.defaults_json);
+    for (const auto& [key, value] : defaults.items()) {
+      if (!j.contains(key)) j[key] = value;
+    }
+  }
+  return j;
+}
+
+absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& file, const std::string& file_source) {
+  if (!file.is_object()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": top level must be a JSON object, got ", JsonTypeName(j)));
+        absl::StrCat(file_source, ": top level must be a JSON object, got ", JsonTypeName(file)));
   }
   ModelConfig c;
-  RETURN_IF_ERROR(GetString(j, "model_type", true, source, &c.model_type));
+  RETURN_IF_ERROR(GetString(file, "model_type", true, file_source, &c.model_type));
   const FamilySpec* fp = FindFamily(c.model_type);
   if (fp == nullptr) {
-    return FieldError(source, "model_type",
+    return FieldError(file_source, "model_type",
                       absl::StrCat("has unsupported value '", c.model_type,
                                    "' (supported: ", KnownFamiliesImpl(), ")"));
   }
   const FamilySpec& f = *fp;
+  std::string source = file_source;
+  ASSIGN_OR_RETURN(const json j, DecoderKeys(file, f, &source));
   RETURN_IF_ERROR(GetActivation(j, f, source, &c.activation));
   RETURN_IF_ERROR(GetInt(j, f.d_model_key, true, source, &c.d_model));
   RETURN_IF_ERROR(GetInt(j, f.n_layers_key, true, source, &c.n_layers));
@@ -501,8 +645,32 @@ absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& j, const std::string& 
   c.gated_mlp = f.gated;
   c.qk_norm = f.qk_norm;
   c.qk_norm_full_width = f.qk_norm_full_width;
+  if (f.partial_rotary) RETURN_IF_ERROR(GetDouble(j, "rotary_emb_base", false, source, &c.rope_theta));
   if (c.positional == Positional::kRope) {
     RETURN_IF_ERROR(ParseRope(j, source, f.rope_per_layer_type, &c));
+  }
+  if (f.partial_rotary) {
+    // transformers: rotary_ndims = int(head_size * partial_rotary_factor).
+    double pct = 0.25;  // GPTNeoXConfig's default rotary_pct
+    std::string field = "rotary_pct";
+    RETURN_IF_ERROR(GetDouble(j, "rotary_pct", false, source, &pct));
+    if (auto rp = j.find("rope_parameters"); rp != j.end() && rp->is_object() &&
+                                             rp->contains("partial_rotary_factor")) {
+      field = "rope_parameters.partial_rotary_factor";
+      RETURN_IF_ERROR(GetDouble(*rp, "partial_rotary_factor", false, source, &pct));
+    }
+    if (!(pct > 0 && pct <= 1)) {
+      return FieldError(source, field, absl::StrCat("must be in (0, 1], got ", pct));
+    }
+    c.rotary_dim = static_cast<int64_t>(static_cast<double>(c.d_head) * pct);
+    if (c.rotary_dim < 2) {
+      return FieldError(source, field,
+                        absl::StrCat("= ", pct, " rotates no coordinate of d_head ", c.d_head));
+    }
+  }
+  if (f.parallel_key != nullptr) {
+    c.parallel_attn_mlp = f.parallel_default;
+    RETURN_IF_ERROR(GetBool(j, f.parallel_key, source, &c.parallel_attn_mlp));
   }
   switch (f.bias) {
     case BiasRule::kNone:
@@ -517,6 +685,12 @@ absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& j, const std::string& 
       break;
     case BiasRule::kAll:
       c.qkv_bias = c.o_bias = c.mlp_bias = true;
+      break;
+    case BiasRule::kAttentionBiasKeyMlpAlways:
+      c.qkv_bias = f.attention_bias_default;
+      RETURN_IF_ERROR(GetBool(j, "attention_bias", source, &c.qkv_bias));
+      c.o_bias = c.qkv_bias;
+      c.mlp_bias = true;
       break;
   }
   switch (f.window) {
@@ -704,7 +878,9 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
         break;
     }
     if (names.fused_qkv != nullptr) {
-      // One [d_model, q + 2 kv] Conv1D weight (and bias) holds q, k and v.
+      // One weight (and bias) holds q, k and v: GPT-2's Conv1D [d_model, q + 2 kv],
+      // GPT-NeoX's Linear [q + 2 kv, d_model] (per head [q_h | k_h | v_h]).
+      const bool conv1d = names.fused_qkv_layout == TensorLayout::kFusedQkvConv1D;
       for (const char* kind : {"weight", "bias"}) {
         if (std::string(kind) == "bias" && !c.qkv_bias) continue;
         TensorSpec s;
@@ -712,10 +888,14 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
         s.canonical = absl::StrCat(p, "self_attn.q_proj.", kind);
         s.canonical_k = absl::StrCat(p, "self_attn.k_proj.", kind);
         s.canonical_v = absl::StrCat(p, "self_attn.v_proj.", kind);
-        s.layout = TensorLayout::kFusedQkvConv1D;
-        s.shape = std::string(kind) == "weight"
-                      ? std::vector<int64_t>{c.d_model, q_dim + 2 * kv_dim}
-                      : std::vector<int64_t>{q_dim + 2 * kv_dim};
+        s.layout = names.fused_qkv_layout;
+        if (std::string(kind) == "bias") {
+          s.shape = {q_dim + 2 * kv_dim};
+        } else if (conv1d) {
+          s.shape = {c.d_model, q_dim + 2 * kv_dim};
+        } else {
+          s.shape = {q_dim + 2 * kv_dim, c.d_model};
+        }
         out.push_back(std::move(s));
       }
     } else {
@@ -746,6 +926,35 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
   norm("model.norm", c.d_model);
   if (!c.tied_embeddings) add("lm_head.weight", {c.d_vocab, c.d_model});
   return out;
+}
+
+std::optional<std::string> StoredTensorName(const ModelConfig& c, const std::string& name_in_file) {
+  if (absl::EndsWith(name_in_file, "rotary_emb.inv_freq")) return std::nullopt;  // RoPE buffer
+  const FamilySpec* f = FindFamily(c.model_type);
+  if (f == nullptr) return name_in_file;
+  const TensorNames& n = *f->names;
+  std::string name = name_in_file;
+  if (n.optional_prefix != nullptr && !absl::StartsWith(name, n.optional_prefix)) {
+    // Bare only where the prefixed name is one of the family's (not e.g. lm_head.weight).
+    const std::string prefixed = absl::StrCat(n.optional_prefix, name);
+    bool known = absl::StartsWith(prefixed, n.layer_prefix);
+    for (const auto& [canon, file] : n.top) known |= absl::StartsWith(prefixed, absl::StrCat(file, "."));
+    if (known) name = prefixed;
+  }
+  for (const char* p : n.ignored_prefixes) {
+    if (absl::StartsWith(name, p)) return std::nullopt;
+  }
+  if (absl::StartsWith(name, n.layer_prefix)) {
+    // <layer_prefix><digits>.<suffix>
+    const size_t dot = name.find('.', std::strlen(n.layer_prefix));
+    if (dot != std::string::npos) {
+      const std::string suffix = name.substr(dot + 1);
+      for (const char* s : n.ignored_layer_suffixes) {
+        if (suffix == s) return std::nullopt;
+      }
+    }
+  }
+  return name;
 }
 
 int64_t ParameterCount(const ModelConfig& c) {
@@ -788,6 +997,16 @@ absl::Status ModelConfig::Validate() const {
   }
   if (positional == Positional::kRope && d_head % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("d_head must be even for RoPE, got ", d_head));
+  }
+  if (rotary_dim < 0 || rotary_dim > d_head || rotary_dim % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "rotary_dim must be even and in [0, d_head = ", d_head, "], got ", rotary_dim,
+        " (0 = all of d_head)"));
+  }
+  if (parallel_attn_mlp && norm_placement != NormPlacement::kPre) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel attention + MLP is implemented for pre-norm only, not ",
+        NormPlacementName(norm_placement), " norm"));
   }
   if (!(norm_eps > 0) || !std::isfinite(norm_eps)) {
     return absl::InvalidArgumentError(absl::StrCat("norm_eps must be positive, got ", norm_eps));
@@ -868,6 +1087,8 @@ std::string ModelConfig::Summary() const {
   if (sliding_window > 0) absl::StrAppend(&s, " sliding_window=", sliding_window);
   if (!layer_windows.empty()) absl::StrAppend(&s, " layer_windows=[", absl::StrJoin(layer_windows, ","), "]");
   if (rope_local_theta > 0) absl::StrAppend(&s, " local_theta=", rope_local_theta);
+  if (rotary_dim > 0 && rotary_dim < d_head) absl::StrAppend(&s, " rotary_dim=", rotary_dim);
+  if (parallel_attn_mlp) absl::StrAppend(&s, " parallel_attn_mlp");
   if (attn_softcap > 0) absl::StrAppend(&s, " attn_softcap=", attn_softcap);
   if (final_softcap > 0) absl::StrAppend(&s, " final_softcap=", final_softcap);
   if (embed_scale != 1.0) absl::StrAppend(&s, " embed_scale=", embed_scale);
@@ -901,9 +1122,11 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   if (c.norm_kind != NormKind::kRms || c.norm_gain_offset != 0 ||
       c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
       c.attn_softcap > 0 || c.final_softcap > 0 || c.embed_scale != 1.0 || c.attn_scale > 0 ||
-      !c.layer_windows.empty() || c.rope_local_theta > 0 || c.qk_norm_full_width) {
+      !c.layer_windows.empty() || c.rope_local_theta > 0 || c.qk_norm_full_width ||
+      c.rotary_dim > 0 || c.parallel_attn_mlp) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": config uses fields only gpt2/gemma/olmo2 families express; not writable as ", mt));
+        path, ": config uses fields only gpt2/gemma/olmo2/gpt_neox families express; not writable as ",
+        mt));
   }
   if (c.qk_norm != (mt == "qwen3")) {
     return absl::InvalidArgumentError(

@@ -8,13 +8,18 @@
 // gpt2 (LayerNorm, learned positions, GELU MLP, fused Conv1D c_attn),
 // gemma2 (sandwich norm, (1 + w) gain, soft-caps, alternating windows),
 // gemma3_text (gemma2 + per-head q/k norm, local/global RoPE bases),
-// olmo2 (post-norm, q/k norm over the full projected width).
+// gemma3 (Gemma 3's multimodal checkpoints run as their text model: `text_config`,
+// `language_model.model.*` tensors, vision tower ignored),
+// olmo2 (post-norm, q/k norm over the full projected width),
+// gpt_neox (Pythia: LayerNorm, parallel attention + MLP residual, partial rotary,
+// fused per-head query_key_value).
 // Architecture differences are fields, never checks of the family name inside
 // the forward pass (TransformerLens' config-driven style). No libtorch here:
 // the server links this library too.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -107,6 +112,16 @@ struct ModelConfig {
   /// RoPE base of the windowed (local) layers; 0 = rope_theta (Gemma 3: 10000 local,
   /// 1e6 global; rope_scaling applies to the global layers only when this is set).
   double rope_local_theta = 0.0;
+  /// Partial rotary (GPT-NeoX `rotary_pct` / `partial_rotary_factor`): RoPE rotates
+  /// only the first `rotary_dim` coordinates of each head (halves of those), the
+  /// rest pass unchanged; 0 = all d_head (TransformerLens' `rotary_dim`).
+  int64_t rotary_dim = 0;
+  /// Parallel attention and MLP (GPT-NeoX `use_parallel_residual`, TransformerLens'
+  /// `parallel_attn_mlp`): both read the layer input, resid_post = resid_pre +
+  /// attn_out + mlp_out, the MLP reading ln2(resid_pre). hook_resid_mid is then the
+  /// virtual point resid_pre + attn_out (as if the attention were added first), so
+  /// paper blocks 2l+1 / 2l+2 and the block attribution stay exact.
+  bool parallel_attn_mlp = false;
 
   int64_t n_blocks() const { return 2 * n_layers; }
   /// Attention window of layer `l` (0 = full causal attention).
@@ -114,6 +129,8 @@ struct ModelConfig {
     if (layer_windows.empty()) return sliding_window;
     return l >= 0 && l < static_cast<int64_t>(layer_windows.size()) ? layer_windows[l] : 0;
   }
+  /// Coordinates of each head that RoPE rotates: rotary_dim, or d_head when 0.
+  int64_t RotaryDim() const { return rotary_dim > 0 ? rotary_dim : d_head; }
   /// RoPE base of layer `l` (local base for windowed layers when rope_local_theta > 0).
   double LayerRopeTheta(int64_t l) const {
     return rope_local_theta > 0 && Window(l) > 0 ? rope_local_theta : rope_theta;
@@ -145,6 +162,9 @@ enum class TensorLayout {
   kConv1D,          // GPT-2 Conv1D weight [in, out]: transposed at load
   kFusedQkvConv1D,  // GPT-2 c_attn [d_model, 3 d_model] (weight) / [3 d_model] (bias):
                     // split into q, k, v (and transposed) at load
+  kFusedQkvPerHead,  // GPT-NeoX query_key_value Linear [3 d_model, d_model] / [3 d_model]:
+                     // rows grouped per head [q_h | k_h | v_h] (view [n_heads, 3, d_head]),
+                     // split into q, k, v at load
 };
 
 /// One tensor a config implies, as stored in the checkpoint file.
@@ -162,6 +182,18 @@ struct TensorSpec {
 /// checkpoint files (names in file order of roles: embeddings, layers, final).
 /// Families without a table entry use the canonical (Llama) names.
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
+
+/// What a tensor stored in a checkpoint file is, by its name (family table): its
+/// name among ExpectedTensors(config).file_name, or std::nullopt when it is no
+/// weight of the decoder and is skipped unread. Accepted spellings: GPT-2's bare
+/// names as the Hub's gpt2 files have them (`h.0.attn.c_attn.weight`, `wte.weight`)
+/// -> `transformer.`-prefixed. Skipped: buffers some exporters saved (RoPE
+/// `rotary_emb.inv_freq`; GPT-2's causal masks `h.N.attn.bias`, `h.N.attn.masked_bias`;
+/// GPT-NeoX's `attention.bias`, `attention.masked_bias`) and the towers a text
+/// model does not run (Gemma 3: `vision_tower.*`, `multi_modal_projector.*`).
+/// Any other name comes back unchanged (validation then names it as unexpected).
+std::optional<std::string> StoredTensorName(const ModelConfig& config,
+                                            const std::string& name_in_file);
 
 /// Number of parameters of `config` (sum over ExpectedTensors; a tied head counted once).
 int64_t ParameterCount(const ModelConfig& config);

@@ -9,6 +9,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
 #include "common/model_config.h"
 
 namespace sinkscope {
@@ -22,6 +28,30 @@ ModelConfig Parse(const std::string& json) {
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? *c : ModelConfig();
 }
+
+// The Hub's config.json of EleutherAI/pythia-70m (transformers 4.24 keys).
+constexpr const char* kPythia70mConfig = R"({
+  "architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+  "hidden_act": "gelu", "hidden_size": 512, "initializer_range": 0.02,
+  "intermediate_size": 2048, "layer_norm_eps": 1e-05, "max_position_embeddings": 2048,
+  "model_type": "gpt_neox", "num_attention_heads": 8, "num_hidden_layers": 6,
+  "rotary_emb_base": 10000, "rotary_pct": 0.25, "tie_word_embeddings": false,
+  "torch_dtype": "float16", "transformers_version": "4.24.0", "use_cache": true,
+  "use_parallel_residual": true, "vocab_size": 50304})";
+
+// The Hub's config.json of google/gemma-3-4b-it: text_config lists only the keys
+// that differ from Gemma3TextConfig's defaults.
+constexpr const char* kGemma3_4bItConfig = R"({
+  "architectures": ["Gemma3ForConditionalGeneration"], "boi_token_index": 255999,
+  "eoi_token_index": 256000, "eos_token_id": [1, 106], "image_token_index": 262144,
+  "initializer_range": 0.02, "mm_tokens_per_image": 256, "model_type": "gemma3",
+  "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                  "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                  "sliding_window": 1024},
+  "torch_dtype": "bfloat16", "transformers_version": "4.50.0.dev0",
+  "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                    "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                    "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": false}})";
 
 TEST(FamilyTable, ParameterCountsMatchTransformers) {
   struct Case {
@@ -53,6 +83,10 @@ TEST(FamilyTable, ParameterCountsMatchTransformers) {
       {R"({"model_type":"olmo2","hidden_size":4096,"num_hidden_layers":32,"num_attention_heads":32,
            "intermediate_size":11008,"vocab_size":50304})",
        6888624128},
+      // EleutherAI/pythia-70m's config.json (70,426,624: the Pythia paper's count).
+      {kPythia70mConfig, 70426624},
+      // google/gemma-3-4b-it's config.json: its text decoder (the vision tower is not run).
+      {kGemma3_4bItConfig, 3880263168},
   };
   for (const Case& c : cases) {
     ModelConfig m = Parse(c.json);
@@ -146,13 +180,117 @@ TEST(FamilyTable, Olmo2Fields) {
   }
 }
 
+TEST(FamilyTable, GptNeoxFields) {
+  ModelConfig c = Parse(kPythia70mConfig);
+  EXPECT_EQ(c.d_head, 64);
+  EXPECT_EQ(c.rotary_dim, 16);  // int(64 x rotary_pct 0.25)
+  EXPECT_EQ(c.RotaryDim(), 16);
+  EXPECT_TRUE(c.parallel_attn_mlp);
+  EXPECT_EQ(c.norm_kind, NormKind::kLayer);
+  EXPECT_EQ(c.activation, Activation::kGelu);  // "gelu" is erf GELU
+  EXPECT_FALSE(c.gated_mlp);
+  EXPECT_TRUE(c.qkv_bias && c.o_bias && c.mlp_bias);
+  EXPECT_FALSE(c.tied_embeddings);
+  EXPECT_EQ(c.bos_token_id, 0);
+  std::map<std::string, TensorSpec> files;
+  for (const TensorSpec& s : ExpectedTensors(c)) files[s.file_name] = s;
+  ASSERT_TRUE(files.count("gpt_neox.layers.0.attention.query_key_value.weight"));
+  const TensorSpec& qkv = files["gpt_neox.layers.0.attention.query_key_value.weight"];
+  EXPECT_EQ(qkv.layout, TensorLayout::kFusedQkvPerHead);
+  EXPECT_EQ(qkv.shape, (std::vector<int64_t>{1536, 512}));
+  EXPECT_EQ(qkv.canonical_k, "model.layers.0.self_attn.k_proj.weight");
+  for (const char* name : {"gpt_neox.embed_in.weight", "embed_out.weight",
+                           "gpt_neox.final_layer_norm.bias", "gpt_neox.layers.5.attention.dense.bias",
+                           "gpt_neox.layers.5.mlp.dense_h_to_4h.weight",
+                           "gpt_neox.layers.5.mlp.dense_4h_to_h.bias",
+                           "gpt_neox.layers.5.post_attention_layernorm.bias"}) {
+    EXPECT_TRUE(files.count(name)) << name;
+  }
+  // transformers 5 writes rope_parameters; use_parallel_residual false is the sequential variant.
+  ModelConfig t5 = Parse(R"({"model_type":"gpt_neox","hidden_size":64,"num_hidden_layers":2,
+      "num_attention_heads":4,"intermediate_size":96,"vocab_size":100,"attention_bias":false,
+      "use_parallel_residual":false,"rope_parameters":{"rope_type":"default",
+      "rope_theta":20000.0,"partial_rotary_factor":0.5}})");
+  EXPECT_EQ(t5.rotary_dim, 8);
+  EXPECT_DOUBLE_EQ(t5.rope_theta, 20000.0);
+  EXPECT_FALSE(t5.parallel_attn_mlp);
+  EXPECT_FALSE(t5.qkv_bias || t5.o_bias);
+  EXPECT_TRUE(t5.mlp_bias);
+  auto bad = ParseHfConfig(R"({"model_type":"gpt_neox","hidden_size":64,"num_hidden_layers":2,
+      "num_attention_heads":4,"intermediate_size":96,"vocab_size":100,"rotary_pct":1.5})",
+                           "config.json");
+  EXPECT_THAT(std::string(bad.status().message()), AllOf(HasSubstr("rotary_pct"), HasSubstr("1.5")));
+}
+
+TEST(FamilyTable, Gemma3MultimodalRunsItsTextModel) {
+  ModelConfig c = Parse(kGemma3_4bItConfig);
+  EXPECT_EQ(c.model_type, "gemma3");
+  // From text_config, the rest from Gemma3TextConfig's defaults.
+  EXPECT_EQ(c.d_model, 2560);
+  EXPECT_EQ(c.n_layers, 34);
+  EXPECT_EQ(c.n_heads, 8);
+  EXPECT_EQ(c.n_kv_heads, 4);
+  EXPECT_EQ(c.d_head, 256);
+  EXPECT_EQ(c.d_vocab, 262208);
+  EXPECT_DOUBLE_EQ(c.QueryScale(), 1.0 / 16);  // query_pre_attn_scalar 256
+  EXPECT_DOUBLE_EQ(c.rope_theta, 1e6);
+  EXPECT_DOUBLE_EQ(c.rope_local_theta, 1e4);
+  EXPECT_EQ(c.rope_scaling.rope_type, "linear");
+  EXPECT_EQ(c.Window(0), 1024);
+  EXPECT_EQ(c.Window(5), 0);
+  EXPECT_TRUE(c.qk_norm && c.tied_embeddings);
+  EXPECT_EQ(c.norm_placement, NormPlacement::kSandwich);
+  std::set<std::string> files;
+  for (const TensorSpec& s : ExpectedTensors(c)) files.insert(s.file_name);
+  EXPECT_TRUE(files.count("language_model.model.embed_tokens.weight"));
+  EXPECT_TRUE(files.count("language_model.model.layers.33.self_attn.q_norm.weight"));
+  EXPECT_TRUE(files.count("language_model.model.norm.weight"));
+  EXPECT_FALSE(files.count("language_model.lm_head.weight"));  // tied
+
+  auto r = ParseHfConfig(R"({"model_type":"gemma3"})", "config.json");
+  EXPECT_THAT(std::string(r.status().message()), AllOf(HasSubstr("text_config"), HasSubstr("missing")));
+  r = ParseHfConfig(R"({"model_type":"gemma3","text_config":{"model_type":"llama"}})", "config.json");
+  EXPECT_THAT(std::string(r.status().message()),
+              AllOf(HasSubstr("config.json: text_config"), HasSubstr("'llama'")));
+  r = ParseHfConfig(R"({"model_type":"gemma3","text_config":{"num_hidden_layers":"2"}})", "c.json");
+  EXPECT_THAT(std::string(r.status().message()),
+              AllOf(HasSubstr("c.json: text_config"), HasSubstr("num_hidden_layers")));
+}
+
+TEST(FamilyTable, StoredTensorNamesOfPublishedFiles) {
+  ModelConfig gpt2 = Parse(R"({"model_type":"gpt2","n_embd":64,"n_layer":2,"n_head":4,
+                               "n_positions":32,"vocab_size":100})");
+  // The Hub's gpt2 file: bare names and causal-mask buffers.
+  EXPECT_EQ(StoredTensorName(gpt2, "h.0.attn.c_attn.weight"), "transformer.h.0.attn.c_attn.weight");
+  EXPECT_EQ(StoredTensorName(gpt2, "wte.weight"), "transformer.wte.weight");
+  EXPECT_EQ(StoredTensorName(gpt2, "ln_f.bias"), "transformer.ln_f.bias");
+  EXPECT_EQ(StoredTensorName(gpt2, "transformer.h.1.attn.c_attn.bias"),
+            "transformer.h.1.attn.c_attn.bias");
+  EXPECT_EQ(StoredTensorName(gpt2, "h.1.attn.bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(gpt2, "h.1.attn.masked_bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(gpt2, "transformer.h.1.attn.bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(gpt2, "lm_head.weight"), "lm_head.weight");  // not a bare name
+  ModelConfig neox = Parse(kPythia70mConfig);
+  EXPECT_EQ(StoredTensorName(neox, "gpt_neox.layers.3.attention.bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(neox, "gpt_neox.layers.3.attention.masked_bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(neox, "gpt_neox.layers.3.attention.rotary_emb.inv_freq"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(neox, "gpt_neox.layers.3.attention.dense.bias"),
+            "gpt_neox.layers.3.attention.dense.bias");
+  ModelConfig gemma3 = Parse(kGemma3_4bItConfig);
+  EXPECT_EQ(StoredTensorName(gemma3, "vision_tower.vision_model.post_layernorm.bias"), std::nullopt);
+  EXPECT_EQ(StoredTensorName(gemma3, "multi_modal_projector.mm_input_projection_weight"),
+            std::nullopt);
+  EXPECT_EQ(StoredTensorName(gemma3, "language_model.model.norm.weight"),
+            "language_model.model.norm.weight");
+}
+
 TEST(FamilyTable, UnknownModelTypeNamesTheKnownOnes) {
   absl::StatusOr<ModelConfig> c = ParseHfConfig(R"({"model_type":"bert"})", "dir/config.json");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(std::string(c.status().message()),
               AllOf(HasSubstr("dir/config.json"), HasSubstr("'bert'"),
-                    HasSubstr("gemma2, gemma3_text, gpt2, llama, mistral, olmo2, qwen2, qwen3")));
-  EXPECT_EQ(KnownFamilies(), "gemma2, gemma3_text, gpt2, llama, mistral, olmo2, qwen2, qwen3");
+                    HasSubstr("gemma2, gemma3, gemma3_text, gpt2, gpt_neox, llama, mistral, olmo2, qwen2, qwen3")));
+  EXPECT_EQ(KnownFamilies(), "gemma2, gemma3, gemma3_text, gpt2, gpt_neox, llama, mistral, olmo2, qwen2, qwen3");
 }
 
 TEST(FamilyTable, RefusesWhatTheForwardPassDoesNotImplement) {

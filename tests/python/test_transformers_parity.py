@@ -115,9 +115,14 @@ def build_model(family, seed=0):
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(
         cfg, attn_implementation="eager", dtype=torch.float32)
+    return randomize(model, seed, gemma=family.startswith("gemma"))
+
+
+def randomize(model, seed, gemma=False):
+    """Random weights of a scale that keeps every hook O(1); norm gains near 1
+    (Gemma stores w with gain 1 + w, so near 0 there)."""
     model.eval()
     gen = torch.Generator().manual_seed(seed + 1)
-    gemma = family.startswith("gemma")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and ("norm" in name or "ln_" in name):

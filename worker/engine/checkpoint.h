@@ -64,6 +64,8 @@ absl::StatusOr<Checkpoint> ParseLlama2c(const uint8_t* data, size_t size,
 
 /// Reads a HF directory: config.json + model.safetensors or
 /// model.safetensors.index.json shards; F32/F16/BF16 tensors, mmapped.
+/// Names as the Hub publishes them are accepted (StoredTensorName: GPT-2's bare
+/// names; mask / RoPE buffers and Gemma 3's vision tower skipped unread).
 /// RoPE layout kRotateHalves. Errors name the file, tensor and problem.
 absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
 
@@ -97,7 +99,8 @@ absl::Status ValidateCheckpointTensors(const ModelConfig& config,
 
 /// Renames and reshapes validated file tensors into the canonical names above
 /// (family table, common/model_config.h): GPT-2's Conv1D weights are transposed
-/// and its fused c_attn split into q, k, v. A no-op for Llama-named families.
+/// and its fused c_attn split into q, k, v; GPT-NeoX's per-head fused
+/// query_key_value split likewise. A no-op for Llama-named families.
 /// Errors: InvalidArgument naming `source` and a missing tensor.
 absl::Status CanonicalizeTensors(const ModelConfig& config,
                                  std::map<std::string, at::Tensor>* tensors,

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -201,14 +202,11 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   return ss.str();
 }
 
-bool IsIgnoredTensor(const std::string& name) {
-  // Buffers some transformers versions save: RoPE tables, GPT-2's causal masks.
-  return absl::EndsWith(name, "rotary_emb.inv_freq") || absl::EndsWith(name, ".attn.masked_bias") ||
-         (absl::StartsWith(name, "transformer.h.") && absl::EndsWith(name, ".attn.bias"));
-}
-
-// Maps `path` and adds its tensors to `out` (error on a duplicate name).
-absl::Status LoadSafetensorsFile(const std::string& path, std::map<std::string, at::Tensor>* out,
+// Maps `path` and adds its tensors to `out` under the names the family table
+// gives them (StoredTensorName: GPT-2's bare names prefixed; buffers and other
+// towers skipped unread); error on a name stored twice.
+absl::Status LoadSafetensorsFile(const ModelConfig& config, const std::string& path,
+                                 std::map<std::string, at::Tensor>* out,
                                  std::set<std::string>* names_in_file) {
   ASSIGN_OR_RETURN(std::shared_ptr<Mapping> map, Mapping::Open(path));
   size_t data_start = 0;
@@ -216,16 +214,19 @@ absl::Status LoadSafetensorsFile(const std::string& path, std::map<std::string, 
                    ParseSafetensorsHeader(map->data(), map->size(), path, &data_start));
   for (const SafetensorsEntry& e : entries) {
     if (names_in_file != nullptr) names_in_file->insert(e.name);
-    if (IsIgnoredTensor(e.name)) continue;
+    const std::optional<std::string> name = StoredTensorName(config, e.name);
+    if (!name.has_value()) continue;
     at::ScalarType type;
     if (!ToScalarType(e.dtype, &type)) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", e.name,
                                                      " has unsupported dtype ", e.dtype,
                                                      " (supported: F32, F16, BF16)"));
     }
-    if (out->count(e.name) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor ", e.name, " appears in more than one file"));
+    if (out->count(*name) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor ", *name,
+          *name == e.name ? "" : absl::StrCat(" (stored as ", e.name, ")"),
+          " appears in more than one file or under two spellings"));
     }
     uint8_t* ptr = map->data() + data_start + e.begin;
     const auto options = at::TensorOptions().dtype(type);
@@ -238,7 +239,7 @@ absl::Status LoadSafetensorsFile(const std::string& path, std::map<std::string, 
       t = at::from_blob(
           ptr, e.shape, [keep](void*) mutable { keep.reset(); }, options);
     }
-    (*out)[e.name] = std::move(t);
+    (*out)[*name] = std::move(t);
   }
   return absl::OkStatus();
 }
@@ -249,8 +250,8 @@ bool IsPlainFileName(const std::string& name) {
          name.find('\0') == std::string::npos;
 }
 
-absl::Status LoadShards(const std::string& dir, const std::string& index_path,
-                        std::map<std::string, at::Tensor>* out) {
+absl::Status LoadShards(const ModelConfig& config, const std::string& dir,
+                        const std::string& index_path, std::map<std::string, at::Tensor>* out) {
   ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path));
   json index = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (index.is_discarded() || !index.is_object()) {
@@ -276,7 +277,7 @@ absl::Status LoadShards(const std::string& dir, const std::string& index_path,
   for (const auto& [shard, names] : by_shard) {
     const std::string shard_path = absl::StrCat(dir, "/", shard);
     std::set<std::string> in_file;
-    RETURN_IF_ERROR(LoadSafetensorsFile(shard_path, out, &in_file));
+    RETURN_IF_ERROR(LoadSafetensorsFile(config, shard_path, out, &in_file));
     for (const std::string& name : names) {
       if (in_file.count(name) == 0) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -305,10 +306,10 @@ absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir) {
   std::string source;
   if (IsRegularFile(single)) {
     source = single;
-    RETURN_IF_ERROR(LoadSafetensorsFile(single, &ck.tensors, nullptr));
+    RETURN_IF_ERROR(LoadSafetensorsFile(ck.config, single, &ck.tensors, nullptr));
   } else if (IsRegularFile(index)) {
     source = index;
-    RETURN_IF_ERROR(LoadShards(dir, index, &ck.tensors));
+    RETURN_IF_ERROR(LoadShards(ck.config, dir, index, &ck.tensors));
   } else {
     return absl::NotFoundError(
         absl::StrCat(dir, ": neither model.safetensors nor model.safetensors.index.json exists"));

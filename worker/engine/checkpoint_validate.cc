@@ -140,6 +140,27 @@ absl::Status CanonicalizeTensors(const ModelConfig& config,
           (*tensors)[s.canonical_v] = v.contiguous();
           break;
         }
+        case TensorLayout::kFusedQkvPerHead: {
+          // GPT-NeoX: qkv.view(..., n_heads, 3 d_head), chunked into q, k, v per head;
+          // rows (weight) / entries (bias) are [n_heads, 3, d_head]. No GQA (kv_dim = q_dim).
+          if (config.n_kv_heads != config.n_heads) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                source, ": tensor ", s.file_name, " fuses q, k, v per head, which needs as many "
+                "key/value heads as query heads (", config.n_kv_heads, " vs ", config.n_heads, ")"));
+          }
+          const int64_t H = config.n_heads, Dh = config.d_head;
+          std::vector<int64_t> grouped = {H, 3, Dh};
+          if (t.dim() == 2) grouped.push_back(t.size(1));
+          at::Tensor g = t.reshape(grouped);
+          auto part = [&](int64_t i) {
+            at::Tensor p = g.select(1, i);
+            return (t.dim() == 2 ? p.reshape({H * Dh, t.size(1)}) : p.reshape({H * Dh})).contiguous();
+          };
+          (*tensors)[s.canonical] = part(0);
+          (*tensors)[s.canonical_k] = part(1);
+          (*tensors)[s.canonical_v] = part(2);
+          break;
+        }
       }
     }
   } catch (const c10::Error& e) {

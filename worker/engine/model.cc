@@ -89,13 +89,13 @@ at::Tensor SoftCap(const at::Tensor& x, double cap) {
   return (x / cap).tanh() * cap;
 }
 
-/// RoPE inverse frequencies [d_head/2] (float64 math), base `theta`, with Llama 3 /
-/// linear scaling `s`.
+/// RoPE inverse frequencies [rotary_dim/2] (float64 math; rotary_dim = d_head unless
+/// partial rotary), base `theta`, with Llama 3 / linear scaling `s`.
 std::vector<double> RopeInvFreq(const ModelConfig& c, double theta, const RopeScaling& s) {
-  const int64_t half = c.d_head / 2;
+  const int64_t dim = c.RotaryDim(), half = dim / 2;
   std::vector<double> inv(half);
   for (int64_t i = 0; i < half; ++i) {
-    inv[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(c.d_head));
+    inv[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(dim));
   }
   if (s.rope_type == "linear" && s.factor > 0) {
     for (double& f : inv) f /= s.factor;
@@ -118,22 +118,26 @@ std::vector<double> RopeInvFreq(const ModelConfig& c, double theta, const RopeSc
   return inv;
 }
 
-/// Applies RoPE to x: [batch, pos, head, d_head]; cos/sin: [pos, d_head/2] float32.
+/// Applies RoPE to x: [batch, pos, head, d_head]; cos/sin: [pos, rotary_dim/2] float32.
+/// Partial rotary (rotary_dim < d_head, GPT-NeoX): the first rotary_dim coordinates
+/// rotate, the rest pass unchanged.
 at::Tensor ApplyRope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      RopeLayout layout) {
-  const int64_t T = x.size(1), half = x.size(3) / 2;
+  const int64_t T = x.size(1), D = x.size(3), half = cos.size(1), rot = 2 * half;
   at::Tensor c = cos.narrow(0, 0, T).view({1, T, 1, half});
   at::Tensor s = sin.narrow(0, 0, T).view({1, T, 1, half});
   at::Tensor x32 = x.to(at::kFloat);
+  at::Tensor xr = rot == D ? x32 : x32.narrow(3, 0, rot);
   at::Tensor out;
   if (layout == RopeLayout::kRotateHalves) {
-    at::Tensor x1 = x32.narrow(3, 0, half), x2 = x32.narrow(3, half, half);
+    at::Tensor x1 = xr.narrow(3, 0, half), x2 = xr.narrow(3, half, half);
     out = at::cat({x1 * c - x2 * s, x2 * c + x1 * s}, 3);
   } else {
-    at::Tensor pairs = x32.unflatten(3, {half, 2});
+    at::Tensor pairs = xr.unflatten(3, {half, 2});
     at::Tensor x0 = pairs.select(4, 0), x1 = pairs.select(4, 1);
     out = at::stack({x0 * c - x1 * s, x0 * s + x1 * c}, 4).flatten(3);
   }
+  if (rot < D) out = at::cat({out, x32.narrow(3, rot, D - rot)}, 3);
   return out.to(x.scalar_type());
 }
 
@@ -407,6 +411,7 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       const at::Tensor& cos = local_rope ? rope_local_cos_ : rope_cos_;
       const at::Tensor& sin = local_rope ? rope_local_sin_ : rope_sin_;
       resid = hook(l, "hook_resid_pre", resid);
+      const at::Tensor resid_pre = resid;
       // ---- attention block (paper block 2l+1) ----
       at::Tensor x = resid;
       if (has_pre_norm) {
@@ -467,13 +472,17 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
                                        Weight(p + "self_attn.o_proj.bias"));
       if (has_out_norm) attn_out = norm(p + "post_attention_layernorm", attn_out);
       attn_out = hook(l, "hook_attn_out", attn_out);
+      // Parallel attention + MLP (GPT-NeoX): resid_mid is the virtual point
+      // resid_pre + attn_out; the MLP reads the layer input, and resid_post =
+      // resid_mid + mlp_out, so blocks 2l+1 and 2l+2 still add up exactly.
       resid = hook(l, "hook_resid_mid", resid + attn_out);
       // ---- MLP block (paper block 2l+2) ----
-      x = resid;
+      const at::Tensor& mlp_in = c.parallel_attn_mlp ? resid_pre : resid;
+      x = mlp_in;
       if (c.norm_placement == NormPlacement::kPre) {
-        x = hook(l, "ln2.hook_normalized", norm(p + "post_attention_layernorm", resid));
+        x = hook(l, "ln2.hook_normalized", norm(p + "post_attention_layernorm", mlp_in));
       } else if (c.norm_placement == NormPlacement::kSandwich) {
-        x = hook(l, "ln2.hook_normalized", norm(p + "pre_feedforward_layernorm", resid));
+        x = hook(l, "ln2.hook_normalized", norm(p + "pre_feedforward_layernorm", mlp_in));
       }
       at::Tensor post;
       if (c.gated_mlp) {
