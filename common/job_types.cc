@@ -14,6 +14,7 @@ constexpr SequenceInput kNone = SequenceInput::kForbidden;
 constexpr SequenceInput kOpt = SequenceInput::kOptional;
 constexpr MemoryEstimateKind kFwd = MemoryEstimateKind::kForward;
 constexpr MemoryEstimateKind kFold = MemoryEstimateKind::kForwardFfnFold;
+constexpr MemoryEstimateKind kAttn = MemoryEstimateKind::kAttentionStatistics;
 
 }  // namespace
 
@@ -26,7 +27,7 @@ const std::vector<JobTypeDescriptor>& JobTypes() {
       {R::kScan, v1::JOB_TYPE_ACTIVATION_SCAN, "scan", "activation_scan",
        kReq, "", 1, false, false, false, nullptr, kFwd, false, 120, "blocks"},
       {R::kSinks, v1::JOB_TYPE_SINKS, "sinks", "sinks",
-       kReq, "", 2, true, false, true, nullptr, kFwd, false, 120, "units"},
+       kReq, "", 2, true, false, false, nullptr, kAttn, false, 120, "units"},
       {R::kFirstTokenProbe, v1::JOB_TYPE_FIRST_TOKEN_PROBE, "first-token-probe", "first_token_probe",
        kNone, "first_token_probe takes no sequences: give token_ids or a vocabulary range",
        1, false, false, true, nullptr, kFwd, false, 300, "tokens"},
@@ -41,7 +42,7 @@ const std::vector<JobTypeDescriptor>& JobTypes() {
        kOpt, "", 1, true, true, true, &AblationEval, kFwd, false, 300, "units"},
       {R::kSelfAttentionProfile, v1::JOB_TYPE_SELF_ATTENTION_PROFILE, "self-attention-profile",
        "self_attention_profile",
-       kReq, "", 1, false, false, true, nullptr, kFwd, false, 120, "units"},
+       kReq, "", 1, false, false, false, nullptr, kAttn, false, 120, "units"},
       {R::kFfnQuadratic, v1::JOB_TYPE_FFN_QUADRATIC, "ffn-quadratic", "ffn_quadratic",
        kNone, "ffn_quadratic reads weights only: give no sequences",
        1, false, false, true, nullptr, kFold, true, 120, "units"},

@@ -26,6 +26,9 @@ enum class MemoryEstimateKind {
   kForward,         ///< one forward pass per distinct sequence length
   kForwardFfnFold,  ///< that plus one block's folded FFN weights in float64
                     ///< and a Frobenius row chunk (worker/engine/mechanism.h)
+  kAttentionStatistics,  ///< a forward pass plus the O(T) attention statistics:
+                         ///< query chunks (common/attention_chunks.h) and
+                         ///< [batch, head, T] accumulators, no [T, T] pattern
 };
 
 /// Traits of one job type. Every field is a constant of the type, never of a

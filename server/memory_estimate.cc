@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/attention_chunks.h"
 #include "common/job_types.h"
 #include "common/model_config.h"
 #include "worker/engine/gguf.h"
@@ -99,6 +100,16 @@ absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry) {
 
 int DtypeBytes(const std::string& dtype) { return dtype == "float32" || dtype.empty() ? 4 : 2; }
 
+int64_t AttentionStatisticsElements(int64_t batch, int64_t heads, int64_t T) {
+  // Eight chunk-sized buffers live at once (scores in the model dtype and in
+  // float32, softmax, its rounded copy, the pattern without each row's
+  // largest entry, the masked scores, logsumexp's exponentials, one spare),
+  // each at most kAttentionChunkElements and at most the whole [batch, head,
+  // T, T]; 64 float32 per [batch, head, pos] for the float64 accumulators and
+  // the sink statistics' temporaries.
+  return 8 * std::min(kAttentionChunkElements, batch * heads * T * T) + 64 * batch * heads * T;
+}
+
 MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dtype,
                                  const v1::JobRequest& request) {
   MemoryEstimate out;
@@ -108,6 +119,16 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
   for (const v1::Sequence& seq : request.sequences()) {
     int64_t t = seq.has_ids() ? seq.ids().ids_size()
                               : static_cast<int64_t>(seq.text().size()) + (add_bos ? 1 : 0);
+    if (request.has_sinks()) {
+      // Cut to the window T, or split into windows of T batched together.
+      const int64_t T = request.sinks().has_window() ? request.sinks().window() : 64;
+      if (T > 0 && request.sinks().windowed() && t > T) {
+        batch_by_length[std::min(T, shape.n_ctx > 0 ? shape.n_ctx : T)] += t / T;
+        if (t % T >= 2) ++batch_by_length[t % T];
+        continue;
+      }
+      if (T > 0) t = std::min(t, T);
+    }
     if (shape.n_ctx > 0) t = std::min(t, shape.n_ctx);
     ++batch_by_length[std::max<int64_t>(t, 1)];
   }
@@ -115,11 +136,17 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
   const JobTypeDescriptor* job = JobTypeOfRequest(request);
   // Eager attention materializes the patterns (unknown job: the larger bound).
   const bool patterns = job == nullptr || job->needs_attention_patterns;
+  const bool chunked =
+      job != nullptr && job->memory_estimate == MemoryEstimateKind::kAttentionStatistics;
   int64_t worst = 0;
   for (const auto& [t, b] : batch_by_length) {
     const int64_t bt = b * t;
     int64_t elems = bt * (8 * shape.d_model + 3 * shape.d_mlp + shape.vocab);
-    elems += b * heads * t * t * (patterns ? 5 : 2);
+    if (chunked) {
+      elems += AttentionStatisticsElements(b, heads, t);
+    } else {
+      elems += b * heads * t * t * (patterns ? 5 : 2);
+    }
     worst = std::max(worst, elems * 4);
   }
   out.activation_bytes = worst;

@@ -41,10 +41,19 @@ int DtypeBytes(const std::string& dtype);
 /// (B sequences of T tokens; text counts one token per byte + BOS, an upper
 /// bound), float32: a scan keeps ~8 [B, T, d_model] tensors live plus the MLP
 /// hidden [B, T, d_mlp] (x3: gate, up, act), the logits [B, T, vocab] and the
-/// eager attention scores of one layer [B, heads, T, T] (x2); any other job
-/// type reads attention patterns and is charged 3 more [B, heads, T, T].
+/// eager attention scores of one layer [B, heads, T, T] (x2); the attention
+/// statistics (sinks, self-attention profile: MemoryEstimateKind::
+/// kAttentionStatistics) are charged AttentionStatisticsElements instead, O(T);
+/// any other job type reads attention patterns and is charged 3 more
+/// [B, heads, T, T].
 MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dtype,
                                  const v1::JobRequest& request);
+
+/// float32 elements the O(T) attention statistics of one layer need for B
+/// sequences of T tokens and `heads` query heads, beyond the forward pass:
+/// their query chunks (common/attention_chunks.h) and [B, heads, T]
+/// accumulators (worker/engine/attention.h).
+int64_t AttentionStatisticsElements(int64_t batch, int64_t heads, int64_t T);
 
 /// "1.2 MiB"-style rendering.
 std::string HumanBytes(int64_t bytes);

@@ -140,10 +140,14 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     EXPECT_EQ(d.min_ids_per_sequence, c == R::kSinks ? 2 : 1);
     EXPECT_EQ(d.may_exceed_context, beyond_ctx.count(c) == 1);
     EXPECT_EQ(d.streams_per_chunk, optional.count(c) == 1);
-    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan);
+    // The sink analysis and the self-attention profile compute their
+    // statistics from query chunks (O(T)): no pattern is materialised.
+    const bool chunked = c == R::kSinks || c == R::kSelfAttentionProfile;
+    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && !chunked);
     EXPECT_EQ(d.reads_corpus(), optional.count(c) == 1);
-    EXPECT_EQ(d.memory_estimate,
-              fold.count(c) ? MemoryEstimateKind::kForwardFfnFold : MemoryEstimateKind::kForward);
+    EXPECT_EQ(d.memory_estimate, fold.count(c) ? MemoryEstimateKind::kForwardFfnFold
+                                 : chunked     ? MemoryEstimateKind::kAttentionStatistics
+                                               : MemoryEstimateKind::kForward);
     EXPECT_EQ(d.mechanism, mechanism.count(c) == 1);
     EXPECT_EQ(d.progress_base_seconds, slow_start.count(c) ? 300 : 120);
     EXPECT_STREQ(d.progress_unit, c == R::kScan              ? "blocks"

@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "tests/engine/fixtures.h"
 #include "tests/engine/llama2c_reference.h"
 #include "tests/engine/test_util.h"
@@ -27,6 +28,7 @@ using testing::PlantedSpec;
 using testing::PlantedTruth;
 
 using testing::MakeCpuModel;
+using testing::RandomCheckpoint;
 using testing::TestTolerance;
 
 std::vector<int64_t> OrdinarySequence(int64_t n, int64_t start) {
@@ -198,6 +200,208 @@ TEST(SinkAnalysis, Stories260KMatchesFloat64Recomputation) {
 }
 TEST(SinkAnalysis, Aidreams260KMatchesFloat64Recomputation) {
   ASSERT_NO_FATAL_FAILURE(CheckAgainstRecomputation("models/aidreams260K/aidreams260K.bin"));
+}
+
+// ---- O(T) statistics (query chunks) against the materialised pattern ----
+
+/// Per-head statistics of one sequence's pattern, from their definitions on the
+/// materialised attn.hook_pattern / attn.hook_attn_scores of the eager path.
+struct MaterialisedHead {
+  double max_importance = 0, gu = 0, dist = 0, dist_wo = 0, gap = 0;
+  int64_t argmax = 0;
+  bool has_dist_wo = false, has_gap = false;
+};
+
+/// A [q, k] float64 pattern and its scores (-inf where not visible) -> statistics.
+MaterialisedHead FromDefinitions(const at::Tensor& A, const at::Tensor& S) {
+  const int64_t T = A.size(0);
+  MaterialisedHead m;
+  at::Tensor alpha = A.sum(0) / static_cast<double>(T);  // eq. 27
+  auto best = alpha.narrow(0, 0, std::max<int64_t>(1, T / 2)).max(0);
+  m.max_importance = std::get<0>(best).item<double>();
+  m.argmax = std::get<1>(best).item<int64_t>();
+  m.gu = alpha[0].item<double>();
+  const int64_t ks = m.argmax;
+  double dist = 0, dist_wo = 0, gap = 0;
+  int64_t n_wo = 0, n_gap = 0;
+  auto a = A.accessor<double, 2>();
+  auto sc = S.accessor<double, 2>();
+  for (int64_t t = 0; t < T; ++t) {
+    double mass = 0, d = 0, other = 0;
+    int64_t n_other = 0;
+    for (int64_t k = 0; k < T; ++k) {
+      dist += a[t][k] * (t - k);
+      if (k != ks) {
+        mass += a[t][k];
+        d += a[t][k] * (t - k);
+        if (std::isfinite(sc[t][k])) {
+          other += sc[t][k];
+          ++n_other;
+        }
+      }
+    }
+    if (mass > 1e-12) {
+      dist_wo += d / mass;
+      ++n_wo;
+    }
+    if (t > ks && n_other > 0) {  // a sink key outside the window counts as score 0
+      gap += (std::isfinite(sc[t][ks]) ? sc[t][ks] : 0.0) - other / n_other;
+      ++n_gap;
+    }
+  }
+  m.dist = dist / T;
+  m.has_dist_wo = n_wo > 0;
+  m.dist_wo = n_wo ? dist_wo / n_wo : 0;
+  m.has_gap = n_gap > 0;
+  m.gap = n_gap ? gap / n_gap : 0;
+  return m;
+}
+
+/// The sink analysis and the self-attention profile with query chunks of
+/// `chunk` rows equal the statistics of the materialised pattern (1e-6).
+void ExpectChunkedEqualsMaterialised(const ModelConfig& config, int64_t T, int64_t chunk,
+                                     int64_t n_seq) {
+  SINKSCOPE_FLOAT32_ONLY("compares two float32 computations to 1e-6");
+  // Weights of std 0.15: scores of a few units, where float32 rounding of a
+  // score (different vector lanes per chunk) moves A by well under 1e-6.
+  auto model = MakeCpuModel(RandomCheckpoint(config, 29, 0.15));
+  std::vector<std::vector<int64_t>> seqs;
+  for (int64_t s = 0; s < n_seq; ++s) {
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < T; ++i) ids.push_back((i * (5 + 2 * s) + 3 * s + 1) % config.d_vocab);
+    seqs.push_back(ids);
+  }
+  SinkParams p;
+  p.window = T;
+  p.query_chunk = chunk;
+  auto r = RunSinkAnalysis(*model, seqs, p, nullptr, nullptr);
+  ASSERT_TRUE(r.ok()) << r.status();
+  SelfAttentionParams sp;
+  for (int64_t l = 0; l < config.n_layers; ++l) sp.layers.push_back(l);
+  sp.query_chunk = chunk;
+  auto prof = RunSelfAttentionProfile(*model, seqs, sp, nullptr, nullptr);
+  ASSERT_TRUE(prof.ok()) << prof.status();
+
+  std::map<int64_t, at::Tensor> pattern, scores;  // layer -> [seq, head, q, k] float64
+  HookRegistry hooks;
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    hooks.AddProbe(HookName(l, "attn.hook_pattern"),
+                   [&, l](auto&, auto, const at::Tensor& t) { pattern[l] = t.to(at::kDouble); });
+    hooks.AddProbe(HookName(l, "attn.hook_attn_scores"),
+                   [&, l](auto&, auto, const at::Tensor& t) { scores[l] = t.to(at::kDouble); });
+  }
+  std::vector<int64_t> flat;
+  for (const auto& s : seqs) flat.insert(flat.end(), s.begin(), s.end());
+  ASSERT_TRUE(model->Forward(at::tensor(flat, at::TensorOptions().dtype(at::kLong)).view({n_seq, T}),
+                             hooks)
+                  .ok());
+  const int64_t H = config.n_heads;
+  ASSERT_EQ(r->layers.size(), static_cast<size_t>(config.n_layers));
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    for (int64_t h = 0; h < H; ++h) {
+      double mi = 0, gu = 0, dist = 0, dist_wo = 0, gap = 0;
+      int64_t n_wo = 0, n_gap = 0;
+      std::map<int64_t, int64_t> votes;
+      for (int64_t s = 0; s < n_seq; ++s) {
+        const MaterialisedHead m =
+            FromDefinitions(pattern[l][s][h].contiguous(), scores[l][s][h].contiguous());
+        mi += m.max_importance / n_seq;
+        gu += m.gu / n_seq;
+        dist += m.dist / n_seq;
+        if (m.has_dist_wo) { dist_wo += m.dist_wo; ++n_wo; }
+        if (m.has_gap) { gap += m.gap; ++n_gap; }
+        votes[m.argmax]++;
+      }
+      const HeadSinkStats& got = r->layers[l].heads[h];
+      const std::string where = absl::StrCat("T ", T, " chunk ", chunk, " layer ", l, " head ", h);
+      EXPECT_NEAR(got.max_importance, mi, 1e-6) << where;
+      EXPECT_NEAR(got.gu_first_key_score, gu, 1e-6) << where;
+      EXPECT_NEAR(got.mean_attention_distance, dist, 1e-6 * std::max(1.0, dist)) << where;
+      const double wo = n_wo ? dist_wo / n_wo : 0;
+      EXPECT_NEAR(got.mean_attention_distance_without_sink, wo, 1e-6 * std::max(1.0, wo)) << where;
+      const double g = n_gap ? gap / n_gap : 0;
+      EXPECT_NEAR(got.mean_logit_gap, g, 1e-6 * std::max(1.0, std::fabs(g))) << where;
+      if (n_seq == 1) EXPECT_EQ(got.argmax_key, votes.begin()->first) << where;
+    }
+    // Self-attention profile: mean over heads of A[t, t].
+    ASSERT_EQ(prof->layers[l].per_token.size(), static_cast<size_t>(n_seq));
+    for (int64_t s = 0; s < n_seq; ++s) {
+      at::Tensor diag = pattern[l][s].diagonal(0, -2, -1).mean(0);  // [pos]
+      ASSERT_EQ(prof->layers[l].per_token[s].size(), static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) {
+        EXPECT_NEAR(prof->layers[l].per_token[s][t], diag[t].item<double>(), 1e-6)
+            << "self-attention layer " << l << " seq " << s << " pos " << t;
+      }
+    }
+  }
+}
+
+ModelConfig LongConfig(const std::string& family, int64_t n_ctx) {
+  ModelConfig c = testing::SmallConfig(family);
+  c.n_ctx = n_ctx;
+  return c;
+}
+
+// T not a multiple of the chunk; GQA (4 query heads on 2 kv heads).
+TEST(ChunkedAttentionStatistics, GqaEqualsMaterialised) {
+  ModelConfig c = LongConfig("llama3", 128);
+  ExpectChunkedEqualsMaterialised(c, 37, 8, 1);
+  ExpectChunkedEqualsMaterialised(c, 37, 37, 1);  // one chunk
+  ExpectChunkedEqualsMaterialised(c, 50, 7, 2);   // a batch of two sequences
+}
+
+// Sliding window 5 (Mistral): chunks see only keys [q0 - 4, q1).
+TEST(ChunkedAttentionStatistics, SlidingWindowEqualsMaterialised) {
+  ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 6, 1);
+  ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 3, 2);  // chunk < window
+}
+
+// Gemma 2: soft-capped scores, windowed and global layers alternating, a
+// query scale that is not 1/sqrt(d_head), sandwich norms.
+TEST(ChunkedAttentionStatistics, SoftCapAndLayerWindowsEqualMaterialised) {
+  ModelConfig c = LongConfig("sandwich", 128);
+  c.n_layers = 3;
+  c.n_kv_heads = 2;
+  c.attn_softcap = 5.0;
+  c.attn_scale = 1.0 / std::sqrt(12.0);
+  c.layer_windows = {6, 0, 6};
+  ExpectChunkedEqualsMaterialised(c, 45, 8, 1);
+  ExpectChunkedEqualsMaterialised(c, 45, 64, 2);
+}
+
+// The layer output from query chunks (soft-cap; a window shorter than T)
+// equals the eager path's, per hook and in the logits, with several chunks.
+TEST(ChunkedAttentionStatistics, ChunkedOutputEqualsEager) {
+  SINKSCOPE_FLOAT32_ONLY("compares two float32 computations to 1e-5");
+  ModelConfig c = LongConfig("sandwich", 4096);
+  c.n_kv_heads = 2;
+  c.attn_softcap = 5.0;
+  c.layer_windows = {0, 700};
+  auto model = MakeCpuModel(RandomCheckpoint(c, 31, 0.3));
+  const int64_t T = 2500;  // > kAttentionChunkElements / (heads x T): several chunks
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < T; ++i) ids.push_back((i * 11 + 5) % c.d_vocab);
+  at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, T});
+  auto collect = [&](bool eager, std::map<std::string, at::Tensor>* seen) {
+    HookRegistry hooks;
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      hooks.AddProbe(HookName(l, "attn.hook_z"), [seen](const std::string& n, int64_t,
+                                                          const at::Tensor& t) {
+        (*seen)[n] = t.to(at::kDouble);
+      });
+      if (eager) hooks.AddProbe(HookName(l, "attn.hook_pattern"), [](auto&, auto, auto&) {});
+    }
+    return model->Forward(tokens, hooks);
+  };
+  std::map<std::string, at::Tensor> chunked, eager;
+  auto a = collect(false, &chunked);
+  auto b = collect(true, &eager);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (const auto& [name, t] : chunked) {
+    EXPECT_LT((t - eager.at(name)).abs().max().item<double>(), 1e-5) << name;
+  }
+  EXPECT_LT((*a - *b).abs().max().item<double>(), 1e-5 * std::max(1.0, b->abs().max().item<double>()));
 }
 
 TEST(SelfAttentionProfile, DiagonalGroupedByTokenClass) {

@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/attention_chunks.h"
 #include "server/catalog.h"
 #include "server/memory_estimate.h"
 #include "server/metrics.h"
@@ -549,7 +550,9 @@ TEST(ValidationTest, JobTypeTraitsAsApplied) {
 
   // Memory: d_model 4, d_mlp 8, 2 heads, vocab 10, one sequence of 3 ids:
   // 3 * (8*4 + 3*8 + 10) = 198 floats, plus 2*3*3 = 18 pattern floats x 2
-  // (scan) or x 5 (eager attention patterns); FFN fold jobs add
+  // (scan) or x 5 (eager attention patterns); the attention statistics
+  // (sinks) add 8 chunks of at most the 18 floats and 64 per (head, position):
+  // 8*18 + 64*2*3 = 528; FFN fold jobs add
   // 8 * (3*4*8 + 3*1024*8 + 4*1024) = 230144 bytes.
   ModelShape shape;
   shape.d_model = 4;
@@ -563,7 +566,30 @@ TEST(ValidationTest, JobTypeTraitsAsApplied) {
   acts.mutable_activations();
   silu.mutable_silu_regime();
   EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(scan, 3)).activation_bytes, (198 + 36) * 4);
-  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(sinks, 3)).activation_bytes, (198 + 90) * 4);
+  EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(sinks, 3)).activation_bytes, (198 + 528) * 4);
+  {
+    // Sinks at T = 32768 with 32 heads: O(T), one chunk budget instead of
+    // 5 x 32 x T^2 floats (687 GB); 66 floats per token for the forward.
+    ModelShape big = shape;
+    big.n_heads = 32;
+    big.n_ctx = 32768;
+    v1::JobRequest long_sinks = with_ids(sinks, 40000);  // cut to the window
+    long_sinks.mutable_sinks()->set_window(32768);
+    const int64_t T = 32768;
+    EXPECT_EQ(EstimateJobMemory(big, "float32", long_sinks).activation_bytes,
+              (T * 66 + 8 * kAttentionChunkElements + 64 * 32 * T) * 4);
+    // Windowed: 10 ids in windows of 4 = two of 4 (one batch) and one of 2.
+    v1::JobRequest windowed = with_ids(sinks, 10);
+    windowed.mutable_sinks()->set_window(4);
+    windowed.mutable_sinks()->set_windowed(true);
+    EXPECT_EQ(EstimateJobMemory(shape, "float32", windowed).activation_bytes,
+              (8 * 66 + 8 * 2 * 2 * 16 + 64 * 2 * 2 * 4) * 4);
+    // The self-attention profile is charged the same way.
+    v1::JobRequest profile;
+    profile.mutable_self_attention_profile();
+    EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(profile, 3)).activation_bytes,
+              (198 + 528) * 4);
+  }
   EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(acts, 3)).activation_bytes, (198 + 90) * 4);
   EXPECT_EQ(EstimateJobMemory(shape, "float32", with_ids(silu, 3)).activation_bytes,
             (198 + 90) * 4 + 230144);

@@ -33,6 +33,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/attention.h"
 #include "worker/engine/status_macros.h"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
@@ -146,15 +147,6 @@ at::Tensor RepeatKv(const at::Tensor& x, int64_t n_rep) {
   if (n_rep == 1) return x;
   const auto B = x.size(0), KV = x.size(1), T = x.size(2), D = x.size(3);
   return x.unsqueeze(2).expand({B, KV, n_rep, T, D}).reshape({B, KV * n_rep, T, D});
-}
-
-/// Boolean "may attend" mask [q_pos, k_pos]: causal, and within the sliding window if any.
-at::Tensor AttendMask(int64_t T, int64_t window, const at::Device& device) {
-  at::Tensor q = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)).view({T, 1});
-  at::Tensor k = q.view({1, T});
-  at::Tensor mask = k <= q;
-  if (window > 0) mask = mask.logical_and(q - k < window);
-  return mask;
 }
 
 }  // namespace
@@ -379,13 +371,6 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
     const bool has_out_norm = c.norm_placement != NormPlacement::kPre;
     const bool rope = c.positional == Positional::kRope;
     const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
-    const double scale = c.QueryScale();
-    std::map<int64_t, at::Tensor> masks;  // window -> [q_pos, k_pos] bool, built lazily
-    auto get_mask = [&](int64_t window) {
-      at::Tensor& m = masks[window];
-      if (!m.defined()) m = AttendMask(T, window, device_);
-      return m;
-    };
     // Norm `prefix` (".weight", and ".bias" for LayerNorm) of the canonical names.
     auto norm = [&](const std::string& prefix, const at::Tensor& x) {
       return Norm(c, x, Weight(prefix + ".weight"), Weight(prefix + ".bias"));
@@ -447,24 +432,19 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
       const bool need_pattern = !hooks.Empty() && (hooks.Has(HookName(l, "attn.hook_attn_scores")) ||
                                                    hooks.Has(HookName(l, "attn.hook_pattern")));
+      const AttentionSpec spec = LayerAttention(c, l);
       at::Tensor z;  // [batch, head, pos, d_head]
-      if (need_pattern || c.attn_softcap > 0) {
-        // In place on the fresh [b, h, q, k] product: one [T, T] pass less each.
-        at::Tensor scores = at::matmul(qh, kh.transpose(-1, -2)).mul_(scale);
-        scores = SoftCap(scores, c.attn_softcap);
-        scores.masked_fill_(get_mask(window).logical_not(),
-                            -std::numeric_limits<double>::infinity());
-        scores = hook(l, "attn.hook_attn_scores", scores);
+      if (need_pattern) {
+        at::Tensor scores = hook(l, "attn.hook_attn_scores", AttentionScores(qh, kh, 0, 0, spec));
         at::Tensor pattern = at::softmax(scores.to(at::kFloat), -1).to(dtype_);
         pattern = hook(l, "attn.hook_pattern", pattern);
         z = at::matmul(pattern, vh);
+      } else if (c.attn_softcap > 0 || (window > 0 && T > window)) {
+        // Soft-cap (no fused kernel) or a window: query chunks, O(chunk x T).
+        z = ChunkedAttention(qh, kh, vh, spec);
       } else {
-        const bool causal_only = window <= 0 || T <= window;
-        z = causal_only ? at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
-                                                           vh.contiguous(), {}, 0.0, true, scale)
-                        : at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(),
-                                                           vh.contiguous(), get_mask(window), 0.0,
-                                                           false, scale);
+        z = at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), {},
+                                             0.0, true, spec.scale);
       }
       z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
       at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),

@@ -4,7 +4,9 @@
 // are materialised only when a hook needs `attn.hook_attn_scores` or
 // `attn.hook_pattern` in that layer; otherwise libtorch's fused
 // scaled_dot_product_attention runs (same numbers within float32 rounding:
-// tests/engine/model_test.cc SdpaEqualsEagerPerHook).
+// tests/engine/model_test.cc SdpaEqualsEagerPerHook), by query chunks for
+// windowed layers longer than their window, and soft-capped layers (Gemma 2)
+// compute their output from query chunks (attention.h): O(T) memory.
 #pragma once
 
 #include <atomic>

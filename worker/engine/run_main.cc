@@ -14,6 +14,8 @@
 //                 the checkpoint as the engine reads it (canonical names, GGUF
 //                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
 //                 of a float32 forward pass over --ids
+//   sinkscope-run sinks    --model PATH (--text STR | --ids ...) [--window T] [--epsilon E]
+//                 [--layers 0,1] [--query-chunk N] [--self-attention]   JSON per head
 //   sinkscope-run bench    --model PATH --ids ... [--variants plain,scan,sinks,probe]
 //                 [--batch B] [--iters N] [--warmup N] [--threads N] [--reset-hwm]
 //                 [--probe-tokens N] [--probe-batch N] [--device cuda --dtype bfloat16]
@@ -66,7 +68,7 @@ void AddCommon(CLI::App* app, CommonArgs& a, bool needs_input) {
                   "the model's own, when it has one)");
   if (needs_input) {
     auto* text = app->add_option("--text", a.text, "prompt text (needs --tokenizer)");
-    auto* ids = app->add_option("--ids", a.ids, "comma-separated token ids (BOS not added)");
+    auto* ids = app->add_option("--ids", a.ids, "comma-separated token ids (BOS not added), or @FILE holding them");
     text->excludes(ids);
   }
   app->add_option("--device", a.device, "cpu | cuda | cuda:N");
@@ -120,8 +122,16 @@ absl::StatusOr<Loaded> Load(const CommonArgs& a) {
 
 absl::StatusOr<std::vector<int64_t>> Input(const CommonArgs& a, const Loaded& m) {
   if (!a.ids.empty()) {
+    std::string list = a.ids;
+    if (list[0] == '@') {  // @FILE: the ids are in FILE (a long sequence exceeds argv's limits)
+      std::ifstream f(list.substr(1));
+      if (!f) return absl::NotFoundError(absl::StrCat("--ids: cannot read ", list.substr(1)));
+      std::stringstream ss;
+      ss << f.rdbuf();
+      list = ss.str();
+    }
     std::vector<int64_t> ids;
-    for (absl::string_view part : absl::StrSplit(a.ids, ',', absl::SkipWhitespace())) {
+    for (absl::string_view part : absl::StrSplit(list, absl::ByAnyChar(",\n \t"), absl::SkipWhitespace())) {
       int64_t v;
       if (!absl::SimpleAtoi(part, &v)) {
         return absl::InvalidArgumentError(absl::StrCat("--ids: '", part, "' is not an integer"));
@@ -342,6 +352,55 @@ int64_t ProcStatusBytes(const std::string& key) {
   return -1;
 }
 
+/// `sinks`: the sink analysis of one sequence (window = its length) and, with
+/// --self-attention, the self-attention profile of the same layers, as JSON.
+int Sinks(const CommonArgs& a, SinkParams params, bool self_attention) {
+  auto m = Load(a);
+  if (!m.ok()) return Fail(m.status());
+  auto ids = Input(a, *m);
+  if (!ids.ok()) return Fail(ids.status());
+  if (params.window <= 0) params.window = static_cast<int64_t>(ids->size());
+  auto r = RunSinkAnalysis(*m->model, {*ids}, params, nullptr, nullptr);
+  if (!r.ok()) return Fail(r.status());
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerSinkRecord& l : r->layers) {
+    nlohmann::json heads = nlohmann::json::array();
+    for (const HeadSinkStats& h : l.heads) {
+      heads.push_back({{"head", h.head},
+                       {"max_importance", h.max_importance},
+                       {"argmax_key", h.argmax_key},
+                       {"is_sink_head", h.is_sink_head},
+                       {"gu_first_key_score", h.gu_first_key_score},
+                       {"mean_attention_distance", h.mean_attention_distance},
+                       {"mean_attention_distance_without_sink",
+                        h.mean_attention_distance_without_sink},
+                       {"mean_logit_gap", h.mean_logit_gap}});
+    }
+    layers.push_back({{"layer", l.layer}, {"sink_ratio", l.sink_ratio}, {"heads", heads}});
+  }
+  nlohmann::json out = {{"window", r->window}, {"sink_ratio", r->sink_ratio},
+                        {"gu_sink_ratio", r->gu_sink_ratio}, {"layers", layers},
+                        {"provenance", Provenance(a, *m)}};
+  if (self_attention) {
+    SelfAttentionParams sp;
+    sp.layers = params.layers;
+    if (sp.layers.empty()) {
+      for (int64_t l = 0; l < m->model->config().n_layers; ++l) sp.layers.push_back(l);
+    }
+    sp.query_chunk = params.query_chunk;
+    std::vector<int64_t> cut(ids->begin(), ids->begin() + r->window);
+    auto prof = RunSelfAttentionProfile(*m->model, {cut}, sp, nullptr, nullptr);
+    if (!prof.ok()) return Fail(prof.status());
+    nlohmann::json sa = nlohmann::json::array();
+    for (const SelfAttentionLayer& l : prof->layers) {
+      sa.push_back({{"layer", l.layer}, {"per_token", l.per_token[0]}});
+    }
+    out["self_attention"] = sa;
+  }
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
 struct BenchArgs {
   std::string variants = "plain,scan,sinks";
   int iters = 3, warmup = 1;
@@ -501,6 +560,19 @@ int main(int argc, char** argv) {
   exp->add_option("--model", exp_args.model, "checkpoint")->required();
   exp->add_option("--out", exp_out, "output .safetensors")->required();
   exp->add_option("--ids", exp_args.ids, "token ids for a float32 forward pass (logits saved)");
+  CommonArgs sinks_args;
+  SinkParams sink_params;
+  sink_params.window = 0;
+  bool sinks_self_attention = false;
+  auto* sinks = app.add_subcommand("sinks", "sink analysis of one sequence, as JSON");
+  AddCommon(sinks, sinks_args, true);
+  sinks->add_option("--window", sink_params.window, "tokens analysed (default: the sequence)");
+  sinks->add_option("--epsilon", sink_params.epsilon, "sink-head threshold");
+  sinks->add_option("--layers", sink_params.layers, "layers (default: all)")->delimiter(',');
+  sinks->add_option("--query-chunk", sink_params.query_chunk,
+                    "query rows per chunk (default: sized to the chunk budget)");
+  sinks->add_flag("--self-attention", sinks_self_attention,
+                  "also the self-attention profile A[t,t] of the same layers");
   auto* bench_cmd = app.add_subcommand("bench", "time plain forward, activation scan, sink scan");
   AddCommon(bench_cmd, bench_args, true);
   bench_cmd->add_option("--variants", bench.variants, "comma-separated: plain, scan, sinks");
@@ -520,6 +592,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
     if (*exp) return ExportTensors(exp_args, exp_out);
     if (*bench_cmd) return Bench(bench_args, bench);
+    if (*sinks) return Sinks(sinks_args, sink_params, sinks_self_attention);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);
       if (!ckpt.ok()) return Fail(ckpt.status());

@@ -1,5 +1,6 @@
-// Sink analysis (eq. 27-28) and self-attention profile, reduced in probes on
-// attn.hook_pattern / attn.hook_attn_scores of the requested layers only.
+// Sink analysis (eq. 27-28) and self-attention profile, reduced from query
+// chunks of the requested layers' attention (attention.h): O(T) memory per
+// layer, never its [T, T] pattern.
 #include "worker/engine/sinks.h"
 
 #include <ATen/TensorOperators.h>
@@ -13,10 +14,12 @@
 #include <algorithm>
 #include <array>
 #include <map>
+#include <memory>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "worker/engine/attention.h"
 #include "worker/engine/batching.h"
 #include "worker/engine/status_macros.h"
 
@@ -41,6 +44,23 @@ std::vector<int64_t> ResolveLayers(const std::vector<int64_t>& requested, const 
     for (int64_t l = 0; l < c.n_layers; ++l) unique.insert(l);
   }
   return std::vector<int64_t>(unique.begin(), unique.end());
+}
+
+/// Probes layer `l`'s queries and keys as its attention scores use them
+/// (attn.hook_rot_q / hook_rot_k with RoPE, attn.hook_q / hook_k otherwise) and
+/// calls `fn(q [batch, pos, head, d_head], k [batch, pos, kv_head, d_head])`
+/// once both are in. The layer keeps the fused attention path: no pattern hook.
+void AddQueryKeyProbes(HookRegistry* hooks, const ModelConfig& c, int64_t l,
+                       std::function<void(const at::Tensor&, const at::Tensor&)> fn) {
+  const bool rope = c.positional == Positional::kRope;
+  auto q = std::make_shared<at::Tensor>();
+  hooks->AddProbe(HookName(l, rope ? "attn.hook_rot_q" : "attn.hook_q"),
+                  [q](const std::string&, int64_t, const at::Tensor& t) { *q = t; });
+  hooks->AddProbe(HookName(l, rope ? "attn.hook_rot_k" : "attn.hook_k"),
+                  [q, fn = std::move(fn)](const std::string&, int64_t, const at::Tensor& t) {
+                    fn(*q, t);
+                    *q = at::Tensor();
+                  });
 }
 
 /// Per-head accumulators of the sink analysis.
@@ -143,23 +163,18 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
     const int64_t T = static_cast<int64_t>(windows[rows[0]].size());
     const bool last = bi + 1 == batches.size();
     HookRegistry hooks;
-    // Scores of the current layer, kept only until its pattern arrives.
-    at::Tensor scores;
     for (int64_t l : layers) {
-      hooks.AddProbe(HookName(l, "attn.hook_attn_scores"),
-                     [&scores](const std::string&, int64_t, const at::Tensor& t) { scores = t; });
-      hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l, T](const std::string&, int64_t,
-                                                                 const at::Tensor& t) {
-        // Two reductions over [batch, head, q, k] in float32 (ATen's cascade
-        // sums: ~1e-7 relative at T = 4096; a float64 sum would first copy the
-        // whole pattern to double), then float64 on the [b, h, T] results; the
+      AddQueryKeyProbes(&hooks, c, l, [&, l, T](const at::Tensor& q, const at::Tensor& k) {
+        // The pattern's row and column statistics from query chunks (O(T)
+        // memory; attention.h), then float64 on the [b, h, T] results; the
         // distances use closed forms instead of [q, k] products.
-        at::Tensor A = t.to(at::kFloat);  // [batch, head, q_pos, k_pos]
-        const int64_t B = A.size(0);
-        const auto f64 = at::TensorOptions().dtype(at::kDouble).device(A.device());
+        const AttentionSpec spec = LayerAttention(c, l);
+        const PatternStats st = ComputePatternStats(q, k, spec, model.dtype(), params.query_chunk);
+        const int64_t B = q.size(0);
+        const auto f64 = at::TensorOptions().dtype(at::kDouble).device(q.device());
         at::Tensor pos = at::arange(T, f64);                                  // [T]
-        at::Tensor col = A.sum(2).to(at::kDouble);                            // [b, h, k]
-        at::Tensor row = A.sum(3).to(at::kDouble);                            // [b, h, q]
+        const at::Tensor& col = st.col_sum;                                   // [b, h, k]
+        const at::Tensor& row = st.row_sum;                                   // [b, h, q]
         // eq. 27: alpha_k = (1/T) sum_t A[t, k]
         at::Tensor alpha = col / static_cast<double>(T);
         const int64_t half = std::max<int64_t>(1, T / 2);
@@ -169,36 +184,32 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
         at::Tensor mean_dist = ((row * pos).sum(-1) - (col * pos).sum(-1)) / static_cast<double>(T);
         // Without the sink key k*: per row t, mass m_t = row_t - A[t,k*] and
         // sum_k A[t,k](t-k) over k != k*  =  t row_t - (A k)_t - A[t,k*](t - k*).
-        at::Tensor Ak = at::matmul(A, pos.to(at::kFloat)).to(at::kDouble);   // [b, h, q]
-        at::Tensor idx = kstar.view({B, H, 1, 1}).expand({B, H, T, 1});
-        at::Tensor a_sink = A.gather(3, idx).squeeze(3).to(at::kDouble);      // [b, h, q]
+        // A[t,k*] = exp(score[t,k*] - logsumexp_t), the row's softmax at k*.
+        at::Tensor s_key = ScoresAtKey(q, k, kstar, spec);                    // [b, h, q], -inf unseen
+        at::Tensor a_sink = PatternAtKey(s_key, st.logsumexp, model.dtype()).to(at::kDouble);
         at::Tensor kst = kstar.to(at::kDouble).unsqueeze(-1);                  // [b, h, 1]
-        at::Tensor mass = row - a_sink;
+        // Where k* is the row's largest entry, the others' mass and moment are
+        // the ones summed without it (no cancellation when A[t,k*] ~ 1);
+        // elsewhere A[t,k*] <= the largest entry, so row - A[t,k*] >= row / 2.
+        at::Tensor sink_is_top = st.row_argmax == kstar.unsqueeze(-1);
+        at::Tensor mass = at::where(sink_is_top, st.mass_without_argmax, row - a_sink);
         at::Tensor valid = mass > 1e-12;
-        at::Tensor num = pos * row - Ak - a_sink * (pos - kst);
+        at::Tensor num = at::where(sink_is_top, pos * st.mass_without_argmax - st.moment_without_argmax,
+                                   pos * row - st.key_moment - a_sink * (pos - kst));
         at::Tensor dist_wo = at::where(valid, num / mass.clamp_min(1e-12), at::zeros_like(num)).sum(-1);
         at::Tensor n_valid = valid.sum(-1, false, at::kDouble);
-        // Logit gap between k* and the other visible keys, for queries t > k*.
-        at::Tensor gap_sum, gap_n;
-        if (scores.defined()) {
-          at::Tensor tq = at::arange(T, at::TensorOptions().dtype(at::kLong).device(A.device()));
-          at::Tensor visible = tq.view({1, T}) <= tq.view({T, 1});
-          if (const int64_t w = c.Window(l); w > 0) {
-            visible = visible.logical_and(tq.view({T, 1}) - tq.view({1, T}) < w);
-          }
-          at::Tensor S0 = scores.to(at::kFloat).masked_fill(visible.logical_not(), 0);
-          at::Tensor s_sink = S0.gather(3, idx).squeeze(3).to(at::kDouble);    // [b, h, q]
-          at::Tensor other_sum = S0.sum(3).to(at::kDouble) - s_sink;
-          at::Tensor vis_n = visible.sum(1, false, at::kDouble);               // [q]
-          at::Tensor sink_vis = visible.to(at::kDouble).index_select(1, kstar.reshape({-1}))
-                                    .t().reshape({B, H, T});                   // visible[q, k*]
-          at::Tensor other_n = vis_n - sink_vis;
-          at::Tensor ok = (pos > kst).logical_and(other_n > 0);
-          at::Tensor gap = at::where(ok, s_sink - other_sum / other_n.clamp_min(1), at::zeros_like(s_sink));
-          gap_sum = gap.sum(-1);
-          gap_n = ok.sum(-1, false, at::kDouble);
-          scores = at::Tensor();
-        }
+        // Logit gap between k* and the other visible keys, for queries t > k*
+        // (pre-softmax scores; a query sees min(t + 1, window) keys).
+        at::Tensor sink_vis = s_key.isfinite();                                // visible[q, k*]
+        at::Tensor s_sink = at::where(sink_vis, s_key, at::zeros_like(s_key)).to(at::kDouble);
+        at::Tensor other_sum = st.score_sum - s_sink;
+        at::Tensor vis_n = pos + 1;
+        if (spec.window > 0) vis_n = vis_n.clamp_max(static_cast<double>(spec.window));
+        at::Tensor other_n = vis_n - sink_vis.to(at::kDouble);
+        at::Tensor ok = (pos > kst).logical_and(other_n > 0);
+        at::Tensor gap = at::where(ok, s_sink - other_sum / other_n.clamp_min(1), at::zeros_like(s_sink));
+        at::Tensor gap_sum = gap.sum(-1).cpu();
+        at::Tensor gap_n = ok.sum(-1, false, at::kDouble).cpu();
         auto ma = max_alpha.cpu(), ks = kstar.cpu(), g = gu.cpu(), md = mean_dist.cpu(),
              dw = dist_wo.cpu(), nv = n_valid.cpu();
         for (int64_t b = 0; b < B; ++b) {
@@ -217,12 +228,10 @@ absl::StatusOr<SinkSummary> RunSinkAnalysis(const Model& model,
               ++a.dist_wo_n;
             }
             a.argmax_votes[ks[b][h].item<int64_t>()]++;
-            if (gap_sum.defined()) {
-              const double n = gap_n[b][h].item<double>();
-              if (n > 0) {
-                a.gap += gap_sum[b][h].item<double>() / n;
-                ++a.gap_n;
-              }
+            const double n = gap_n[b][h].item<double>();
+            if (n > 0) {
+              a.gap += gap_sum[b][h].item<double>() / n;
+              ++a.gap_n;
             }
             sinks += m > params.epsilon;
             gu_sinks += gv > params.epsilon;
@@ -321,9 +330,11 @@ absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
     const bool last = bi + 1 == batches.size();
     HookRegistry hooks;
     for (int64_t l : out.profiled_layers) {
-      hooks.AddProbe(HookName(l, "attn.hook_pattern"), [&, l](const std::string&, int64_t,
-                                                              const at::Tensor& t) {
-        at::Tensor diag = t.to(at::kDouble).diagonal(0, -2, -1).cpu();  // [batch, head, pos]
+      AddQueryKeyProbes(&hooks, c, l, [&, l](const at::Tensor& q, const at::Tensor& k) {
+        // A[t, t] from query chunks (O(T) memory; attention.h).
+        at::Tensor diag = ComputePatternStats(q, k, LayerAttention(c, l), model.dtype(),
+                                              params.query_chunk)
+                              .diag.cpu();  // [batch, head, pos]
         SelfAttentionLayer& a = acc[l];
         for (int64_t r = 0; r < diag.size(0); ++r) {
           const int64_t s = row_seq[r];

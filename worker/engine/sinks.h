@@ -1,10 +1,15 @@
 // Attention-sink analyses (paper section 3.2, eq. 27-28, section 4.3.3) and
 // the self-attention profile of early layers (section 3.1.3, delimiters).
 //
-// Both read `blocks.l.attn.hook_pattern` ([batch, head, q_pos, k_pos]) and,
-// for the logit gap, `blocks.l.attn.hook_attn_scores`, only in the layers
-// asked for: other layers keep the fast attention path. All statistics are
-// computed in float32 or wider.
+// Both compute the statistics of `blocks.l.attn.hook_pattern` ([batch, head,
+// q_pos, k_pos]) and, for the logit gap, `blocks.l.attn.hook_attn_scores`,
+// only in the layers asked for, without materialising them: the layer's
+// queries and keys (attn.hook_rot_q / hook_rot_k) are scored by query chunks
+// against all the keys each may see (attention.h), softmax per row in float32,
+// and the column sums, distances and diagonal accumulated, so the memory is
+// O(chunk x T) per head group and every layer keeps the fused attention path
+// for its output. Equal to the materialised computation (tests/engine/
+// sinks_test.cc). All statistics are computed in float32 or wider.
 #pragma once
 
 #include <array>
@@ -26,6 +31,9 @@ struct SinkParams {
   bool windowed = false;      // split long sequences into consecutive windows of T instead
   double epsilon = 0.3;       // sink-head threshold, in (0, 1)
   std::vector<int64_t> layers;  // layers to analyse (sorted, duplicates ignored); empty = all
+  /// Query rows per chunk of the attention statistics; 0 = sized to
+  /// kAttentionChunkElements (common/attention_chunks.h). Results do not depend on it.
+  int64_t query_chunk = 0;
 };
 absl::Status ValidateSinkParams(const SinkParams& p, const ModelConfig& config);
 
@@ -91,6 +99,8 @@ struct SelfAttentionParams {
   std::vector<int64_t> layers;
   /// Token ids counted as delimiters (e.g. the ids of "." and "\n").
   std::vector<int64_t> delimiter_ids;
+  /// Query rows per chunk, as SinkParams::query_chunk.
+  int64_t query_chunk = 0;
 };
 
 /// Token groups of the profile.
