@@ -230,6 +230,11 @@ std::string ServerConfigJson(const std::string& dir, const std::string& listen, 
                       R"(/jobs.db", "workers": ")", workers, R"(", "catalog": ")", dir,
                       R"(/catalog.json", "worker_binary": ")", SINKSCOPE_WORKER_BIN,
                       R"(", "runtime_dir": ")", dir, R"(/run", "worker_threads": 1, "sync_full": false)",
+                      // Servers of tests run side by side: none takes the
+                      // default metrics port (a busy one stops a server).
+                      extra_members.find("\"metrics_listen\"") == std::string::npos
+                          ? R"(, "metrics_listen": "")"
+                          : "",
                       extra_members.empty() ? "" : ", ", extra_members, "}");
 }
 
