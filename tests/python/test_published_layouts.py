@@ -107,25 +107,7 @@ def collect(model, ids, layers, final_norm, embed, per_layer, virtual_mid=False)
 def compare(label, model_dir, ref, n_layers, model):
     """Engine dump of `model_dir` vs `ref` per hook; residual identities; greedy ids."""
     ids = base.token_ids()
-    dump = model_dir / "hooks.safetensors"
-    p = base.run_engine(["dump", "--model", str(model_dir), "--ids", ",".join(map(str, ids)),
-                         "--out", str(dump)])
-    assert p.returncode == 0, p.stderr
-    got = st.load_file(str(dump))
-    worst = {}
-    for name, want in ref.items():
-        assert name in got, f"{label}: engine has no {name}"
-        have = got[name]
-        assert tuple(have.shape) == tuple(want.shape), (name, have.shape, want.shape)
-        diff = (have.double() - want.double()).abs().max().item()
-        worst[name] = diff
-        assert diff <= ATOL, f"{label} {name}: max |diff| {diff:.3g} > {ATOL}"
-    for l in range(n_layers):
-        b = f"blocks.{l}."
-        mid = got[b + "hook_resid_pre"] + got[b + "hook_attn_out"]
-        assert (mid - got[b + "hook_resid_mid"]).abs().max() <= 1e-6
-        post = got[b + "hook_resid_mid"] + got[b + "hook_mlp_out"]
-        assert (post - got[b + "hook_resid_post"]).abs().max() <= 1e-6
+    _, worst = base.compare_dump(label, model_dir, ids, ref, n_layers)
     print(f"\n{label}: max |diff| over {len(worst)} hooks = {max(worst.values()):.3g} "
           f"(worst: {max(worst, key=worst.get)})")
 

@@ -224,6 +224,32 @@ def token_ids(seed=7):
     return [1] + torch.randint(3, VOCAB, (SEQ_LEN - 1,), generator=g).tolist()
 
 
+def compare_dump(label, model_dir, ids, ref, n_layers):
+    """`sinkscope-run dump` of `model_dir` on `ids` against `ref` ({hook: tensor}),
+    each to ATOL; the residual identities inside the engine's own dump.
+    Returns (the engine's hooks, {hook: max |diff|})."""
+    dump = model_dir / "hooks.safetensors"
+    p = run_engine(["dump", "--model", str(model_dir), "--ids", ",".join(map(str, ids)),
+                    "--out", str(dump)])
+    assert p.returncode == 0, p.stderr
+    got = safetensors_torch.load_file(str(dump))
+    worst = {}
+    for name, want in ref.items():
+        assert name in got, f"{label}: engine has no {name}"
+        have = got[name]
+        assert tuple(have.shape) == tuple(want.shape), (name, have.shape, want.shape)
+        diff = (have.double() - want.double()).abs().max().item()
+        worst[name] = diff
+        assert diff <= ATOL, f"{label} {name}: max |diff| {diff:.3g} > {ATOL}"
+    for l in range(n_layers):
+        b = f"blocks.{l}."
+        mid = got[b + "hook_resid_pre"] + got[b + "hook_attn_out"]
+        assert (mid - got[b + "hook_resid_mid"]).abs().max() <= 1e-6
+        post = got[b + "hook_resid_mid"] + got[b + "hook_mlp_out"]
+        assert (post - got[b + "hook_resid_post"]).abs().max() <= 1e-6
+    return got, worst
+
+
 MEASURED = {}
 
 
@@ -235,28 +261,8 @@ def test_transformers_parity(family, tmp_path):
     ids = token_ids()
     ref = hf_hooks(model, family, ids)
 
-    dump = tmp_path / "hooks.safetensors"
-    p = run_engine(["dump", "--model", str(tmp_path), "--ids", ",".join(map(str, ids)),
-                    "--out", str(dump)])
-    assert p.returncode == 0, p.stderr
-    got = safetensors_torch.load_file(str(dump))
-
     n_layers = len(get_module(model, STRUCTURE[KIND[family]][0]))
-    worst = {}
-    for name, want in ref.items():
-        assert name in got, f"{family}: engine has no {name}"
-        have = got[name]
-        assert tuple(have.shape) == tuple(want.shape), (name, have.shape, want.shape)
-        diff = (have.double() - want.double()).abs().max().item()
-        worst[name] = diff
-        assert diff <= ATOL, f"{family} {name}: max |diff| {diff:.3g} > {ATOL}"
-    # Residual identities inside the engine's own dump.
-    for l in range(n_layers):
-        b = f"blocks.{l}."
-        mid = got[b + "hook_resid_pre"] + got[b + "hook_attn_out"]
-        assert (mid - got[b + "hook_resid_mid"]).abs().max() <= 1e-6
-        post = got[b + "hook_resid_mid"] + got[b + "hook_mlp_out"]
-        assert (post - got[b + "hook_resid_post"]).abs().max() <= 1e-6
+    _, worst = compare_dump(family, tmp_path, ids, ref, n_layers)
     MEASURED[family] = max(worst.values())
     print(f"\n{family}: max |diff| over {len(worst)} hooks = {MEASURED[family]:.3g} "
           f"(worst: {max(worst, key=worst.get)})")
