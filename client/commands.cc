@@ -23,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/render.h"
+#include "client/render_profile.h"
 #include "sinkscope/v1/analysis.grpc.pb.h"
 
 namespace sinkscope {
@@ -232,6 +233,10 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
         if (int rc = PrintJson(event, /*pretty=*/false); rc != 0) return rc;
       }
       if (progress.Apply(event)) line.Show(progress.status_line(), progress.status_is_permanent());
+      // A comparison streams its rows: say each as it is done.
+      if (!global.json && !global.quiet && event.has_result() && event.result().has_profile_row()) {
+        line.Note(RenderProfileRowLine(event.result().profile_row()));
+      }
     }
     grpc::Status status = reader->Finish();
     if (progress.done()) break;
@@ -284,6 +289,8 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
     job.clear_results();
     for (const auto& record : progress.records()) *job.add_results() = record;
     if (int rc = PrintJson(job); rc != 0) return rc;
+  } else if (global.csv && progress.state() == v1::JOB_STATE_COMPLETED) {
+    PrintText(RenderProfileCsv(progress.records()));
   } else if (!global.json && progress.state() == v1::JOB_STATE_COMPLETED) {
     std::string text = RenderResults(progress.records());
     PrintText(text.empty() ? "no result records\n" : text);
@@ -528,6 +535,10 @@ int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_
   grpc::Status status = GetJobWithResults(conn, job_id, include_results, &job);
   if (!status.ok()) return Fail(status, global);
   if (global.json) return PrintJson(job);
+  if (global.csv) {
+    PrintText(RenderProfileCsv({job.results().begin(), job.results().end()}));
+    return 0;
+  }
   std::string text = RenderJob(job);
   if (job.results_size() > 0) {
     std::vector<v1::ResultRecord> records(job.results().begin(), job.results().end());

@@ -31,6 +31,8 @@ struct GlobalOptions {
   std::string user;
   /// Print the result as protobuf JSON (proto field names) on stdout.
   bool json = false;
+  /// Print profile rows as CSV on stdout (render_profile.h).
+  bool csv = false;
   /// No progress on stderr.
   bool quiet = false;
   /// Deadline of each unary RPC, seconds (<= 0: none).

@@ -301,6 +301,7 @@ int main(int argc, char** argv) {
       ->envname("SINKSCOPE_USER");
   app.add_flag("--json", global.json,
                "Print results as protobuf JSON with the .proto field names");
+  app.add_flag("--csv", global.csv, "Print profile rows as CSV (profile, get)");
   app.add_flag("-q,--quiet", global.quiet, "No progress on stderr");
   // Seconds >= 0, at most a year (CLI::NonNegativeNumber would print the
   // whole double range in its message).
@@ -519,6 +520,37 @@ int main(int argc, char** argv) {
   ppl_in.Add(perplexity, true);
   EvalFlags ppl_eval;
   ppl_eval.Add(perplexity);
+
+  // profile (the paper's table row; --compare for several models)
+  CLI::App* profile = app.add_subcommand(
+      "profile",
+      "The paper's table row (Tables 3-8): perplexity, sink ratio, spike, step-up blocks in one "
+      "pass over a corpus; --compare adds rows for more models");
+  InputFlags prof_in;
+  prof_in.Add(profile, true);
+  EvalFlags prof_eval;
+  prof_eval.Add(profile);
+  int prof_window = 0;
+  double prof_eps = 0, prof_abs = 0, prof_rel = 0, prof_share = 0;
+  std::string prof_layers, prof_rule;
+  std::vector<std::string> prof_compare;
+  CLI::Option* pwin_opt = profile->add_option(
+      "--sink-window", prof_window, "Sink window T: tokens at the start of every chunk (default 64)");
+  CLI::Option* peps_opt =
+      profile->add_option("--epsilon", prof_eps, "Sink-head threshold (default 0.3)");
+  profile->add_option("--sink-layers", prof_layers, "Layers of the sink ratio (default: all)");
+  CLI::Option* pabs2_opt =
+      profile->add_option("--abs-threshold", prof_abs, "Massive if |h| > X (default 100)");
+  CLI::Option* prel2_opt = profile->add_option("--rel-threshold", prof_rel,
+                                               "... and |h| > X * median|h| (default 1000)");
+  profile->add_option("--step-rule", prof_rule, "share (default) or single-block");
+  CLI::Option* pshare_opt =
+      profile->add_option("--step-share", prof_share, "Step-up share of the peak (default 0.1)");
+  profile
+      ->add_option("--compare", prof_compare,
+                   "Another catalog model, profiled after --model on the same corpus with the "
+                   "same parameters (repeatable; one row each)")
+      ->allow_extra_args(false);
 
   // constant-substitution
   CLI::App* substitution = app.add_subcommand(
@@ -744,6 +776,25 @@ int main(int argc, char** argv) {
       return Usage("perplexity needs --corpus, or --text, --ids or --file");
     }
     ppl_eval.Fill(request->mutable_perplexity()->mutable_eval());
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (profile->parsed()) {
+    if (!(error = prof_in.Fill(profile, &options)).empty()) return Usage(error);
+    if (request->sequences_size() == 0 && prof_eval.corpus.empty()) {
+      return Usage("profile needs --corpus, or --text, --ids or --file");
+    }
+    v1::ProfileRequest* p = request->mutable_profile();
+    prof_eval.Fill(p->mutable_eval());
+    if (pwin_opt->count() > 0) p->set_sink_window(prof_window);
+    if (peps_opt->count() > 0) p->set_epsilon(prof_eps);
+    if (!(error = int_list("--sink-layers", prof_layers, p->mutable_sink_layers())).empty()) {
+      return Usage(error);
+    }
+    if (pabs2_opt->count() > 0) p->mutable_thresholds()->set_abs_threshold(prof_abs);
+    if (prel2_opt->count() > 0) p->mutable_thresholds()->set_rel_threshold(prof_rel);
+    if (!prof_rule.empty()) p->mutable_thresholds()->set_step_rule(prof_rule);
+    if (pshare_opt->count() > 0) p->mutable_thresholds()->set_step_share(prof_share);
+    for (const std::string& m : prof_compare) p->add_compare_models(m);
     return sinkscope::client::RunScan(global, options);
   }
   if (substitution->parsed()) {

@@ -1,6 +1,7 @@
 #include "client/render.h"
 #include "client/render_internal.h"
 #include "client/render_mechanism.h"
+#include "client/render_profile.h"
 
 #include <algorithm>
 #include <cmath>
@@ -547,7 +548,7 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   std::vector<v1::PerplexityChunk> ppl_chunks;
   std::vector<v1::InterventionChunk> iv_chunks;
   std::vector<std::string> summaries;
-  std::vector<v1::ResultRecord> mechanism;
+  std::vector<v1::ResultRecord> mechanism, profile;
   int other = 0;
   for (const auto& r : records) {
     switch (r.record_case()) {
@@ -579,6 +580,8 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
       default:
         if (IsMechanismRecord(r)) {
           mechanism.push_back(r);
+        } else if (IsProfileRecord(r)) {
+          profile.push_back(r);
         } else {
           ++other;
         }
@@ -609,6 +612,7 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   if (!iv_chunks.empty()) section(RenderInterventionChunks(iv_chunks));
   for (const std::string& s : summaries) section(s);
   section(RenderMechanismResults(mechanism));
+  section(RenderProfileResults(profile));
   if (other > 0) {
     section(absl::StrCat(Count(other, "record"), " of a kind this client cannot show (use --json)\n"));
   }

@@ -8,6 +8,7 @@ using R = v1::JobRequest;
 const v1::EvalCorpus* PerplexityEval(const R& r) { return &r.perplexity().eval(); }
 const v1::EvalCorpus* SubstitutionEval(const R& r) { return &r.constant_substitution().eval(); }
 const v1::EvalCorpus* AblationEval(const R& r) { return &r.sink_ablation().eval(); }
+const v1::EvalCorpus* ProfileEval(const R& r) { return &r.profile().eval(); }
 
 constexpr SequenceInput kReq = SequenceInput::kRequired;
 constexpr SequenceInput kNone = SequenceInput::kForbidden;
@@ -53,6 +54,8 @@ const std::vector<JobTypeDescriptor>& JobTypes() {
        1, false, false, true, nullptr, kFold, true, 120, "units"},
       {R::kActivations, v1::JOB_TYPE_ACTIVATIONS, "activations", "activations",
        kReq, "", 1, false, false, true, nullptr, kFwd, true, 120, "units"},
+      {R::kProfile, v1::JOB_TYPE_PROFILE, "profile", "profile",
+       kOpt, "", 1, true, false, false, &ProfileEval, kAttn, false, 120, "chunks"},
   };
   // clang-format on
   return kTable;

@@ -134,6 +134,15 @@ MemoryEstimate EstimateJobMemory(const ModelShape& shape, const std::string& dty
   }
   const int64_t heads = std::max<int64_t>(shape.n_heads, 1);
   const JobTypeDescriptor* job = JobTypeOfRequest(request);
+  if (job != nullptr && job->reads_corpus()) {
+    // An evaluation stream (the corpus or the sequences concatenated) runs
+    // one chunk per forward pass.
+    const v1::EvalCorpus& eval = *job->eval_corpus(request);
+    int64_t chunk = eval.has_chunk_length() ? eval.chunk_length() : 128;
+    if (shape.n_ctx > 0) chunk = std::min(chunk, shape.n_ctx);
+    batch_by_length.clear();
+    batch_by_length[std::max<int64_t>(chunk, 1)] = 1;
+  }
   // Eager attention materializes the patterns (unknown job: the larger bound).
   const bool patterns = job == nullptr || job->needs_attention_patterns;
   const bool chunked =

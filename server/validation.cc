@@ -258,6 +258,10 @@ absl::Status CheckRepeatedBounds(const v1::JobRequest& request, const CatalogEnt
       }
       break;
     }
+    case v1::JobRequest::kProfile:
+      s = CheckCount("profile.sink_layers", request.profile().sink_layers_size(), L, "max_list_entries");
+      if (s.ok()) s = CheckNoDuplicates("profile.sink_layers", request.profile().sink_layers());
+      break;
     case v1::JobRequest::kConstantSubstitution:
       s = interventions("constant_substitution", request.constant_substitution());
       break;
@@ -537,30 +541,83 @@ absl::Status ValidateIntervention(const std::string& field, const v1::Interventi
 
 }  // namespace
 
-absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan) {
+/// Most models one profile compares (ProfileRequest.compare_models).
+constexpr int kMaxCompareModels = 64;
+
+/// A profile's own parameters against `model` (the job's model or one it
+/// compares): the evaluation (corpus and tokenizer), the sink window and
+/// layers, epsilon. `field` prefixes messages ("profile").
+absl::Status ValidateProfileFor(const v1::ProfileRequest& r, const v1::JobRequest& request,
+                                const ModelCatalog& catalog, const CatalogEntry& model) {
+  if (absl::Status s = ValidateEval("profile.eval", r.eval(), request, catalog, model); !s.ok()) {
+    return s;
+  }
+  if (r.has_sink_window() && r.sink_window() < 2) {
+    return Invalid(absl::StrCat("profile.sink_window (T; --sink-window) must be >= 2, got ",
+                                r.sink_window()));
+  }
+  if (r.has_sink_window() && model.n_ctx > 0 && r.sink_window() > model.n_ctx) {
+    return Invalid(absl::StrCat("profile.sink_window (T; --sink-window) = ", r.sink_window(),
+                                " exceeds the context of model ", model.name, " (", model.n_ctx, ")"));
+  }
+  return CheckLayers("profile.sink_layers", r.sink_layers(), model);
+}
+
+absl::Status ValidateProfile(const v1::ProfileRequest& r, const v1::JobRequest& request,
+                             const ModelCatalog& catalog, const CatalogEntry& model,
+                             const RequestLimits& limits) {
+  if (absl::Status s = ValidateProfileFor(r, request, catalog, model); !s.ok()) return s;
+  if (r.has_epsilon() && !(r.epsilon() > 0 && r.epsilon() < 1)) {
+    return Invalid(absl::StrCat("profile.epsilon (--epsilon) must be in (0, 1), got ", r.epsilon()));
+  }
+  if (absl::Status s = ValidateScanRequest(r.thresholds(), "profile.thresholds"); !s.ok()) return s;
+  if (r.compare_models_size() > kMaxCompareModels) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "profile.compare_models lists ", r.compare_models_size(), " models, more than ",
+        kMaxCompareModels));
+  }
+  std::set<std::string> seen = {request.model()};
+  for (const std::string& name : r.compare_models()) {
+    if (!seen.insert(name).second) {
+      return Invalid(absl::StrCat("profile.compare_models: model ", name.substr(0, 128),
+                                  " is listed twice (the job's model counts)"));
+    }
+    // A model the catalog lacks or holds as unavailable gets its failed row
+    // (the comparison goes on); one it holds must take these parameters.
+    const CatalogEntry* other = catalog.Find(name);
+    if (other == nullptr || !other->available) continue;
+    if (absl::Status s = ValidateProfileFor(r, request, catalog, *other); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("compared model ", other->name, ": ", s.message()));
+    }
+  }
+  (void)limits;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan, const std::string& field) {
   if (scan.has_top_k() && (scan.top_k() < 1 || scan.top_k() > 64)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("scan.top_k must be in 1..64, got ", scan.top_k()));
+        absl::StrCat(field, ".top_k must be in 1..64, got ", scan.top_k()));
   }
   if (scan.has_abs_threshold() && !(scan.abs_threshold() >= 0 && std::isfinite(scan.abs_threshold()))) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "scan.abs_threshold must be a finite number >= 0, got ", scan.abs_threshold()));
+        field + ".abs_threshold must be a finite number >= 0, got ", scan.abs_threshold()));
   }
   if (scan.has_rel_threshold() && !(scan.rel_threshold() >= 0 && std::isfinite(scan.rel_threshold()))) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "scan.rel_threshold must be a finite number >= 0, got ", scan.rel_threshold()));
+        field + ".rel_threshold must be a finite number >= 0, got ", scan.rel_threshold()));
   }
   if (scan.has_step_fraction() && !(scan.step_fraction() > 0 && scan.step_fraction() <= 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("scan.step_fraction must be in (0, 1], got ", scan.step_fraction()));
+        absl::StrCat(field, ".step_fraction must be in (0, 1], got ", scan.step_fraction()));
   }
   if (scan.has_step_share() && !(scan.step_share() > 0 && scan.step_share() <= 1)) {
     return absl::InvalidArgumentError(
-        absl::StrCat("scan.step_share must be in (0, 1], got ", scan.step_share()));
+        absl::StrCat(field, ".step_share must be in (0, 1], got ", scan.step_share()));
   }
   if (scan.has_step_rule() && scan.step_rule() != "share" && scan.step_rule() != "single-block") {
     return absl::InvalidArgumentError(absl::StrCat(
-        "scan.step_rule must be \"share\" or \"single-block\", got \"", scan.step_rule().substr(0, 64), "\""));
+        field + ".step_rule must be \"share\" or \"single-block\", got \"", scan.step_rule().substr(0, 64), "\""));
   }
   return absl::OkStatus();
 }
@@ -601,7 +658,7 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
   absl::Status params = absl::OkStatus();
   switch (request.params_case()) {
     case v1::JobRequest::kScan:
-      params = ValidateScanRequest(request.scan());
+      params = ValidateScanRequest(request.scan(), "scan");
       break;
     case v1::JobRequest::kSinks:
       params = ValidateSinks(request.sinks(), *model);
@@ -625,6 +682,9 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
     case v1::JobRequest::kSinkAblation:
       params = ValidateIntervention("sink_ablation", request.sink_ablation(), request, catalog,
                                     *model, &total_tokens);
+      break;
+    case v1::JobRequest::kProfile:
+      params = ValidateProfile(request.profile(), request, catalog, *model, limits);
       break;
     default:
       if (!job->mechanism) return absl::UnimplementedError("this job type is not implemented by this server");
@@ -723,6 +783,7 @@ WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& 
       passes = 2;  // the scan that finds spike tokens / layers, then the analysis
       break;
     case v1::JobRequest::kPerplexity:
+    case v1::JobRequest::kProfile:
     case v1::JobRequest::kConstantSubstitution:
     case v1::JobRequest::kSinkAblation: {
       const v1::EvalCorpus& eval = *FindJobType(request.params_case())->eval_corpus(request);
@@ -734,7 +795,11 @@ WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& 
       if (eval.has_token_budget()) stream = std::min(stream, eval.token_budget());
       tokens_per_pass = stream;
       what = "evaluation tokens";
-      if (!request.has_perplexity()) {
+      if (request.has_profile()) {
+        // One pass per model (the attribution pass reads a few tokens).
+        passes = 1 + request.profile().compare_models_size();
+        what = "evaluation tokens (one pass per model)";
+      } else if (!request.has_perplexity()) {
         const v1::InterventionRequest& r = request.has_constant_substitution()
                                                ? request.constant_substitution()
                                                : request.sink_ablation();

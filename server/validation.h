@@ -82,7 +82,8 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
                                 const RequestLimits& limits);
 
 /// Checks the scan parameters (the defaults apply to unset fields).
-absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan);
+absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan,
+                                 const std::string& field = "scan");
 
 /// The JobType a request stands for (UNSPECIFIED when no params are set).
 v1::JobType JobTypeOf(const v1::JobRequest& request);

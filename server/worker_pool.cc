@@ -428,6 +428,28 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
     }
   }
 
+  if (!early_failure.has_value() && request.has_profile()) {
+    // A comparison's models, resolved now; one the catalog lacks or marks
+    // unavailable goes by name only and gets its failed row.
+    for (const std::string& name : request.profile().compare_models()) {
+      v1::ResolvedModel* m = run.add_compare_models();
+      m->set_name(name);
+      const CatalogEntry* other = manager_->FindModel(name);
+      int64_t weight_bytes = 0;
+      if (other != nullptr && other->available) {
+        m->set_format(other->format);
+        m->set_path(other->path);
+        m->set_tokenizer_path(other->tokenizer_path);
+        m->set_dtype(dtype->empty() ? other->default_dtype : *dtype);
+        v1::JobRequest as_other = request;
+        as_other.set_model(name);
+        if (absl::StatusOr<MemoryEstimate> e = manager_->Estimate(as_other); e.ok()) {
+          weight_bytes = e->weight_bytes;
+        }
+      }
+      run.add_compare_weight_bytes(weight_bytes);
+    }
+  }
   run.set_max_total_tokens(config_.max_total_tokens);
   run.set_heartbeat_interval_ms(config_.heartbeat_interval_ms);
   if (!early_failure.has_value()) {

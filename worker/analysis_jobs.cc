@@ -205,31 +205,6 @@ absl::Status TooFewTokens(size_t n) {
                                                  "; at least 2 are needed"));
 }
 
-/// The token stream of an evaluation: the catalog corpus, or the request's
-/// sequences concatenated.
-absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
-    const JobContext& ctx, const v1::EvalCorpus& eval,
-    const std::vector<std::vector<int64_t>>& sequences) {
-  const v1::JobRequest& request = ctx.run.request();
-  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
-  if (!eval.corpus().empty()) {
-    if (!ctx.run.has_corpus() || ctx.run.corpus().name() != eval.corpus()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("corpus ", eval.corpus(), " was not resolved by the server"));
-    }
-    ASSIGN_OR_RETURN(std::shared_ptr<const std::vector<int64_t>> corpus,
-                     LoadCorpus(ctx, ctx.run.corpus(), add_bos));
-    if (corpus->size() < 2) return TooFewTokens(corpus->size());
-    return corpus;
-  }
-  auto stream = std::make_shared<std::vector<int64_t>>();
-  for (const auto& s : sequences) stream->insert(stream->end(), s.begin(), s.end());
-  if (stream->empty()) return absl::InvalidArgumentError("the corpus is empty");
-  // Scoring predicts each token from the ones before: 2 at least.
-  if (stream->size() < 2) return TooFewTokens(stream->size());
-  return std::shared_ptr<const std::vector<int64_t>>(std::move(stream));
-}
-
 absl::Status RunPerplexityJob(const JobContext& ctx,
                               const std::vector<std::vector<int64_t>>& sequences) {
   const v1::EvalCorpus& eval = ctx.run.request().perplexity().eval();
@@ -295,6 +270,29 @@ absl::Status RunIntervention(const JobContext& ctx,
 }
 
 }  // namespace
+
+absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
+    const JobContext& ctx, const v1::EvalCorpus& eval,
+    const std::vector<std::vector<int64_t>>& sequences) {
+  const v1::JobRequest& request = ctx.run.request();
+  const bool add_bos = request.has_add_bos() ? request.add_bos() : true;
+  if (!eval.corpus().empty()) {
+    if (!ctx.run.has_corpus() || ctx.run.corpus().name() != eval.corpus()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("corpus ", eval.corpus(), " was not resolved by the server"));
+    }
+    ASSIGN_OR_RETURN(std::shared_ptr<const std::vector<int64_t>> corpus,
+                     LoadCorpus(ctx, ctx.run.corpus(), add_bos));
+    if (corpus->size() < 2) return TooFewTokens(corpus->size());
+    return corpus;
+  }
+  auto stream = std::make_shared<std::vector<int64_t>>();
+  for (const auto& s : sequences) stream->insert(stream->end(), s.begin(), s.end());
+  if (stream->empty()) return absl::InvalidArgumentError("the corpus is empty");
+  // Scoring predicts each token from the ones before: 2 at least.
+  if (stream->size() < 2) return TooFewTokens(stream->size());
+  return std::shared_ptr<const std::vector<int64_t>>(std::move(stream));
+}
 
 absl::StatusOr<std::vector<std::vector<int64_t>>> TokenizeSequences(
     const google::protobuf::RepeatedPtrField<v1::Sequence>& sequences, bool add_bos,

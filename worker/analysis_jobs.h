@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,6 +25,15 @@ namespace worker {
 absl::StatusOr<std::vector<std::vector<int64_t>>> TokenizeSequences(
     const google::protobuf::RepeatedPtrField<v1::Sequence>& sequences, bool add_bos,
     const CachedModel& cached, const std::string& label, bool check_ctx);
+
+/// The token stream of an evaluation (perplexity, interventions, profile):
+/// the catalog corpus resolved by the server (tokenized with ctx's model's
+/// tokenizer, else the corpus entry's; cached between jobs), or the
+/// request's `sequences` concatenated in order. InvalidArgument when it has
+/// fewer than 2 tokens or no tokenizer can read it.
+absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> EvalStream(
+    const JobContext& ctx, const v1::EvalCorpus& eval,
+    const std::vector<std::vector<int64_t>>& sequences);
 
 /// Runs the job named by run.request().params (not the scan). `sequences`
 /// are the request's sequences, tokenized.

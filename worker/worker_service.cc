@@ -23,6 +23,7 @@
 #include "worker/engine/tokenizer.h"
 #include "worker/analysis_jobs.h"
 #include "worker/job_events.h"
+#include "worker/profile_job.h"
 #include "worker/scan_convert.h"
 
 namespace sinkscope {
@@ -108,6 +109,16 @@ absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
   }
   const JobContext ctx{*cached, options, request, sink, cancel};
   if (type->params_case == v1::JobRequest::kScan) return RunScan(ctx, sequences);
+  if (type->params_case == v1::JobRequest::kProfile) {
+    // The models of a comparison come from the same cache, one at a time.
+    const ModelLoader load = [&](const v1::ResolvedModel& other, int64_t weight_bytes) {
+      bool hit = false;
+      return cache.Get(ModelKey{other.name(), other.format(), other.path(),
+                                other.tokenizer_path(), other.dtype()},
+                       &hit, weight_bytes, request.estimated_activation_bytes());
+    };
+    return RunProfileJob(ctx, sequences, load);
+  }
   return RunAnalysisJob(ctx, sequences);
 }
 

@@ -23,15 +23,10 @@
 #include "worker/engine/status_macros.h"
 
 namespace sinkscope {
-namespace {
 
-struct Chunk {
-  int64_t start = 0, length = 0;
-};
-
-std::vector<Chunk> MakeChunks(size_t n_tokens, const EvalParams& p) {
+std::vector<EvalChunk> MakeChunks(size_t n_tokens, const EvalParams& p) {
   const int64_t n = p.token_budget >= 0 ? std::min<int64_t>(p.token_budget, n_tokens) : n_tokens;
-  std::vector<Chunk> out;
+  std::vector<EvalChunk> out;
   for (int64_t s = 0; s < n; s += p.chunk_length) {
     const int64_t len = std::min<int64_t>(p.chunk_length, n - s);
     if (len >= 2) out.push_back({s, len});
@@ -39,22 +34,22 @@ std::vector<Chunk> MakeChunks(size_t n_tokens, const EvalParams& p) {
   return out;
 }
 
-at::Tensor ChunkIds(const std::vector<int64_t>& tokens, const Chunk& c) {
+at::Tensor ChunkIds(const std::vector<int64_t>& tokens, const EvalChunk& c) {
   std::vector<int64_t> ids(tokens.begin() + c.start, tokens.begin() + c.start + c.length);
   return at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1});
 }
 
-/// Log-probabilities [pos, vocab] (float64) from logits [1, pos, vocab].
 at::Tensor LogProbs(const at::Tensor& logits) {
   return at::log_softmax(logits[0].to(at::kDouble), -1);
 }
 
-/// Sum of -log p(next token) over positions 0..T-2.
 double NllSum(const at::Tensor& logp, const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   at::Tensor targets = ids[0].narrow(0, 1, T - 1).to(logp.device()).view({T - 1, 1});
   return -logp.narrow(0, 0, T - 1).gather(1, targets).sum().item<double>();
 }
+
+namespace {
 
 /// Spike positions and channels of one hidden state h: [pos, d_model] (scan rule).
 void DetectSpikes(const at::Tensor& h, const ScanParams& thr, std::set<int64_t>* positions,
@@ -220,7 +215,7 @@ absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
                                                      model.config().d_vocab, ")"));
     }
   }
-  const std::vector<Chunk> chunks = MakeChunks(tokens.size(), params);
+  const std::vector<EvalChunk> chunks = MakeChunks(tokens.size(), params);
   PerplexityResult res;
   double nll = 0;
   ForwardOptions opts;
@@ -264,13 +259,13 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
     }
   }
   if (!params.calibration.empty()) RETURN_IF_ERROR(model.ValidateTokens(params.calibration));
-  const std::vector<Chunk> chunks = MakeChunks(tokens.size(), params.eval);
+  const std::vector<EvalChunk> chunks = MakeChunks(tokens.size(), params.eval);
   ForwardOptions opts;
   opts.cancel = cancel;
   // Calibration set: the given sequences, else the evaluation chunks themselves.
   std::vector<std::vector<int64_t>> calibration = params.calibration;
   if (calibration.empty()) {
-    for (const Chunk& ch : chunks) {
+    for (const EvalChunk& ch : chunks) {
       calibration.emplace_back(tokens.begin() + ch.start, tokens.begin() + ch.start + ch.length);
     }
   }

@@ -26,6 +26,19 @@ struct EvalParams {
 };
 absl::Status ValidateEvalParams(const EvalParams& p, const ModelConfig& c, size_t n_tokens);
 
+/// One evaluation chunk: tokens [start, start + length) of the stream.
+struct EvalChunk {
+  int64_t start = 0, length = 0;
+};
+/// The chunks of a stream of `n_tokens` under `p` (chunks of one token dropped).
+std::vector<EvalChunk> MakeChunks(size_t n_tokens, const EvalParams& p);
+/// The chunk's ids as a [1, length] int64 CPU tensor.
+at::Tensor ChunkIds(const std::vector<int64_t>& tokens, const EvalChunk& c);
+/// Log-probabilities [pos, vocab] (float64) from logits [1, pos, vocab].
+at::Tensor LogProbs(const at::Tensor& logits);
+/// Sum of -log p(next token) over positions 0..T-2 of ids [1, T], nats (float64).
+double NllSum(const at::Tensor& logp, const at::Tensor& ids);
+
 /// Per-chunk perplexity record. Loss is mean next-token negative log-likelihood, nats.
 struct ChunkRecord {
   int64_t index = 0;

@@ -172,12 +172,6 @@ std::vector<ActivationEntry> TopK(const at::Tensor& h32, int64_t k,
   return out;
 }
 
-struct BlockAccumulator {
-  std::vector<ActivationEntry> resid_top, output_top;
-  std::vector<float> median_by_seq;
-  float max_abs = 0;
-  int64_t n_massive = 0;
-};
 
 /// Spike entries tracked for the step-up/down analysis (counts stay exact).
 constexpr size_t kMaxTrackedEntries = 16384;
@@ -186,6 +180,21 @@ constexpr size_t kMaxTrackedEntries = 16384;
 using EntryKey = std::tuple<int64_t, int64_t, int64_t>;
 
 }  // namespace
+
+struct ActivationScanner::BlockAccumulator {
+  std::vector<ActivationEntry> resid_top, output_top;
+  std::vector<float> median_by_seq;
+  float max_abs = 0;
+  int64_t n_massive = 0;
+};
+
+/// What block b did at a tracked entry: the post-residual value there, the
+/// block output o_b = h_b - h_{b-1}, and whether the entry is massive after b.
+struct ActivationScanner::Observation {
+  int64_t block;
+  float value, output;
+  bool massive;
+};
 
 std::string BlockId::resid_hook() const {
   return HookName(layer, is_mlp ? "hook_resid_post" : "hook_resid_mid");
@@ -245,139 +254,126 @@ absl::Status ValidateScanParams(const ScanParams& p) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
-                                              const std::vector<std::vector<int64_t>>& sequences,
-                                              const ScanParams& params, const BlockFn& on_block,
-                                              const ProgressFn& progress,
-                                              const std::atomic<bool>* cancel) {
-  RETURN_IF_ERROR(ValidateScanParams(params));
-  RETURN_IF_ERROR(model.ValidateTokens(sequences));
-  const int64_t L = model.config().n_layers, n_blocks = 2 * L;
-  const int64_t n_seq = static_cast<int64_t>(sequences.size());
+ActivationScanner::ActivationScanner(const Model& model, int64_t n_sequences,
+                                     const ScanParams& params, BlockFn on_block,
+                                     ProgressFn progress, int64_t progress_total)
+    : model_(model),
+      params_(params),
+      n_seq_(n_sequences),
+      n_blocks_(2 * model.config().n_layers),
+      on_block_(std::move(on_block)),
+      progress_(std::move(progress)),
+      progress_total_(progress_total),
+      acc_(n_blocks_ + 1),
+      seq_max_(n_sequences, 0.f) {
+  for (auto& a : acc_) a.median_by_seq.assign(n_sequences, 0.f);
+}
 
-  const std::vector<std::vector<int64_t>> batches = BatchByLength(sequences);
-  auto make_tokens = [&](const std::vector<int64_t>& batch) { return BatchTokens(sequences, batch); };
+ActivationScanner::~ActivationScanner() = default;
 
-  std::vector<BlockAccumulator> acc(n_blocks + 1);
-  for (auto& a : acc) a.median_by_seq.assign(n_seq, 0.f);
-  std::vector<float> seq_max(n_seq, 0.f);
-  std::set<EntryKey> massive;  // all entries passing both thresholds in some block
-  const int64_t total_units = n_blocks * static_cast<int64_t>(batches.size());
-  int64_t units_done = 0;
+void ActivationScanner::AddProbes(HookRegistry* hooks, const std::vector<int64_t>& batch,
+                                  bool last_batch) {
+  hooks->AddProbe("hook_embed", [this](const std::string&, int64_t, const at::Tensor& t) {
+    prev_ = t.to(at::kFloat);
+    prev_hits_.clear();
+  });
+  for (int64_t b = 1; b <= n_blocks_; ++b) {
+    const BlockId id = BlockId::FromBlock(b);
+    hooks->AddProbe(id.output_hook(), [this, b, batch](const std::string&, int64_t, const at::Tensor& t) {
+      MergeTopK(acc_[b].output_top, TopK(t.to(at::kFloat), params_.top_k, batch), params_.top_k);
+    });
+    hooks->AddProbe(id.resid_hook(), [this, b, id, batch, last_batch](const std::string&, int64_t,
+                                                                 const at::Tensor& t) {
+      BlockAccumulator& a = acc_[b];
+      at::Tensor h32 = t.to(at::kFloat).contiguous();
+      MergeTopK(a.resid_top, TopK(h32, params_.top_k, batch), params_.top_k);
+      std::set<std::array<int64_t, 3>> cur_hits;
+      for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
+        const at::Tensor row = h32.select(0, r);  // signed, [pos, d_model]
+        // torch.median semantics: the lower of the two middle values. The
+        // CPU float32 path reads the signed row once for median and max
+        // (no |row| copy); others (and NaN) take the tensor path.
+        float median = 0, mx = 0;
+        at::Tensor abs_row;
+        if (!MedianMaxAbsCpu(row, &median, &mx)) {
+          abs_row = row.abs();
+          median = MedianAbs(abs_row);
+          mx = abs_row.max().item<float>();
+        }
+        const int64_t s = batch[r];
+        a.median_by_seq[s] = median;
+        a.max_abs = std::max(a.max_abs, mx);
+        seq_max_[s] = std::max(seq_max_[s], mx);
+        const double thr =
+            std::max(params_.abs_threshold, params_.rel_threshold * static_cast<double>(median));
+        // No entry can pass the threshold when the row's max does not
+        // (a NaN max still looks, like the tensor comparison would).
+        if (static_cast<double>(mx) <= thr) continue;
+        if (!abs_row.defined()) abs_row = row.abs();
+        at::Tensor hits = (abs_row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
+        a.n_massive += hits.size(0);
+        auto hx = hits.accessor<int64_t, 2>();
+        for (int64_t i = 0; i < hits.size(0); ++i) {
+          const EntryKey key{s, hx[i][0], hx[i][1]};
+          if (massive_.size() < kMaxTrackedEntries) massive_.insert(key);
+          if (massive_.count(key)) cur_hits.insert({r, hx[i][0], hx[i][1]});
+        }
+      }
+      std::set<std::array<int64_t, 3>> seen = cur_hits;
+      seen.insert(prev_hits_.begin(), prev_hits_.end());
+      if (!seen.empty()) {
+        std::vector<int64_t> rr, pp, cc;
+        for (const auto& e : seen) {
+          rr.push_back(e[0]);
+          pp.push_back(e[1]);
+          cc.push_back(e[2]);
+        }
+        const auto lopt = at::TensorOptions().dtype(at::kLong).device(h32.device());
+        const std::vector<at::indexing::TensorIndex> idx = {
+            at::tensor(rr, lopt), at::tensor(pp, lopt), at::tensor(cc, lopt)};
+        at::Tensor now = h32.index(idx).cpu(), before = prev_.index(idx).cpu();
+        auto nv = now.accessor<float, 1>();
+        auto bv = before.accessor<float, 1>();
+        size_t i = 0;
+        for (const auto& e : seen) {
+          observations_[EntryKey{batch[e[0]], e[1], e[2]}].push_back(
+              {b, nv[i], nv[i] - bv[i], cur_hits.count(e) > 0});
+          ++i;
+        }
+      }
+      prev_ = h32;
+      prev_hits_ = std::move(cur_hits);
+      if (last_batch && on_block_) {
+        BlockRecord rec;
+        rec.id = id;
+        rec.resid_top = a.resid_top;
+        rec.output_top = a.output_top;
+        rec.resid_median_abs = a.median_by_seq;
+        rec.resid_max_abs = a.max_abs;
+        rec.n_massive = a.n_massive;
+        on_block_(rec);
+      }
+      ++units_done_;
+      if (progress_) progress_(units_done_, progress_total_);
+    });
+  }
+}
+
+absl::StatusOr<ScanSummary> ActivationScanner::Finish(
+    const std::vector<std::vector<int64_t>>& sequences,
+    const std::vector<std::vector<int64_t>>& batches, const std::atomic<bool>* cancel) {
+  const Model& model = model_;
+  const int64_t n_blocks = n_blocks_;
   ScanSummary summary;
   for (const auto& s : sequences) summary.n_tokens += static_cast<int64_t>(s.size());
-
-  // Block outputs at spike entries, recorded in the same pass: at block b,
-  // for every entry massive right after b or right before it (block b-1),
-  // o_b = h_b - h_{b-1} from the previous post-residual, the only activation
-  // kept across one hook point.
-  struct Observation {
-    int64_t block;
-    float value, output;
-    bool massive;
-  };
-  std::map<EntryKey, std::vector<Observation>> observations;
-
-  for (size_t bi = 0; bi < batches.size(); ++bi) {
-    const std::vector<int64_t>& batch = batches[bi];
-    const bool last_batch = bi + 1 == batches.size();
-    HookRegistry hooks;
-    at::Tensor prev;                                     // h_{b-1}: [batch, pos, d_model] float32
-    std::set<std::array<int64_t, 3>> prev_hits;          // (row, pos, channel) massive at b-1
-    hooks.AddProbe("hook_embed", [&](const std::string&, int64_t, const at::Tensor& t) {
-      prev = t.to(at::kFloat);
-      prev_hits.clear();
-    });
-    for (int64_t b = 1; b <= n_blocks; ++b) {
-      const BlockId id = BlockId::FromBlock(b);
-      hooks.AddProbe(id.output_hook(), [&, b](const std::string&, int64_t, const at::Tensor& t) {
-        MergeTopK(acc[b].output_top, TopK(t.to(at::kFloat), params.top_k, batch), params.top_k);
-      });
-      hooks.AddProbe(id.resid_hook(), [&, b, id](const std::string&, int64_t,
-                                                 const at::Tensor& t) {
-        BlockAccumulator& a = acc[b];
-        at::Tensor h32 = t.to(at::kFloat).contiguous();
-        MergeTopK(a.resid_top, TopK(h32, params.top_k, batch), params.top_k);
-        std::set<std::array<int64_t, 3>> cur_hits;
-        for (int64_t r = 0; r < static_cast<int64_t>(batch.size()); ++r) {
-          const at::Tensor row = h32.select(0, r);  // signed, [pos, d_model]
-          // torch.median semantics: the lower of the two middle values. The
-          // CPU float32 path reads the signed row once for median and max
-          // (no |row| copy); others (and NaN) take the tensor path.
-          float median = 0, mx = 0;
-          at::Tensor abs_row;
-          if (!MedianMaxAbsCpu(row, &median, &mx)) {
-            abs_row = row.abs();
-            median = MedianAbs(abs_row);
-            mx = abs_row.max().item<float>();
-          }
-          const int64_t s = batch[r];
-          a.median_by_seq[s] = median;
-          a.max_abs = std::max(a.max_abs, mx);
-          seq_max[s] = std::max(seq_max[s], mx);
-          const double thr =
-              std::max(params.abs_threshold, params.rel_threshold * static_cast<double>(median));
-          // No entry can pass the threshold when the row's max does not
-          // (a NaN max still looks, like the tensor comparison would).
-          if (static_cast<double>(mx) <= thr) continue;
-          if (!abs_row.defined()) abs_row = row.abs();
-          at::Tensor hits = (abs_row > thr).nonzero().cpu();  // [n, 2] (pos, channel)
-          a.n_massive += hits.size(0);
-          auto hx = hits.accessor<int64_t, 2>();
-          for (int64_t i = 0; i < hits.size(0); ++i) {
-            const EntryKey key{s, hx[i][0], hx[i][1]};
-            if (massive.size() < kMaxTrackedEntries) massive.insert(key);
-            if (massive.count(key)) cur_hits.insert({r, hx[i][0], hx[i][1]});
-          }
-        }
-        std::set<std::array<int64_t, 3>> seen = cur_hits;
-        seen.insert(prev_hits.begin(), prev_hits.end());
-        if (!seen.empty()) {
-          std::vector<int64_t> rr, pp, cc;
-          for (const auto& e : seen) {
-            rr.push_back(e[0]);
-            pp.push_back(e[1]);
-            cc.push_back(e[2]);
-          }
-          const auto lopt = at::TensorOptions().dtype(at::kLong).device(h32.device());
-          const std::vector<at::indexing::TensorIndex> idx = {
-              at::tensor(rr, lopt), at::tensor(pp, lopt), at::tensor(cc, lopt)};
-          at::Tensor now = h32.index(idx).cpu(), before = prev.index(idx).cpu();
-          auto nv = now.accessor<float, 1>();
-          auto bv = before.accessor<float, 1>();
-          size_t i = 0;
-          for (const auto& e : seen) {
-            observations[EntryKey{batch[e[0]], e[1], e[2]}].push_back(
-                {b, nv[i], nv[i] - bv[i], cur_hits.count(e) > 0});
-            ++i;
-          }
-        }
-        prev = h32;
-        prev_hits = std::move(cur_hits);
-        if (last_batch && on_block) {
-          BlockRecord rec;
-          rec.id = id;
-          rec.resid_top = a.resid_top;
-          rec.output_top = a.output_top;
-          rec.resid_median_abs = a.median_by_seq;
-          rec.resid_max_abs = a.max_abs;
-          rec.n_massive = a.n_massive;
-          on_block(rec);
-        }
-        ++units_done;
-        if (progress) progress(units_done, total_units);
-      });
-    }
-    RETURN_IF_ERROR(model.RunHooks(make_tokens(batch), hooks, cancel));
-  }
   for (int64_t b = 1; b <= n_blocks; ++b) {
     BlockRecord rec;
     rec.id = BlockId::FromBlock(b);
-    rec.resid_top = acc[b].resid_top;
-    rec.output_top = acc[b].output_top;
-    rec.resid_median_abs = acc[b].median_by_seq;
-    rec.resid_max_abs = acc[b].max_abs;
-    rec.n_massive = acc[b].n_massive;
+    rec.resid_top = acc_[b].resid_top;
+    rec.output_top = acc_[b].output_top;
+    rec.resid_median_abs = acc_[b].median_by_seq;
+    rec.resid_max_abs = acc_[b].max_abs;
+    rec.n_massive = acc_[b].n_massive;
     if (rec.resid_max_abs > summary.peak_abs) {
       summary.peak_abs = rec.resid_max_abs;
       summary.peak_block = b;
@@ -385,14 +381,15 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
     summary.blocks.push_back(std::move(rec));
   }
   double seq_max_sum = 0;
-  for (float m : seq_max) seq_max_sum += m;
-  summary.spike_mean_over_sequences = static_cast<float>(seq_max_sum / std::max<int64_t>(1, n_seq));
-  if (massive.empty()) return summary;
+  for (float m : seq_max_) seq_max_sum += m;
+  summary.spike_mean_over_sequences = static_cast<float>(seq_max_sum / std::max<int64_t>(1, n_seq_));
+  summary.n_massive_entries = static_cast<int64_t>(massive_.size());
+  if (massive_.empty()) return summary;
 
   {
     std::set<std::pair<int64_t, int64_t>> tokens;
     std::set<int64_t> channels;
-    for (const auto& [s, p, ch] : massive) {
+    for (const auto& [s, p, ch] : massive_) {
       tokens.emplace(s, p);
       channels.insert(ch);
     }
@@ -406,7 +403,7 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
     int64_t block;
   };
   std::map<EntryKey, Peak> peaks;
-  for (const auto& [key, obs] : observations) {
+  for (const auto& [key, obs] : observations_) {
     const Observation* peak_obs = nullptr;
     for (const Observation& o : obs) {
       if (o.massive && (!peak_obs || std::fabs(o.value) > std::fabs(peak_obs->value))) peak_obs = &o;
@@ -416,13 +413,13 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
 
   std::set<int64_t> up, down;
   std::map<EntryKey, SpikeAttribution> attribution;
-  if (params.step_rule == ScanParams::StepRule::kSingleBlock) {
-    for (const auto& [key, obs] : observations) {
+  if (params_.step_rule == ScanParams::StepRule::kSingleBlock) {
+    for (const auto& [key, obs] : observations_) {
       auto pk = peaks.find(key);
       if (pk == peaks.end()) continue;
       const float peak = pk->second.value;
       for (const Observation& o : obs) {
-        if (std::fabs(o.output) < params.step_fraction * std::fabs(peak)) continue;
+        if (std::fabs(o.output) < params_.step_fraction * std::fabs(peak)) continue;
         ((o.output > 0) == (peak > 0) ? up : down).insert(o.block);
       }
     }
@@ -475,13 +472,13 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
       // the pass stops after the last tracked position (spike tokens sit
       // early: this pass is usually a few tokens long, not a second forward).
       const int64_t keep = *std::max_element(pp.begin(), pp.end()) + 1;
-      at::Tensor tokens = make_tokens(batch);
+      at::Tensor tokens = BatchTokens(sequences, batch);
       if (keep < tokens.size(1)) tokens = tokens.narrow(1, 0, keep).contiguous();
       RETURN_IF_ERROR(model.RunHooks(tokens, hooks, cancel));
     }
     for (auto& [key, a] : attribution) {
       const float peak = a.entry.value;
-      const double min_abs = params.step_share * std::fabs(peak);
+      const double min_abs = params_.step_share * std::fabs(peak);
       float sum = a.embed;
       for (int64_t j = 1; j <= n_blocks; ++j) {
         const float o = a.contributions[j - 1];
@@ -507,8 +504,8 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
                    [](const ActivationEntry& a, const ActivationEntry& b) {
                      return std::fabs(a.value) > std::fabs(b.value);
                    });
-  if (static_cast<int64_t>(listed.size()) > params.max_listed_entries) {
-    listed.resize(params.max_listed_entries);
+  if (static_cast<int64_t>(listed.size()) > params_.max_listed_entries) {
+    listed.resize(params_.max_listed_entries);
   }
   for (const ActivationEntry& e : listed) {
     auto it = attribution.find(EntryKey{e.sequence, e.position, e.channel});
@@ -518,6 +515,26 @@ absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
   summary.step_up_blocks.assign(up.begin(), up.end());
   summary.step_down_blocks.assign(down.begin(), down.end());
   return summary;
+}
+
+
+absl::StatusOr<ScanSummary> RunActivationScan(const Model& model,
+                                              const std::vector<std::vector<int64_t>>& sequences,
+                                              const ScanParams& params, const BlockFn& on_block,
+                                              const ProgressFn& progress,
+                                              const std::atomic<bool>* cancel) {
+  RETURN_IF_ERROR(ValidateScanParams(params));
+  RETURN_IF_ERROR(model.ValidateTokens(sequences));
+  const std::vector<std::vector<int64_t>> batches = BatchByLength(sequences);
+  ActivationScanner scanner(model, static_cast<int64_t>(sequences.size()), params, on_block,
+                            progress,
+                            2 * model.config().n_layers * static_cast<int64_t>(batches.size()));
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    HookRegistry hooks;
+    scanner.AddProbes(&hooks, batches[bi], bi + 1 == batches.size());
+    RETURN_IF_ERROR(model.RunHooks(BatchTokens(sequences, batches[bi]), hooks, cancel));
+  }
+  return scanner.Finish(sequences, batches, cancel);
 }
 
 }  // namespace sinkscope

@@ -41,10 +41,14 @@
 // probes; no activation is kept beyond its block.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -127,6 +131,9 @@ struct ScanSummary {
   int64_t peak_block = 0;     // block where peak_abs is reached
   float spike_mean_over_sequences = 0;  // mean over sequences of per-sequence max |h|
   int64_t n_tokens = 0;
+  /// Distinct (sequence, position, channel) entries massive in some block
+  /// (tracked up to 16384).
+  int64_t n_massive_entries = 0;
   /// Block attribution of spike_entries (same order; kShare rule only).
   std::vector<SpikeAttribution> attributions;
 };
@@ -139,6 +146,54 @@ int64_t LastStepUpBlockOfLargestSpike(const ScanSummary& summary);
 /// Progress callback: (units done, units total); a unit is one block of one batch.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 using BlockFn = std::function<void(const BlockRecord&)>;
+
+/// The scan's passes apart from its loop, so that one forward pass can serve
+/// several analyses (the profile job, profile.h). Construct with validated
+/// params and checked tokens; AddProbes on the registry of every first-pass
+/// forward; Finish once after the last (it runs the attribution pass).
+class ActivationScanner {
+ public:
+  /// `n_sequences`: sequences over all passes (indices 0..n-1). `on_block`
+  /// is called per block during the last pass; `progress` counts one unit
+  /// per block per pass, out of `progress_total`.
+  ActivationScanner(const Model& model, int64_t n_sequences, const ScanParams& params,
+                    BlockFn on_block = nullptr, ProgressFn progress = nullptr,
+                    int64_t progress_total = 0);
+  ~ActivationScanner();
+  ActivationScanner(const ActivationScanner&) = delete;
+  ActivationScanner& operator=(const ActivationScanner&) = delete;
+
+  /// Registers the first-pass probes of one forward whose batch rows are the
+  /// sequences `batch` (indices). `last_batch`: the final pass. The scanner
+  /// must outlive the pass.
+  void AddProbes(HookRegistry* hooks, const std::vector<int64_t>& batch, bool last_batch);
+  /// The summary after the last pass: blocks, spike tokens / channels and,
+  /// for StepRule::kShare, the attribution pass over those of `batches`
+  /// (indices into `sequences`, the sequences of the first pass) that hold
+  /// tracked entries, cut after the last tracked position. CANCELLED.
+  absl::StatusOr<ScanSummary> Finish(const std::vector<std::vector<int64_t>>& sequences,
+                                     const std::vector<std::vector<int64_t>>& batches,
+                                     const std::atomic<bool>* cancel);
+
+ private:
+  struct BlockAccumulator;
+  struct Observation;
+  using EntryKey = std::tuple<int64_t, int64_t, int64_t>;  // (sequence, position, channel)
+
+  const Model& model_;
+  const ScanParams params_;
+  const int64_t n_seq_, n_blocks_;
+  BlockFn on_block_;
+  ProgressFn progress_;
+  int64_t progress_total_ = 0, units_done_ = 0;
+  std::vector<BlockAccumulator> acc_;  // [0..2L], block 0 unused
+  std::vector<float> seq_max_;         // per sequence: max |h| over blocks
+  std::set<EntryKey> massive_;         // entries passing both thresholds in some block
+  std::map<EntryKey, std::vector<Observation>> observations_;
+  // Per pass: h_{b-1} [batch, pos, d_model] float32 and its massive (row, pos, channel).
+  at::Tensor prev_;
+  std::set<std::array<int64_t, 3>> prev_hits_;
+};
 
 /// Runs the scan over `sequences` (token ids, BOS included if wanted).
 /// Sequences of equal length are batched. `on_block` is called once per block

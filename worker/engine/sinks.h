@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,48 @@ struct SinkSummary {
 };
 
 using LayerSinkFn = std::function<void(const LayerSinkRecord&)>;
+
+/// The sink analysis's accumulators, apart from its loop, so that one forward
+/// pass can serve several analyses (the profile job, profile.h). Construct
+/// with validated params; AddProbes on the registry of every forward pass;
+/// Finish once after the last. Statistics as RunSinkAnalysis (eq. 27-28).
+class SinkAccumulator {
+ public:
+  /// `n_windows`: windows analysed over all passes (the divisor of the means).
+  /// `on_layer` is called for each layer during the last pass; `progress`
+  /// counts one unit per layer per pass, out of `progress_total`.
+  SinkAccumulator(const Model& model, const SinkParams& params, int64_t n_windows,
+                  LayerSinkFn on_layer = nullptr, ProgressFn progress = nullptr,
+                  int64_t progress_total = 0);
+  ~SinkAccumulator();
+  SinkAccumulator(const SinkAccumulator&) = delete;
+  SinkAccumulator& operator=(const SinkAccumulator&) = delete;
+
+  /// Registers on `hooks` the probes of one pass whose batch rows are
+  /// windows of `T` tokens: the statistics read the first T positions of the
+  /// pass, which may be longer (causal attention: they equal a T-token pass).
+  /// `last`: the final pass (each layer's record is finished as it passes).
+  /// The accumulator must outlive the pass.
+  void AddProbes(HookRegistry* hooks, int64_t T, bool last);
+  /// The summary after the last pass (`window` left 0 for the caller).
+  SinkSummary Finish();
+
+ private:
+  struct HeadAcc;
+  void Accumulate(int64_t layer, int64_t T, const at::Tensor& q, const at::Tensor& k);
+  void FinishLayer(int64_t layer);
+
+  const Model& model_;
+  const SinkParams params_;
+  const std::vector<int64_t> layers_;
+  const int64_t n_windows_;
+  LayerSinkFn on_layer_;
+  ProgressFn progress_;
+  int64_t progress_total_ = 0, progress_done_ = 0;
+  std::map<int64_t, std::vector<HeadAcc>> acc_;  // layer -> heads
+  std::map<int64_t, double> layer_ratio_sum_, layer_gu_ratio_sum_;
+  SinkSummary summary_;
+};
 
 /// Runs the sink analysis. Errors: bad params (names it), bad tokens,
 /// a sequence shorter than 2 tokens, CANCELLED.

@@ -270,6 +270,26 @@ class Client:
                            chunk_length=chunk_length, token_budget=token_budget,
                            interventions=interventions, **kw)
 
+    def profile(self, model: str, sequences: Any = None, *, corpus: Optional[str] = None,
+                chunk_length: Optional[int] = None, token_budget: Optional[int] = None,
+                sink_window: Optional[int] = None, epsilon: Optional[float] = None,
+                sink_layers: Optional[Sequence[int]] = None,
+                abs_threshold: Optional[float] = None, rel_threshold: Optional[float] = None,
+                compare: Optional[Sequence[str]] = None, **kw) -> "Job":
+        """The paper's table row (Tables 3-8) of `model` from one pass over a
+        corpus (or `sequences`, concatenated): perplexity, sink ratio (eq. 28,
+        each chunk's first `sink_window` tokens), spike (per chunk max |h|,
+        mean over chunks), step-up / step-down blocks, spike channels. `compare`:
+        more catalog models, one row each, in order, on the same corpus and
+        parameters (a model that fails gives a failed row). Records: one
+        ProfileRow per model as it is done, then a ProfileSummary;
+        ``result.frame("rows")`` is the table, ``sinkscope.plot.profile_bars``
+        / ``profile_curves`` draw it."""
+        return self.submit("profile", model, sequences, corpus=corpus, chunk_length=chunk_length,
+                           token_budget=token_budget, sink_window=sink_window, epsilon=epsilon,
+                           sink_layers=sink_layers, abs_threshold=abs_threshold,
+                           rel_threshold=rel_threshold, compare_models=compare, **kw)
+
 
 def _as_sequences(sequences: Any) -> List[Any]:
     if sequences is None:

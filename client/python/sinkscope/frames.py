@@ -10,6 +10,7 @@ sub-message field, exploded with the parent's scalar fields.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -528,6 +529,65 @@ def activations_matrices(result) -> Dict[str, np.ndarray]:
     return {f"{h}/{s}": e["values"].reshape(e["shape"]) for (h, s), e in _activation_tensors(result).items()}
 
 
+_STEP = re.compile(r"^(?P<run>.*?)(?:@|[-_.]step[-_]?|[-_.]ckpt[-_]?)(?P<step>\d+)$")
+
+
+def checkpoint_step(model: str):
+    """(run, step) of a checkpoint's model name: "run@1000", "run-step1000",
+    "run_ckpt1000" -> ("run", 1000); (model, None) when the name holds no step."""
+    m = _STEP.match(model)
+    return (m.group("run"), int(m.group("step"))) if m else (model, None)
+
+
+def profile_frames(result) -> Dict[str, pd.DataFrame]:
+    """Profile tables:
+    rows: one row per model, in order (ProfileRow scalars; ok; run and step
+      parsed from NAME@STEP-style names; the block lists as lists of paper
+      block numbers; spike_channels / spike_positions as lists; error);
+    layers: one row per (model, layer): the layer's sink ratio;
+    params: the evaluation, sink and threshold parameters every row used;
+    provenance: each row's (model, dtype, device, code version ...)."""
+    sums = result.of_kind("profile_summary")
+    rows_msgs = list(sums[-1].rows) if sums else result.of_kind("profile_row")
+    rows, layers, prov = [], [], []
+    scalars = [f.name for f in _scalar_fields(pb.ProfileRow.DESCRIPTOR)]
+    for r in rows_msgs:
+        ok = not r.HasField("failure")
+        row = {k: getattr(r, k) for k in scalars}
+        run, step = checkpoint_step(r.model)
+        row.update({"ok": ok, "run": run, "step": step,
+                    "peak_block": r.peak_block.block if r.HasField("peak_block") else None,
+                    "step_up_blocks": [b.block for b in r.step_up_blocks],
+                    "step_down_blocks": [b.block for b in r.step_down_blocks],
+                    "spike_channels": list(r.spike_channels),
+                    "spike_positions": list(r.spike_positions),
+                    "error": r.failure.message if not ok else ""})
+        if not ok:
+            for k in scalars:
+                if k != "model":
+                    row[k] = np.nan
+        rows.append(row)
+        for layer, ratio in enumerate(r.layer_sink_ratios):
+            layers.append({"model": r.model, "index": layer, "sink_ratio": ratio})
+        if ok:
+            prov.append({"model": r.model, **message_row(r.provenance)})
+    if sums and len(sums[-1].params.sinks.layers) and layers:
+        ids = list(sums[-1].params.sinks.layers)
+        for d in layers:
+            d["layer"] = ids[d.pop("index")] if d["index"] < len(ids) else d.pop("index")
+    else:
+        for d in layers:
+            d["layer"] = d.pop("index")
+    cols = ["model", "ok", "run", "step"] + [k for k in scalars if k != "model"] + [
+        "peak_block", "step_up_blocks", "step_down_blocks", "spike_channels", "spike_positions",
+        "error"]
+    params = message_row(sums[-1].params) if sums else {}
+    return {"rows": _frame(rows, cols),
+            "layers": _frame(layers, ["model", "layer", "sink_ratio"]),
+            "params": _frame([params], list(params)),
+            "provenance": pd.DataFrame(prov)}
+
+
 CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "scan": scan_frames,
     "sinks": sinks_frames,
@@ -541,6 +601,7 @@ CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "silu_regime": silu_regime_frames,
     "vo_circuit": vo_circuit_frames,
     "activations": activations_frames,
+    "profile": profile_frames,
 }
 
 MATRICES: Dict[str, Callable[[Any], Dict[str, np.ndarray]]] = {

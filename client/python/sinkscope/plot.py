@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 __all__ = ["top_magnitudes", "spike_attribution", "sink_ratio", "attention_distance",
            "cosine_similarity", "silu_regime", "ffn_norms", "ffn_spectra", "vo_circuit",
            "perplexity", "intervention_effects", "self_attention", "first_token_histogram",
-           "figures", "save", "FIGURES"]
+           "profile_bars", "profile_curves", "figures", "save", "FIGURES"]
 
 _C = {"resid": "#1f77b4", "output": "#ff7f0e", "step_up": "#d62728", "step_down": "#2ca02c",
       "spike": "#d62728", "other": "#7f7f7f", "sink": "#d62728", "baseline": "#4c72b0",
@@ -475,6 +475,79 @@ def first_token_histogram(result) -> Figure:
 
 # Figures per job type, in report order; a function that needs data the
 # result lacks (e.g. attribution on an old server) is skipped by figures().
+# ---------------------------------------------------------------------------
+# Profile (the paper's Tables 3-8)
+# ---------------------------------------------------------------------------
+_PROFILE_METRICS = (("perplexity", "perplexity"), ("sink_ratio", "sink ratio (eq. 28)"),
+                    ("spike", "spike (mean max |h|)"))
+
+
+def _profile_rows(result_or_frame):
+    if hasattr(result_or_frame, "frame"):
+        _need(result_or_frame, "profile")
+        return result_or_frame.frame("rows"), result_or_frame
+    return result_or_frame, None
+
+
+def profile_bars(result) -> Figure:
+    """A comparison side by side: one bar per model for perplexity, sink
+    ratio and spike (the paper's table columns), in the rows' order; failed
+    rows are named with an x."""
+    rows, res = _profile_rows(result)
+    fig = _figure(11, 3.6)
+    axes = fig.subplots(1, 3)
+    x = np.arange(len(rows))
+    colors = _cmap(len(rows))
+    for ax, (col, label) in zip(axes, _PROFILE_METRICS):
+        vals = rows[col].astype(float).to_numpy()
+        ax.bar(x, np.nan_to_num(vals), color=colors[:len(rows)])
+        for i, ok in enumerate(rows["ok"]):
+            if not ok:
+                ax.text(i, 0, "x", ha="center", va="bottom", color="k")
+        ax.set_xticks(x, list(rows["model"]), rotation=30, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+        if col == "sink_ratio":
+            ax.set_ylim(0, max(1e-3, float(np.nanmax(vals)) * 1.2) if len(vals) else 1)
+        if col == "spike" and len(vals) and np.nanmax(vals) > 0 and (
+                np.nanmax(vals) / max(np.nanmin(vals[vals > 0]) if (vals > 0).any() else 1, 1e-9) > 50):
+            ax.set_yscale("log")
+    if res is not None:
+        _title(fig, res, "Profile")
+    else:
+        fig.suptitle("Profile", fontsize=10)
+    return fig
+
+
+def profile_curves(result) -> Figure:
+    """Perplexity, sink ratio and spike against the training step, one line
+    per run: the rows whose model names carry a step ("run@1000",
+    "run-step1000"; sinkscope.frames.checkpoint_step). Accepts a profile
+    Result or a rows DataFrame (e.g. several profiles concatenated)."""
+    rows, res = _profile_rows(result)
+    rows = rows[rows["ok"] & rows["step"].notna()]
+    if rows.empty:
+        raise ValueError("no profiled checkpoint has a step in its name (run@STEP)")
+    fig = _figure(11, 3.6)
+    axes = fig.subplots(1, 3)
+    runs = list(dict.fromkeys(rows["run"]))
+    colors = _cmap(len(runs))
+    for ax, (col, label) in zip(axes, _PROFILE_METRICS):
+        for run, color in zip(runs, colors):
+            r = rows[rows["run"] == run].sort_values("step")
+            ax.plot(r["step"].astype(float), r[col].astype(float), marker="o", ms=3, color=color,
+                    label=run)
+        ax.set_xlabel("step")
+        ax.set_title(label, fontsize=9)
+        if col == "spike" and (rows[col].astype(float) > 0).all():
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    if res is not None:
+        _title(fig, res, "Profile over checkpoints")
+    else:
+        fig.suptitle("Profile over checkpoints", fontsize=10)
+    return fig
+
+
 FIGURES: Dict[str, List[Callable[[Any], Figure]]] = {
     "scan": [top_magnitudes, spike_attribution],
     "sinks": [sink_ratio, attention_distance],
@@ -487,6 +560,7 @@ FIGURES: Dict[str, List[Callable[[Any], Figure]]] = {
     "sink_ablation": [intervention_effects, perplexity],
     "self_attention_profile": [self_attention],
     "first_token_probe": [first_token_histogram],
+    "profile": [profile_bars, profile_curves],
 }
 
 

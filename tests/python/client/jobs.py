@@ -26,6 +26,17 @@ STORIES_IDS = [1, 461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299, 36
 # bytelm-demo (shared/): BOS (256) then one id per byte.
 BYTELM_IDS = [256, 70, 105, 114, 115, 116]  # BOS "First"
 
+# shared/README.md's bytelm-demo sentence (BOS + its UTF-8 bytes, 81 ids),
+# with published float64 numbers: perplexity 3.326, max |h| per block.
+BYTELM_README_IDS = [256] + list(
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.".encode())
+BYTELM_MAX_ABS = [5.15, 85.81, 93.06, 111.42, 119.74, 125.23, 129.98, 151.43, 165.58, 171.87,
+                  184.93, 193.16]
+# The profile's chunks of CORPUS (chunk_length 16) as sequences, for the
+# separate jobs a profile must equal.
+PROFILE_CHUNK = 16
+PROFILE_CHUNKS = [CORPUS[i:i + PROFILE_CHUNK] for i in range(0, len(CORPUS), PROFILE_CHUNK)]
+
 # name -> (job type, shared model it needs (None, "stories260K", "bytelm-demo"),
 #          submit(client) -> Job)
 SPECS = {
@@ -59,6 +70,21 @@ SPECS = {
     # nothing on s* = e_0): bytelm-demo's step-up block 2, the whole vocabulary.
     "vo_circuit_bytelm": ("vo_circuit", "bytelm-demo", lambda c: c.submit(
         "vo_circuit", "bytelm-demo", token_ids=BYTELM_IDS, step_up_block=2, vocab_sample=257)),
+    # Profile: one pass = the separate perplexity, sinks and scan jobs.
+    "profile_planted": ("profile", None, lambda c: c.profile(
+        "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK)),
+    "profile_part_perplexity": ("profile", None, lambda c: c.perplexity(
+        "planted", [CORPUS], chunk_length=PROFILE_CHUNK)),
+    "profile_part_sinks": ("profile", None, lambda c: c.sinks(
+        "planted", PROFILE_CHUNKS, window=PROFILE_CHUNK)),
+    "profile_part_scan": ("profile", None, lambda c: c.scan("planted", PROFILE_CHUNKS)),
+    "profile_bytelm": ("profile", "bytelm-demo", lambda c: c.profile(
+        "bytelm-demo", [BYTELM_README_IDS], chunk_length=128, abs_threshold=50, rel_threshold=20)),
+    # A comparison: the planted model, the shared models, a model the
+    # catalog lacks (its failed row), in order.
+    "profile_compare": ("profile", "bytelm-demo", lambda c: c.profile(
+        "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
+        compare=["bytelm-demo", "no-such-model", "stories260K"])),
     "activations": ("activations", None, lambda c: c.submit(
         "activations", "planted", [SEQ_A], hooks=["blocks.1.hook_resid_post", "blocks.2.attn.hook_pattern"],
         positions=[0, 1, 8])),

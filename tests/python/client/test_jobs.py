@@ -16,8 +16,11 @@ import pytest
 import planted
 import planted_reference as ref
 import sinkscope
+import sinkscope.frames
+import sinkscope.plot
 from conftest import Server, _tmpdir, demo_catalog, get_result, require, shared_file
-from jobs import BYTELM_IDS, CORPUS, SEQ_A, SEQ_B, SEQ_D, SPECS
+from jobs import (BYTELM_IDS, BYTELM_MAX_ABS, BYTELM_README_IDS, CORPUS, PROFILE_CHUNKS, SEQ_A,
+                  SEQ_B, SEQ_D, SPECS)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "common"))
 import llama2c_float64  # noqa: E402  (tests/common: float64 llama2.c reference)
@@ -467,3 +470,109 @@ def test_results_larger_than_one_answer(binaries):
         assert out.returncode == 0, out.stderr
     finally:
         srv.stop()
+
+
+# ---- profile (the paper's table row) ----
+
+def _ok_row(r, model):
+    rows = r.frame("rows")
+    row = rows[rows.model == model]
+    assert len(row) == 1, rows
+    row = row.iloc[0]
+    assert row.ok, row.error
+    return row
+
+
+def test_profile_equals_the_separate_jobs(results):
+    """One pass gives the numbers of the perplexity, sinks (the chunks cut to
+    T) and scan (the chunks) jobs; and the planted ground truth."""
+    prof = get_result(results, "profile_planted")
+    ppl = get_result(results, "profile_part_perplexity").summary
+    sinks = get_result(results, "profile_part_sinks").summary
+    scan = get_result(results, "profile_part_scan").summary
+    row = _ok_row(prof, "planted")
+    assert row.n_chunks == len(PROFILE_CHUNKS) and row.n_scored == ppl.n_scored
+    assert row.perplexity == pytest.approx(ppl.perplexity, rel=1e-6)
+    assert row.mean_loss == pytest.approx(ppl.mean_loss, rel=1e-6)
+    assert row.sink_ratio == pytest.approx(sinks.sink_ratio, abs=1e-12)
+    assert row.gu_sink_ratio == pytest.approx(sinks.gu_sink_ratio, abs=1e-12)
+    assert (row.n_sink_heads, row.n_heads) == (sinks.n_sink_heads, sinks.n_heads)
+    assert row.sink_heads_distance == pytest.approx(sinks.sink_heads_distance, rel=1e-5)
+    assert row.other_heads_distance == pytest.approx(sinks.other_heads_distance, rel=1e-5)
+    layers = prof.frame("layers")
+    sink_layers = get_result(results, "profile_part_sinks").frame("layers")
+    np.testing.assert_allclose(layers.sink_ratio, sink_layers.sink_ratio, atol=1e-12)
+    assert row.spike == pytest.approx(scan.spike_mean_over_sequences, rel=1e-6)
+    assert row.peak_abs == pytest.approx(scan.peak_abs, rel=1e-6)
+    assert row.peak_block == scan.peak_block.block
+    assert row.step_up_blocks == [b.block for b in scan.step_up_blocks]
+    assert row.step_down_blocks == [b.block for b in scan.step_down_blocks]
+    assert row.spike_channels == list(scan.spike_channels)
+    assert row.n_spike_tokens == len(scan.spike_tokens)
+    assert row.spike_positions == sorted({t.position for t in scan.spike_tokens})
+    # The planted ground truth (planted.py), not only agreement.
+    assert row.spike_channels == [planted.SPIKE_CHANNEL]
+    assert planted.STEP_UP_BLOCK in row.step_up_blocks
+    assert planted.STEP_DOWN_BLOCK in row.step_down_blocks
+    want_pos = sorted({p for c in PROFILE_CHUNKS for p in planted.spike_positions(c)})
+    assert row.spike_positions == want_pos
+    assert row.n_sink_heads == len(planted.SINK_HEADS) and row.n_heads == 24
+    assert row.sink_ratio == pytest.approx(len(planted.SINK_HEADS) / 24, abs=1e-12)
+    assert row.peak_abs == pytest.approx(planted.step_up_value(), rel=1e-4)
+    params = prof.summary.params
+    assert (params.eval.chunk_length, params.sinks.window, params.sinks.epsilon) == (16, 16, 0.3)
+    assert params.thresholds.abs_threshold == 100 and params.thresholds.step_rule == "share"
+
+
+def test_profile_bytelm_published_numbers(results):
+    """shared/README.md's float64 numbers for bytelm-demo's sentence: one
+    chunk, so spike = max |h| over blocks (block 12), perplexity 3.326, the
+    position-0 spike on channel 251 stepped up by block 2, no sink head."""
+    r = get_result(results, "profile_bytelm")
+    row = _ok_row(r, "bytelm-demo")
+    assert row.n_chunks == 1 and row.n_scored == len(BYTELM_README_IDS) - 1 == 80
+    assert row.perplexity == pytest.approx(3.326, abs=5e-4)
+    assert row.spike == pytest.approx(BYTELM_MAX_ABS[-1], abs=5e-3)
+    assert row.peak_block == 12
+    assert 251 in row.spike_channels and 0 in row.spike_positions
+    assert 2 in row.step_up_blocks
+    assert row.n_sink_heads == 0 and row.sink_ratio == 0 and row.top_sink_key == -1
+
+
+def test_profile_compare_rows_in_order(results):
+    """A comparison: one row per model in the order asked, the missing model's
+    failed row in its place, the others complete; the first row equals the
+    single-model profile (same corpus, same parameters)."""
+    r = get_result(results, "profile_compare")
+    rows = r.frame("rows")
+    assert rows.model.tolist() == ["planted", "bytelm-demo", "no-such-model", "stories260K"]
+    assert rows.ok.tolist() == [True, True, False, True]
+    assert "no-such-model" in rows.error[2] and "catalog" in rows.error[2]
+    assert r.summary.n_failed == 1
+    assert [k for k in r.kinds] == ["profile_row"] * 4 + ["profile_summary"]  # streamed, in order
+    single = _ok_row(get_result(results, "profile_planted"), "planted")
+    first = rows.iloc[0]
+    for col in ("perplexity", "sink_ratio", "spike", "peak_abs"):
+        assert first[col] == pytest.approx(single[col], rel=1e-6)
+    assert first.step_up_blocks == single.step_up_blocks
+    prov = r.frame("provenance")
+    assert prov.model.tolist() == ["planted", "bytelm-demo", "stories260K"]
+
+
+def test_profile_figures(results, tmp_path):
+    r = get_result(results, "profile_compare")
+    figs = sinkscope.plot.figures(r)
+    assert "profile_bars" in figs
+    paths = sinkscope.plot.save(figs["profile_bars"], str(tmp_path / "bars"))
+    assert all(os.path.getsize(p) > 1000 for p in paths)
+    # Curves over checkpoints from rows named NAME@STEP.
+    rows = r.frame("rows").copy()
+    rows = rows[rows.ok].reset_index(drop=True)
+    rows["run"], rows["step"] = "run", [100, 200, 300]
+    fig = sinkscope.plot.profile_curves(rows)
+    ax = fig.axes[0]
+    assert list(ax.lines[0].get_xdata()) == [100, 200, 300]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), rows.perplexity)
+    assert sinkscope.frames.checkpoint_step("run@1500") == ("run", 1500)
+    assert sinkscope.frames.checkpoint_step("ln-sandwich-step20") == ("ln-sandwich", 20)
+    assert sinkscope.frames.checkpoint_step("bytelm-demo") == ("bytelm-demo", None)
