@@ -41,6 +41,7 @@
 #include "worker/engine/hooks.h"
 #include "worker/engine/model.h"
 #include "worker/engine/reductions.h"
+#include "worker/engine/profile.h"
 #include "worker/engine/scan.h"
 #include "worker/engine/sinks.h"
 
@@ -472,6 +473,17 @@ int RunEngineBench(const EngineBenchOptions& opt) {
     OrDie(RunSinkAnalysis(*model, {inputs["A"]}, p, nullptr, nullptr), "sinks");
     return Now() - t0;
   };
+  // The profile job's pass (worker/engine/profile.h): NLL + scan + sink
+  // statistics of the first 64 tokens, one chunk of T tokens.
+  auto profile = [&](const std::string& in) {
+    return [&, in] {
+      ProfileParams p;
+      p.eval.chunk_length = T;
+      const double t0 = Now();
+      OrDie(RunProfile(*model, inputs[in], p, nullptr, nullptr), "profile");
+      return Now() - t0;
+    };
+  };
   auto pyrun = [&](const std::string& mode) {
     return [&, mode] {
       json r = ParseResult(py.Request("time " + mode + " B", "RESULT "), "pytorch " + mode);
@@ -483,10 +495,11 @@ int RunEngineBench(const EngineBenchOptions& opt) {
   Variant scan1{"activation scan, input B (1 pass)", "", scan("B"), {}, 1.15};
   Variant scan2{"activation scan, input A (spikes)", "", scan("A")};
   Variant sinkv{"sink scan, all layers, T = " + std::to_string(T), "", sinks, {}, 1.5};
+  Variant prof{"profile, input A (PPL + scan + sinks T=64)", "", profile("A")};
   Variant py_plain{"pytorch plain forward", "", pyrun("plain")};
   Variant py_sort{"pytorch hooks, sort+median (locuslab)", "", pyrun("hooks-sort")};
   Variant py_topk{"pytorch hooks, topk+median", "", pyrun("hooks-topk")};
-  std::vector<Variant*> all = {&plain, &plain_logits, &scan1, &scan2, &sinkv};
+  std::vector<Variant*> all = {&plain, &plain_logits, &scan1, &scan2, &sinkv, &prof};
   if (have_py) {
     all.push_back(&py_plain);
     all.push_back(&py_sort);
@@ -499,8 +512,11 @@ int RunEngineBench(const EngineBenchOptions& opt) {
   std::printf("\n[1] Instrumentation overhead: same model, same input, variants interleaved in "
               "each of %d timed rounds (after %d warm-up), median\n",
               opt.iters, opt.warmup);
-  std::vector<Variant*> s1 = {&plain, &plain_logits, &scan1, &scan2, &sinkv};
+  std::vector<Variant*> s1 = {&plain, &plain_logits, &scan1, &scan2, &sinkv, &prof};
   PrintVariantTable(s1, plain, T, "plain forward (no probes, no logits: scans skip the unembed too)");
+  std::printf("  profile vs plain forward + logits (the perplexity job's pass): %.3fx (target "
+              "<= 1.20x)\n",
+              Ratio(prof, plain_logits));
   std::fflush(stdout);
 
   if (opt.breakdown) {

@@ -1,6 +1,7 @@
 // Renderers of the sinkscope client, fed hand-built proto messages.
 #include "client/render.h"
 #include "client/render_mechanism.h"
+#include "client/render_profile.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 
 namespace sinkscope {
 namespace client {
@@ -786,3 +788,84 @@ TEST(RenderMechanism, FfnQuadraticBlockAndActivations) {
 }  // namespace
 }  // namespace client
 }  // namespace sinkscope
+
+namespace profile_render {
+
+using ::testing::HasSubstr;
+
+using sinkscope::client::RenderProfileCsv;
+using sinkscope::client::RenderProfileResults;
+using sinkscope::client::RenderProfileRowLine;
+
+/// Two rows as a profile job streams them: one profiled, one failed.
+std::vector<sinkscope::v1::ResultRecord> TwoRows(bool with_summary) {
+  sinkscope::v1::ProfileRow ok;
+  ok.set_model("bytelm-demo");
+  ok.set_perplexity(3.326);
+  ok.set_sink_ratio(0.4600);
+  ok.set_spike(193.16f);
+  ok.set_n_sink_heads(11);
+  ok.set_n_heads(24);
+  ok.set_top_sink_key(0);
+  for (int b : {2, 4}) ok.add_step_up_blocks()->set_block(b);
+  ok.add_step_down_blocks()->set_block(12);
+  ok.add_spike_channels(251);
+  ok.add_spike_positions(0);
+  ok.add_layer_sink_ratios(0.25);
+  ok.add_layer_sink_ratios(0.5);
+  sinkscope::v1::ProfileRow bad;
+  bad.set_model("gone");
+  bad.mutable_failure()->set_code(5);
+  bad.mutable_failure()->set_message("model gone is not in the catalog, \"x\"");
+  std::vector<sinkscope::v1::ResultRecord> out(2);
+  *out[0].mutable_profile_row() = ok;
+  *out[1].mutable_profile_row() = bad;
+  if (with_summary) {
+    sinkscope::v1::ResultRecord s;
+    *s.mutable_profile_summary()->add_rows() = ok;
+    *s.mutable_profile_summary()->add_rows() = bad;
+    s.mutable_profile_summary()->mutable_params()->mutable_eval()->set_corpus("tinyshakespeare");
+    s.mutable_profile_summary()->mutable_params()->mutable_eval()->set_chunk_length(128);
+    s.mutable_profile_summary()->mutable_params()->mutable_sinks()->set_window(64);
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST(ProfileRenderTest, TableHasThePapersColumnsAndTheFailedRow) {
+  const std::string text = RenderProfileResults(TwoRows(true));
+  EXPECT_THAT(text, HasSubstr("3.326"));
+  EXPECT_THAT(text, HasSubstr("46.00%"));
+  EXPECT_THAT(text, HasSubstr("193"));
+  EXPECT_THAT(text, HasSubstr("2,4"));
+  EXPECT_THAT(text, HasSubstr("11/24"));
+  EXPECT_THAT(text, HasSubstr("gone: NOT_FOUND: model gone is not in the catalog"));
+  EXPECT_THAT(text, HasSubstr("corpus tinyshakespeare, chunks of 128 tokens"));
+  EXPECT_THAT(RenderProfileRowLine(TwoRows(false)[0].profile_row()),
+              HasSubstr("step-up 2 (layer 0 mlp) +1"));
+}
+
+TEST(ProfileRenderTest, CsvHasOneFieldPerHeaderColumnAndQuotes) {
+  const std::string csv = RenderProfileCsv(TwoRows(false));
+  std::vector<std::string> lines = absl::StrSplit(csv, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  auto fields = [](const std::string& line) {  // RFC 4180: commas outside quotes
+    int n = 1;
+    bool quoted = false;
+    for (char c : line) {
+      if (c == '"') quoted = !quoted;
+      if (c == ',' && !quoted) ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(fields(lines[0]), 27);
+  EXPECT_EQ(fields(lines[1]), 27);
+  EXPECT_EQ(fields(lines[2]), 27);
+  EXPECT_THAT(lines[1], HasSubstr("bytelm-demo,ok,3.3260000000000001,"));
+  EXPECT_THAT(lines[1], HasSubstr(",2;4,12,251,0,"));
+  EXPECT_THAT(lines[1], HasSubstr(",0.25;0.5,"));
+  EXPECT_THAT(lines[2], HasSubstr("gone,failed,"));
+  EXPECT_THAT(lines[2], HasSubstr("\"NOT_FOUND: model gone is not in the catalog, \"\"x\"\"\""));
+}
+
+}  // namespace profile_render

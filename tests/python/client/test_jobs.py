@@ -576,3 +576,24 @@ def test_profile_figures(results, tmp_path):
     assert sinkscope.frames.checkpoint_step("run@1500") == ("run", 1500)
     assert sinkscope.frames.checkpoint_step("ln-sandwich-step20") == ("ln-sandwich", 20)
     assert sinkscope.frames.checkpoint_step("bytelm-demo") == ("bytelm-demo", None)
+
+
+@pytest.mark.parametrize("kw, code, words", [
+    ({"sink_window": 1}, "INVALID_ARGUMENT", ["profile.sink_window", "--sink-window", ">= 2"]),
+    ({"sink_window": planted.N_CTX + 1}, "INVALID_ARGUMENT", ["exceeds the context", "planted"]),
+    ({"epsilon": 1.5}, "INVALID_ARGUMENT", ["profile.epsilon", "(0, 1)"]),
+    ({"sink_layers": [planted.N_LAYERS]}, "INVALID_ARGUMENT", ["profile.sink_layers", "layer 6"]),
+    ({"abs_threshold": -1}, "INVALID_ARGUMENT", ["profile.thresholds.abs_threshold"]),
+    ({"step_rule": "sometimes"}, "INVALID_ARGUMENT", ["profile.thresholds.step_rule"]),
+    ({"compare": ["planted"]}, "INVALID_ARGUMENT", ["listed twice"]),
+    ({"compare": ["x"] * 65}, "RESOURCE_EXHAUSTED", ["compare_models", "64"]),
+    ({"corpus": "no-such-corpus"}, "NOT_FOUND", ["profile.eval.corpus", "no-such-corpus"]),
+    ({"chunk_length": 1}, "INVALID_ARGUMENT", ["profile.eval.chunk_length"]),
+])
+def test_profile_bad_requests(client, kw, code, words):
+    seqs = None if "corpus" in kw else [CORPUS]
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.profile("planted", seqs, **kw)
+    assert e.value.code == getattr(grpc.StatusCode, code), e.value.message
+    for w in words:
+        assert w in e.value.message, e.value.message
