@@ -55,7 +55,9 @@ struct WatchOptions {
   int32_t known_attempt = 0;
 };
 
-/// `sinkscope scan`: the request is complete (model, sequences, params).
+/// A submission of any job type (`sinkscope scan`, `sinks`, `profile`, ...):
+/// the request is complete (model, sequences, params). The name is the first
+/// command's.
 struct ScanOptions {
   v1::SubmitJobRequest request;
   /// Print the job and exit once it is queued.

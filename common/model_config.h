@@ -1,5 +1,5 @@
 // Model configuration: one struct describes every supported decoder family,
-// and one table (family.cc, FamilySpec) says how each Hugging Face family maps
+// and one table (model_config.cc, FamilySpec) says how each Hugging Face family maps
 // onto it: config.json keys, tensor names per role, norm kind and placement,
 // activation, positional scheme, biases, soft-caps, per-layer windows.
 //

@@ -29,6 +29,16 @@ bool IsValidName(const std::string& name) {
   return true;
 }
 
+/// A model name: a valid name, or a checkpoint of a run "RUN@STEP" (STEP
+/// decimal digits; profile comparisons expand "RUN@*").
+bool IsValidModelName(const std::string& name) {
+  const size_t at = name.rfind('@');
+  if (at == std::string::npos) return IsValidName(name);
+  const std::string step = name.substr(at + 1);
+  return IsValidName(name.substr(0, at)) && !step.empty() && step.size() <= 18 &&
+         step.find_first_not_of("0123456789") == std::string::npos;
+}
+
 /// Upper bounds of a believable model (far above any real one).
 constexpr int64_t kMaxDim = 1 << 17;        // d_model, head_dim
 constexpr int64_t kMaxHidden = 1 << 20;     // MLP width
@@ -234,6 +244,22 @@ v1::CorpusInfo CorpusEntry::ToCorpusInfo() const {
   return info;
 }
 
+std::vector<std::string> ExpandCheckpoints(const ModelCatalog& catalog, const std::string& name) {
+  if (name.size() < 2 || name.compare(name.size() - 2, 2, "@*") != 0) return {name};
+  const std::string prefix = name.substr(0, name.size() - 1);  // "RUN@"
+  std::vector<std::pair<uint64_t, std::string>> steps;
+  for (const CatalogEntry& e : catalog.entries()) {
+    if (e.name.size() <= prefix.size() || e.name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string step = e.name.substr(prefix.size());
+    if (step.size() > 18 || step.find_first_not_of("0123456789") != std::string::npos) continue;
+    steps.emplace_back(std::stoull(step), e.name);
+  }
+  std::sort(steps.begin(), steps.end());
+  std::vector<std::string> out;
+  for (auto& [step, n] : steps) out.push_back(std::move(n));
+  return out;
+}
+
 std::string CorpusNameOf(const v1::JobRequest& request) {
   const JobTypeDescriptor* job = JobTypeOfRequest(request);
   if (job == nullptr || !job->reads_corpus()) return "";
@@ -258,9 +284,9 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
       const std::string where = absl::StrCat(path, ": model ", i);
       CatalogEntry e;
       e.name = m.at("name").get<std::string>();
-      if (!IsValidName(e.name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": bad name \"", e.name, "\" (letters, digits, . _ -)"));
+      if (!IsValidModelName(e.name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": bad name \"", e.name, "\" (letters, digits, . _ -; a run's checkpoint RUN@STEP)"));
       }
       e.format = m.at("format").get<std::string>();
       if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {

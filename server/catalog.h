@@ -78,6 +78,11 @@ class ModelCatalog {
   std::vector<CorpusEntry> corpora_;
 };
 
+/// The models a comparison names by `name`: "RUN@*" stands for every entry
+/// named RUN@STEP (STEP decimal digits) in step order (none when no
+/// checkpoint matches); any other name for itself.
+std::vector<std::string> ExpandCheckpoints(const ModelCatalog& catalog, const std::string& name);
+
 /// The catalog corpus a request names (perplexity / intervention jobs), or
 /// "" when it names none.
 std::string CorpusNameOf(const v1::JobRequest& request);

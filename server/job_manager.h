@@ -146,6 +146,10 @@ class JobManager {
   std::string CancelRequester(const std::string& id);
   /// The catalog entry a job names (nullptr if it vanished).
   const CatalogEntry* FindModel(const std::string& name) const { return catalog_->Find(name); }
+  /// ExpandCheckpoints over this server's catalog ("RUN@*" -> RUN@STEP, ...).
+  std::vector<std::string> ExpandModels(const std::string& name) const {
+    return ExpandCheckpoints(*catalog_, name);
+  }
   /// The catalog corpus a job names (nullptr if it vanished).
   const CorpusEntry* FindCorpus(const std::string& name) const { return catalog_->FindCorpus(name); }
 

@@ -577,17 +577,21 @@ absl::Status ValidateProfile(const v1::ProfileRequest& r, const v1::JobRequest& 
         kMaxCompareModels));
   }
   std::set<std::string> seen = {request.model()};
-  for (const std::string& name : r.compare_models()) {
-    if (!seen.insert(name).second) {
-      return Invalid(absl::StrCat("profile.compare_models: model ", name.substr(0, 128),
+  for (const std::string& pattern : r.compare_models()) {
+    if (!seen.insert(pattern).second) {
+      return Invalid(absl::StrCat("profile.compare_models (--compare): model ", pattern.substr(0, 128),
                                   " is listed twice (the job's model counts)"));
     }
     // A model the catalog lacks or holds as unavailable gets its failed row
     // (the comparison goes on); one it holds must take these parameters.
-    const CatalogEntry* other = catalog.Find(name);
-    if (other == nullptr || !other->available) continue;
-    if (absl::Status s = ValidateProfileFor(r, request, catalog, *other); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("compared model ", other->name, ": ", s.message()));
+    // "RUN@*" stands for RUN's checkpoints (checked as they are now).
+    for (const std::string& name : ExpandCheckpoints(catalog, pattern)) {
+      const CatalogEntry* other = catalog.Find(name);
+      if (other == nullptr || !other->available) continue;
+      if (absl::Status s = ValidateProfileFor(r, request, catalog, *other); !s.ok()) {
+        return absl::Status(s.code(),
+                            absl::StrCat("compared model ", other->name, ": ", s.message()));
+      }
     }
   }
   (void)limits;
@@ -797,7 +801,10 @@ WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& 
       what = "evaluation tokens";
       if (request.has_profile()) {
         // One pass per model (the attribution pass reads a few tokens).
-        passes = 1 + request.profile().compare_models_size();
+        passes = 1;
+        for (const std::string& pattern : request.profile().compare_models()) {
+          passes += std::max<int64_t>(1, ExpandCheckpoints(catalog, pattern).size());
+        }
         what = "evaluation tokens (one pass per model)";
       } else if (!request.has_perplexity()) {
         const v1::InterventionRequest& r = request.has_constant_substitution()

@@ -431,7 +431,14 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   if (!early_failure.has_value() && request.has_profile()) {
     // A comparison's models, resolved now; one the catalog lacks or marks
     // unavailable goes by name only and gets its failed row.
-    for (const std::string& name : request.profile().compare_models()) {
+    std::vector<std::string> names;
+    for (const std::string& pattern : request.profile().compare_models()) {
+      std::vector<std::string> expanded = manager_->ExpandModels(pattern);
+      // A pattern no checkpoint matches keeps its place as a failed row.
+      if (expanded.empty()) expanded.push_back(pattern);
+      names.insert(names.end(), expanded.begin(), expanded.end());
+    }
+    for (const std::string& name : names) {
       v1::ResolvedModel* m = run.add_compare_models();
       m->set_name(name);
       const CatalogEntry* other = manager_->FindModel(name);

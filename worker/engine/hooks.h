@@ -17,7 +17,7 @@
 
 namespace sinkscope {
 
-/// Probe: called with the tensor at a hook point (shapes in hook_names.h).
+/// Probe: called with the tensor at a hook point (shapes in hook_layout.h).
 /// `layer` is the layer index of the hook (-1 for hook_embed, ln_final, unembed).
 using Probe = std::function<void(const std::string& name, int64_t layer, const at::Tensor& t)>;
 /// Intervention: returns the tensor to use instead of `t` (same shape).

@@ -166,6 +166,11 @@ def server(binaries, workdir):
     cat = demo_catalog()
     cat["models"].insert(0, {"name": "planted", "format": "hf", "path": pdir,
                              "default_dtype": "float32"})
+    # Two "checkpoints of a run" (the same weights) for profile comparisons
+    # over RUN@* (step order: 20 before 100).
+    for step in (100, 20):
+        cat["models"].append({"name": f"planted@{step}", "format": "hf", "path": pdir,
+                              "default_dtype": "float32"})
     srv = Server(workdir, cat, workers=2)
     try:
         srv.start()

@@ -85,6 +85,9 @@ SPECS = {
     "profile_compare": ("profile", "bytelm-demo", lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
         compare=["bytelm-demo", "no-such-model", "stories260K"])),
+    "profile_run": ("profile", None, lambda c: c.profile(
+        "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
+        compare=["planted@*", "nothing@*"])),
     "activations": ("activations", None, lambda c: c.submit(
         "activations", "planted", [SEQ_A], hooks=["blocks.1.hook_resid_post", "blocks.2.attn.hook_pattern"],
         positions=[0, 1, 8])),

@@ -578,6 +578,21 @@ def test_profile_figures(results, tmp_path):
     assert sinkscope.frames.checkpoint_step("bytelm-demo") == ("bytelm-demo", None)
 
 
+def test_profile_run_checkpoints_in_step_order(results):
+    """RUN@* expands to the catalog's RUN@STEP entries in step order (20
+    before 100), each a complete row equal to the same weights' profile; a
+    pattern no checkpoint matches keeps its place as a failed row."""
+    r = get_result(results, "profile_run")
+    rows = r.frame("rows")
+    assert rows.model.tolist() == ["planted", "planted@20", "planted@100", "nothing@*"]
+    assert rows.ok.tolist() == [True, True, True, False]
+    assert rows.run.tolist()[1:3] == ["planted", "planted"] and rows.step.tolist()[1:3] == [20, 100]
+    for col in ("perplexity", "sink_ratio", "spike"):
+        np.testing.assert_allclose(rows[col][:3], rows[col][0], rtol=1e-6)
+    fig = sinkscope.plot.profile_curves(r)
+    assert list(fig.axes[0].lines[0].get_xdata()) == [20, 100]
+
+
 @pytest.mark.parametrize("kw, code, words", [
     ({"sink_window": 1}, "INVALID_ARGUMENT", ["profile.sink_window", "--sink-window", ">= 2"]),
     ({"sink_window": planted.N_CTX + 1}, "INVALID_ARGUMENT", ["exceeds the context", "planted"]),
