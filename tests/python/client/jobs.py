@@ -73,11 +73,11 @@ SPECS = {
     # Profile: one pass = the separate perplexity, sinks and scan jobs.
     "profile_planted": ("profile", None, lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK)),
-    "profile_part_perplexity": ("profile", None, lambda c: c.perplexity(
+    "profile_part_perplexity": ("perplexity", None, lambda c: c.perplexity(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK)),
-    "profile_part_sinks": ("profile", None, lambda c: c.sinks(
+    "profile_part_sinks": ("sinks", None, lambda c: c.sinks(
         "planted", PROFILE_CHUNKS, window=PROFILE_CHUNK)),
-    "profile_part_scan": ("profile", None, lambda c: c.scan("planted", PROFILE_CHUNKS)),
+    "profile_part_scan": ("scan", None, lambda c: c.scan("planted", PROFILE_CHUNKS)),
     "profile_bytelm": ("profile", "bytelm-demo", lambda c: c.profile(
         "bytelm-demo", [BYTELM_README_IDS], chunk_length=128, abs_threshold=50, rel_threshold=20)),
     # A comparison: the planted model, the shared models, a model the

@@ -145,6 +145,20 @@ def expected_tables(job_type: str, cli: dict) -> dict:
         t["layers"] = (None, [scalars(l) for l in layers])
         t["alignment"] = (None, [{"layer": l["layer"], "index": i, "token_alignment": v}
                                  for l in layers for i, v in enumerate(l["token_alignment"])])
+    elif job_type == "profile":
+        s = last(cli, "profile_summary")
+        rows = []
+        for r in s["rows"]:
+            if "failure" in r:
+                rows.append({"model": r["model"], "ok": False, "error": r["failure"]["message"]})
+            else:
+                rows.append({**scalars(r), "ok": True,
+                             "peak_block": r.get("peak_block", {}).get("block"),
+                             "error": ""})
+        t["rows"] = (None, rows)
+        t["layers"] = (["model", "layer", "sink_ratio"],
+                       [{"model": r["model"], "layer": s["params"]["sinks"]["layers"][i], "sink_ratio": v}
+                        for r in s["rows"] for i, v in enumerate(r.get("layer_sink_ratios", []))])
     elif job_type == "activations":
         pieces = records(cli, "activation_tensor")
         keys = []
