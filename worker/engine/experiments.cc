@@ -49,6 +49,18 @@ double NllSum(const at::Tensor& logp, const at::Tensor& ids) {
   return -logp.narrow(0, 0, T - 1).gather(1, targets).sum().item<double>();
 }
 
+double NextTokenNllSum(const at::Tensor& logits, const at::Tensor& ids) {
+  const int64_t T = ids.size(1);
+  // -log p(x_{t+1}) = logsumexp(z_t) - z_t[x_{t+1}]: ATen's stable
+  // logsumexp per row in float32 (no [T, vocab] float64 copy), the
+  // differences and their sum in float64.
+  at::Tensor z = logits[0].narrow(0, 0, T - 1).to(at::kFloat);
+  at::Tensor targets = ids[0].narrow(0, 1, T - 1).to(z.device()).view({T - 1, 1});
+  at::Tensor lse = at::logsumexp(z, -1).to(at::kDouble);
+  at::Tensor picked = z.gather(1, targets).squeeze(1).to(at::kDouble);
+  return (lse - picked).sum().item<double>();
+}
+
 namespace {
 
 /// Spike positions and channels of one hidden state h: [pos, d_model] (scan rule).
@@ -227,7 +239,7 @@ absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
     rec.index = static_cast<int64_t>(i);
     rec.first_token = chunks[i].start;
     rec.n_scored = chunks[i].length - 1;
-    rec.nll_sum = NllSum(LogProbs(logits), ids);
+    rec.nll_sum = NextTokenNllSum(logits, ids);
     rec.mean_loss = rec.nll_sum / rec.n_scored;
     rec.perplexity = std::exp(rec.mean_loss);
     nll += rec.nll_sum;

@@ -38,6 +38,9 @@ at::Tensor ChunkIds(const std::vector<int64_t>& tokens, const EvalChunk& c);
 at::Tensor LogProbs(const at::Tensor& logits);
 /// Sum of -log p(next token) over positions 0..T-2 of ids [1, T], nats (float64).
 double NllSum(const at::Tensor& logp, const at::Tensor& ids);
+/// The same from logits [1, T, vocab] (any dtype): float32 logsumexp per
+/// position, float64 differences and sum; what perplexity and the profile use.
+double NextTokenNllSum(const at::Tensor& logits, const at::Tensor& ids);
 
 /// Per-chunk perplexity record. Loss is mean next-token negative log-likelihood, nats.
 struct ChunkRecord {

@@ -58,7 +58,7 @@ absl::StatusOr<ProfileResult> RunProfile(const Model& model, const std::vector<i
     rec.index = i;
     rec.first_token = chunks[i].start;
     rec.n_scored = chunks[i].length - 1;
-    rec.nll_sum = NllSum(LogProbs(logits), ids);
+    rec.nll_sum = NextTokenNllSum(logits, ids);
     rec.mean_loss = rec.nll_sum / rec.n_scored;
     rec.perplexity = std::exp(rec.mean_loss);
     nll += rec.nll_sum;
