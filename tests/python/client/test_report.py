@@ -38,7 +38,8 @@ def _report(server, job_id, path):
 
 
 @pytest.mark.parametrize("name", ["scan", "sinks", "spike_similarity", "sink_ablation",
-                                  "self_attention_profile", "ffn_quadratic", "silu_regime"])
+                                  "self_attention_profile", "ffn_quadratic", "silu_regime",
+                                  "profile_run"])
 def test_report_in_chromium(name, results, server, browser, tmp_path):
     r = get_result(results, name)
     page = _report(server, r.job.id, tmp_path / f"{name}.html")
