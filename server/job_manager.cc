@@ -152,7 +152,26 @@ absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& reques
   }
   absl::StatusOr<std::string> dtype = DtypeFromProto(request.dtype());
   if (!dtype.ok()) return dtype.status();
-  return EstimateJobMemory(shape, dtype->empty() ? entry->default_dtype : *dtype, request);
+  MemoryEstimate estimate =
+      EstimateJobMemory(shape, dtype->empty() ? entry->default_dtype : *dtype, request);
+  if (request.has_profile() && request.profile().compare_models_size() > 0) {
+    // A comparison holds the job's model while it loads each compared one
+    // in turn: the largest of those counts on top (unknown ones count 0).
+    int64_t largest = 0;
+    for (const std::string& pattern : request.profile().compare_models()) {
+      for (const std::string& name : ExpandCheckpoints(*catalog_, pattern)) {
+        v1::JobRequest other = request;
+        other.set_model(name);
+        other.mutable_profile()->clear_compare_models();
+        absl::StatusOr<MemoryEstimate> e = Estimate(other);
+        if (!e.ok()) continue;
+        largest = std::max(largest, e->weight_bytes);
+        estimate.activation_bytes = std::max(estimate.activation_bytes, e->activation_bytes);
+      }
+    }
+    estimate.weight_bytes += largest;
+  }
+  return estimate;
 }
 
 JobTraits JobManager::TraitsOf(const std::string& id) {

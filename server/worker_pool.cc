@@ -450,6 +450,7 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
         m->set_dtype(dtype->empty() ? other->default_dtype : *dtype);
         v1::JobRequest as_other = request;
         as_other.set_model(name);
+        as_other.mutable_profile()->clear_compare_models();
         if (absl::StatusOr<MemoryEstimate> e = manager_->Estimate(as_other); e.ok()) {
           weight_bytes = e->weight_bytes;
         }
