@@ -119,10 +119,14 @@ TEST(JobTypesTest, CliNamesAreTheClientCommands) {
 // client/render.cc had them before the table.
 TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
   const std::set<R::ParamsCase> forbidden = {R::kFirstTokenProbe, R::kFfnQuadratic, R::kVoCircuit};
+  // The profile (added after the table) reads a corpus like the perplexity
+  // job but streams one record per model, not per chunk.
   const std::set<R::ParamsCase> optional = {R::kPerplexity, R::kConstantSubstitution,
-                                            R::kSinkAblation};
+                                            R::kSinkAblation, R::kProfile};
+  const std::set<R::ParamsCase> per_chunk = {R::kPerplexity, R::kConstantSubstitution,
+                                             R::kSinkAblation};
   const std::set<R::ParamsCase> beyond_ctx = {R::kSinks, R::kPerplexity, R::kConstantSubstitution,
-                                              R::kSinkAblation};
+                                              R::kSinkAblation, R::kProfile};
   const std::set<R::ParamsCase> fold = {R::kFfnQuadratic, R::kSiluRegime, R::kVoCircuit};
   const std::set<R::ParamsCase> mechanism = {R::kFfnQuadratic, R::kSiluRegime, R::kVoCircuit,
                                              R::kActivations};
@@ -139,10 +143,10 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
               want != SequenceInput::kForbidden);
     EXPECT_EQ(d.min_ids_per_sequence, c == R::kSinks ? 2 : 1);
     EXPECT_EQ(d.may_exceed_context, beyond_ctx.count(c) == 1);
-    EXPECT_EQ(d.streams_per_chunk, optional.count(c) == 1);
+    EXPECT_EQ(d.streams_per_chunk, per_chunk.count(c) == 1);
     // The sink analysis and the self-attention profile compute their
     // statistics from query chunks (O(T)): no pattern is materialised.
-    const bool chunked = c == R::kSinks || c == R::kSelfAttentionProfile;
+    const bool chunked = c == R::kSinks || c == R::kSelfAttentionProfile || c == R::kProfile;
     EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && !chunked);
     EXPECT_EQ(d.reads_corpus(), optional.count(c) == 1);
     EXPECT_EQ(d.memory_estimate, fold.count(c) ? MemoryEstimateKind::kForwardFfnFold
@@ -152,6 +156,7 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     EXPECT_EQ(d.progress_base_seconds, slow_start.count(c) ? 300 : 120);
     EXPECT_STREQ(d.progress_unit, c == R::kScan              ? "blocks"
                                   : c == R::kFirstTokenProbe ? "tokens"
+                                  : c == R::kProfile         ? "chunks"
                                                              : "units");
   }
 }

@@ -30,12 +30,15 @@ for bin in "$@"; do
     echo "FAIL: ldd $bin failed, cannot check: $ldd_out"; status=1; continue
   fi
   mapfile -t libs < <(printf '%s\n' "$ldd_out" | awk '/=> \// {print $3}')
-  if [ "${#libs[@]}" -eq 0 ] || ! printf '%s\n' "${libs[@]}" | grep -q '/torch/lib/' ||
-     ! printf '%s\n' "${libs[@]}" | grep -q 'libstdc++'; then
+  # Matched in the shell, not with `printf | grep -q`: under pipefail, grep -q
+  # leaving early makes printf die of SIGPIPE and the test fail at random.
+  lib_list=$(printf '%s\n' "${libs[@]}")
+  if [ "${#libs[@]}" -eq 0 ] || [[ "$lib_list" != */torch/lib/* ]] ||
+     [[ "$lib_list" != *libstdc++* ]]; then
     echo "FAIL: $bin: ldd lists ${#libs[@]} libraries, without torch's or libstdc++: cannot check"
     status=1; continue
   fi
-  if printf '%s\n' "${libs[@]}" | grep -q sentencepiece; then
+  if [[ "$lib_list" == *sentencepiece* ]]; then
     echo "FAIL: $bin links libsentencepiece (must be dlopen()ed with RTLD_DEEPBIND)"; status=1
   fi
   tmp=$(mktemp -d)

@@ -218,7 +218,8 @@ absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
                                                const std::vector<int64_t>& tokens,
                                                const EvalParams& params, const ChunkFn& on_chunk,
                                                const ProgressFn& progress,
-                                               const std::atomic<bool>* cancel) {
+                                               const std::atomic<bool>* cancel,
+                                               const ChunkHooksFn& chunk_hooks) {
   RETURN_IF_ERROR(ValidateEvalParams(params, model.config(), tokens.size()));
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= model.config().d_vocab) {
@@ -234,7 +235,9 @@ absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
   opts.cancel = cancel;
   for (size_t i = 0; i < chunks.size(); ++i) {
     at::Tensor ids = ChunkIds(tokens, chunks[i]);
-    ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(ids, HookRegistry(), opts));
+    HookRegistry hooks;
+    if (chunk_hooks) chunk_hooks(&hooks, static_cast<int64_t>(i), chunks[i], i + 1 == chunks.size());
+    ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(ids, hooks, opts));
     ChunkRecord rec;
     rec.index = static_cast<int64_t>(i);
     rec.first_token = chunks[i].start;

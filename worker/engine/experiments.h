@@ -61,13 +61,19 @@ struct PerplexityResult {
 };
 
 using ChunkFn = std::function<void(const ChunkRecord&)>;
+/// Registers the probes of chunk `index`'s forward pass (`last`: the final
+/// chunk), for analyses that ride on the perplexity pass (profile.h).
+using ChunkHooksFn =
+    std::function<void(HookRegistry* hooks, int64_t index, const EvalChunk& chunk, bool last)>;
 
-/// Perplexity of `tokens` (one stream) chunked per `params` (float64 sums).
+/// Perplexity of `tokens` (one stream) chunked per `params` (float64 sums),
+/// one forward pass per chunk carrying `chunk_hooks`' probes when given.
 absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
                                                const std::vector<int64_t>& tokens,
                                                const EvalParams& params, const ChunkFn& on_chunk,
                                                const ProgressFn& progress,
-                                               const std::atomic<bool>* cancel = nullptr);
+                                               const std::atomic<bool>* cancel = nullptr,
+                                               const ChunkHooksFn& chunk_hooks = nullptr);
 
 /// Constant substitution (paper finding 6; Sun et al. 2024 set_mean/set_zero).
 struct SubstitutionSpec {
