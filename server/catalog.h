@@ -19,6 +19,10 @@ struct CatalogEntry {
   std::string format;          // "llama2c", "hf" or "gguf"
   std::string path;            // checkpoint file (llama2c) or directory (hf)
   std::string tokenizer_path;  // "" = none
+  /// Other tokenizer files (absolute, canonical) the catalog declares this
+  /// model's embedding was trained with: a corpus that brings one of them
+  /// may be read for this model when it has no tokenizer of its own.
+  std::vector<std::string> compatible_tokenizers;
   std::string default_dtype = "float32";
   std::string description;
   /// Shape read from the checkpoint header / config.json; 0 when unknown.
@@ -39,7 +43,7 @@ struct CatalogEntry {
 struct CorpusEntry {
   std::string name;
   std::string path;            // UTF-8 text file
-  std::string tokenizer_path;  // "" = none; used for models without a tokenizer
+  std::string tokenizer_path;  // "" = none; for models that declare it compatible
   std::string description;
   int64_t size_bytes = 0;
   /// False when the file could not be read or is empty at load time (jobs
@@ -77,6 +81,14 @@ class ModelCatalog {
   std::vector<CatalogEntry> entries_;
   std::vector<CorpusEntry> corpora_;
 };
+
+/// OK when corpus `corpus` can be read for `model`: through the model's own
+/// tokenizer, or (a model without one) through the corpus's tokenizer when
+/// the model lists it in compatible_tokenizers. InvalidArgument naming the
+/// model and the corpus's tokenizer (file name only) otherwise: read through
+/// another model's pieces, the ids would be wrong even when the vocabulary
+/// sizes agree.
+absl::Status CheckCorpusTokenizer(const CatalogEntry& model, const CorpusEntry& corpus);
 
 /// The catalog corpus a request names (perplexity / intervention jobs), or
 /// "" when it names none.

@@ -259,6 +259,10 @@ int Run(const ServerConfig& config) {
   shared.max_get_response_bytes = config.max_get_response_bytes;
   for (size_t i = 0; i < config.worker_devices.size(); ++i) {
     const int64_t budget = WorkerMemoryBudget(config, i);
+    Log(absl::StrCat("worker-", i, " (", config.worker_devices[i], ") memory budget: ",
+                     budget > 0 ? HumanBytes(budget)
+                     : config.worker_devices[i] == "cpu" ? std::string("unlimited")
+                                                         : std::string("90% of the device")));
     if (budget == 0) {
       shared.max_worker_budget = 0;
       break;

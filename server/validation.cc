@@ -390,10 +390,8 @@ absl::Status ValidateEval(const std::string& field, const v1::EvalCorpus& eval,
                                                         " is not available on this server: ",
                                                         corpus->unavailable_reason));
     }
-    if (model.tokenizer_path.empty() && corpus->tokenizer_path.empty()) {
-      return Invalid(absl::StrCat(field, ".corpus: model ", model.name,
-                                  " has no tokenizer and corpus ", corpus->name,
-                                  " brings none; send token ids as sequences"));
+    if (absl::Status s = CheckCorpusTokenizer(model, *corpus); !s.ok()) {
+      return Invalid(absl::StrCat(field, ".corpus (--corpus): ", s.message()));
     }
     if (request.sequences_size() > 0) {
       return Invalid(absl::StrCat(field, ": give a catalog corpus or sequences, not both"));
