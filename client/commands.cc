@@ -20,6 +20,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/render.h"
@@ -264,6 +265,20 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
       continue;
     }
     line.Finish();
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && global.wait_timeout_s > 0) {
+      // Our own --wait-timeout ran out, not the job: say so, and how to go on.
+      v1::Job job;
+      grpc::Status got = GetJobWithResults(conn, job_id, /*include_results=*/false, &job);
+      return Fail(static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED),
+                  absl::StrCat("--wait-timeout ", absl::StrFormat("%g", global.wait_timeout_s),
+                               " s ran out while waiting for job ", job_id, "; the job is ",
+                               got.ok() ? absl::StrCat("still ", JobStateName(job.state()))
+                                        : std::string("still on"),
+                               " on the server (it was not cancelled): follow it with `sinkscope "
+                               "watch ",
+                               job_id, "`, read it later with `sinkscope get ", job_id,
+                               "`, or stop it with `sinkscope cancel ", job_id, "`"));
+    }
     return Fail(status, global);
   }
   line.Finish();
@@ -522,13 +537,14 @@ int RunWatch(const GlobalOptions& global, const std::string& job_id,
   }
 }
 
-int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results,
+           bool all_inputs) {
   Connection conn(global);
   v1::Job job;
   grpc::Status status = GetJobWithResults(conn, job_id, include_results, &job);
   if (!status.ok()) return Fail(status, global);
   if (global.json) return PrintJson(job);
-  std::string text = RenderJob(job);
+  std::string text = RenderJob(job, absl::LocalTimeZone(), all_inputs ? -1 : 8);
   if (job.results_size() > 0) {
     std::vector<v1::ResultRecord> records(job.results().begin(), job.results().end());
     absl::StrAppend(&text, "\n", RenderResults(records));

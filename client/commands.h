@@ -65,7 +65,9 @@ struct ScanOptions {
 /// result with the renderer of its records.
 int RunScan(const GlobalOptions& global, const ScanOptions& options);
 int RunWatch(const GlobalOptions& global, const std::string& job_id, const WatchOptions& options);
-int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results);
+/// `all_inputs`: every input sequence, not the first 8.
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results,
+           bool all_inputs = false);
 int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
 int RunModels(const GlobalOptions& global);

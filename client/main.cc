@@ -419,6 +419,8 @@ int main(int argc, char** argv) {
   bool no_results = false;
   get->add_option("id", get_id, "Job id")->required();
   get->add_flag("--no-results", no_results, "Do not fetch result records");
+  bool all_inputs = false;
+  get->add_flag("--all-inputs", all_inputs, "Show every input sequence (default: the first 8)");
 
   // jobs
   CLI::App* jobs = app.add_subcommand("jobs", "List jobs, newest first");
@@ -618,7 +620,7 @@ int main(int argc, char** argv) {
     watch_options.after_seq = after_seq;
     return sinkscope::client::RunWatch(global, watch_id, watch_options);
   }
-  if (get->parsed()) return sinkscope::client::RunGet(global, get_id, !no_results);
+  if (get->parsed()) return sinkscope::client::RunGet(global, get_id, !no_results, all_inputs);
   if (jobs->parsed()) {
     v1::ListJobsRequest request;
     request.set_owner(owner);

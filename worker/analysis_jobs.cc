@@ -100,7 +100,7 @@ absl::Status RunSelfAttention(const JobContext& ctx,
     if (!ctx.cached.tokenizer) {
       return absl::InvalidArgumentError(absl::StrCat(
           "self_attention_profile.delimiters: model ", ctx.cached.key.name,
-          " has no tokenizer; give delimiter_ids"));
+          " has no tokenizer; give --delimiter-ids (delimiter_ids)"));
     }
     const Tokenizer& tok = *ctx.cached.tokenizer;
     const int64_t vocab = std::min(tok.vocab_size(), model.config().d_vocab);
@@ -117,7 +117,7 @@ absl::Status RunSelfAttention(const JobContext& ctx,
         return absl::InvalidArgumentError(
             absl::StrCat("self_attention_profile.delimiters: \"", text,
                          "\" is not a piece of the vocabulary of model ", ctx.cached.key.name,
-                         "; give delimiter_ids"));
+                         "; give --delimiter-ids (delimiter_ids)"));
       }
       resolved.push_back(std::move(d));
     }

@@ -3,9 +3,14 @@
 // budget on every cpu worker by default, corpora read only through a
 // tokenizer the catalog declares for the model, a broken tokenizer that does
 // not take id jobs down, an unsupported model_type caught at catalog load.
+#include <sys/wait.h>
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -226,6 +231,69 @@ TEST_F(OperatorDefaultsTest, UnsupportedModelTypeIsUnavailableAtLoad) {
   v1::Job job;
   grpc::Status s = TrySubmit(*stub, ScanRequest({MakeIds(8, 6)}, "bert"), &job);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+}
+
+/// Runs SINKSCOPE_CLIENT_BIN with `args` (shell words); its exit code and stderr.
+std::pair<int, std::string> RunClient(const std::string& dir, const std::string& args) {
+  const std::string err = dir + "/client.err";
+  const int status = std::system(absl::StrCat("env -u SINKSCOPE_SERVER ", SINKSCOPE_CLIENT_BIN, " ",
+                                              args, " >", dir, "/client.out 2>", err).c_str());
+  std::ifstream in(err);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+// Issue 25.6. A job that needs a spike on a model without one fails with a
+// hint naming the flag to type (and the field, for API users).
+TEST_F(OperatorDefaultsTest, HintsNameTheFlagToType) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog());
+  auto stub = server_->NewStub();
+  struct Case {
+    const char* what;
+    v1::SubmitJobRequest req;
+    std::vector<const char*> needles;
+  };
+  std::vector<Case> cases(3);
+  cases[0].what = "silu-regime";
+  cases[0].req = ScanRequest({MakeIds(16, 7)});
+  cases[0].req.mutable_request()->mutable_silu_regime();
+  cases[0].needles = {"--blocks", "silu_regime.blocks"};
+  cases[1].what = "vo-circuit";
+  cases[1].req = ScanRequest({});
+  cases[1].req.mutable_request()->mutable_vo_circuit()->add_token_ids(1);
+  cases[1].needles = {"--step-up-block", "vo_circuit.step_up_block"};
+  cases[2].what = "spike-similarity";
+  cases[2].req = ScanRequest({MakeIds(16, 8)});
+  cases[2].req.mutable_request()->mutable_spike_similarity();
+  cases[2].needles = {"--abs-threshold", "--rel-threshold"};
+  for (const Case& c : cases) {
+    v1::Job job;
+    grpc::Status s = TrySubmit(*stub, c.req, &job);
+    ASSERT_TRUE(s.ok()) << c.what << ": " << s.error_message();
+    const v1::Job done = WaitTerminal(*stub, job.id(), seconds(120));
+    ASSERT_EQ(done.state(), v1::JOB_STATE_FAILED) << c.what;
+    EXPECT_EQ(done.error().code(), static_cast<int>(grpc::StatusCode::FAILED_PRECONDITION)) << c.what;
+    for (const char* n : c.needles) {
+      EXPECT_NE(done.error().message().find(n), std::string::npos)
+          << c.what << ": " << n << " in " << done.error().message();
+    }
+  }
+}
+
+// Issue 25.7. --wait-timeout ending says what timed out, that the job goes
+// on, and how to follow it (before: a bare DEADLINE_EXCEEDED).
+TEST_F(OperatorDefaultsTest, WaitTimeoutSaysTheJobGoesOn) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog(), R"("worker_args": ["--test-unit-delay-ms", "1500"])");
+  const auto [rc, err] = RunClient(
+      dir_.path(), absl::StrCat("--server ", server_->address(), " --wait-timeout 1 scan ",
+                                "--model stories260K --ids 1,2,3,4"));
+  EXPECT_EQ(rc, 1) << err;
+  for (const char* n : {"DEADLINE_EXCEEDED", "--wait-timeout 1 s ran out", "sinkscope watch j-",
+                        "not cancelled"}) {
+    EXPECT_NE(err.find(n), std::string::npos) << n << " in " << err;
+  }
 }
 
 }  // namespace
