@@ -585,6 +585,60 @@ int RunCancel(const GlobalOptions& global, const std::string& job_id) {
   return 0;
 }
 
+int RunCancelAllMine(const GlobalOptions& global) {
+  Connection conn(global);
+  v1::ListJobsRequest list;
+  list.set_owner("@me");
+  list.set_page_size(1000);
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_MODEL_LOADING, v1::JOB_STATE_RUNNING}) {
+    list.add_states(s);
+  }
+  std::vector<std::string> ids;
+  for (;;) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::ListJobsResponse page;
+    grpc::Status status = conn.stub().ListJobs(&context, list, &page);
+    if (!status.ok()) return Fail(status, global);
+    for (const v1::Job& j : page.jobs()) ids.push_back(j.id());
+    if (page.next_page_token().empty()) break;
+    list.set_page_token(page.next_page_token());
+  }
+  int cancelled = 0, failed = 0;
+  for (const std::string& id : ids) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    v1::Job job;
+    grpc::Status status = conn.stub().CancelJob(&context, request, &job);
+    if (status.ok()) {
+      ++cancelled;
+      if (!global.json) {
+        PrintText(absl::StrCat("job ", id, ": ",
+                               job.state() == v1::JOB_STATE_CANCELLED
+                                   ? std::string("CANCELLED")
+                                   : absl::StrCat("cancellation requested (now ",
+                                                  JobStateName(job.state()), ")"),
+                               "\n"));
+      }
+    } else if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+      // FAILED_PRECONDITION: it ended meanwhile; anything else is reported.
+      ++failed;
+      std::fprintf(stderr, "sinkscope: job %s: %s: %s\n", id.c_str(),
+                   StatusCodeName(static_cast<int>(status.error_code())).c_str(),
+                   status.error_message().c_str());
+    }
+  }
+  if (global.json) {
+    PrintText(absl::StrCat("{\"cancelled\": ", cancelled, ", \"failed\": ", failed, "}\n"));
+  } else {
+    PrintText(absl::StrCat(cancelled, " job(s) of yours cancelled", ids.empty() ? " (none queued or running)" : "",
+                           "\n"));
+  }
+  return failed == 0 ? 0 : 1;
+}
+
 int RunModels(const GlobalOptions& global) {
   Connection conn(global);
   v1::ListModelsResponse response;

@@ -70,6 +70,9 @@ int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_
            bool all_inputs = false);
 int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
+/// Cancels every QUEUED, MODEL_LOADING or RUNNING job of the caller
+/// (ListJobs owner "@me", every page); prints each and the count.
+int RunCancelAllMine(const GlobalOptions& global);
 int RunModels(const GlobalOptions& global);
 /// `models clear NAME` (admin): AnalysisService.ClearModelUnavailable.
 int RunClearModel(const GlobalOptions& global, const std::string& model);

@@ -435,9 +435,14 @@ int main(int argc, char** argv) {
   jobs->add_option("--page-token", page_token, "Continue a previous listing");
 
   // cancel
-  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job");
+  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job, or all of yours (--all-mine)");
   std::string cancel_id;
-  cancel->add_option("id", cancel_id, "Job id")->required();
+  bool cancel_all_mine = false;
+  CLI::Option* cancel_id_opt = cancel->add_option("id", cancel_id, "Job id");
+  CLI::Option* cancel_all_opt = cancel->add_flag(
+      "--all-mine", cancel_all_mine, "Cancel every queued or running job of yours (admins too: only yours)");
+  cancel_id_opt->excludes(cancel_all_opt);
+  cancel->require_option(1);
 
   // models
   CLI::App* models = app.add_subcommand("models", "List the server's model catalog and corpora");
@@ -633,6 +638,7 @@ int main(int argc, char** argv) {
     }
     return sinkscope::client::RunJobs(global, request);
   }
+  if (cancel->parsed() && cancel_all_mine) return sinkscope::client::RunCancelAllMine(global);
   if (cancel->parsed()) return sinkscope::client::RunCancel(global, cancel_id);
   if (models_clear->parsed()) return sinkscope::client::RunClearModel(global, clear_model);
   if (models->parsed()) return sinkscope::client::RunModels(global);

@@ -88,6 +88,7 @@ grpc::Status AnalysisServiceImpl::ListJobs(grpc::ServerContext* context,
   absl::StatusOr<Caller> caller = auth_->Authenticate(*context);
   if (!caller.ok()) return Done("ListJobs", caller.status());
   v1::ListJobsRequest scoped = *request;
+  if (scoped.owner() == "@me") scoped.set_owner(caller->user);
   if (!caller->admin) {
     if (!scoped.owner().empty() && scoped.owner() != caller->user) {
       return Done("ListJobs", absl::OkStatus());  // nothing of someone else's

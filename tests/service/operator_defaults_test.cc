@@ -25,9 +25,10 @@ namespace {
 
 using std::chrono::seconds;
 
-grpc::Status TrySubmit(v1::AnalysisService::Stub& stub, const v1::SubmitJobRequest& req, v1::Job* job) {
+grpc::Status TrySubmit(v1::AnalysisService::Stub& stub, const v1::SubmitJobRequest& req, v1::Job* job,
+                       const std::string& user = "tester") {
   grpc::ClientContext ctx;
-  ctx.AddMetadata("x-sinkscope-user", "tester");
+  ctx.AddMetadata("x-sinkscope-user", user);
   ctx.set_deadline(std::chrono::system_clock::now() + seconds(60));
   return stub.SubmitJob(&ctx, req, job);
 }
@@ -294,6 +295,32 @@ TEST_F(OperatorDefaultsTest, WaitTimeoutSaysTheJobGoesOn) {
                         "not cancelled"}) {
     EXPECT_NE(err.find(n), std::string::npos) << n << " in " << err;
   }
+}
+
+// Issue 25.8. `cancel --all-mine` cancels the caller's queued and running
+// jobs, and nobody else's.
+TEST_F(OperatorDefaultsTest, CancelAllMineCancelsOnlyTheCallersJobs) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog(), R"("worker_args": ["--test-unit-delay-ms", "1000"])");
+  auto stub = server_->NewStub();
+  std::vector<std::string> mine;
+  for (int i = 0; i < 3; ++i) {
+    v1::Job job;
+    ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 20 + i)}), &job, "alice").ok());
+    mine.push_back(job.id());
+  }
+  v1::Job other;
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 30)}), &other, "bob").ok());
+  const auto [rc, err] = RunClient(
+      dir_.path(), absl::StrCat("--server ", server_->address(), " --user alice cancel --all-mine"));
+  EXPECT_EQ(rc, 0) << err;
+  std::ifstream out(dir_.path() + "/client.out");
+  std::string printed((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_NE(printed.find("3 job(s) of yours cancelled"), std::string::npos) << printed;
+  for (const std::string& id : mine) {
+    EXPECT_EQ(WaitTerminal(*stub, id, seconds(60), false).state(), v1::JOB_STATE_CANCELLED) << id;
+  }
+  EXPECT_EQ(WaitTerminal(*stub, other.id(), seconds(120), false).state(), v1::JOB_STATE_COMPLETED);
 }
 
 }  // namespace
