@@ -298,36 +298,50 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
     for (size_t i = 0; i < models.size(); ++i) {
       const nlohmann::json& m = models[i];
       const std::string where = absl::StrCat(path, ": model ", i);
+      // One bad entry does not stop the others: without a usable name it is
+      // left out (a warning), otherwise it is listed unavailable with why.
       CatalogEntry e;
-      e.name = m.at("name").get<std::string>();
-      if (!IsValidName(e.name)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": bad name \"", e.name, "\" (letters, digits, . _ -)"));
+      if (!m.is_object() || !m.contains("name") || !m["name"].is_string() ||
+          !IsValidName(m["name"].get<std::string>())) {
+        catalog.warnings_.push_back(absl::StrCat(
+            where, ": left out: \"name\" must be a string of letters, digits, . _ - (got ",
+            m.is_object() && m.contains("name") ? m["name"].dump() : std::string("none"), ")"));
+        continue;
       }
-      e.format = m.at("format").get<std::string>();
-      if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, " (", e.name, "): format must be llama2c, hf or gguf, got ", e.format));
+      e.name = m["name"].get<std::string>();
+      bool duplicate = false;
+      for (const CatalogEntry& other : catalog.entries_) duplicate = duplicate || other.name == e.name;
+      if (duplicate) {
+        catalog.warnings_.push_back(absl::StrCat(where, ": left out: duplicate name ", e.name));
+        continue;
       }
-      e.path = ResolvePath(dir, m.at("path").get<std::string>());
-      if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
-        e.tokenizer_path = ResolvePath(dir, m["tokenizer"].get<std::string>());
-      }
-      if (m.contains("compatible_tokenizers")) {
-        for (const std::string& t : m["compatible_tokenizers"].get<std::vector<std::string>>()) {
-          e.compatible_tokenizers.push_back(CanonicalPath(ResolvePath(dir, t)));
+      try {
+        e.format = m.at("format").get<std::string>();
+        if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {
+          throw std::invalid_argument(absl::StrCat("format must be llama2c, hf or gguf, got ", e.format));
         }
-      }
-      if (m.contains("default_dtype")) {
-        absl::StatusOr<std::string> dtype = CanonicalDtype(m["default_dtype"].get<std::string>());
-        if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
-        e.default_dtype = *dtype;
-      }
-      e.description = m.value("description", std::string());
-      for (const CatalogEntry& other : catalog.entries_) {
-        if (other.name == e.name) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate name ", e.name));
+        e.path = ResolvePath(dir, m.at("path").get<std::string>());
+        if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
+          e.tokenizer_path = ResolvePath(dir, m["tokenizer"].get<std::string>());
         }
+        if (m.contains("compatible_tokenizers")) {
+          for (const std::string& t : m["compatible_tokenizers"].get<std::vector<std::string>>()) {
+            e.compatible_tokenizers.push_back(CanonicalPath(ResolvePath(dir, t)));
+          }
+        }
+        if (m.contains("default_dtype")) {
+          absl::StatusOr<std::string> dtype = CanonicalDtype(m["default_dtype"].get<std::string>());
+          if (!dtype.ok()) throw std::invalid_argument(std::string(dtype.status().message()));
+          e.default_dtype = *dtype;
+        }
+        e.description = m.value("description", std::string());
+      } catch (const std::exception& ex) {
+        // Reasons are shown to clients: the JSON library's message, no path.
+        e.available = false;
+        e.unavailable_reason = absl::StrCat("its catalog entry is malformed: ", ex.what());
+        catalog.warnings_.push_back(absl::StrCat(where, " (", e.name, "): ", e.unavailable_reason));
+        catalog.entries_.push_back(std::move(e));
+        continue;
       }
       // Reasons are shown to clients: no paths in them (the server logs the
       // entry's path next to the reason).

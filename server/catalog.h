@@ -62,10 +62,11 @@ class ModelCatalog {
   /// default_dtype?, description?}, ...], "corpora": [{name, path,
   /// tokenizer?, description?}, ...]} (a bare array of models is accepted
   /// too; "corpora" is optional). Relative paths are resolved against the
-  /// file's directory. Errors name the file and the entry: duplicate or
-  /// malformed names, unknown format or dtype, missing path. A checkpoint or
-  /// corpus that cannot be read is not an error (the entry is marked
-  /// unavailable).
+  /// file's directory. Only a file that cannot be read or parsed is an
+  /// error: an entry without a usable or with a duplicate name is left out
+  /// (warnings()); an unknown format or dtype, a missing path, or a
+  /// checkpoint, tokenizer or corpus that cannot be read marks that entry
+  /// unavailable with the reason, and the rest are served.
   static absl::StatusOr<ModelCatalog> LoadFile(const std::string& path);
 
   /// The entry named `name`, or nullptr.
@@ -76,8 +77,12 @@ class ModelCatalog {
   const CorpusEntry* FindCorpus(const std::string& name) const;
   /// All corpora, sorted by name.
   const std::vector<CorpusEntry>& corpora() const { return corpora_; }
+  /// Problems of single entries found at load (entries left out for want of
+  /// a usable name, malformed ones listed unavailable), for the server log.
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
+  std::vector<std::string> warnings_;
   std::vector<CatalogEntry> entries_;
   std::vector<CorpusEntry> corpora_;
 };

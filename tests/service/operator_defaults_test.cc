@@ -3,6 +3,7 @@
 // budget on every cpu worker by default, corpora read only through a
 // tokenizer the catalog declares for the model, a broken tokenizer that does
 // not take id jobs down, an unsupported model_type caught at catalog load.
+#include <signal.h>
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -321,6 +323,48 @@ TEST_F(OperatorDefaultsTest, CancelAllMineCancelsOnlyTheCallersJobs) {
     EXPECT_EQ(WaitTerminal(*stub, id, seconds(60), false).state(), v1::JOB_STATE_CANCELLED) << id;
   }
   EXPECT_EQ(WaitTerminal(*stub, other.id(), seconds(120), false).state(), v1::JOB_STATE_COMPLETED);
+}
+
+// Issue 25.8. SIGHUP reloads the catalog without a restart: a new model is
+// served, a bad entry is listed unavailable with its reason and the rest
+// stay served; a file that does not parse keeps the previous catalog.
+TEST_F(OperatorDefaultsTest, SighupReloadsTheCatalog) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog());
+  auto stub = server_->NewStub();
+  WriteFile(dir_.path() + "/catalog.json",
+            absl::StrCat(R"({"models": [{"name": "stories260K", "format": "llama2c", "path": ")",
+                         Stories260KPath(), R"("}, {"name": "again", "format": "llama2c", "path": ")",
+                         Stories260KPath(), R"("}, {"name": "bad", "format": "onnx", "path": "x"}]})"));
+  server_->Signal(SIGHUP);
+  bool reloaded = false;
+  for (int i = 0; i < 100 && !reloaded; ++i) {
+    const v1::ListModelsResponse models = ListModels(*stub);
+    for (const v1::ModelInfo& m : models.models()) reloaded = reloaded || m.name() == "again";
+    if (!reloaded) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(reloaded) << ReadTail(server_->log_path());
+  const v1::ListModelsResponse models = ListModels(*stub);
+  bool bad_listed = false;
+  for (const v1::ModelInfo& m : models.models()) {
+    if (m.name() != "bad") continue;
+    bad_listed = true;
+    EXPECT_FALSE(m.available());
+    EXPECT_NE(m.unavailable_reason().find("format must be"), std::string::npos) << m.unavailable_reason();
+  }
+  EXPECT_TRUE(bad_listed);
+  v1::Job job;
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 40)}, "again"), &job).ok());
+  EXPECT_EQ(WaitTerminal(*stub, job.id(), seconds(120)).state(), v1::JOB_STATE_COMPLETED);
+  grpc::Status s = TrySubmit(*stub, ScanRequest({MakeIds(8, 41)}, "bad"), &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  // A catalog that does not parse: the previous one stays.
+  WriteFile(dir_.path() + "/catalog.json", "{not json");
+  server_->Signal(SIGHUP);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 42)}, "again"), &job).ok());
+  EXPECT_EQ(WaitTerminal(*stub, job.id(), seconds(120)).state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_NE(ReadTail(server_->log_path()).find("catalog not reloaded"), std::string::npos);
 }
 
 }  // namespace
