@@ -585,6 +585,41 @@ int RunCancel(const GlobalOptions& global, const std::string& job_id) {
   return 0;
 }
 
+int RunQueue(const GlobalOptions& global) {
+  Connection conn(global);
+  v1::ListJobsRequest list;
+  list.set_owner("@me");
+  list.set_page_size(1000);
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_MODEL_LOADING, v1::JOB_STATE_RUNNING}) {
+    list.add_states(s);
+  }
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  v1::ListJobsResponse page;
+  grpc::Status status = conn.stub().ListJobs(&context, list, &page);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(page);
+  std::string out;
+  if (page.jobs_size() > 0) {
+    std::vector<std::vector<std::string>> rows = {{"id", "type", "model", "state", "position"}};
+    for (const v1::Job& j : page.jobs()) {
+      rows.push_back({j.id(), JobTypeName(j.type()), j.request().model(), JobStateName(j.state()),
+                      j.state() == v1::JOB_STATE_QUEUED && j.queue_position() > 0
+                          ? absl::StrCat(j.queue_position())
+                          : std::string("-")});
+    }
+    absl::StrAppend(&out, FormatTable(rows, {4}), "\n");
+  } else {
+    absl::StrAppend(&out, "no queued or running jobs of yours\n\n");
+  }
+  const v1::QueueOverview& q = page.queue();
+  absl::StrAppend(&out, "Queue:  ", q.queued(), " queued (", q.my_queued(), " yours; ", q.users_waiting(),
+                  " user(s) waiting), ", q.running(), " running on this host (", q.my_running(),
+                  " yours)\n");
+  PrintText(out);
+  return 0;
+}
+
 int RunCancelAllMine(const GlobalOptions& global) {
   Connection conn(global);
   v1::ListJobsRequest list;

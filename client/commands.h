@@ -70,6 +70,9 @@ int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_
            bool all_inputs = false);
 int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
+/// Your QUEUED / MODEL_LOADING / RUNNING jobs (position of each queued one)
+/// and the whole queue's counts (ListJobsResponse.queue: no other names).
+int RunQueue(const GlobalOptions& global);
 /// Cancels every QUEUED, MODEL_LOADING or RUNNING job of the caller
 /// (ListJobs owner "@me", every page); prints each and the count.
 int RunCancelAllMine(const GlobalOptions& global);

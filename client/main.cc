@@ -434,6 +434,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1000));
   jobs->add_option("--page-token", page_token, "Continue a previous listing");
 
+  // queue
+  CLI::App* queue = app.add_subcommand(
+      "queue", "Your queued and running jobs with their positions, and the queue's counts (no names)");
+
   // cancel
   CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job, or all of yours (--all-mine)");
   std::string cancel_id;
@@ -638,6 +642,7 @@ int main(int argc, char** argv) {
     }
     return sinkscope::client::RunJobs(global, request);
   }
+  if (queue->parsed()) return sinkscope::client::RunQueue(global);
   if (cancel->parsed() && cancel_all_mine) return sinkscope::client::RunCancelAllMine(global);
   if (cancel->parsed()) return sinkscope::client::RunCancel(global, cancel_id);
   if (models_clear->parsed()) return sinkscope::client::RunClearModel(global, clear_model);

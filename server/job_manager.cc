@@ -401,6 +401,22 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(const v1::ListJobsRequest&
   return out;
 }
 
+absl::StatusOr<v1::QueueOverview> JobManager::QueueOverviewFor(const std::string& user) {
+  absl::StatusOr<std::map<std::string, int>> queued = scheduler_->QueuedByUser();
+  if (!queued.ok()) return queued.status();
+  v1::QueueOverview out;
+  for (const auto& [owner, n] : *queued) {
+    out.set_queued(out.queued() + n);
+    if (owner == user) out.set_my_queued(n);
+    if (n > 0) out.set_users_waiting(out.users_waiting() + 1);
+  }
+  for (const auto& [owner, n] : scheduler_->RunningByUser()) {
+    out.set_running(out.running() + n);
+    if (owner == user) out.set_my_running(n);
+  }
+  return out;
+}
+
 absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::string& who) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
   if (absl::Status s = CheckIdLength(id); !s.ok()) return s;

@@ -93,6 +93,8 @@ class JobManager {
   /// The catalog's public view, with models that failed to load marked
   /// unavailable, and the workers' health.
   v1::ListModelsResponse ListModels() const;
+  /// Queue counts for `user` (every user's jobs counted, nobody named).
+  absl::StatusOr<v1::QueueOverview> QueueOverviewFor(const std::string& user);
 
   // --- Health ---------------------------------------------------------------
 

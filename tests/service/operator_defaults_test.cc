@@ -367,6 +367,25 @@ TEST_F(OperatorDefaultsTest, SighupReloadsTheCatalog) {
   EXPECT_NE(ReadTail(server_->log_path()).find("catalog not reloaded"), std::string::npos);
 }
 
+// Issue 25.8. A non-admin's queue view: own jobs with positions and the
+// queue's counts, no other user's name.
+TEST_F(OperatorDefaultsTest, QueueViewShowsCountsWithoutNames) {
+  SKIP_WITHOUT_SHARED();
+  StartServer(1, TestCatalog(), R"("worker_args": ["--test-unit-delay-ms", "2000"])");
+  auto stub = server_->NewStub();
+  v1::Job job;
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 50 + i)}), &job, "bob").ok());
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 52)}), &job, "alice").ok());
+  const auto [rc, err] =
+      RunClient(dir_.path(), absl::StrCat("--server ", server_->address(), " --user alice queue"));
+  EXPECT_EQ(rc, 0) << err;
+  std::ifstream out(dir_.path() + "/client.out");
+  std::string printed((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  EXPECT_NE(printed.find(job.id()), std::string::npos) << printed;
+  EXPECT_NE(printed.find("(1 yours; 2 user(s) waiting)"), std::string::npos) << printed;
+  EXPECT_EQ(printed.find("bob"), std::string::npos) << printed;
+}
+
 }  // namespace
 }  // namespace testing
 }  // namespace sinkscope
