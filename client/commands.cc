@@ -20,6 +20,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "client/render.h"
@@ -269,6 +270,20 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
       continue;
     }
     line.Finish();
+    if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && global.wait_timeout_s > 0) {
+      // Our own --wait-timeout ran out, not the job: say so, and how to go on.
+      v1::Job job;
+      grpc::Status got = GetJobWithResults(conn, job_id, /*include_results=*/false, &job);
+      return Fail(static_cast<int>(grpc::StatusCode::DEADLINE_EXCEEDED),
+                  absl::StrCat("--wait-timeout ", absl::StrFormat("%g", global.wait_timeout_s),
+                               " s ran out while waiting for job ", job_id, "; the job is ",
+                               got.ok() ? absl::StrCat("still ", JobStateName(job.state()))
+                                        : std::string("still on"),
+                               " on the server (it was not cancelled): follow it with `sinkscope "
+                               "watch ",
+                               job_id, "`, read it later with `sinkscope get ", job_id,
+                               "`, or stop it with `sinkscope cancel ", job_id, "`"));
+    }
     return Fail(status, global);
   }
   line.Finish();
@@ -529,7 +544,8 @@ int RunWatch(const GlobalOptions& global, const std::string& job_id,
   }
 }
 
-int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results) {
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results,
+           bool all_inputs) {
   Connection conn(global);
   v1::Job job;
   grpc::Status status = GetJobWithResults(conn, job_id, include_results, &job);
@@ -539,7 +555,7 @@ int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_
     PrintText(RenderProfileCsv({job.results().begin(), job.results().end()}));
     return 0;
   }
-  std::string text = RenderJob(job);
+  std::string text = RenderJob(job, absl::LocalTimeZone(), all_inputs ? -1 : 8);
   if (job.results_size() > 0) {
     std::vector<v1::ResultRecord> records(job.results().begin(), job.results().end());
     absl::StrAppend(&text, "\n", RenderResults(records));
@@ -578,6 +594,95 @@ int RunCancel(const GlobalOptions& global, const std::string& job_id) {
                            " to see it end)\n"));
   }
   return 0;
+}
+
+int RunQueue(const GlobalOptions& global) {
+  Connection conn(global);
+  v1::ListJobsRequest list;
+  list.set_owner("@me");
+  list.set_page_size(1000);
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_MODEL_LOADING, v1::JOB_STATE_RUNNING}) {
+    list.add_states(s);
+  }
+  grpc::ClientContext context;
+  conn.Prepare(&context, /*streaming=*/false);
+  v1::ListJobsResponse page;
+  grpc::Status status = conn.stub().ListJobs(&context, list, &page);
+  if (!status.ok()) return Fail(status, global);
+  if (global.json) return PrintJson(page);
+  std::string out;
+  if (page.jobs_size() > 0) {
+    std::vector<std::vector<std::string>> rows = {{"id", "type", "model", "state", "position"}};
+    for (const v1::Job& j : page.jobs()) {
+      rows.push_back({j.id(), JobTypeName(j.type()), j.request().model(), JobStateName(j.state()),
+                      j.state() == v1::JOB_STATE_QUEUED && j.queue_position() > 0
+                          ? absl::StrCat(j.queue_position())
+                          : std::string("-")});
+    }
+    absl::StrAppend(&out, FormatTable(rows, {4}), "\n");
+  } else {
+    absl::StrAppend(&out, "no queued or running jobs of yours\n\n");
+  }
+  const v1::QueueOverview& q = page.queue();
+  absl::StrAppend(&out, "Queue:  ", q.queued(), " queued (", q.my_queued(), " yours; ", q.users_waiting(),
+                  " user(s) waiting), ", q.running(), " running on this host (", q.my_running(),
+                  " yours)\n");
+  PrintText(out);
+  return 0;
+}
+
+int RunCancelAllMine(const GlobalOptions& global) {
+  Connection conn(global);
+  v1::ListJobsRequest list;
+  list.set_owner("@me");
+  list.set_page_size(1000);
+  for (v1::JobState s : {v1::JOB_STATE_QUEUED, v1::JOB_STATE_MODEL_LOADING, v1::JOB_STATE_RUNNING}) {
+    list.add_states(s);
+  }
+  std::vector<std::string> ids;
+  for (;;) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::ListJobsResponse page;
+    grpc::Status status = conn.stub().ListJobs(&context, list, &page);
+    if (!status.ok()) return Fail(status, global);
+    for (const v1::Job& j : page.jobs()) ids.push_back(j.id());
+    if (page.next_page_token().empty()) break;
+    list.set_page_token(page.next_page_token());
+  }
+  int cancelled = 0, failed = 0;
+  for (const std::string& id : ids) {
+    grpc::ClientContext context;
+    conn.Prepare(&context, /*streaming=*/false);
+    v1::CancelJobRequest request;
+    request.set_job_id(id);
+    v1::Job job;
+    grpc::Status status = conn.stub().CancelJob(&context, request, &job);
+    if (status.ok()) {
+      ++cancelled;
+      if (!global.json) {
+        PrintText(absl::StrCat("job ", id, ": ",
+                               job.state() == v1::JOB_STATE_CANCELLED
+                                   ? std::string("CANCELLED")
+                                   : absl::StrCat("cancellation requested (now ",
+                                                  JobStateName(job.state()), ")"),
+                               "\n"));
+      }
+    } else if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+      // FAILED_PRECONDITION: it ended meanwhile; anything else is reported.
+      ++failed;
+      std::fprintf(stderr, "sinkscope: job %s: %s: %s\n", id.c_str(),
+                   StatusCodeName(static_cast<int>(status.error_code())).c_str(),
+                   status.error_message().c_str());
+    }
+  }
+  if (global.json) {
+    PrintText(absl::StrCat("{\"cancelled\": ", cancelled, ", \"failed\": ", failed, "}\n"));
+  } else {
+    PrintText(absl::StrCat(cancelled, " job(s) of yours cancelled", ids.empty() ? " (none queued or running)" : "",
+                           "\n"));
+  }
+  return failed == 0 ? 0 : 1;
 }
 
 int RunModels(const GlobalOptions& global) {

@@ -69,9 +69,17 @@ struct ScanOptions {
 /// result with the renderer of its records.
 int RunScan(const GlobalOptions& global, const ScanOptions& options);
 int RunWatch(const GlobalOptions& global, const std::string& job_id, const WatchOptions& options);
-int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results);
+/// `all_inputs`: every input sequence, not the first 8.
+int RunGet(const GlobalOptions& global, const std::string& job_id, bool include_results,
+           bool all_inputs = false);
 int RunJobs(const GlobalOptions& global, const v1::ListJobsRequest& request);
 int RunCancel(const GlobalOptions& global, const std::string& job_id);
+/// Your QUEUED / MODEL_LOADING / RUNNING jobs (position of each queued one)
+/// and the whole queue's counts (ListJobsResponse.queue: no other names).
+int RunQueue(const GlobalOptions& global);
+/// Cancels every QUEUED, MODEL_LOADING or RUNNING job of the caller
+/// (ListJobs owner "@me", every page); prints each and the count.
+int RunCancelAllMine(const GlobalOptions& global);
 int RunModels(const GlobalOptions& global);
 /// `models clear NAME` (admin): AnalysisService.ClearModelUnavailable.
 int RunClearModel(const GlobalOptions& global, const std::string& model);

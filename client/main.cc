@@ -420,6 +420,8 @@ int main(int argc, char** argv) {
   bool no_results = false;
   get->add_option("id", get_id, "Job id")->required();
   get->add_flag("--no-results", no_results, "Do not fetch result records");
+  bool all_inputs = false;
+  get->add_flag("--all-inputs", all_inputs, "Show every input sequence (default: the first 8)");
 
   // jobs
   CLI::App* jobs = app.add_subcommand("jobs", "List jobs, newest first");
@@ -433,10 +435,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1000));
   jobs->add_option("--page-token", page_token, "Continue a previous listing");
 
+  // queue
+  CLI::App* queue = app.add_subcommand(
+      "queue", "Your queued and running jobs with their positions, and the queue's counts (no names)");
+
   // cancel
-  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job");
+  CLI::App* cancel = app.add_subcommand("cancel", "Cancel a job, or all of yours (--all-mine)");
   std::string cancel_id;
-  cancel->add_option("id", cancel_id, "Job id")->required();
+  bool cancel_all_mine = false;
+  CLI::Option* cancel_id_opt = cancel->add_option("id", cancel_id, "Job id");
+  CLI::Option* cancel_all_opt = cancel->add_flag(
+      "--all-mine", cancel_all_mine, "Cancel every queued or running job of yours (admins too: only yours)");
+  cancel_id_opt->excludes(cancel_all_opt);
+  cancel->require_option(1);
 
   // models
   CLI::App* models = app.add_subcommand("models", "List the server's model catalog and corpora");
@@ -650,7 +661,7 @@ int main(int argc, char** argv) {
     watch_options.after_seq = after_seq;
     return sinkscope::client::RunWatch(global, watch_id, watch_options);
   }
-  if (get->parsed()) return sinkscope::client::RunGet(global, get_id, !no_results);
+  if (get->parsed()) return sinkscope::client::RunGet(global, get_id, !no_results, all_inputs);
   if (jobs->parsed()) {
     v1::ListJobsRequest request;
     request.set_owner(owner);
@@ -663,6 +674,8 @@ int main(int argc, char** argv) {
     }
     return sinkscope::client::RunJobs(global, request);
   }
+  if (queue->parsed()) return sinkscope::client::RunQueue(global);
+  if (cancel->parsed() && cancel_all_mine) return sinkscope::client::RunCancelAllMine(global);
   if (cancel->parsed()) return sinkscope::client::RunCancel(global, cancel_id);
   if (models_clear->parsed()) return sinkscope::client::RunClearModel(global, clear_model);
   if (models->parsed()) return sinkscope::client::RunModels(global);

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -125,6 +126,84 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows,
   return out;
 }
 
+namespace {
+
+/// True when `s` is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF).
+bool IsUtf8(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const int n = c < 0x80 ? 0 : (c >> 5) == 0x6 ? 1 : (c >> 4) == 0xE ? 2 : (c >> 3) == 0x1E ? 3 : -1;
+    if (n < 0) return false;
+    uint32_t cp = n == 0 ? c : n == 1 ? (c & 0x1F) : n == 2 ? (c & 0x0F) : (c & 0x07);
+    for (int k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return false;
+      const unsigned char d = static_cast<unsigned char>(s[i + k]);
+      if ((d >> 6) != 0x2) return false;
+      cp = (cp << 6) | (d & 0x3F);
+    }
+    if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+      return false;
+    }
+    i += n + 1;
+  }
+  return true;
+}
+
+/// Replaces the base64 of every set bytes field of `m` (Sequence.text) in
+/// its JSON `j` by the text itself when it is UTF-8 (a request's text always
+/// is: the server refuses any other).
+void BytesAsText(const google::protobuf::Message& m, nlohmann::ordered_json* j) {
+  if (!j->is_object()) return;  // well-known types print as strings
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    auto it = j->find(f->name());
+    if (it == j->end() || f->is_map()) continue;
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_BYTES) {
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(m, f) && i < static_cast<int>(it->size()); ++i) {
+          const std::string v = r->GetRepeatedString(m, f, i);
+          if (IsUtf8(v)) (*it)[i] = v;
+        }
+      } else if (const std::string v = r->GetString(m, f); IsUtf8(v)) {
+        *it = v;
+      }
+    } else if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int i = 0; i < r->FieldSize(m, f) && i < static_cast<int>(it->size()); ++i) {
+          BytesAsText(r->GetRepeatedMessage(m, f, i), &(*it)[i]);
+        }
+      } else {
+        BytesAsText(r->GetMessage(m, f), &*it);
+      }
+    }
+  }
+}
+
+/// True when `m` or a message in it has a set bytes field.
+bool HasBytes(const google::protobuf::Message& m) {
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const google::protobuf::FieldDescriptor* f : fields) {
+    if (f->type() == google::protobuf::FieldDescriptor::TYPE_BYTES) return true;
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE || f->is_map()) continue;
+    if (f->is_repeated()) {
+      for (int i = 0; i < r->FieldSize(m, f); ++i) {
+        if (HasBytes(r->GetRepeatedMessage(m, f, i))) return true;
+      }
+    } else if (HasBytes(r->GetMessage(m, f))) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message, bool pretty) {
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = pretty;
@@ -135,7 +214,16 @@ absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message, boo
   if (!status.ok()) {
     return absl::InternalError(absl::StrCat("cannot print JSON: ", status.ToString()));
   }
-  return out;
+  // Text is shown as text, not as protobuf JSON's base64 of a bytes field
+  // (sinkscope.Result.from_json reads either).
+  if (!HasBytes(message)) return out;
+  try {
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(out);
+    BytesAsText(message, &j);
+    return j.dump(pretty ? 2 : -1);
+  } catch (const nlohmann::json::exception&) {
+    return out;
+  }
 }
 
 std::string RenderScanTable(const std::vector<v1::ScanBlock>& blocks) {
@@ -474,8 +562,10 @@ std::string RenderInterventionSummary(const v1::InterventionSummary& s) {
   if (s.has_kl()) {
     const auto& k = s.kl();
     absl::StrAppend(&out, Key("KL(base || interv.)"),
-                    absl::StrFormat("all %.4g; spike tokens %.4g (%d); after spike %.4g (%d); "
-                                    "rest %.4g (%d) nats",
+                    // Class "spike" holds the positions the interventions
+                    // wrote or ablated, whether or not a spike was found.
+                    absl::StrFormat("all %.4g; intervened positions %.4g (%d); next position %.4g "
+                                    "(%d); rest %.4g (%d) nats",
                                     k.all(), k.spike(), k.n_spike(), k.after_spike(),
                                     k.n_after_spike(), k.rest(), k.n_rest()),
                     "\n");

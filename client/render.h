@@ -50,7 +50,8 @@ std::string FormatTable(const std::vector<std::vector<std::string>>& rows,
                         const std::vector<int>& right_aligned = {});
 
 /// Protobuf JSON mapping with the .proto field names (preserve_proto_field_names)
-/// and default-valued fields printed, so that scripts see every field.
+/// and default-valued fields printed, so that scripts see every field; bytes
+/// fields holding UTF-8 (Sequence.text) as text, not base64.
 absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message,
                                    bool pretty = true);
 
@@ -103,14 +104,17 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records);
 /// (first-token probe), "units" otherwise.
 std::string ProgressUnit(v1::JobType type);
 
-/// Key/value view of one job (for `sinkscope get`), without its results.
-std::string RenderJob(const v1::Job& job, absl::TimeZone tz = absl::LocalTimeZone());
+/// Key/value view of one job (for `sinkscope get`), without its results:
+/// at most `max_inputs` input sequences, then how many more (< 0 = all).
+std::string RenderJob(const v1::Job& job, absl::TimeZone tz = absl::LocalTimeZone(),
+                      int max_inputs = 8);
 
 /// Table of jobs: id, type, model, state, created, owner.
 std::string RenderJobsTable(const v1::ListJobsResponse& response,
                             absl::TimeZone tz = absl::LocalTimeZone());
 
-/// Table of catalog models.
+/// Table of catalog models and corpora (lines of at most ~100 characters:
+/// descriptions wrapped below the tables).
 std::string RenderModels(const v1::ListModelsResponse& response);
 
 /// "2026-03-08 10:28:23" in `tz`; "-" when unset.

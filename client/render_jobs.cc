@@ -2,10 +2,14 @@
 // of a watched job (JobProgress). Declared in client/render.h.
 #include "client/render.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "client/render_internal.h"
 #include "common/job_types.h"
@@ -70,7 +74,7 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& ts, absl::TimeZon
   return absl::FormatTime("%Y-%m-%d %H:%M:%S", t, tz);
 }
 
-std::string RenderJob(const v1::Job& job, absl::TimeZone tz) {
+std::string RenderJob(const v1::Job& job, absl::TimeZone tz, int max_inputs) {
   std::string out;
   auto row = [&out](const std::string& key, const std::string& value) {
     absl::StrAppend(&out, absl::StrFormat("%-12s", key), value, "\n");
@@ -96,9 +100,13 @@ std::string RenderJob(const v1::Job& job, absl::TimeZone tz) {
   row("dtype", DtypeName(r.dtype()));
   row("add_bos", r.has_add_bos() ? (r.add_bos() ? "true" : "false") : "default (true)");
   row("params", DescribeParams(r));
-  for (int i = 0; i < r.sequences_size(); ++i) {
+  const int shown = max_inputs < 0 ? r.sequences_size() : std::min(max_inputs, r.sequences_size());
+  for (int i = 0; i < shown; ++i) {
     row(i == 0 ? absl::StrCat("inputs (", r.sequences_size(), ")") : "",
         absl::StrCat("[", i, "] ", DescribeSequence(r.sequences(i))));
+  }
+  if (shown < r.sequences_size()) {
+    row("", absl::StrCat("... ", r.sequences_size() - shown, " more (--all-inputs shows every one)"));
   }
   if (!job.client_request_id().empty()) row("request id", job.client_request_id());
   row("last event", absl::StrCat(job.last_event_seq()));
@@ -124,31 +132,75 @@ std::string RenderJobsTable(const v1::ListJobsResponse& response, absl::TimeZone
   return out;
 }
 
+namespace {
+
+/// `text` as lines of at most `width` characters (words longer than that
+/// are cut), each after `indent` but the first.
+std::string WrapText(const std::string& text, size_t width, const std::string& indent) {
+  std::string out, line;
+  for (absl::string_view word : absl::StrSplit(text, ' ', absl::SkipEmpty())) {
+    while (word.size() > width) {
+      if (!line.empty()) absl::StrAppend(&out, line, "\n", indent);
+      line.clear();
+      absl::StrAppend(&out, word.substr(0, width), "\n", indent);
+      word.remove_prefix(width);
+    }
+    if (!line.empty() && line.size() + 1 + word.size() > width) {
+      absl::StrAppend(&out, line, "\n", indent);
+      line.clear();
+    }
+    absl::StrAppend(&line, line.empty() ? "" : " ", word);
+  }
+  absl::StrAppend(&out, line, "\n");
+  return out;
+}
+
+/// "name  description" lines, the description wrapped to ~100 columns.
+std::string DescriptionLines(const std::vector<std::pair<std::string, std::string>>& items) {
+  size_t name_width = 0;
+  for (const auto& [name, d] : items) name_width = std::max(name_width, name.size());
+  name_width = std::min<size_t>(name_width, 40);
+  const size_t width = std::max<size_t>(40, 100 - name_width - 2);
+  std::string out;
+  for (const auto& [name, description] : items) {
+    if (description.empty()) continue;
+    std::string head = name;
+    if (head.size() < name_width) head.resize(name_width, ' ');
+    absl::StrAppend(&out, head, "  ",
+                    WrapText(description, width, std::string(name_width + 2, ' ')));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string RenderModels(const v1::ListModelsResponse& response) {
   std::vector<std::vector<std::string>> rows = {
       {"name", "format", "dtype", "tokenizer", "vocab", "n_ctx", "layers", "blocks", "d_model",
-       "heads", "description"}};
+       "heads"}};
+  std::vector<std::pair<std::string, std::string>> descriptions;
   for (const auto& m : response.models()) {
     rows.push_back({m.name(), m.format(), DtypeName(m.default_dtype()),
                     m.has_tokenizer() ? "yes" : "no (ids)", absl::StrCat(m.vocab_size()),
                     absl::StrCat(m.n_ctx()), absl::StrCat(m.n_layers()),
                     absl::StrCat(2 * m.n_layers()), absl::StrCat(m.d_model()),
-                    absl::StrCat(m.n_heads()), m.description()});
+                    absl::StrCat(m.n_heads())});
+    descriptions.emplace_back(m.name(), m.description());
   }
   std::string out;
   if (!response.workers().problem().empty()) {
     absl::StrAppend(&out, "WARNING: ", response.workers().problem(), "\n\n");
   }
-  absl::StrAppend(&out, FormatTable(rows, {4, 5, 6, 7, 8, 9}));
+  absl::StrAppend(&out, FormatTable(rows, {4, 5, 6, 7, 8, 9}), "\n", DescriptionLines(descriptions));
   if (response.corpora_size() > 0) {
-    std::vector<std::vector<std::string>> corpora = {
-        {"corpus", "bytes", "tokenizer", "description"}};
+    std::vector<std::vector<std::string>> corpora = {{"corpus", "bytes", "tokenizer"}};
+    std::vector<std::pair<std::string, std::string>> corpus_descriptions;
     for (const auto& c : response.corpora()) {
       corpora.push_back({c.name(), absl::StrCat(c.size_bytes()),
-                         c.has_tokenizer() ? "own (for models without one)" : "model's",
-                         c.description()});
+                         c.has_tokenizer() ? "own (for models that declare it)" : "model's"});
+      corpus_descriptions.emplace_back(c.name(), c.description());
     }
-    absl::StrAppend(&out, "\n", FormatTable(corpora, {1}));
+    absl::StrAppend(&out, "\n", FormatTable(corpora, {1}), "\n", DescriptionLines(corpus_descriptions));
   }
   return out;
 }

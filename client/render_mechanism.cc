@@ -47,6 +47,12 @@ std::string FfnBlock(const v1::FfnQuadraticBlock& b) {
                     c.eigenvalues_size() > 1 ? Num(c.eigenvalues(1)) : "-", Num(c.eigen_ratio()),
                     absl::StrJoin(r, "; ")});
   }
+  // Only top channels carry rows: without one the column would stay empty.
+  bool any_rows = false;
+  for (const auto& c : b.channels()) any_rows = any_rows || c.top_rows_size() > 0;
+  if (!any_rows) {
+    for (auto& row : rows) row.pop_back();
+  }
   absl::StrAppend(&out, FormatTable(rows, {2, 3, 4, 5}));
   if (b.top_eigenvector_cosine_size() > 1) {
     absl::StrAppend(&out, "mean |cos(s*_a, s*_b)| over top channels: ",
@@ -116,8 +122,11 @@ bool IsMechanismRecord(const v1::ResultRecord& r) {
 
 std::string RenderMechanismResults(const std::vector<v1::ResultRecord>& records) {
   std::string out;
-  std::vector<std::vector<std::string>> vo_rows = {
-      {"layer", "token |cos(W_VO h~, s*)|", "sample mean", "min", "p10", "p50", "p90", "max"}};
+  // One number per cell: a column per requested token (|cos(W_VO h~, s*)|),
+  // then the vocabulary sample's distribution; headed at the summary,
+  // which names the tokens.
+  std::vector<std::vector<std::string>> vo_rows;
+  size_t vo_tokens = 0;
   std::vector<std::vector<std::string>> act_rows = {{"hook", "seq", "dims", "shape", "values", "max |v|"}};
   for (const v1::ResultRecord& r : records) {
     switch (r.record_case()) {
@@ -143,10 +152,12 @@ std::string RenderMechanismResults(const std::vector<v1::ResultRecord>& records)
         break;
       case v1::ResultRecord::kVoCircuitLayer: {
         const auto& l = r.vo_circuit_layer();
-        std::vector<std::string> tok;
-        for (double a : l.token_alignment()) tok.push_back(Num(a, 3));
-        std::vector<std::string> row = {absl::StrCat(l.layer()), absl::StrJoin(tok, " "),
-                                        Num(l.sample_mean(), 3), Num(l.sample_min(), 3)};
+        std::vector<std::string> row = {absl::StrCat(l.layer())};
+        for (double a : l.token_alignment()) row.push_back(Num(a, 3));
+        vo_tokens = std::max(vo_tokens, static_cast<size_t>(l.token_alignment_size()));
+        for (size_t i = l.token_alignment_size(); i < vo_tokens; ++i) row.push_back("-");
+        row.push_back(Num(l.sample_mean(), 3));
+        row.push_back(Num(l.sample_min(), 3));
         for (int i = 0; i < 3; ++i) {
           row.push_back(i < l.sample_quantiles_size() ? Num(l.sample_quantiles(i), 3) : "-");
         }
@@ -154,12 +165,24 @@ std::string RenderMechanismResults(const std::vector<v1::ResultRecord>& records)
         vo_rows.push_back(std::move(row));
         break;
       }
-      case v1::ResultRecord::kVoCircuitSummary:
-        absl::StrAppend(&out, "VO circuit (paper eq. 22): s* of block ",
-                        Label(r.vo_circuit_summary().step_up_block()), ", vocabulary sample ",
-                        r.vo_circuit_summary().vocab_sample(), "\n", FormatTable(vo_rows, {0}),
-                        Prov(r.vo_circuit_summary().provenance()));
+      case v1::ResultRecord::kVoCircuitSummary: {
+        const auto& s = r.vo_circuit_summary();
+        std::vector<std::string> header = {"layer"};
+        for (size_t i = 0; i < vo_tokens; ++i) {
+          header.push_back(i < static_cast<size_t>(s.token_ids_size())
+                               ? absl::StrCat("token ", s.token_ids(static_cast<int>(i)))
+                               : absl::StrCat("token #", i));
+        }
+        for (const char* h : {"sample mean", "min", "p10", "p50", "p90", "max"}) header.push_back(h);
+        vo_rows.insert(vo_rows.begin(), std::move(header));
+        std::vector<int> right;
+        for (int c = 0; c < static_cast<int>(vo_rows.front().size()); ++c) right.push_back(c);
+        absl::StrAppend(&out, "VO circuit (paper eq. 22): |cos(W_VO h~, s*)| at position 0, s* of block ",
+                        Label(s.step_up_block()), ", vocabulary sample ", s.vocab_sample(), "\n",
+                        FormatTable(vo_rows, right), Prov(s.provenance()));
+        vo_rows.clear();
         break;
+      }
       case v1::ResultRecord::kActivationTensor: {
         const auto& t = r.activation_tensor();
         float mx = 0;

@@ -88,15 +88,18 @@ grpc::Status AnalysisServiceImpl::ListJobs(grpc::ServerContext* context,
   absl::StatusOr<Caller> caller = auth_->Authenticate(*context);
   if (!caller.ok()) return Done("ListJobs", caller.status());
   v1::ListJobsRequest scoped = *request;
+  if (scoped.owner() == "@me") scoped.set_owner(caller->user);
   if (!caller->admin) {
     if (!scoped.owner().empty() && scoped.owner() != caller->user) {
-      return Done("ListJobs", absl::OkStatus());  // nothing of someone else's
+      return Done("ListJobs", absl::OkStatus());  // nothing of someone else's (nor the queue)
     }
     scoped.set_owner(caller->user);
   }
   absl::StatusOr<v1::ListJobsResponse> page = manager_->List(scoped);
   if (!page.ok()) return Done("ListJobs", page.status());
   *response = *std::move(page);
+  absl::StatusOr<v1::QueueOverview> queue = manager_->QueueOverviewFor(caller->user);
+  if (queue.ok()) *response->mutable_queue() = *std::move(queue);
   return Done("ListJobs", absl::OkStatus());
 }
 

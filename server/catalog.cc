@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -118,7 +119,8 @@ absl::Status ProbeHf(CatalogEntry* e, ExtraShape* x) {
   // Families the engine knows: the engine's own parser and family table
   // (common/model_config.h), so the catalog shows what the worker will load
   // (GPT-2's n_embd / n_layer, Gemma's head_dim, ...).
-  if (absl::StatusOr<ModelConfig> c = ParseHfConfig(text.str(), "config.json"); c.ok()) {
+  absl::StatusOr<ModelConfig> c = ParseHfConfig(text.str(), "config.json");
+  if (c.ok()) {
     e->vocab_size = c->d_vocab;
     e->n_ctx = c->n_ctx;
     e->n_layers = c->n_layers;
@@ -128,6 +130,16 @@ absl::Status ProbeHf(CatalogEntry* e, ExtraShape* x) {
     x->hidden = c->d_ffn;
     x->head_dim = c->d_head;
     return absl::OkStatus();
+  }
+  // A config that names its family is read by the worker with the same
+  // parser: an unsupported model_type (or a field it lacks) fails every job,
+  // so the entry is unavailable now, with the parser's reason (no path).
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text.str());
+    if (j.is_object() && j.contains("model_type")) {
+      return absl::FailedPreconditionError(std::string(c.status().message()));
+    }
+  } catch (const nlohmann::json::exception&) {
   }
   // Otherwise the raw llama-style keys, checked field by field below.
   try {
@@ -260,6 +272,36 @@ std::vector<std::string> ExpandCheckpoints(const ModelCatalog& catalog, const st
   return out;
 }
 
+namespace {
+
+/// `path` made canonical when it exists (symlinks, "..": one file, one name).
+std::string CanonicalPath(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::weakly_canonical(path, ec);
+  return ec ? path : p.string();
+}
+
+}  // namespace
+
+absl::Status CheckCorpusTokenizer(const CatalogEntry& model, const CorpusEntry& corpus) {
+  if (!model.tokenizer_path.empty()) return absl::OkStatus();
+  if (corpus.tokenizer_path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", model.name, " has no tokenizer and corpus ", corpus.name,
+        " brings none; send token ids as sequences (--ids)"));
+  }
+  const std::string tok = CanonicalPath(corpus.tokenizer_path);
+  for (const std::string& c : model.compatible_tokenizers) {
+    if (c == tok) return absl::OkStatus();
+  }
+  const std::string file = std::filesystem::path(corpus.tokenizer_path).filename().string();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "model ", model.name, " has no tokenizer of its own, and corpus ", corpus.name,
+      "'s tokenizer (", file, ") is not declared compatible with model ", model.name,
+      " (catalog: the model's compatible_tokenizers); text read through another model's "
+      "pieces gives wrong ids. Use a model with a tokenizer, or send token ids (--ids)"));
+}
+
 std::string CorpusNameOf(const v1::JobRequest& request) {
   const JobTypeDescriptor* job = JobTypeOfRequest(request);
   if (job == nullptr || !job->reads_corpus()) return "";
@@ -282,31 +324,50 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
     for (size_t i = 0; i < models.size(); ++i) {
       const nlohmann::json& m = models[i];
       const std::string where = absl::StrCat(path, ": model ", i);
+      // One bad entry does not stop the others: without a usable name it is
+      // left out (a warning), otherwise it is listed unavailable with why.
       CatalogEntry e;
-      e.name = m.at("name").get<std::string>();
-      if (!IsValidModelName(e.name)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, ": bad name \"", e.name, "\" (letters, digits, . _ -; a run's checkpoint RUN@STEP)"));
+      if (!m.is_object() || !m.contains("name") || !m["name"].is_string() ||
+          !IsValidModelName(m["name"].get<std::string>())) {
+        catalog.warnings_.push_back(absl::StrCat(
+            where, ": left out: \"name\" must be a string of letters, digits, . _ -, or a run's checkpoint RUN@STEP (got ",
+            m.is_object() && m.contains("name") ? m["name"].dump() : std::string("none"), ")"));
+        continue;
       }
-      e.format = m.at("format").get<std::string>();
-      if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, " (", e.name, "): format must be llama2c, hf or gguf, got ", e.format));
+      e.name = m["name"].get<std::string>();
+      bool duplicate = false;
+      for (const CatalogEntry& other : catalog.entries_) duplicate = duplicate || other.name == e.name;
+      if (duplicate) {
+        catalog.warnings_.push_back(absl::StrCat(where, ": left out: duplicate name ", e.name));
+        continue;
       }
-      e.path = ResolvePath(dir, m.at("path").get<std::string>());
-      if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
-        e.tokenizer_path = ResolvePath(dir, m["tokenizer"].get<std::string>());
-      }
-      if (m.contains("default_dtype")) {
-        absl::StatusOr<std::string> dtype = CanonicalDtype(m["default_dtype"].get<std::string>());
-        if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
-        e.default_dtype = *dtype;
-      }
-      e.description = m.value("description", std::string());
-      for (const CatalogEntry& other : catalog.entries_) {
-        if (other.name == e.name) {
-          return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate name ", e.name));
+      try {
+        e.format = m.at("format").get<std::string>();
+        if (e.format != "llama2c" && e.format != "hf" && e.format != "gguf") {
+          throw std::invalid_argument(absl::StrCat("format must be llama2c, hf or gguf, got ", e.format));
         }
+        e.path = ResolvePath(dir, m.at("path").get<std::string>());
+        if (m.contains("tokenizer") && !m["tokenizer"].is_null()) {
+          e.tokenizer_path = ResolvePath(dir, m["tokenizer"].get<std::string>());
+        }
+        if (m.contains("compatible_tokenizers")) {
+          for (const std::string& t : m["compatible_tokenizers"].get<std::vector<std::string>>()) {
+            e.compatible_tokenizers.push_back(CanonicalPath(ResolvePath(dir, t)));
+          }
+        }
+        if (m.contains("default_dtype")) {
+          absl::StatusOr<std::string> dtype = CanonicalDtype(m["default_dtype"].get<std::string>());
+          if (!dtype.ok()) throw std::invalid_argument(std::string(dtype.status().message()));
+          e.default_dtype = *dtype;
+        }
+        e.description = m.value("description", std::string());
+      } catch (const std::exception& ex) {
+        // Reasons are shown to clients: the JSON library's message, no path.
+        e.available = false;
+        e.unavailable_reason = absl::StrCat("its catalog entry is malformed: ", ex.what());
+        catalog.warnings_.push_back(absl::StrCat(where, " (", e.name, "): ", e.unavailable_reason));
+        catalog.entries_.push_back(std::move(e));
+        continue;
       }
       // Reasons are shown to clients: no paths in them (the server logs the
       // entry's path next to the reason).

@@ -19,6 +19,10 @@ struct CatalogEntry {
   std::string format;          // "llama2c", "hf" or "gguf"
   std::string path;            // checkpoint file (llama2c) or directory (hf)
   std::string tokenizer_path;  // "" = none
+  /// Other tokenizer files (absolute, canonical) the catalog declares this
+  /// model's embedding was trained with: a corpus that brings one of them
+  /// may be read for this model when it has no tokenizer of its own.
+  std::vector<std::string> compatible_tokenizers;
   std::string default_dtype = "float32";
   std::string description;
   /// Shape read from the checkpoint header / config.json; 0 when unknown.
@@ -39,7 +43,7 @@ struct CatalogEntry {
 struct CorpusEntry {
   std::string name;
   std::string path;            // UTF-8 text file
-  std::string tokenizer_path;  // "" = none; used for models without a tokenizer
+  std::string tokenizer_path;  // "" = none; for models that declare it compatible
   std::string description;
   int64_t size_bytes = 0;
   /// False when the file could not be read or is empty at load time (jobs
@@ -58,10 +62,11 @@ class ModelCatalog {
   /// default_dtype?, description?}, ...], "corpora": [{name, path,
   /// tokenizer?, description?}, ...]} (a bare array of models is accepted
   /// too; "corpora" is optional). Relative paths are resolved against the
-  /// file's directory. Errors name the file and the entry: duplicate or
-  /// malformed names, unknown format or dtype, missing path. A checkpoint or
-  /// corpus that cannot be read is not an error (the entry is marked
-  /// unavailable).
+  /// file's directory. Only a file that cannot be read or parsed is an
+  /// error: an entry without a usable or with a duplicate name is left out
+  /// (warnings()); an unknown format or dtype, a missing path, or a
+  /// checkpoint, tokenizer or corpus that cannot be read marks that entry
+  /// unavailable with the reason, and the rest are served.
   static absl::StatusOr<ModelCatalog> LoadFile(const std::string& path);
 
   /// The entry named `name`, or nullptr.
@@ -72,8 +77,12 @@ class ModelCatalog {
   const CorpusEntry* FindCorpus(const std::string& name) const;
   /// All corpora, sorted by name.
   const std::vector<CorpusEntry>& corpora() const { return corpora_; }
+  /// Problems of single entries found at load (entries left out for want of
+  /// a usable name, malformed ones listed unavailable), for the server log.
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
+  std::vector<std::string> warnings_;
   std::vector<CatalogEntry> entries_;
   std::vector<CorpusEntry> corpora_;
 };
@@ -82,6 +91,14 @@ class ModelCatalog {
 /// named RUN@STEP (STEP decimal digits) in step order (none when no
 /// checkpoint matches); any other name for itself.
 std::vector<std::string> ExpandCheckpoints(const ModelCatalog& catalog, const std::string& name);
+
+/// OK when corpus `corpus` can be read for `model`: through the model's own
+/// tokenizer, or (a model without one) through the corpus's tokenizer when
+/// the model lists it in compatible_tokenizers. InvalidArgument naming the
+/// model and the corpus's tokenizer (file name only) otherwise: read through
+/// another model's pieces, the ids would be wrong even when the vocabulary
+/// sizes agree.
+absl::Status CheckCorpusTokenizer(const CatalogEntry& model, const CorpusEntry& corpus);
 
 /// The catalog corpus a request names (perplexity / intervention jobs), or
 /// "" when it names none.

@@ -120,6 +120,8 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
         } else {
           config.worker_memory_bytes = {v.get<int64_t>()};
         }
+      } else if (key == "cpu_memory_fraction") {
+        config.cpu_memory_fraction = v.get<double>();
       } else if (key == "host_id") {
         config.host_id = v.get<std::string>();
       } else if (key == "lease_ms") {
@@ -201,6 +203,9 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   for (int64_t b : c.worker_memory_bytes) {
     if (b < 0) return absl::InvalidArgumentError("worker_memory_bytes must be >= 0");
   }
+  if (!(c.cpu_memory_fraction >= 0 && c.cpu_memory_fraction <= 1)) {
+    return absl::InvalidArgumentError("cpu_memory_fraction must be in 0..1 (0 = no default budget)");
+  }
   if (c.lease_ms < 200 || c.lease_ms > 3600000) {
     return absl::InvalidArgumentError("lease_ms must be in 200..3600000 (milliseconds)");
   }
@@ -252,10 +257,73 @@ std::string EffectiveAuthMode(const ServerConfig& config) {
   return IsLoopbackAddress(config.listen) ? "none" : "token";
 }
 
-int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index) {
-  if (config.worker_memory_bytes.empty()) return 0;
+namespace {
+
+/// The first integer in file `path` (a cgroup limit); -1 when unreadable or
+/// "max".
+int64_t ReadLimitFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return -1;
+  try {
+    return static_cast<int64_t>(std::stoull(word));
+  } catch (...) {
+    return -1;
+  }
+}
+
+}  // namespace
+
+int64_t HostMemoryBytes() {
+  int64_t total = 0;
+  {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string key;
+    int64_t kib = 0;
+    std::string unit;
+    while (meminfo >> key >> kib) {
+      std::getline(meminfo, unit);
+      if (key == "MemTotal:") {
+        total = kib * 1024;
+        break;
+      }
+    }
+  }
+  // This process's cgroup (v2: one "0::/path" line; v1: the memory controller).
+  std::ifstream cgroup("/proc/self/cgroup");
+  std::string line;
+  std::vector<std::string> limits;
+  while (std::getline(cgroup, line)) {
+    std::vector<std::string> parts = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (parts.size() != 3) continue;
+    if (parts[0] == "0" && parts[1].empty()) {
+      limits.push_back(absl::StrCat("/sys/fs/cgroup", parts[2], "/memory.max"));
+      limits.push_back("/sys/fs/cgroup/memory.max");
+    } else if (absl::StrContains(parts[1], "memory")) {
+      limits.push_back(absl::StrCat("/sys/fs/cgroup/memory", parts[2], "/memory.limit_in_bytes"));
+      limits.push_back("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    }
+  }
+  for (const std::string& path : limits) {
+    const int64_t limit = ReadLimitFile(path);
+    // v1 reports "no limit" as a huge number: only a lower one counts.
+    if (limit > 0 && (total == 0 || limit < total)) total = limit;
+  }
+  return total;
+}
+
+int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index, int64_t host_memory_bytes) {
   if (config.worker_memory_bytes.size() == 1) return config.worker_memory_bytes[0];
-  return index < config.worker_memory_bytes.size() ? config.worker_memory_bytes[index] : 0;
+  if (!config.worker_memory_bytes.empty()) {
+    return index < config.worker_memory_bytes.size() ? config.worker_memory_bytes[index] : 0;
+  }
+  if (index >= config.worker_devices.size() || config.worker_devices[index] != "cpu") return 0;
+  if (!(config.cpu_memory_fraction > 0)) return 0;
+  const int64_t host = host_memory_bytes >= 0 ? host_memory_bytes : HostMemoryBytes();
+  int64_t cpu_workers = 0;
+  for (const std::string& d : config.worker_devices) cpu_workers += d == "cpu" ? 1 : 0;
+  return static_cast<int64_t>(static_cast<double>(host) * config.cpu_memory_fraction /
+                              static_cast<double>(cpu_workers));
 }
 
 }  // namespace server

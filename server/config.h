@@ -77,7 +77,12 @@ struct ServerConfig {
   /// Memory budget per worker, bytes (0 = unlimited); one entry per worker,
   /// or a single entry for all. GPU memory for cuda workers, host memory
   /// (weights + activations, not the runtime's baseline) for cpu workers.
+  /// Unset: each cpu worker gets cpu_memory_fraction of the host's memory,
+  /// shared among the cpu workers; a cuda worker 90% of its device.
   std::vector<int64_t> worker_memory_bytes;
+  /// Share of the host's memory (MemTotal, or the cgroup's limit when lower)
+  /// the cpu workers' default budgets add up to (0 = unlimited).
+  double cpu_memory_fraction = 0.8;
   /// Minimum interval between two updated Queued events of one job.
   int queue_event_interval_ms = 1000;
 
@@ -113,8 +118,17 @@ bool IsLoopbackAddress(const std::string& listen);
 /// The effective auth mode ("token" or "none") of `config`.
 std::string EffectiveAuthMode(const ServerConfig& config);
 
-/// Budget of worker `index` (0 = unlimited).
-int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index);
+/// The host memory this process may use, bytes: MemTotal of /proc/meminfo,
+/// or the cgroup's memory limit (v2 memory.max, v1 memory.limit_in_bytes)
+/// when that is lower; 0 when neither can be read.
+int64_t HostMemoryBytes();
+
+/// Budget of worker `index` (0 = unlimited): its worker_memory_bytes entry
+/// when configured, else for a cpu worker `host_memory_bytes` x
+/// cpu_memory_fraction / (number of cpu workers), else 0 (a cuda worker
+/// derives its own from the device). `host_memory_bytes` < 0 reads
+/// HostMemoryBytes().
+int64_t WorkerMemoryBudget(const ServerConfig& config, size_t index, int64_t host_memory_bytes = -1);
 
 /// Splits "cpu,cpu,cuda:0" into devices; InvalidArgument on an empty item.
 absl::StatusOr<std::vector<std::string>> ParseWorkerDevices(const std::string& list);

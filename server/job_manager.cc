@@ -56,6 +56,24 @@ JobManager::JobManager(JobStore* store, const ModelCatalog* catalog, Scheduler* 
       limits_(limits),
       max_attempts_(max_attempts) {}
 
+void JobManager::ReplaceCatalog(std::unique_ptr<ModelCatalog> catalog) {
+  const ModelCatalog* next = catalog.get();
+  {
+    std::lock_guard<std::mutex> lock(catalogs_mu_);
+    reloaded_catalogs_.push_back(std::move(catalog));
+  }
+  {
+    std::lock_guard<std::mutex> lock(shapes_mu_);
+    shapes_.clear();
+  }
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    load_failures_.clear();
+  }
+  catalog_.store(next);
+  NotifyJob("");
+}
+
 void JobManager::Notify() { NotifyJob(""); }
 
 void JobManager::NotifyJob(const std::string& id, bool queue_changed) {
@@ -137,7 +155,7 @@ absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller
 }
 
 absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& request) {
-  const CatalogEntry* entry = catalog_->Find(request.model());
+  const CatalogEntry* entry = catalog_.load()->Find(request.model());
   if (entry == nullptr) return absl::NotFoundError(absl::StrCat("unknown model ", request.model()));
   ModelShape shape;
   {
@@ -251,20 +269,21 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
     return absl::InvalidArgumentError(absl::StrCat("client_request_id is longer than ",
                                                    limits_.max_client_request_id, " characters"));
   }
-  if (const CatalogEntry* entry = catalog_->Find(request.request().model());
+  const ModelCatalog& catalog = *catalog_.load();  // one catalog for the whole check
+  if (const CatalogEntry* entry = catalog.Find(request.request().model());
       entry != nullptr && entry->available) {
     if (std::string reason = UnavailableReason(*entry); !reason.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "model ", entry->name, " is not available on this server: ", reason));
     }
   }
-  absl::Status valid = ValidateJobRequest(request.request(), *catalog_, limits_);
+  absl::Status valid = ValidateJobRequest(request.request(), catalog, limits_);
   if (!valid.ok()) return valid;
   {
     // A dtype the workers' devices cannot run is refused here, not found
     // by a worker (where it used to look like a broken checkpoint).
     absl::StatusOr<std::string> dtype = DtypeFromProto(request.request().dtype());
-    const CatalogEntry* entry = catalog_->Find(request.request().model());
+    const CatalogEntry* entry = catalog.Find(request.request().model());
     if (dtype.ok() && entry != nullptr) {
       if (absl::Status s = CheckDtypeRunnable(dtype->empty() ? entry->default_dtype : *dtype);
           !s.ok()) {
@@ -401,6 +420,22 @@ absl::StatusOr<v1::ListJobsResponse> JobManager::List(const v1::ListJobsRequest&
   return out;
 }
 
+absl::StatusOr<v1::QueueOverview> JobManager::QueueOverviewFor(const std::string& user) {
+  absl::StatusOr<std::map<std::string, int>> queued = scheduler_->QueuedByUser();
+  if (!queued.ok()) return queued.status();
+  v1::QueueOverview out;
+  for (const auto& [owner, n] : *queued) {
+    out.set_queued(out.queued() + n);
+    if (owner == user) out.set_my_queued(n);
+    if (n > 0) out.set_users_waiting(out.users_waiting() + 1);
+  }
+  for (const auto& [owner, n] : scheduler_->RunningByUser()) {
+    out.set_running(out.running() + n);
+    if (owner == user) out.set_my_running(n);
+  }
+  return out;
+}
+
 absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::string& who) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
   if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
@@ -479,7 +514,8 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
 
 v1::ListModelsResponse JobManager::ListModels() const {
   v1::ListModelsResponse out;
-  for (const CatalogEntry& e : catalog_->entries()) {
+  const ModelCatalog& catalog = *catalog_.load();
+  for (const CatalogEntry& e : catalog.entries()) {
     std::string reason = UnavailableReason(e);
     if (reason.empty() || !e.available) {
       *out.add_models() = e.ToModelInfo();
@@ -490,7 +526,7 @@ v1::ListModelsResponse JobManager::ListModels() const {
       *out.add_models() = marked.ToModelInfo();
     }
   }
-  for (const CorpusEntry& c : catalog_->corpora()) *out.add_corpora() = c.ToCorpusInfo();
+  for (const CorpusEntry& c : catalog.corpora()) *out.add_corpora() = c.ToCorpusInfo();
   *out.mutable_workers() = WorkerHealth();
   return out;
 }
@@ -510,7 +546,7 @@ v1::WorkerHealth JobManager::WorkerHealth() const {
 }
 
 void JobManager::MarkModelLoadFailed(const std::string& name, const std::string& reason) {
-  const CatalogEntry* entry = catalog_->Find(name);
+  const CatalogEntry* entry = catalog_.load()->Find(name);
   if (entry == nullptr) return;
   std::lock_guard<std::mutex> lock(health_mu_);
   load_failures_[name] = LoadFailure{reason, CheckpointStamp(entry->path)};
@@ -529,7 +565,7 @@ std::string JobManager::UnavailableReason(const CatalogEntry& entry) const {
 }
 
 absl::StatusOr<std::string> JobManager::ClearModelUnavailable(const std::string& name) {
-  const CatalogEntry* entry = catalog_->Find(name);
+  const CatalogEntry* entry = catalog_.load()->Find(name);
   if (entry == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("model \"", name.substr(0, 128), "\" is not in the catalog; see ListModels"));

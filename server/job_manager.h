@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,7 +64,7 @@ class JobManager {
   absl::StatusOr<MemoryEstimate> Estimate(const v1::JobRequest& request);
   /// The work a job will do (token-layers), for limits and deadlines.
   WorkEstimate EstimateWork(const v1::JobRequest& request) const {
-    return EstimateJobWork(request, *catalog_);
+    return EstimateJobWork(request, *catalog_.load());
   }
   /// Traits of a stored job for the scheduler.
   JobTraits TraitsOf(const std::string& id);
@@ -92,6 +93,8 @@ class JobManager {
   /// The catalog's public view, with models that failed to load marked
   /// unavailable, and the workers' health.
   v1::ListModelsResponse ListModels() const;
+  /// Queue counts for `user` (every user's jobs counted, nobody named).
+  absl::StatusOr<v1::QueueOverview> QueueOverviewFor(const std::string& user);
 
   // --- Health ---------------------------------------------------------------
 
@@ -145,13 +148,20 @@ class JobManager {
   /// Who asked to cancel `id` ("" when nobody did).
   std::string CancelRequester(const std::string& id);
   /// The catalog entry a job names (nullptr if it vanished).
-  const CatalogEntry* FindModel(const std::string& name) const { return catalog_->Find(name); }
+  const CatalogEntry* FindModel(const std::string& name) const { return catalog_.load()->Find(name); }
   /// ExpandCheckpoints over this server's catalog ("RUN@*" -> RUN@STEP, ...).
   std::vector<std::string> ExpandModels(const std::string& name) const {
-    return ExpandCheckpoints(*catalog_, name);
+    return ExpandCheckpoints(*catalog_.load(), name);
   }
   /// The catalog corpus a job names (nullptr if it vanished).
-  const CorpusEntry* FindCorpus(const std::string& name) const { return catalog_->FindCorpus(name); }
+  const CorpusEntry* FindCorpus(const std::string& name) const {
+    return catalog_.load()->FindCorpus(name);
+  }
+  /// Serves `catalog` from now on (catalog reload, SIGHUP). Entries of the
+  /// previous catalogs stay valid (they are kept: reloads are rare), so
+  /// running jobs keep the entry they were dispatched with; cached shapes
+  /// and load-failure marks of the old entries are dropped.
+  void ReplaceCatalog(std::unique_ptr<ModelCatalog> catalog);
 
   // --- Life cycle ---------------------------------------------------------
 
@@ -178,7 +188,9 @@ class JobManager {
 
  private:
   JobStore* const store_;
-  const ModelCatalog* const catalog_;
+  std::atomic<const ModelCatalog*> catalog_;
+  std::mutex catalogs_mu_;
+  std::vector<std::unique_ptr<ModelCatalog>> reloaded_catalogs_;  // kept alive, see ReplaceCatalog
   Scheduler* const scheduler_;
   const RequestLimits limits_;
   const int max_attempts_;

@@ -89,7 +89,7 @@ absl::Status ValidateVo(const v1::VoCircuitRequest& r, const CatalogEntry& m) {
                                 r.vocab_sample()));
   }
   if (r.token_ids().empty() && r.has_vocab_sample() && r.vocab_sample() == 0) {
-    return Invalid("vo_circuit: give token_ids or a vocab_sample > 0");
+    return Invalid("vo_circuit: give --tokens (vo_circuit.token_ids) or --vocab-sample N > 0 (vocab_sample)");
   }
   if (r.has_step_up_block()) return CheckMlpBlock("vo_circuit.step_up_block", r.step_up_block(), m);
   return absl::OkStatus();

@@ -53,6 +53,24 @@ namespace {
 
 using sinkscope::server::ServerConfig;
 
+void Log(const std::string& message);
+
+/// Logs a catalog's entries (with paths: clients only see the reasons) and
+/// its warnings.
+void LogCatalog(const sinkscope::server::ModelCatalog& catalog) {
+  using sinkscope::server::CatalogEntry;
+  using sinkscope::server::CorpusEntry;
+  for (const std::string& w : catalog.warnings()) Log(absl::StrCat("catalog: ", w));
+  for (const CatalogEntry& e : catalog.entries()) {
+    Log(absl::StrCat("model ", e.name, " (", e.format, ", ", e.path, ")",
+                     e.available ? "" : absl::StrCat(" UNAVAILABLE: ", e.unavailable_reason)));
+  }
+  for (const CorpusEntry& c : catalog.corpora()) {
+    Log(absl::StrCat("corpus ", c.name, " (", c.path, ")",
+                     c.available ? "" : absl::StrCat(" UNAVAILABLE: ", c.unavailable_reason)));
+  }
+}
+
 void Log(const std::string& message) {
   std::fprintf(stderr, "sinkscope-server: %s\n", message.c_str());
 }
@@ -192,15 +210,7 @@ int Run(const ServerConfig& config) {
     Log(catalog.status().ToString());
     return 1;
   }
-  for (const CatalogEntry& e : catalog->entries()) {
-    // The log names the paths; clients only see the reasons.
-    Log(absl::StrCat("model ", e.name, " (", e.format, ", ", e.path, ")",
-                     e.available ? "" : absl::StrCat(" UNAVAILABLE: ", e.unavailable_reason)));
-  }
-  for (const CorpusEntry& c : catalog->corpora()) {
-    Log(absl::StrCat("corpus ", c.name, " (", c.path, ")",
-                     c.available ? "" : absl::StrCat(" UNAVAILABLE: ", c.unavailable_reason)));
-  }
+  LogCatalog(*catalog);
   StoreOptions store_options;
   store_options.host = config.host_id;
   store_options.lease_ms = config.lease_ms;
@@ -259,6 +269,10 @@ int Run(const ServerConfig& config) {
   shared.max_get_response_bytes = config.max_get_response_bytes;
   for (size_t i = 0; i < config.worker_devices.size(); ++i) {
     const int64_t budget = WorkerMemoryBudget(config, i);
+    Log(absl::StrCat("worker-", i, " (", config.worker_devices[i], ") memory budget: ",
+                     budget > 0 ? HumanBytes(budget)
+                     : config.worker_devices[i] == "cpu" ? std::string("unlimited")
+                                                         : std::string("90% of the device")));
     if (budget == 0) {
       shared.max_worker_budget = 0;
       break;
@@ -393,8 +407,21 @@ int Run(const ServerConfig& config) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (sigwait(&signals, &sig) == 0 && sig == SIGHUP) {
+    // SIGHUP: read the catalog again. A file that cannot be read or parsed
+    // keeps the current catalog; single bad entries are listed unavailable.
+    absl::StatusOr<ModelCatalog> reloaded = ModelCatalog::LoadFile(config.catalog);
+    if (!reloaded.ok()) {
+      Log(absl::StrCat("SIGHUP: catalog not reloaded, still serving the previous one: ",
+                       reloaded.status().ToString()));
+      continue;
+    }
+    Log(absl::StrCat("SIGHUP: catalog ", config.catalog, " reloaded"));
+    LogCatalog(*reloaded);
+    manager.ReplaceCatalog(std::make_unique<ModelCatalog>(*std::move(reloaded)));
+  }
   Log(absl::StrCat("signal ", sig, ": draining (up to ", config.drain_timeout_s, " s)"));
 
   manager.BeginDrain();
@@ -441,6 +468,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 

@@ -311,7 +311,8 @@ absl::Status ValidateFirstToken(const v1::FirstTokenProbeRequest& r, const Catal
                                   ") of model ", model.name));
     }
   } else if (r.has_range_begin() || r.has_range_end()) {
-    return Invalid("first_token_probe: give token_ids or a range (range_begin/range_end), not both");
+    return Invalid("first_token_probe: give --tokens (token_ids) or a range --range-begin/--range-end "
+                   "(range_begin/range_end), not both");
   }
   for (int32_t id : r.prefix()) {
     if (absl::Status s = CheckTokenId("first_token_probe.prefix", id, model); !s.ok()) return s;
@@ -366,7 +367,7 @@ absl::Status ValidateSelfAttention(const v1::SelfAttentionProfileRequest& r,
   for (const std::string& d : r.delimiters()) {
     if (model.tokenizer_path.empty()) {
       return Invalid(absl::StrCat("self_attention_profile.delimiters: model ", model.name,
-                                  " has no tokenizer; give delimiter_ids"));
+                                  " has no tokenizer; give --delimiter-ids (delimiter_ids)"));
     }
     if (d.empty() || d.size() > 64 || !IsValidUtf8(d)) {
       return Invalid("self_attention_profile.delimiters: each must be 1..64 bytes of UTF-8");
@@ -394,10 +395,8 @@ absl::Status ValidateEval(const std::string& field, const v1::EvalCorpus& eval,
                                                         " is not available on this server: ",
                                                         corpus->unavailable_reason));
     }
-    if (model.tokenizer_path.empty() && corpus->tokenizer_path.empty()) {
-      return Invalid(absl::StrCat(field, ".corpus: model ", model.name,
-                                  " has no tokenizer and corpus ", corpus->name,
-                                  " brings none; send token ids as sequences"));
+    if (absl::Status s = CheckCorpusTokenizer(model, *corpus); !s.ok()) {
+      return Invalid(absl::StrCat(field, ".corpus (--corpus): ", s.message()));
     }
     if (request.sequences_size() > 0) {
       return Invalid(absl::StrCat(field, ": give a catalog corpus or sequences, not both"));

@@ -442,8 +442,18 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       v1::ResolvedModel* m = run.add_compare_models();
       m->set_name(name);
       const CatalogEntry* other = manager_->FindModel(name);
+      const CorpusEntry* corpus = manager_->FindCorpus(request.profile().eval().corpus());
       int64_t weight_bytes = 0;
-      if (other != nullptr && other->available) {
+      if (other == nullptr) {
+        m->set_unavailable_reason(absl::StrCat("model ", name, " is not in the catalog"));
+      } else if (!other->available) {
+        m->set_unavailable_reason(
+            absl::StrCat("model ", name, " is not available: ", other->unavailable_reason));
+      } else if (absl::Status s = corpus == nullptr ? absl::OkStatus()
+                                                    : CheckCorpusTokenizer(*other, *corpus);
+                 !s.ok()) {
+        m->set_unavailable_reason(std::string(s.message()));
+      } else {
         m->set_format(other->format);
         m->set_path(other->path);
         m->set_tokenizer_path(other->tokenizer_path);

@@ -94,10 +94,13 @@ absl::Status RunSelfAttention(const JobContext& ctx,
   std::set<int64_t> delimiters(req.delimiter_ids().begin(), req.delimiter_ids().end());
   std::vector<v1::ResolvedDelimiter> resolved;
   if (!req.delimiters().empty()) {
+    if (!ctx.cached.tokenizer_error.empty()) {
+      return absl::FailedPreconditionError(ctx.cached.tokenizer_error);
+    }
     if (!ctx.cached.tokenizer) {
       return absl::InvalidArgumentError(absl::StrCat(
           "self_attention_profile.delimiters: model ", ctx.cached.key.name,
-          " has no tokenizer; give delimiter_ids"));
+          " has no tokenizer; give --delimiter-ids (delimiter_ids)"));
     }
     const Tokenizer& tok = *ctx.cached.tokenizer;
     const int64_t vocab = std::min(tok.vocab_size(), model.config().d_vocab);
@@ -114,7 +117,7 @@ absl::Status RunSelfAttention(const JobContext& ctx,
         return absl::InvalidArgumentError(
             absl::StrCat("self_attention_profile.delimiters: \"", text,
                          "\" is not a piece of the vocabulary of model ", ctx.cached.key.name,
-                         "; give delimiter_ids"));
+                         "; give --delimiter-ids (delimiter_ids)"));
       }
       resolved.push_back(std::move(d));
     }
@@ -156,6 +159,7 @@ CorpusCache& GetCorpusCache() {
 absl::StatusOr<std::shared_ptr<const std::vector<int64_t>>> LoadCorpus(
     const JobContext& ctx, const v1::ResolvedCorpus& corpus, bool add_bos) {
   const CachedModel& cached = ctx.cached;
+  if (!cached.tokenizer_error.empty()) return absl::FailedPreconditionError(cached.tokenizer_error);
   const std::string tokenizer_path =
       cached.tokenizer ? cached.key.tokenizer_path : corpus.tokenizer_path();
   if (tokenizer_path.empty()) {
@@ -304,6 +308,7 @@ absl::StatusOr<std::vector<std::vector<int64_t>>> TokenizeSequences(
     if (seq.has_ids()) {
       out.emplace_back(seq.ids().ids().begin(), seq.ids().ids().end());
     } else if (seq.input_case() == v1::Sequence::kText) {
+      if (!cached.tokenizer_error.empty()) return absl::FailedPreconditionError(cached.tokenizer_error);
       if (!cached.tokenizer) {
         return absl::InvalidArgumentError(absl::StrCat(label, " ", i, " is text but model ",
                                                        cached.key.name,

@@ -76,13 +76,25 @@ absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std
     entry->file_stamp = stamp;
     entry->checkpoint_format = ckpt.format;
     if (!key.tokenizer_path.empty()) {
+      // A tokenizer that cannot be loaded leaves the model serving jobs on
+      // token ids; jobs with text fail naming the tokenizer (no path).
       absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
           LoadTokenizer(key.tokenizer_path, model->config().d_vocab);
-      if (!tok.ok()) return file_error(tok.status());
-      absl::Status vocab = CheckTokenizerVocab(**tok, model->config().d_vocab, /*allow_padding=*/true,
-                                               absl::StrCat("model ", key.name, "'s tokenizer"));
-      if (!vocab.ok()) return file_error(vocab);
-      entry->tokenizer = *std::move(tok);
+      absl::Status problem = tok.status();
+      if (problem.ok()) {
+        problem = CheckTokenizerVocab(**tok, model->config().d_vocab, /*allow_padding=*/true,
+                                      absl::StrCat("model ", key.name, "'s tokenizer"));
+      }
+      if (problem.ok()) {
+        entry->tokenizer = *std::move(tok);
+      } else {
+        std::fprintf(stderr, "sinkscope-worker: model %s: tokenizer %s: %s\n", key.name.c_str(),
+                     key.tokenizer_path.c_str(), problem.ToString().c_str());
+        entry->tokenizer_error = absl::StrCat(
+            "model ", key.name, "'s tokenizer cannot be loaded (",
+            absl::StrReplaceAll(problem.message(), {{key.tokenizer_path, "<tokenizer>"}}),
+            "): jobs on token ids still run; send --ids");
+      }
     }
     entry->model = std::move(model);
     return entry;

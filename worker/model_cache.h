@@ -45,6 +45,9 @@ struct CachedModel {
   std::string checkpoint_format;  // as reported by the reader
   std::shared_ptr<const Model> model;
   std::shared_ptr<const Tokenizer> tokenizer;  // null when the entry has none
+  /// Why the entry's tokenizer could not be loaded ("" = loaded, or none):
+  /// the model still serves jobs on token ids; text jobs fail with this.
+  std::string tokenizer_error;
   int64_t uses = 0;
 };
 

@@ -135,6 +135,7 @@ absl::Status RunProfileJob(const JobContext& ctx,
     const int64_t weight_bytes =
         i < ctx.run.compare_weight_bytes_size() ? ctx.run.compare_weight_bytes(i) : 0;
     absl::StatusOr<v1::ProfileRow> row = [&]() -> absl::StatusOr<v1::ProfileRow> {
+      if (!m.unavailable_reason().empty()) return absl::FailedPreconditionError(m.unavailable_reason());
       if (m.format().empty()) {
         return absl::NotFoundError(absl::StrCat("model ", m.name(), " is not in the catalog"));
       }

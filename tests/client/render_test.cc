@@ -606,7 +606,7 @@ TEST(InterventionRenderTest, ChunksThenSummaryWithResolvedInterventions) {
   EXPECT_THAT(t, HasSubstr("baseline ppl"));
   EXPECT_THAT(t, HasSubstr("+5%"));
   EXPECT_THAT(t, HasSubstr("baseline 10.000000 -> intervened 10.500000"));
-  EXPECT_THAT(t, HasSubstr("spike tokens 0.5 (1)"));
+  EXPECT_THAT(t, HasSubstr("intervened positions 0.5 (1)"));
   EXPECT_THAT(t, HasSubstr("substitute mean at block 4 (layer 1 mlp)"));
   EXPECT_THAT(t, HasSubstr("(norm 5)"));
   EXPECT_THAT(t, HasSubstr("ablate (mask) heads (2,0)"));

@@ -192,10 +192,23 @@ TEST(CatalogTest, DeployCatalogResolvesAgainstItsDirectory) {
 TEST(CatalogTest, RejectsBadEntries) {
   char tmpl[] = "/tmp/ssc-XXXXXX";
   std::string dir = mkdtemp(tmpl);
+  // Issue 25.8: one bad entry does not stop the catalog. Without a usable
+  // name it is left out with a warning; otherwise listed unavailable.
   std::ofstream(dir + "/c.json") << R"({"models": [{"name": "a b", "format": "llama2c", "path": "x"}]})";
-  EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/c.json").ok());
+  auto bad_name = ModelCatalog::LoadFile(dir + "/c.json");
+  ASSERT_TRUE(bad_name.ok()) << bad_name.status();
+  EXPECT_TRUE(bad_name->entries().empty());
+  ASSERT_EQ(bad_name->warnings().size(), 1u);
+  EXPECT_NE(bad_name->warnings()[0].find("\"a b\""), std::string::npos) << bad_name->warnings()[0];
   std::ofstream(dir + "/d.json") << R"({"models": [{"name": "a", "format": "onnx", "path": "x"}]})";
-  EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/d.json").ok());
+  auto bad_format = ModelCatalog::LoadFile(dir + "/d.json");
+  ASSERT_TRUE(bad_format.ok()) << bad_format.status();
+  ASSERT_NE(bad_format->Find("a"), nullptr);
+  EXPECT_FALSE(bad_format->Find("a")->available);
+  EXPECT_NE(bad_format->Find("a")->unavailable_reason.find("format must be llama2c, hf or gguf, got onnx"),
+            std::string::npos);
+  std::ofstream(dir + "/f.json") << "{not json";
+  EXPECT_FALSE(ModelCatalog::LoadFile(dir + "/f.json").ok());
   std::ofstream(dir + "/e.json") << R"({"models": [{"name": "a", "format": "llama2c", "path": "missing.bin"}]})";
   auto c = ModelCatalog::LoadFile(dir + "/e.json");
   ASSERT_TRUE(c.ok());

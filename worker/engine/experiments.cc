@@ -319,7 +319,11 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
         r.block = LastStepUpBlockOfLargestSpike(scan);
         if (r.block == 0) {
           return absl::FailedPreconditionError(
-              where + "no step-up block detected on the calibration set; give the block");
+              where + "no step-up block detected on the calibration set (abs_threshold " +
+              absl::StrCat(params.thresholds.abs_threshold) + ", rel_threshold " +
+              absl::StrCat(params.thresholds.rel_threshold) +
+              "); lower them (--abs-threshold X --rel-threshold Y) or give the block: --block B "
+              "(substitution.block; --substitute-block with sink-ablation)");
         }
       }
       if (r.block < 1 || r.block > n_blocks) {
@@ -380,14 +384,16 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
           return absl::FailedPreconditionError(absl::StrCat(
               where, "the calibration set has no spike token at block ", r.block, " (",
               r.hook, ") with abs_threshold ", params.thresholds.abs_threshold,
-              " and rel_threshold ", params.thresholds.rel_threshold));
+              " and rel_threshold ", params.thresholds.rel_threshold,
+              "; lower them (--abs-threshold X --rel-threshold Y), or use --mode zero / constant"));
         }
         if (channels.empty()) channels = detected_channels;
         if (s.mode == SubstitutionSpec::Mode::kMean) r.value = (sum / count).to(at::kFloat);
       }
       r.channels.assign(channels.begin(), channels.end());
       if (r.channels_only && r.channels.empty()) {
-        return absl::FailedPreconditionError(where + "no spike channel to substitute");
+        return absl::FailedPreconditionError(
+            where + "no spike channel to substitute; give them: --channels C1,C2 (substitution.channels)");
       }
       const int64_t width = r.channels_only ? static_cast<int64_t>(r.channels.size()) : D;
       if (s.mode == SubstitutionSpec::Mode::kConstant) {
@@ -431,7 +437,9 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
           }
         }
         if (heads.empty()) {
-          return absl::FailedPreconditionError(where + "no sink head found to ablate");
+          return absl::FailedPreconditionError(
+              where + "no sink head found to ablate; give the heads: --heads L:H,L:H "
+                      "(ablation.heads)");
         }
       }
       for (auto [l, h] : heads) {

@@ -351,7 +351,7 @@ absl::StatusOr<SiluRegimeResult> RunSiluRegime(const Model& model,
       return absl::FailedPreconditionError(absl::StrCat(
           "silu_regime: no step-up or step-down MLP block detected (abs_threshold ",
           params.scan.abs_threshold, ", rel_threshold ", params.scan.rel_threshold,
-          ", peak |h| ", scan.peak_abs, "); give silu_regime.blocks"));
+          ", peak |h| ", scan.peak_abs, "); give the MLP blocks: --blocks 2,4 (silu_regime.blocks)"));
     }
   }
   int64_t channel = params.channel;
@@ -472,7 +472,8 @@ absl::StatusOr<SiluRegimeResult> RunSiluRegime(const Model& model,
 
 absl::Status ValidateVoCircuitParams(const VoCircuitParams& p, const ModelConfig& c) {
   if (p.token_ids.empty() && p.vocab_sample == 0) {
-    return absl::InvalidArgumentError("vo_circuit: give token_ids or a vocab_sample > 0");
+    return absl::InvalidArgumentError(
+        "vo_circuit: give --tokens (vo_circuit.token_ids) or --vocab-sample N > 0 (vocab_sample)");
   }
   for (int64_t id : p.token_ids) {
     if (id < 0 || id >= c.d_vocab) {
@@ -534,8 +535,11 @@ absl::StatusOr<VoCircuitResult> RunVoCircuit(const Model& model, const VoCircuit
         for (int64_t x : scan.step_up_blocks) if (x % 2 == 0) b = x;
       }
       if (b == 0) {
-        return absl::FailedPreconditionError(
-            "vo_circuit: no MLP step-up block detected at position 0; give step_up_block");
+        return absl::FailedPreconditionError(absl::StrCat(
+            "vo_circuit: no MLP step-up block detected at position 0 (abs_threshold ",
+            params.scan.abs_threshold, ", rel_threshold ", params.scan.rel_threshold,
+            ", peak |h| ", scan.peak_abs, "); give it: --step-up-block B, an even block ",
+            "(vo_circuit.step_up_block)"));
       }
       res.step_up_block = b;
     }

@@ -178,14 +178,18 @@ absl::StatusOr<SpikeSimilarityResult> RunSpikeSimilarity(
   if (scan.spike_tokens.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "no spike token found with abs_threshold ", params.scan.abs_threshold, " and rel_threshold ",
-        params.scan.rel_threshold, " (peak |h| ", scan.peak_abs, ")"));
+        params.scan.rel_threshold, " (peak |h| ", scan.peak_abs,
+        "); lower them: --abs-threshold X --rel-threshold Y (spike_similarity.abs_threshold, "
+        "rel_threshold)"));
   }
   SpikeSimilarityResult res;
   res.spike_tokens = scan.spike_tokens;
   res.step_up_block = params.step_up_block;
   if (res.step_up_block == 0) {
     if (scan.step_up_blocks.empty()) {
-      return absl::FailedPreconditionError("spike tokens found but no step-up block detected");
+      return absl::FailedPreconditionError(
+          "spike tokens found but no step-up block detected; give it: --step-up-block B "
+          "(spike_similarity.step_up_block)");
     }
     res.step_up_block = scan.step_up_blocks.front();
   }

@@ -1,6 +1,8 @@
 """A finished job's records, as protobuf messages, tidy DataFrames and numpy arrays."""
 from __future__ import annotations
 
+import base64
+import json
 from typing import Any, Dict, List, Optional
 
 from google.protobuf import json_format
@@ -9,6 +11,27 @@ from . import proto as P
 from .proto import pb
 
 __all__ = ["Result"]
+
+
+def _text_as_base64(d: Any, descriptor) -> Any:
+    """A copy of protobuf-JSON dict `d` of message `descriptor` where bytes fields
+    given as text (the CLI's --json) are base64, as json_format expects."""
+    if not isinstance(d, dict):
+        return d
+    out = dict(d)
+    for f in descriptor.fields:
+        if f.name not in out:
+            continue
+        v = out[f.name]
+        if f.type == f.TYPE_BYTES:
+            enc = lambda x: base64.b64encode(x.encode("utf-8")).decode("ascii") if isinstance(x, str) else x
+            out[f.name] = [enc(x) for x in v] if isinstance(v, list) else enc(v)
+        elif f.message_type is not None and not f.message_type.GetOptions().map_entry:
+            if isinstance(v, list):
+                out[f.name] = [_text_as_base64(x, f.message_type) for x in v]
+            else:
+                out[f.name] = _text_as_base64(v, f.message_type)
+    return out
 
 
 class Result:
@@ -32,12 +55,11 @@ class Result:
 
     @classmethod
     def from_json(cls, text_or_dict: Any) -> "Result":
-        """A Result from the CLI's `sinkscope --json get JOB` output (a Job in protobuf JSON)."""
+        """A Result from the CLI's `sinkscope --json get JOB` output (a Job in protobuf
+        JSON; the CLI prints text fields as text, protobuf JSON as base64: either is read)."""
         job = pb.Job()
-        if isinstance(text_or_dict, (str, bytes)):
-            json_format.Parse(text_or_dict, job, ignore_unknown_fields=True)
-        else:
-            json_format.ParseDict(text_or_dict, job, ignore_unknown_fields=True)
+        d = json.loads(text_or_dict) if isinstance(text_or_dict, (str, bytes)) else text_or_dict
+        json_format.ParseDict(_text_as_base64(d, job.DESCRIPTOR), job, ignore_unknown_fields=True)
         return cls(job)
 
     def __repr__(self):

@@ -123,11 +123,17 @@ def _tmpdir() -> str:
 
 def demo_catalog() -> dict:
     """deploy/catalog.json's models and corpus with absolute shared/ paths
-    (and bytelm-demo, a model with a real spike, without its tokenizer)."""
+    (bytelm-demo with its byte-level tokenizer), and one fixture the shipped
+    catalog does not have: stories260K, whose own tokenizer is not shipped,
+    declares aidreams260K's tok512 compatible (same size, other pieces), so
+    that the tests can check the corpus pipeline on it against a reference
+    tokenized the same way."""
     models, corpora = [], []
     if shared_file("models/stories260K/stories260K.bin"):
         models.append({"name": "stories260K", "format": "llama2c", "default_dtype": "float32",
                        "path": shared_file("models/stories260K/stories260K.bin")})
+        if shared_file("models/aidreams260K/tok512.bin"):
+            models[-1]["compatible_tokenizers"] = [shared_file("models/aidreams260K/tok512.bin")]
     if shared_file("models/aidreams260K/aidreams260K.bin") and shared_file("models/aidreams260K/tok512.bin"):
         models.append({"name": "aidreams260K", "format": "llama2c", "default_dtype": "float32",
                        "path": shared_file("models/aidreams260K/aidreams260K.bin"),
@@ -135,6 +141,8 @@ def demo_catalog() -> dict:
     if shared_file("models/bytelm-demo/bytelm-demo.bin"):
         models.append({"name": "bytelm-demo", "format": "llama2c", "default_dtype": "float32",
                        "path": shared_file("models/bytelm-demo/bytelm-demo.bin")})
+        if shared_file("models/bytelm-demo/tokenizer.json"):
+            models[-1]["tokenizer"] = shared_file("models/bytelm-demo/tokenizer.json")
     if shared_file("corpora/tinyshakespeare.txt") and shared_file("models/aidreams260K/tok512.bin"):
         corpora.append({"name": "tinyshakespeare", "path": shared_file("corpora/tinyshakespeare.txt"),
                         "tokenizer": shared_file("models/aidreams260K/tok512.bin")})
@@ -194,6 +202,7 @@ def has_stories(server):
 
 # The shared/ file each shared model of jobs.SPECS needs.
 SHARED_MODELS = {"stories260K": "models/stories260K/stories260K.bin",
+                 "aidreams260K": "models/aidreams260K/aidreams260K.bin",
                  "bytelm-demo": "models/bytelm-demo/bytelm-demo.bin"}
 
 

@@ -559,6 +559,20 @@ def test_profile_compare_rows_in_order(results):
     assert prov.model.tolist() == ["planted", "bytelm-demo", "stories260K"]
 
 
+def test_profile_compare_checks_each_models_corpus_tokenizer(results):
+    """On a catalog corpus every compared model reads the stream through its
+    own tokenizer or a declared compatible one; a model without either gets
+    a failed row naming the tokenizer, and the rows that run equal each
+    other's stream (stories260K reads tok512's ids as aidreams260K does)."""
+    r = get_result(results, "profile_corpus_compare")
+    rows = r.frame("rows")
+    assert rows.model.tolist() == ["aidreams260K", "planted", "stories260K"]
+    assert rows.ok.tolist() == [True, False, True]
+    assert "tok512.bin" in rows.error[1] and "compatible" in rows.error[1]
+    assert rows.n_scored[0] == rows.n_scored[2] == 126  # 128 ids in 2 chunks of 64
+    assert r.summary.n_failed == 1
+
+
 def test_profile_figures(results, tmp_path):
     r = get_result(results, "profile_compare")
     figs = sinkscope.plot.figures(r)

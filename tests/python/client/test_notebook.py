@@ -1,5 +1,5 @@
 """examples/sinkscope-tour.ipynb executes top to bottom (nbclient, the venv's
-kernel) against a real server with the demo catalog (stories260K,
+kernel) against a real server with the demo catalog (bytelm-demo,
 tinyshakespeare), its address from SINKSCOPE_SERVER as a user would pass it;
 the committed notebook carries no outputs."""
 from __future__ import annotations
@@ -21,8 +21,11 @@ def test_notebook_outputs_stripped():
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def test_notebook_runs(server, has_stories, tmp_path, monkeypatch):
-    require(has_stories, "the notebook runs on shared/ stories260K and tinyshakespeare")
+def test_notebook_runs(server, tmp_path, monkeypatch):
+    from conftest import shared_file
+    require(bool(shared_file("models/bytelm-demo/tokenizer.json")
+                 and shared_file("corpora/tinyshakespeare.txt")),
+            "the notebook runs on shared/ bytelm-demo (with its tokenizer) and tinyshakespeare")
     import nbformat
     from nbclient import NotebookClient
     nb = nbformat.read(NOTEBOOK, as_version=4)
