@@ -85,12 +85,6 @@ SPECS = {
     "profile_compare": ("profile", "bytelm-demo", lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
         compare=["bytelm-demo", "no-such-model", "stories260K"])),
-    # A catalog corpus read through tok512: stories260K declares it
-    # compatible (its row runs), the planted fixture has no tokenizer and
-    # declares none (its failed row says so).
-    "profile_corpus_compare": ("profile", "aidreams260K", lambda c: c.profile(
-        "aidreams260K", corpus="tinyshakespeare", token_budget=128, chunk_length=64,
-        compare=["planted", "stories260K"])),
     "profile_run": ("profile", None, lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
         compare=["planted@*", "nothing@*"])),

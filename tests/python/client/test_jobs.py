@@ -559,18 +559,19 @@ def test_profile_compare_rows_in_order(results):
     assert prov.model.tolist() == ["planted", "bytelm-demo", "stories260K"]
 
 
-def test_profile_compare_checks_each_models_corpus_tokenizer(results):
-    """On a catalog corpus every compared model reads the stream through its
-    own tokenizer or a declared compatible one; a model without either gets
-    a failed row naming the tokenizer, and the rows that run equal each
-    other's stream (stories260K reads tok512's ids as aidreams260K does)."""
-    r = get_result(results, "profile_corpus_compare")
-    rows = r.frame("rows")
-    assert rows.model.tolist() == ["aidreams260K", "planted", "stories260K"]
-    assert rows.ok.tolist() == [True, False, True]
-    assert "tok512.bin" in rows.error[1] and "compatible" in rows.error[1]
-    assert rows.n_scored[0] == rows.n_scored[2] == 126  # 128 ids in 2 chunks of 64
-    assert r.summary.n_failed == 1
+def test_profile_compare_refuses_a_model_that_cannot_read_the_corpus(client, has_stories):
+    """On a catalog corpus every compared model must read the stream through
+    its own tokenizer or a declared compatible one: planted (no tokenizer,
+    none declared) is refused at submission, naming the model and the
+    corpus's tokenizer; stories260K (tok512 declared compatible) is not."""
+    if not (has_stories and shared_file("models/aidreams260K/aidreams260K.bin")):
+        pytest.skip("shared/ has no aidreams260K / stories260K / tinyshakespeare")
+    with pytest.raises(sinkscope.RpcError) as e:
+        client.profile("aidreams260K", corpus="tinyshakespeare", token_budget=128,
+                       compare=["stories260K", "planted"])
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT, e.value.message
+    for w in ("compared model planted", "tok512.bin", "compatible"):
+        assert w in e.value.message, e.value.message
 
 
 def test_profile_figures(results, tmp_path):
