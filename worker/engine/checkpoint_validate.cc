@@ -4,6 +4,7 @@
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/isnan.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/checkpoint.h"
+#include "worker/engine/status_macros.h"
 
 namespace sinkscope {
 namespace {
@@ -47,7 +49,10 @@ std::string NameList(const std::vector<std::string>& names) {
 // overflow, pays for the exact elementwise check.
 absl::Status CheckFinite(const std::string& name, const at::Tensor& t, const std::string& source) {
   if (t.numel() == 0) return absl::OkStatus();
-  const double sum = t.sum().item<double>();
+  // float16 sums in float32 (its own sum overflows long before its elements
+  // do); bfloat16 has float32's range, and its sum accumulates in float32
+  // without the float32 copy of the input that sum(kFloat) makes on CPU.
+  const double sum = (t.scalar_type() == at::kHalf ? t.sum(at::kFloat) : t.sum()).item<double>();
   if (std::isfinite(sum)) return absl::OkStatus();
   if (at::isfinite(t).all().item<bool>()) return absl::OkStatus();
   const bool has_nan = at::isnan(t).any().item<bool>();
@@ -57,7 +62,7 @@ absl::Status CheckFinite(const std::string& name, const at::Tensor& t, const std
 
 absl::Status ValidateImpl(const ModelConfig& config,
                           const std::map<std::string, at::Tensor>& tensors,
-                          const std::string& source) {
+                          const std::string& source, bool check_values) {
   if (absl::Status s = config.Validate(); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": invalid config: ", s.message()));
   }
@@ -97,13 +102,72 @@ absl::Status ValidateImpl(const ModelConfig& config,
         absl::StrCat(source, ": unexpected tensor", unexpected.size() > 1 ? "s " : " ",
                      NameList(unexpected), " not implied by the config (", config.Summary(), ")"));
   }
+  if (!check_values) return absl::OkStatus();
   for (const auto& [name, t] : tensors) {
     if (absl::Status s = CheckFinite(name, t, source); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
 
+// Bytes per placement chunk: small enough that the chunk's file pages and its
+// cast copy are noise beside the weights, large enough to amortise the calls.
+constexpr int64_t kPlaceChunkBytes = 4 << 20;
+
+absl::Status PlaceImpl(std::map<std::string, at::Tensor>* tensors, const LoadTarget& target,
+                       const std::vector<std::shared_ptr<FileMapping>>& mappings,
+                       const std::string& source) {
+  // File order: sequential reads, and each mapping is done with before the next.
+  std::vector<std::pair<uintptr_t, std::string>> order;
+  for (const auto& [name, t] : *tensors) {
+    order.emplace_back(t.defined() && t.numel() > 0 ? reinterpret_cast<uintptr_t>(t.data_ptr()) : 0,
+                       name);
+  }
+  std::sort(order.begin(), order.end());
+  for (const auto& m : mappings) m->AdviseSequential();
+  const auto options = at::TensorOptions().dtype(target.dtype).device(target.device);
+  for (const auto& [addr, name] : order) {
+    at::Tensor src = tensors->at(name);
+    if (!src.defined()) continue;
+    at::Tensor dst = at::empty(src.sizes(), options);
+    if (src.numel() > 0) {
+      const at::Tensor flat_src = src.contiguous().view(-1);
+      at::Tensor flat_dst = dst.view(-1);
+      const int64_t n = flat_src.numel(), elem = flat_src.element_size();
+      const int64_t step = std::max<int64_t>(1, kPlaceChunkBytes / elem);
+      const uint8_t* base = static_cast<const uint8_t*>(flat_src.data_ptr());
+      const FileMapping* map = nullptr;
+      for (const auto& m : mappings) {
+        if (m->Contains(base, static_cast<size_t>(n * elem))) map = m.get();
+      }
+      for (int64_t start = 0; start < n; start += step) {
+        const int64_t len = std::min(step, n - start);
+        const uint8_t* bytes = base + start * elem;
+        if (map != nullptr && start + len < n) {
+          map->Prefetch(bytes + len * elem, static_cast<size_t>(std::min(step, n - start - len) * elem));
+        }
+        const at::Tensor chunk = flat_src.narrow(0, start, len);
+        RETURN_IF_ERROR(CheckFinite(name, chunk, source));
+        flat_dst.narrow(0, start, len).copy_(chunk);
+        if (map != nullptr) map->ReleasePages(bytes, static_cast<size_t>(len * elem));
+      }
+    }
+    (*tensors)[name] = std::move(dst);  // drops the alias of the file
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status PlaceTensors(std::map<std::string, at::Tensor>* tensors, const LoadTarget& target,
+                          const std::vector<std::shared_ptr<FileMapping>>& mappings,
+                          const std::string& source) {
+  try {
+    return PlaceImpl(tensors, target, mappings, source);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(source, ": placing weights on ", target.device.str(),
+                                            ": ", e.what_without_backtrace()));
+  }
+}
 
 absl::Status CanonicalizeTensors(const ModelConfig& config,
                                  std::map<std::string, at::Tensor>* tensors,
@@ -172,9 +236,9 @@ absl::Status CanonicalizeTensors(const ModelConfig& config,
 
 absl::Status ValidateCheckpointTensors(const ModelConfig& config,
                                        const std::map<std::string, at::Tensor>& tensors,
-                                       const std::string& source) {
+                                       const std::string& source, bool check_values) {
   try {
-    return ValidateImpl(config, tensors, source);
+    return ValidateImpl(config, tensors, source, check_values);
   } catch (const c10::Error& e) {
     return absl::InternalError(
         absl::StrCat(source, ": libtorch error while validating: ", e.what_without_backtrace()));
