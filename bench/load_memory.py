@@ -143,10 +143,19 @@ t0 = time.perf_counter()
 m = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16,
                                                       low_cpu_mem_usage=True)
 t = time.perf_counter() - t0
+hwm_load, rss_load = status('VmHWM'), status('VmRSS')
 n = sum(p.numel() for p in m.parameters())
+# from_pretrained may leave same-dtype weights aliasing the file's mapping,
+# unread: read every parameter once (what the first forward does) and measure again.
+t1 = time.perf_counter()
+with torch.no_grad():
+    for p in m.parameters():
+        p.sum()
+touch = time.perf_counter() - t1
 print(json.dumps({'load_seconds': t, 'rss_before_load_bytes': base,
-                  'vm_hwm_after_load_bytes': status('VmHWM'),
-                  'rss_after_load_bytes': status('VmRSS'), 'n_params': n,
+                  'vm_hwm_after_load_bytes': hwm_load, 'rss_after_load_bytes': rss_load,
+                  'touch_seconds': touch, 'vm_hwm_after_touch_bytes': status('VmHWM'),
+                  'rss_after_touch_bytes': status('VmRSS'), 'n_params': n,
                   'transformers': transformers.__version__, 'torch': torch.__version__}))
 """
 
@@ -225,6 +234,9 @@ def main():
                              shards=n_shards)
                     if "error" not in r:
                         r["ratio"] = (r["vm_hwm_after_load_bytes"] - r["rss_before_load_bytes"]) / total
+                        if "vm_hwm_after_touch_bytes" in r:
+                            r["ratio_after_touch"] = (r["vm_hwm_after_touch_bytes"] -
+                                                      r["rss_before_load_bytes"]) / total
                     print(json.dumps(r), file=sys.stderr)
                     results.append(r)
         finally:
@@ -234,14 +246,16 @@ def main():
         json.dump(results, f, indent=1)
     gb = lambda b: f"{b / 1e9:.2f}"
     print("| shape | checkpoint GB (shards) | loader | load s | baseline RSS GB | peak RSS GB "
-          "| (peak - baseline) / checkpoint | scan s |")
+          "| (peak - baseline) / checkpoint | scan s / every weight read once: s, peak ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         head = f"| {r['shape']} | {gb(r['checkpoint_bytes'])} ({r['shards']}) | {r['loader']} |"
         if "error" in r:
             print(head + f" error: {r['error'][-200:]} | | | | |")
             continue
-        scan = f"{r['scan_seconds']:.2f}" if r.get("scan_seconds") is not None else "-"
+        scan = f"scan {r['scan_seconds']:.2f}" if r.get("scan_seconds") is not None else "-"
+        if "ratio_after_touch" in r:
+            scan = f"read {r['touch_seconds']:.2f} s, {r['ratio_after_touch']:.3f}x"
         print(head + f" {r['load_seconds']:.2f} | {gb(r['rss_before_load_bytes'])} | "
               f"{gb(r['vm_hwm_after_load_bytes'])} | {r['ratio']:.3f}x | {scan} |")
     print(f"\n(results: {os.path.join(out_dir, 'load_memory.json')})", file=sys.stderr)
