@@ -15,7 +15,8 @@ model.safetensors.index.json) and, in the same run, loads it
     VmRSS after the imports (its baseline) and VmHWM after the load.
 
 Each load runs in a fresh process, after the shards were read once into the
-page cache (so both read from memory where it holds them). The figure the
+page cache (so both read from memory where it holds them), or with --cold
+after they were dropped from it (posix_fadvise DONTNEED: both read the disk). The figure the
 issue asks for is (peak - baseline) / checkpoint bytes (the tensors' bytes,
 the index's total_size).
 
@@ -130,6 +131,16 @@ def warm_page_cache(path):
                 pass
 
 
+def drop_page_cache(path):
+    """Drops the shards' clean pages from the page cache (no root needed)."""
+    for f in sorted(os.listdir(path)):
+        fd = os.open(os.path.join(path, f), os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 TRANSFORMERS_CHILD = r"""
 import json, sys, time, os
 def status(key):
@@ -203,6 +214,8 @@ def main():
     ap.add_argument("--baseline-rss", type=int, default=0,
                     help="bytes; the runtime's baseline for an engine that does not report it")
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the shards from the page cache before each load (else: read them first)")
     ap.add_argument("--model-dir", default="", help="reuse this checkpoint directory (kept)")
     ap.add_argument("--out-dir", default="")
     ap.add_argument("--keep", action="store_true", help="keep the written checkpoint")
@@ -220,15 +233,19 @@ def main():
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
         else:
             with open(os.path.join(path, "model.safetensors.index.json")) as f:
-                total = json.load(f)["metadata"]["total_size"]
-            n_shards = len({v for v in json.load(open(os.path.join(path, "model.safetensors.index.json")))["weight_map"].values()})
+                index = json.load(f)
+            total = index["metadata"]["total_size"]
+            n_shards = len(set(index["weight_map"].values()))
         try:
             loaders = [(args.label, run_engine)]
             if not args.no_transformers:
                 loaders.append(("transformers", run_transformers))
             for rep in range(args.repeats):
                 for label, fn in loaders:
-                    warm_page_cache(path)
+                    if args.cold:
+                        drop_page_cache(path)
+                    else:
+                        warm_page_cache(path)
                     r = fn(args, path)
                     r.update(shape=shape, loader=label, repeat=rep, checkpoint_bytes=total,
                              shards=n_shards)
@@ -249,7 +266,8 @@ def main():
           "| (peak - baseline) / checkpoint | scan s / every weight read once: s, peak ratio |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        head = f"| {r['shape']} | {gb(r['checkpoint_bytes'])} ({r['shards']}) | {r['loader']} |"
+        cache = "cold" if args.cold else "warm"
+        head = f"| {r['shape']} | {gb(r['checkpoint_bytes'])} ({r['shards']}) | {r['loader']} ({cache}) |"
         if "error" in r:
             print(head + f" error: {r['error'][-200:]} | | | | |")
             continue
