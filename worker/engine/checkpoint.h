@@ -138,12 +138,15 @@ absl::Status ValidateCheckpointTensors(const ModelConfig& config,
 
 /// Copies every tensor of `tensors` into a new contiguous tensor of
 /// `target.dtype` on `target.device`, in file order (by data address), in
-/// chunks of at most a few MiB: each chunk is checked for NaN / Inf
-/// (InvalidArgument naming `source` and the tensor, as
-/// ValidateCheckpointTensors), copied (and cast), and, where it lies in one of
-/// `mappings`, its pages are returned to the kernel. Each map entry is replaced
-/// as soon as its copy is done (dropping its alias of the file). Peak memory:
-/// the placed weights plus one chunk.
+/// 4 MiB chunks: each chunk is checked for NaN / Inf (InvalidArgument naming
+/// `source` and the tensor, as ValidateCheckpointTensors) and copied (and
+/// cast); on the CPU the chunks run on the intra-op threads. Where the source
+/// lies in one of `mappings`, its pages are returned to the kernel (every
+/// 64 MiB on the CPU, every chunk on another device) and, when the mappings
+/// exceed half of MemAvailable, dropped from the page cache too. Each map
+/// entry is replaced as soon as its copy is done (dropping its alias of the
+/// file). Peak memory: the placed weights plus 64 MiB of file pages; on cuda
+/// the host holds one chunk at a time.
 absl::Status PlaceTensors(std::map<std::string, at::Tensor>* tensors, const LoadTarget& target,
                           const std::vector<std::shared_ptr<FileMapping>>& mappings,
                           const std::string& source);
