@@ -57,6 +57,13 @@ absl::StatusOr<ModelShape> ReadModelShape(const CatalogEntry& entry) {
     s.vocab = g->d_vocab;
     s.n_ctx = g->n_ctx;
     s.shared_head = g->tied;
+    // The engine loads every tensor of the file (ParseGgufCheckpoint refuses
+    // any it does not place): their element count is the model's, biases
+    // (qwen2), q/k norms (qwen3) and a head size other than d_model / n_heads
+    // included, so the estimate's weights equal the worker's weight_bytes.
+    int64_t n = 0;
+    for (const GgufTensorInfo& t : f->tensors) n += t.numel();
+    s.n_params = n;
   } else {
     std::ifstream in(entry.path + "/config.json");
     if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", entry.path, "/config.json"));

@@ -37,7 +37,11 @@ struct MemoryEstimate {
 /// Bytes per element of "float32" / "bfloat16" / "float16".
 int DtypeBytes(const std::string& dtype);
 
-/// Weights: NumParams x dtype size. Activations, for the largest batch
+/// Weights: NumParams x dtype size, the figure the worker's model cache
+/// charges (Model::weight_bytes: the same element count, ParameterCount for HF
+/// and llama2.c, every GGUF tensor's) and, since a load is placed at its target
+/// (LoadTarget: one copy per weight, file pages returned chunk by chunk), also
+/// the load's peak above the runtime's baseline, within a few MiB. Activations, for the largest batch
 /// (B sequences of T tokens; text counts one token per byte + BOS, an upper
 /// bound), float32: a scan keeps ~8 [B, T, d_model] tensors live plus the MLP
 /// hidden [B, T, d_mlp] (x3: gate, up, act), the logits [B, T, vocab] and the

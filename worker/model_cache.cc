@@ -66,7 +66,9 @@ absl::StatusOr<std::shared_ptr<CachedModel>> Load(const ModelKey& key, const std
   try {
     ASSIGN_OR_RETURN(c10::Device device, ParseDevice(device_name));
     ASSIGN_OR_RETURN(c10::ScalarType dtype, ParseDtype(key.dtype));
-    absl::StatusOr<Checkpoint> read = LoadCheckpoint(key.path);
+    // Placed at load: each weight copied once into its final dtype and device,
+    // the file's pages returned as it goes (peak = the weights + one chunk).
+    absl::StatusOr<Checkpoint> read = LoadCheckpoint(key.path, LoadTarget{device, dtype});
     if (!read.ok()) return file_error(read.status());
     Checkpoint ckpt = *std::move(read);
     if (absl::Status s = ckpt.config.Validate(); !s.ok()) return file_error(s);

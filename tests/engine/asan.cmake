@@ -15,6 +15,7 @@ if(SINKSCOPE_ASAN)
     ${_sinkscope_root}/worker/engine/checkpoint_llama2c.cc
     ${_sinkscope_root}/worker/engine/checkpoint_validate.cc
     ${_sinkscope_root}/worker/engine/checkpoint_gguf.cc
+    ${_sinkscope_root}/worker/engine/file_mapping.cc
     ${_sinkscope_root}/worker/engine/gguf.cc)
   target_include_directories(checkpoint_asan_test PRIVATE ${_sinkscope_root})
   target_compile_options(checkpoint_asan_test PRIVATE

@@ -7,8 +7,11 @@
 #include <ATen/ops/randn.h>
 #include <gtest/gtest.h>
 
+#include <malloc.h>
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -21,6 +24,7 @@
 
 #include "tests/engine/test_util.h"
 #include "worker/engine/config.h"
+#include "worker/engine/model.h"
 
 namespace sinkscope {
 namespace {
@@ -403,6 +407,116 @@ TEST(HfTest, ShardedIndexLoads) {
   ck = LoadHfDirectory(dir);
   ASSERT_FALSE(ck.ok());
   EXPECT_THAT(std::string(ck.status().message()), HasSubstr("plain file name"));
+}
+
+// VmRSS / VmHWM of this process, bytes (-1 if unreadable).
+int64_t ProcStatusBytes(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind(key + ":", 0) == 0) return std::atoll(line.c_str() + key.size() + 1) * 1024;
+  }
+  return -1;
+}
+
+// A load placed at its target (what the worker does) peaks at the weights'
+// bytes plus a chunk: each weight is copied once from the mapped shard into its
+// final tensor, the shard's pages returned as it goes, and Model::Create adopts
+// the placed tensors. (Loading unplaced, then Model::Create, reads every page
+// of the mappings during validation and clones them all: 2x.)
+TEST(PlacedLoadTest, PeakIsTheWeightsPlusOneChunk) {
+  ModelConfig c = TinyConfig();
+  c.d_model = 512;
+  c.n_heads = 8;
+  c.n_kv_heads = 2;
+  c.d_head = 64;
+  c.d_ffn = 1536;
+  c.n_layers = 6;
+  c.d_vocab = 8192;
+  const std::string dir = testing::MakeTempDir("ckpt_placed");
+  ASSERT_TRUE(WriteHfConfig(dir + "/config.json", c).ok());
+  int64_t bytes = 0;
+  std::map<std::string, at::Tensor> expected;  // a few, to compare bit for bit
+  {
+    const auto w = MakeWeights(c, at::kBFloat16);
+    std::map<std::string, at::Tensor> shard[3];
+    nlohmann::json index;
+    int i = 0;
+    for (const auto& [name, t] : w) {
+      const int k = i++ % 3;
+      shard[k][name] = t;
+      index["weight_map"][name] = "model-0000" + std::to_string(k + 1) + "-of-00003.safetensors";
+      bytes += t.numel() * t.element_size();
+    }
+    for (int k = 0; k < 3; ++k) {
+      ASSERT_TRUE(WriteSafetensors(dir + "/model-0000" + std::to_string(k + 1) + "-of-00003.safetensors",
+                                   shard[k]).ok());
+    }
+    WriteText(dir + "/model.safetensors.index.json", index.dump());
+    for (const char* n : {"model.embed_tokens.weight", "model.layers.5.mlp.down_proj.weight",
+                          "model.norm.weight"}) {
+      expected[n] = w.at(n).clone();
+    }
+  }
+  malloc_trim(0);  // the writer's tensors: back to the kernel, so the load faults fresh pages
+  ASSERT_GT(bytes, 50 << 20);
+  { std::ofstream("/proc/self/clear_refs") << "5"; }  // VmHWM := VmRSS
+  const int64_t before = ProcStatusBytes("VmRSS");
+  if (before < 0 || ProcStatusBytes("VmHWM") > before + (1 << 20)) {
+    GTEST_SKIP() << "VmHWM cannot be reset here (/proc/self/clear_refs)";
+  }
+  absl::StatusOr<Checkpoint> ck = LoadHfDirectory(dir, LoadTarget{c10::Device(c10::kCPU), at::kBFloat16});
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  EXPECT_TRUE(ck->placed);
+  absl::StatusOr<std::unique_ptr<Model>> m = Model::Create(*ck, c10::Device(c10::kCPU), at::kBFloat16);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const int64_t peak = ProcStatusBytes("VmHWM");
+  EXPECT_EQ((*m)->weight_bytes(), bytes);
+  EXPECT_LE(peak - before, bytes * 11 / 10 + (6 << 20))
+      << "peak " << peak << " before " << before << " weights " << bytes;
+  for (const auto& [name, t] : expected) {
+    const at::Tensor got = (*m)->weight(name);
+    ExpectSameTensor(got, t, name);
+    EXPECT_EQ(got.data_ptr(), ck->tensors.at(name).data_ptr()) << name << ": placed, not adopted";
+  }
+}
+
+// Placed at float32: every tensor equals the file's widened exactly; an Inf
+// in a shard is refused naming the tensor and the index, as unplaced.
+TEST(PlacedLoadTest, Float32TargetAndNonFiniteValues) {
+  ModelConfig c = TinyConfig();
+  const auto w = MakeWeights(c, at::kBFloat16);
+  const std::string dir = testing::MakeTempDir("ckpt_placed32");
+  ASSERT_TRUE(WriteHfConfig(dir + "/config.json", c).ok());
+  std::map<std::string, at::Tensor> a, b;
+  nlohmann::json index;
+  int i = 0;
+  for (const auto& [name, t] : w) {
+    const bool first = (i++ % 2 == 0);
+    (first ? a : b)[name] = t;
+    index["weight_map"][name] =
+        first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  ASSERT_TRUE(WriteSafetensors(dir + "/model-00001-of-00002.safetensors", a).ok());
+  ASSERT_TRUE(WriteSafetensors(dir + "/model-00002-of-00002.safetensors", b).ok());
+  WriteText(dir + "/model.safetensors.index.json", index.dump());
+  absl::StatusOr<Checkpoint> ck = LoadCheckpoint(dir, LoadTarget{c10::Device(c10::kCPU), at::kFloat});
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  ASSERT_EQ(ck->tensors.size(), w.size());
+  for (const auto& [name, t] : w) ExpectSameTensor(ck->tensors.at(name), t.to(at::kFloat), name);
+
+  const std::string bad = "model.layers.1.mlp.up_proj.weight";
+  std::map<std::string, at::Tensor>& shard = a.count(bad) ? a : b;
+  shard[bad] = shard[bad].clone();
+  shard[bad].view(-1)[5] = std::numeric_limits<float>::infinity();
+  ASSERT_TRUE(WriteSafetensors(dir + (a.count(bad) ? "/model-00001-of-00002.safetensors"
+                                                   : "/model-00002-of-00002.safetensors"),
+                               shard).ok());
+  ck = LoadCheckpoint(dir, LoadTarget{c10::Device(c10::kCPU), at::kBFloat16});
+  ASSERT_FALSE(ck.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(ck.status())) << ck.status();
+  EXPECT_THAT(std::string(ck.status().message()),
+              AllOf(HasSubstr("model.safetensors.index.json"), HasSubstr("tensor " + bad + " contains Inf")));
 }
 
 TEST(HfTest, TiedEmbeddings) {

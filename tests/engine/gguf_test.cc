@@ -187,6 +187,27 @@ TEST(GgufCheckpoint, TinyLlamaLoadsWithHfNamesAndUnpermutedQ) {
   EXPECT_FLOAT_EQ(q[1][0].item<float>(), 0.01f * (4 % 13) - 0.05f);
 }
 
+// Placed at load (the worker's path): tensor by tensor into the target dtype,
+// each equal to the unplaced (float32) tensor cast, the Q/K rows unpermuted alike.
+TEST(GgufCheckpoint, PlacedLoadCastsEachTensorOnce) {
+  GgufWriter w = TinyLlama();
+  const std::string dir = testing::MakeTempDir("gguf_placed");
+  const std::string path = dir + "/tiny.gguf";
+  { std::ofstream(path, std::ios::binary) << w.Bytes(); }
+  auto plain = LoadGguf(path);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->placed);
+  auto placed = LoadGguf(path, LoadTarget{c10::Device(c10::kCPU), at::kBFloat16});
+  ASSERT_TRUE(placed.ok()) << placed.status();
+  EXPECT_TRUE(placed->placed);
+  ASSERT_EQ(placed->tensors.size(), plain->tensors.size());
+  for (const auto& [name, t] : plain->tensors) {
+    const at::Tensor& p = placed->tensors.at(name);
+    EXPECT_EQ(p.scalar_type(), at::kBFloat16) << name;
+    EXPECT_TRUE(p.equal(t.to(at::kBFloat16))) << name;
+  }
+}
+
 TEST(GgufCheckpoint, BadMagicIsRefused) {
   GgufWriter w = TinyLlama();
   w.magic = "GGUX";

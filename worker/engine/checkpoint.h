@@ -30,17 +30,31 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
 
 #include "absl/status/statusor.h"
 #include "worker/engine/config.h"
+#include "worker/engine/file_mapping.h"
 
 namespace sinkscope {
 
-/// A loaded checkpoint: config + named CPU tensors.
+/// Where the loaders place the weights: the device and dtype the model will run
+/// in (Model::Create's). With a target, a load copies each tensor once, from the
+/// file's pages into its final tensor, chunk by chunk, and returns each chunk's
+/// file pages to the kernel as it goes: peak memory is the weights plus one
+/// chunk, on cuda the host holds one chunk at a time.
+struct LoadTarget {
+  c10::Device device = c10::Device(c10::kCPU);
+  c10::ScalarType dtype = c10::kFloat;
+};
+
+/// A loaded checkpoint: config + named tensors.
 struct Checkpoint {
   ModelConfig config;
   std::map<std::string, at::Tensor> tensors;
@@ -49,12 +63,20 @@ struct Checkpoint {
   /// GGUF: the quantized ggml types dequantized to float32 at load, with
   /// tensor counts, e.g. "Q8_0 (14 tensors)"; "" when none.
   std::string dequantized_from;
+  /// True when the tensors were placed at load (a LoadTarget): each is an
+  /// owned, contiguous tensor of the target's dtype on its device, aliasing no
+  /// file, and Model::Create adopts it without a copy. False: CPU tensors in
+  /// the file's dtype (HF, llama2.c: aliasing a mapping) or float32 (GGUF).
+  bool placed = false;
 };
 
 /// Reads a llama2.c checkpoint (layout in shared/README.md; negative vocab_size
 /// = separate output head). RoPE layout is kAdjacentPairs. Errors name the file
 /// and the problem: truncated file, non-positive header field, size mismatch.
 absl::StatusOr<Checkpoint> LoadLlama2c(const std::string& path);
+/// The same, placed at `target` (see LoadTarget): the floats alias the mapped
+/// file until each is copied into its final tensor.
+absl::StatusOr<Checkpoint> LoadLlama2c(const std::string& path, const LoadTarget& target);
 
 /// Parses a whole llama2.c checkpoint held in memory (`size` bytes at `data`);
 /// the tensors are copies. `source` names it in messages. Used by LoadLlama2c,
@@ -68,6 +90,10 @@ absl::StatusOr<Checkpoint> ParseLlama2c(const uint8_t* data, size_t size,
 /// names; mask / RoPE buffers and Gemma 3's vision tower skipped unread).
 /// RoPE layout kRotateHalves. Errors name the file, tensor and problem.
 absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
+/// The same, placed at `target` (see LoadTarget): names and shapes are checked
+/// before any weight byte is read; finiteness is checked chunk by chunk as the
+/// bytes are copied into their final tensors.
+absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir, const LoadTarget& target);
 
 /// Reads a GGUF checkpoint (llama.cpp; architectures llama, qwen2, qwen3):
 /// metadata `<arch>.*` -> ModelConfig, tensor names (token_embd, blk.N.attn_q,
@@ -78,9 +104,17 @@ absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir);
 /// tensor and the problem: bad magic or version, truncated data, a quant type
 /// not supported (named), an unknown tensor name, missing metadata.
 absl::StatusOr<Checkpoint> LoadGguf(const std::string& path);
-/// The same over a whole file held in memory; tensors are copies.
+/// The same, placed at `target` (see LoadTarget): tensor by tensor, each is
+/// dequantized (or copied) and then cast into its final tensor before the next
+/// is read; at most one tensor's float32 copy exists besides the weights.
+absl::StatusOr<Checkpoint> LoadGguf(const std::string& path, const LoadTarget& target);
+/// The same over a whole file held in memory; tensors are copies. With a
+/// `target` they are placed there; with `mapping` (the mapping `data` lies in)
+/// each tensor's file pages are returned to the kernel once it is read.
 absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
-                                               const std::string& source);
+                                               const std::string& source,
+                                               const LoadTarget* target = nullptr,
+                                               const FileMapping* mapping = nullptr);
 /// Dequantizes `n` elements of ggml type Q8_0, Q4_0 or Q4_K at `src` into
 /// float32 `y`, exactly as ggml-quants.c's dequantize_row_*. Errors:
 /// Unimplemented for other types, InvalidArgument when n is not whole blocks.
@@ -89,13 +123,33 @@ absl::Status DequantizeGgml(uint32_t type, const uint8_t* src, int64_t n, float*
 /// Dispatches on the path: a directory is HF, a file ending in .bin llama2.c,
 /// .gguf GGUF.
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path);
+/// The same, placed at `target` (see LoadTarget): what the worker and
+/// sinkscope-run use, so that a load peaks at the weights' size.
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadTarget& target);
 
 /// Checks that every tensor the config implies (under its family's file names,
 /// ExpectedTensors) is present with the right shape and finite values, and that no unexpected tensor is left. `source`
-/// names the checkpoint in messages. Called by the loaders.
+/// names the checkpoint in messages. Called by the loaders. With
+/// `check_values` false only names, shapes and dtypes are checked (no weight
+/// byte is read): PlaceTensors checks the values as it copies them.
 absl::Status ValidateCheckpointTensors(const ModelConfig& config,
                                        const std::map<std::string, at::Tensor>& tensors,
-                                       const std::string& source);
+                                       const std::string& source, bool check_values = true);
+
+/// Copies every tensor of `tensors` into a new contiguous tensor of
+/// `target.dtype` on `target.device`, in file order (by data address), in
+/// 4 MiB chunks: each chunk is checked for NaN / Inf (InvalidArgument naming
+/// `source` and the tensor, as ValidateCheckpointTensors) and copied (and
+/// cast); on the CPU the chunks run on the intra-op threads. Where the source
+/// lies in one of `mappings`, its pages are returned to the kernel (every
+/// 64 MiB on the CPU, every chunk on another device) and, when the mappings
+/// exceed half of MemAvailable, dropped from the page cache too. Each map
+/// entry is replaced as soon as its copy is done (dropping its alias of the
+/// file). Peak memory: the placed weights plus 64 MiB of file pages; on cuda
+/// the host holds one chunk at a time.
+absl::Status PlaceTensors(std::map<std::string, at::Tensor>* tensors, const LoadTarget& target,
+                          const std::vector<std::shared_ptr<FileMapping>>& mappings,
+                          const std::string& source);
 
 /// Renames and reshapes validated file tensors into the canonical names above
 /// (family table, common/model_config.h): GPT-2's Conv1D weights are transposed

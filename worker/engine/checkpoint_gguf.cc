@@ -6,6 +6,7 @@
 // `d * q - m` is never fused and the values equal ggml's and gguf-py's bitwise.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -153,7 +154,8 @@ absl::Status DequantizeGgml(uint32_t type, const uint8_t* src, int64_t n, float*
 }
 
 absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
-                                               const std::string& source) {
+                                               const std::string& source, const LoadTarget* target,
+                                               const FileMapping* mapping) {
   ASSIGN_OR_RETURN(GgufFile f, ParseGguf(data, size, source));
   auto fail = [&](const std::string& problem) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", problem));
@@ -230,18 +232,31 @@ absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
       std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());  // ne[0] is the last torch dim
       const uint8_t* src = data + f.data_offset + t.offset;
       at::Tensor out;
+      // Placed: raw F32/F16/BF16 bytes are cast straight into the final tensor
+      // (one copy); quantized ones are dequantized into one float32 tensor first.
+      auto raw = [&](at::ScalarType file_type) {
+        at::Tensor view;
+        if (reinterpret_cast<uintptr_t>(src) % c10::elementSize(file_type) != 0) {
+          view = at::empty(shape, at::TensorOptions().dtype(file_type));  // misaligned: copy first
+          std::memcpy(view.data_ptr(), src, t.nbytes);
+          if (target == nullptr) return view;
+        } else {
+          view = at::from_blob(const_cast<uint8_t*>(src), shape, at::TensorOptions().dtype(file_type));
+          if (target == nullptr) return view.clone();
+        }
+        at::Tensor placed = at::empty(shape, at::TensorOptions().dtype(target->dtype).device(target->device));
+        placed.copy_(view);
+        return placed;
+      };
       switch (t.type) {
         case kGgmlF32:
-          out = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
-          std::memcpy(out.data_ptr(), src, t.nbytes);
+          out = raw(at::kFloat);
           break;
         case kGgmlF16:
-          out = at::empty(shape, at::TensorOptions().dtype(at::kHalf));
-          std::memcpy(out.data_ptr(), src, t.nbytes);
+          out = raw(at::kHalf);
           break;
         case kGgmlBF16:
-          out = at::empty(shape, at::TensorOptions().dtype(at::kBFloat16));
-          std::memcpy(out.data_ptr(), src, t.nbytes);
+          out = raw(at::kBFloat16);
           break;
         case kGgmlQ8_0:
         case kGgmlQ4_0:
@@ -250,6 +265,7 @@ absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
           absl::Status st = DequantizeGgml(t.type, src, t.numel(), out.data_ptr<float>());
           if (!st.ok()) return absl::InvalidArgumentError(where + std::string(st.message()));
           ++dequantized[GgmlTypeName(t.type)];
+          if (target != nullptr) out = out.to(target->device, target->dtype);
           break;
         }
         default:
@@ -258,6 +274,7 @@ absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
               " is not supported (F32, F16, BF16, and Q8_0, Q4_0, Q4_K dequantized at load)"));
       }
       ck.tensors[hf] = out;
+      if (mapping != nullptr) mapping->ReleasePages(src, t.nbytes);
     }
     if (arch->permuted_qk) {
       // Inverse of convert_hf_to_gguf.py's LlamaModel.permute: rows were
@@ -295,23 +312,29 @@ absl::StatusOr<Checkpoint> ParseGgufCheckpoint(const uint8_t* data, size_t size,
     ck.format = absl::StrCat("gguf, weights dequantized to float32 at load from ", ck.dequantized_from);
   }
   RETURN_IF_ERROR(ValidateCheckpointTensors(c, ck.tensors, source));
+  ck.placed = target != nullptr;
   return ck;
 }
 
-absl::StatusOr<Checkpoint> LoadGguf(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || st.st_size <= 0) {
-    ::close(fd);
-    return absl::InvalidArgumentError(absl::StrCat(path, ": empty or unreadable file"));
+namespace {
+
+absl::StatusOr<Checkpoint> LoadGgufImpl(const std::string& path, const LoadTarget* target) {
+  absl::StatusOr<std::shared_ptr<FileMapping>> map = FileMapping::Open(path);
+  if (!map.ok()) {
+    if (absl::IsNotFound(map.status())) return map.status();
+    return absl::InvalidArgumentError(std::string(map.status().message()));
   }
-  void* map = ::mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map == MAP_FAILED) return absl::InvalidArgumentError(absl::StrCat(path, ": cannot map the file"));
-  absl::StatusOr<Checkpoint> ck = ParseGgufCheckpoint(static_cast<const uint8_t*>(map), st.st_size, path);
-  ::munmap(map, st.st_size);  // the tensors are copies
-  return ck;
+  if ((*map)->size() == 0) return absl::InvalidArgumentError(absl::StrCat(path, ": empty or unreadable file"));
+  // The tensors are copies; the mapping goes when this returns.
+  return ParseGgufCheckpoint((*map)->data(), (*map)->size(), path, target, map->get());
+}
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> LoadGguf(const std::string& path) { return LoadGgufImpl(path, nullptr); }
+
+absl::StatusOr<Checkpoint> LoadGguf(const std::string& path, const LoadTarget& target) {
+  return LoadGgufImpl(path, &target);
 }
 
 }  // namespace sinkscope

@@ -1,10 +1,12 @@
 // Hugging Face directories: config.json + safetensors (single file or sharded).
 //
-// Safetensors files are mmapped (MAP_PRIVATE, copy-on-write, so an accidental
-// in-place write changes the process's copy, never the file) and each tensor
-// aliases the mapping through at::from_blob; the deleter holds a shared_ptr to
-// the mapping, so the file is unmapped when the last tensor dies. A tensor
-// whose data is not aligned to its element size is copied instead.
+// Safetensors files are mmapped (FileMapping: MAP_PRIVATE, copy-on-write, so an
+// accidental in-place write changes the process's copy, never the file) and each
+// tensor aliases the mapping through at::from_blob; the deleter holds a
+// shared_ptr to the mapping, so the file is unmapped when the last tensor dies.
+// A tensor whose data is not aligned to its element size is copied instead.
+// With a LoadTarget the aliases are then placed (PlaceTensors): one copy per
+// weight, file pages returned chunk by chunk, the mapping gone with its shard.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -151,48 +153,6 @@ absl::StatusOr<SafetensorsEntry> ParseEntry(const std::string& name, const json&
   return e;
 }
 
-// A whole file mapped copy-on-write; munmap on destruction.
-class Mapping {
- public:
-  ~Mapping() {
-    if (addr_ != nullptr) ::munmap(addr_, size_);
-  }
-  static absl::StatusOr<std::shared_ptr<Mapping>> Open(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      const int err = errno;
-      std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-      return err == ENOENT ? absl::NotFoundError(msg) : absl::PermissionDeniedError(msg);
-    }
-    struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-    }
-    auto m = std::shared_ptr<Mapping>(new Mapping());
-    m->size_ = static_cast<size_t>(st.st_size);
-    if (m->size_ > 0) {
-      void* a =
-          ::mmap(nullptr, m->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
-      if (a == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(err)));
-      }
-      m->addr_ = a;
-    }
-    ::close(fd);
-    return m;
-  }
-  uint8_t* data() const { return static_cast<uint8_t*>(addr_); }
-  size_t size() const { return size_; }
-
- private:
-  Mapping() = default;
-  void* addr_ = nullptr;
-  size_t size_ = 0;
-};
-
 absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
@@ -205,10 +165,13 @@ absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
 // Maps `path` and adds its tensors to `out` under the names the family table
 // gives them (StoredTensorName: GPT-2's bare names prefixed; buffers and other
 // towers skipped unread); error on a name stored twice.
+// The mapping is appended to `mappings` (placement returns its pages).
 absl::Status LoadSafetensorsFile(const ModelConfig& config, const std::string& path,
                                  std::map<std::string, at::Tensor>* out,
-                                 std::set<std::string>* names_in_file) {
-  ASSIGN_OR_RETURN(std::shared_ptr<Mapping> map, Mapping::Open(path));
+                                 std::set<std::string>* names_in_file,
+                                 std::vector<std::shared_ptr<FileMapping>>* mappings) {
+  ASSIGN_OR_RETURN(std::shared_ptr<FileMapping> map, FileMapping::Open(path));
+  mappings->push_back(map);
   size_t data_start = 0;
   ASSIGN_OR_RETURN(std::vector<SafetensorsEntry> entries,
                    ParseSafetensorsHeader(map->data(), map->size(), path, &data_start));
@@ -235,7 +198,7 @@ absl::Status LoadSafetensorsFile(const ModelConfig& config, const std::string& p
       t = at::empty(e.shape, options);
       if (e.end > e.begin) std::memcpy(t.data_ptr(), ptr, e.end - e.begin);
     } else {
-      std::shared_ptr<Mapping> keep = map;
+      std::shared_ptr<FileMapping> keep = map;
       t = at::from_blob(
           ptr, e.shape, [keep](void*) mutable { keep.reset(); }, options);
     }
@@ -251,7 +214,8 @@ bool IsPlainFileName(const std::string& name) {
 }
 
 absl::Status LoadShards(const ModelConfig& config, const std::string& dir,
-                        const std::string& index_path, std::map<std::string, at::Tensor>* out) {
+                        const std::string& index_path, std::map<std::string, at::Tensor>* out,
+                        std::vector<std::shared_ptr<FileMapping>>* mappings) {
   ASSIGN_OR_RETURN(std::string text, ReadTextFile(index_path));
   json index = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (index.is_discarded() || !index.is_object()) {
@@ -277,7 +241,7 @@ absl::Status LoadShards(const ModelConfig& config, const std::string& dir,
   for (const auto& [shard, names] : by_shard) {
     const std::string shard_path = absl::StrCat(dir, "/", shard);
     std::set<std::string> in_file;
-    RETURN_IF_ERROR(LoadSafetensorsFile(config, shard_path, out, &in_file));
+    RETURN_IF_ERROR(LoadSafetensorsFile(config, shard_path, out, &in_file, mappings));
     for (const std::string& name : names) {
       if (in_file.count(name) == 0) {
         return absl::InvalidArgumentError(absl::StrCat(
@@ -293,7 +257,9 @@ bool IsRegularFile(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir) {
+// Without a target the tensors alias the mappings; with one, names and shapes
+// are validated first (no weight byte read), then PlaceTensors copies them.
+absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir, const LoadTarget* target) {
   Checkpoint ck;
   ck.format = "hf-safetensors";
   ck.path = dir;
@@ -304,21 +270,39 @@ absl::StatusOr<Checkpoint> LoadHfDirectoryImpl(const std::string& dir) {
   const std::string single = absl::StrCat(dir, "/model.safetensors");
   const std::string index = absl::StrCat(dir, "/model.safetensors.index.json");
   std::string source;
+  std::vector<std::shared_ptr<FileMapping>> mappings;
   if (IsRegularFile(single)) {
     source = single;
-    RETURN_IF_ERROR(LoadSafetensorsFile(ck.config, single, &ck.tensors, nullptr));
+    RETURN_IF_ERROR(LoadSafetensorsFile(ck.config, single, &ck.tensors, nullptr, &mappings));
   } else if (IsRegularFile(index)) {
     source = index;
-    RETURN_IF_ERROR(LoadShards(ck.config, dir, index, &ck.tensors));
+    RETURN_IF_ERROR(LoadShards(ck.config, dir, index, &ck.tensors, &mappings));
   } else {
     return absl::NotFoundError(
         absl::StrCat(dir, ": neither model.safetensors nor model.safetensors.index.json exists"));
   }
   // Tied: HF ignores a stored lm_head.weight and uses the embedding.
   if (ck.config.tied_embeddings) ck.tensors.erase("lm_head.weight");
-  RETURN_IF_ERROR(ValidateCheckpointTensors(ck.config, ck.tensors, source));
+  RETURN_IF_ERROR(ValidateCheckpointTensors(ck.config, ck.tensors, source,
+                                            /*check_values=*/target == nullptr));
+  if (target != nullptr) {
+    RETURN_IF_ERROR(PlaceTensors(&ck.tensors, *target, mappings, source));
+    ck.placed = true;
+  }
+  mappings.clear();  // the tensors that still alias a mapping keep it alive
   RETURN_IF_ERROR(CanonicalizeTensors(ck.config, &ck.tensors, source));
   return ck;
+}
+
+template <typename Fn>
+absl::StatusOr<Checkpoint> Guarded(const std::string& path, Fn fn) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", e.what()));
+  }
 }
 
 }  // namespace
@@ -369,32 +353,46 @@ absl::StatusOr<std::vector<SafetensorsEntry>> ParseSafetensorsHeader(const uint8
 }
 
 absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir) {
-  try {
-    return LoadHfDirectoryImpl(dir);
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat(dir, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(dir, ": ", e.what()));
-  }
+  return Guarded(dir, [&] { return LoadHfDirectoryImpl(dir, nullptr); });
 }
 
-absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
+absl::StatusOr<Checkpoint> LoadHfDirectory(const std::string& dir, const LoadTarget& target) {
+  return Guarded(dir, [&] { return LoadHfDirectoryImpl(dir, &target); });
+}
+
+namespace {
+
+// LoadCheckpoint's dispatch on the path; `target` may be null.
+absl::StatusOr<Checkpoint> LoadCheckpointImpl(const std::string& path, const LoadTarget* target) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     return absl::NotFoundError(absl::StrCat(path, ": no such file or directory"));
   }
-  if (S_ISDIR(st.st_mode)) return LoadHfDirectory(path);
-  if (absl::EndsWith(path, ".bin")) return LoadLlama2c(path);
-  if (absl::EndsWith(path, ".gguf")) return LoadGguf(path);
+  auto hf = [target](const std::string& dir) {
+    return target != nullptr ? LoadHfDirectory(dir, *target) : LoadHfDirectory(dir);
+  };
+  if (S_ISDIR(st.st_mode)) return hf(path);
+  if (absl::EndsWith(path, ".bin")) return target != nullptr ? LoadLlama2c(path, *target) : LoadLlama2c(path);
+  if (absl::EndsWith(path, ".gguf")) return target != nullptr ? LoadGguf(path, *target) : LoadGguf(path);
   // A file inside a HF directory: load the directory.
   const size_t slash = path.rfind('/');
   const std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
   if (base == "config.json" || absl::EndsWith(base, ".safetensors") ||
       absl::EndsWith(base, ".safetensors.index.json")) {
-    return LoadHfDirectory(slash == std::string::npos ? "." : path.substr(0, slash));
+    return hf(slash == std::string::npos ? "." : path.substr(0, slash));
   }
   return absl::InvalidArgumentError(absl::StrCat(
       path, ": unknown checkpoint format (expected a HF directory, a llama2.c .bin or a .gguf file)"));
+}
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
+  return LoadCheckpointImpl(path, nullptr);
+}
+
+absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path, const LoadTarget& target) {
+  return LoadCheckpointImpl(path, &target);
 }
 
 absl::Status WriteSafetensors(const std::string& path,

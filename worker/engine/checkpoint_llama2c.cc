@@ -2,9 +2,12 @@
 //
 // The file is mmapped once; after the header and the size check the weights
 // are copied into one float32 buffer, and every tensor is a contiguous view of
-// it (so a Checkpoint owns its memory and the file can go away).
+// it (so a Checkpoint owns its memory and the file can go away). With a
+// LoadTarget the views alias the mapping instead, and PlaceTensors copies each
+// into its final tensor once, returning the file's pages as it goes.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -77,7 +80,11 @@ absl::Status CheckHeader(const Llama2cHeader& h, const std::string& source) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size, const std::string& source) {
+// With `alias` (the mapping `data` lies in) the floats alias the mapping instead
+// of being copied; with `target` they are then placed (PlaceTensors).
+absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size, const std::string& source,
+                                     std::shared_ptr<FileMapping> alias = nullptr,
+                                     const LoadTarget* target = nullptr) {
   if (size < kHeaderBytes) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": truncated: file has ", size,
                                                    " bytes, the header needs ", kHeaderBytes));
@@ -122,8 +129,16 @@ absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size, const std
   }
 
   // One copy of every float after the header; tensors are views of it.
-  at::Tensor flat = at::empty({static_cast<int64_t>(total.value)}, at::kFloat);
-  std::memcpy(flat.data_ptr<float>(), data + kHeaderBytes, total.value * sizeof(float));
+  at::Tensor flat;
+  if (alias != nullptr) {  // kHeaderBytes is a multiple of 4: the floats are aligned
+    std::shared_ptr<FileMapping> keep = alias;
+    flat = at::from_blob(
+        const_cast<uint8_t*>(data) + kHeaderBytes, {static_cast<int64_t>(total.value)},
+        [keep](void*) mutable { keep.reset(); }, at::TensorOptions().dtype(at::kFloat));
+  } else {
+    flat = at::empty({static_cast<int64_t>(total.value)}, at::kFloat);
+    std::memcpy(flat.data_ptr<float>(), data + kHeaderBytes, total.value * sizeof(float));
+  }
 
   Checkpoint ck;
   ck.format = "llama2c";
@@ -179,48 +194,16 @@ absl::StatusOr<Checkpoint> ParseImpl(const uint8_t* data, size_t size, const std
   take({static_cast<int64_t>(seq), static_cast<int64_t>(head / 2)});  // freq_cis_imag
   if (!shared) ck.tensors["lm_head.weight"] = take({c.d_vocab, d});
 
-  RETURN_IF_ERROR(ValidateCheckpointTensors(c, ck.tensors, source));
+  flat = at::Tensor();
+  RETURN_IF_ERROR(ValidateCheckpointTensors(c, ck.tensors, source, /*check_values=*/target == nullptr));
+  if (target != nullptr) {
+    std::vector<std::shared_ptr<FileMapping>> mappings;
+    if (alias != nullptr) mappings.push_back(alias);
+    RETURN_IF_ERROR(PlaceTensors(&ck.tensors, *target, mappings, source));
+    ck.placed = true;
+  }
   return ck;
 }
-
-// Read-only mapping of a whole file, unmapped on destruction.
-class ReadOnlyMapping {
- public:
-  ~ReadOnlyMapping() {
-    if (addr_ != nullptr) ::munmap(addr_, size_);
-  }
-  absl::Status Open(const std::string& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      const int err = errno;
-      std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(err));
-      return err == ENOENT ? absl::NotFoundError(msg) : absl::PermissionDeniedError(msg);
-    }
-    struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* a = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (a == MAP_FAILED) {
-        const int err = errno;
-        ::close(fd);
-        return absl::InternalError(absl::StrCat(path, ": mmap failed: ", std::strerror(err)));
-      }
-      addr_ = a;
-    }
-    ::close(fd);
-    return absl::OkStatus();
-  }
-  const uint8_t* data() const { return static_cast<const uint8_t*>(addr_); }
-  size_t size() const { return size_; }
-
- private:
-  void* addr_ = nullptr;
-  size_t size_ = 0;
-};
 
 }  // namespace
 
@@ -236,10 +219,23 @@ absl::StatusOr<Checkpoint> ParseLlama2c(const uint8_t* data, size_t size,
 }
 
 absl::StatusOr<Checkpoint> LoadLlama2c(const std::string& path) {
-  ReadOnlyMapping file;
-  RETURN_IF_ERROR(file.Open(path));
+  ASSIGN_OR_RETURN(std::shared_ptr<FileMapping> file, FileMapping::Open(path));
   static const uint8_t kEmpty[1] = {0};
-  return ParseLlama2c(file.size() > 0 ? file.data() : kEmpty, file.size(), path);
+  return ParseLlama2c(file->size() > 0 ? file->data() : kEmpty, file->size(), path);
+}
+
+absl::StatusOr<Checkpoint> LoadLlama2c(const std::string& path, const LoadTarget& target) {
+  ASSIGN_OR_RETURN(std::shared_ptr<FileMapping> file, FileMapping::Open(path));
+  static const uint8_t kEmpty[1] = {0};
+  const bool empty = file->size() == 0;
+  try {
+    return ParseImpl(empty ? kEmpty : file->data(), file->size(), path, empty ? nullptr : file,
+                     &target);
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat(path, ": ", e.what()));
+  }
 }
 
 }  // namespace sinkscope

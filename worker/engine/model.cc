@@ -206,9 +206,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10
   for (std::string& name : m->HookNames()) m->hook_names_.insert(std::move(name));
   try {
     for (const auto& [name, t] : ckpt.tensors) {
+      // Placed at load (LoadTarget): owned and final, adopted without a copy.
       at::Tensor w = t.to(device, dtype).contiguous();
-      // Never alias a memory map that the checkpoint may release.
-      if (w.data_ptr() == t.data_ptr()) w = w.clone();
+      // Otherwise never alias a memory map that the checkpoint may release.
+      if (!ckpt.placed && w.data_ptr() == t.data_ptr()) w = w.clone();
       m->weight_bytes_ += w.numel() * w.element_size();
       m->n_params_ += w.numel();
       m->weights_[name] = w;

@@ -39,7 +39,9 @@ struct ForwardOptions {
 class Model {
  public:
   /// Moves the checkpoint's tensors to `device` in `dtype` (float32, bfloat16,
-  /// float16). Errors: InvalidArgument for an unsupported dtype; the
+  /// float16). A checkpoint placed at load (LoadCheckpoint with a LoadTarget of
+  /// the same device and dtype) is adopted without a copy: the model shares its
+  /// tensors. Errors: InvalidArgument for an unsupported dtype; the
   /// checkpoint must already be validated.
   static absl::StatusOr<std::unique_ptr<Model>> Create(const Checkpoint& ckpt, c10::Device device,
                                                        c10::ScalarType dtype);

@@ -11,9 +11,11 @@
 //                 prints {"ids": [...], ...} per input, one JSON line each
 //                 (tokenizer.json, .gguf, .model)
 //   sinkscope-run export-tensors --model PATH --out FILE.safetensors [--ids 1,2,3]
+//                 [--placed-dtype DTYPE]
 //                 the checkpoint as the engine reads it (canonical names, GGUF
 //                 dequantized), plus `sinkscope.logits` [T, d_vocab] float32
-//                 of a float32 forward pass over --ids
+//                 of a float32 forward pass over --ids; with --placed-dtype, as
+//                 the worker loads it (placed on the CPU in DTYPE)
 //   sinkscope-run sinks    --model PATH (--text STR | --ids ...) [--window T] [--epsilon E]
 //                 [--layers 0,1] [--query-chunk N] [--self-attention]   JSON per head
 //   sinkscope-run bench    --model PATH --ids ... [--variants plain,scan,sinks,probe]
@@ -23,7 +25,9 @@
 //     scan (eq. 27 on every layer, window = sequence length) in interleaved
 //     rounds, and prints JSON: seconds per round and variant, the numbers
 //     each computed (for bench/peers.py to compare with its peers) and the
-//     process's peak RSS (VmHWM, reset after loading with --reset-hwm).
+//     process's peak RSS (VmHWM, reset after loading with --reset-hwm), and
+//     the load: seconds, VmRSS before it (the runtime's baseline), VmHWM and
+//     VmRSS after it (for bench/load_memory.py).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/tensor.h>
@@ -91,13 +95,14 @@ struct Loaded {
 absl::StatusOr<Loaded> Load(const CommonArgs& a) {
   if (a.threads > 0) at::set_num_threads(a.threads);
   Loaded out;
-  auto ckpt = LoadCheckpoint(a.model);
-  if (!ckpt.ok()) return ckpt.status();
-  out.ckpt = std::move(*ckpt);
   auto device = ParseDevice(a.device);
   if (!device.ok()) return device.status();
   auto dtype = ParseDtype(a.dtype);
   if (!dtype.ok()) return dtype.status();
+  // Placed at load: one copy per weight, peak = the weights + one chunk.
+  auto ckpt = LoadCheckpoint(a.model, LoadTarget{*device, *dtype});
+  if (!ckpt.ok()) return ckpt.status();
+  out.ckpt = std::move(*ckpt);
   auto model = Model::Create(out.ckpt, *device, *dtype);
   if (!model.ok()) return model.status();
   out.model = std::move(*model);
@@ -315,8 +320,15 @@ int Tokenize(const std::string& path, const std::string& text, const std::vector
   return 0;
 }
 
-int ExportTensors(const CommonArgs& a, const std::string& out_path) {
-  auto ckpt = LoadCheckpoint(a.model);
+int ExportTensors(const CommonArgs& a, const std::string& out_path, const std::string& placed_dtype) {
+  absl::StatusOr<Checkpoint> ckpt;
+  if (placed_dtype.empty()) {
+    ckpt = LoadCheckpoint(a.model);
+  } else {  // as the worker loads it: placed on the CPU in that dtype
+    auto dtype = ParseDtype(placed_dtype);
+    if (!dtype.ok()) return Fail(dtype.status());
+    ckpt = LoadCheckpoint(a.model, LoadTarget{c10::Device(c10::kCPU), *dtype});
+  }
   if (!ckpt.ok()) return Fail(ckpt.status());
   std::map<std::string, at::Tensor> tensors = ckpt->tensors;
   if (!a.ids.empty()) {
@@ -411,8 +423,14 @@ struct BenchArgs {
 };
 
 int Bench(const CommonArgs& a, const BenchArgs& b) {
+  const int64_t rss_before_load = ProcStatusBytes("VmRSS");  // the runtime's baseline
+  const auto load_t0 = std::chrono::steady_clock::now();
   auto m = Load(a);
   if (!m.ok()) return Fail(m.status());
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_t0).count();
+  const int64_t hwm_after_load = ProcStatusBytes("VmHWM");
+  const int64_t rss_after_load = ProcStatusBytes("VmRSS");
   auto ids = Input(a, *m);
   if (!ids.ok()) return Fail(ids.status());
   const std::vector<std::vector<int64_t>> seqs(static_cast<size_t>(b.batch), *ids);
@@ -479,6 +497,11 @@ int Bench(const CommonArgs& a, const BenchArgs& b) {
   const DeviceMemory dm = QueryDeviceMemory(device);
   nlohmann::json out = {{"seconds", seconds}, {"tokens", T}, {"batch", b.batch},
                         {"n_params", m->model->n_params()},
+                        {"weight_bytes", m->model->weight_bytes()},
+                        {"load_seconds", load_seconds},
+                        {"rss_before_load_bytes", rss_before_load},
+                        {"rss_after_load_bytes", rss_after_load},
+                        {"vm_hwm_after_load_bytes", hwm_after_load},
                         {"device_peak_allocated_bytes", peak_device},
                         {"device_total_bytes", dm.total_bytes},
                         {"rss_loaded_bytes", rss_loaded},
@@ -560,6 +583,10 @@ int main(int argc, char** argv) {
   exp->add_option("--model", exp_args.model, "checkpoint")->required();
   exp->add_option("--out", exp_out, "output .safetensors")->required();
   exp->add_option("--ids", exp_args.ids, "token ids for a float32 forward pass (logits saved)");
+  std::string exp_placed;
+  exp->add_option("--placed-dtype", exp_placed,
+                  "load as the worker does, placed on the CPU in this dtype (float32 | bfloat16 | "
+                  "float16), and export the placed tensors (default: the file's, unplaced)");
   CommonArgs sinks_args;
   SinkParams sink_params;
   sink_params.window = 0;
@@ -590,7 +617,7 @@ int main(int argc, char** argv) {
     if (*scan) return Scan(scan_args, params);
     if (*dump) return Dump(dump_args, dump_out, dump_hooks);
     if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
-    if (*exp) return ExportTensors(exp_args, exp_out);
+    if (*exp) return ExportTensors(exp_args, exp_out, exp_placed);
     if (*bench_cmd) return Bench(bench_args, bench);
     if (*sinks) return Sinks(sinks_args, sink_params, sinks_self_attention);
     if (*hooks) {
