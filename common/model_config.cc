@@ -54,7 +54,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace {

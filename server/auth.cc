@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -89,7 +90,7 @@ auto InTx(SqlDb& db, Body body) -> decltype(body(std::declval<SqlTx&>())) {
 
 absl::StatusOr<std::string> TokenStore::Create(const std::string& user, bool admin,
                                                TokenInfo* info) {
-  if (absl::Status s = ValidateUserName(user); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateUserName(user));
   absl::StatusOr<std::string> secret_raw = RandomBytes(32);
   if (!secret_raw.ok()) return secret_raw.status();
   absl::StatusOr<std::string> salt = RandomBytes(16);

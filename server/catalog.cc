@@ -14,7 +14,8 @@
 #include "common/job_types.h"
 #include "common/model_config.h"
 #include "server/config.h"
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -71,19 +72,19 @@ absl::Status CheckShape(const CatalogEntry& e, const ExtraShape& x) {
     if (!s.ok()) return s;
   }
   if (x.head_dim != 0) {
-    if (absl::Status s = in_range("head_dim", x.head_dim, kMaxDim); !s.ok()) return s;
+    RETURN_IF_ERROR(in_range("head_dim", x.head_dim, kMaxDim));
   } else if (e.d_model % e.n_heads != 0) {
     return bad(absl::StrCat("n_heads ", e.n_heads, " does not divide d_model ", e.d_model,
                             " (and no head_dim is given)"));
   }
   if (x.n_kv_heads != 0) {
-    if (absl::Status s = in_range("n_kv_heads", x.n_kv_heads, kMaxHeads); !s.ok()) return s;
+    RETURN_IF_ERROR(in_range("n_kv_heads", x.n_kv_heads, kMaxHeads));
     if (e.n_heads % x.n_kv_heads != 0) {
       return bad(absl::StrCat("n_kv_heads ", x.n_kv_heads, " does not divide n_heads ", e.n_heads));
     }
   }
   if (x.hidden != 0) {
-    if (absl::Status s = in_range("intermediate size", x.hidden, kMaxHidden); !s.ok()) return s;
+    RETURN_IF_ERROR(in_range("intermediate size", x.hidden, kMaxHidden));
   }
   return absl::OkStatus();
 }

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -146,7 +147,7 @@ absl::Status CheckIdLength(const std::string& id) {
 }  // namespace
 
 absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller) {
-  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckIdLength(id));
   if (caller.admin || id.empty()) return absl::OkStatus();
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
@@ -285,10 +286,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
     absl::StatusOr<std::string> dtype = DtypeFromProto(request.request().dtype());
     const CatalogEntry* entry = catalog.Find(request.request().model());
     if (dtype.ok() && entry != nullptr) {
-      if (absl::Status s = CheckDtypeRunnable(dtype->empty() ? entry->default_dtype : *dtype);
-          !s.ok()) {
-        return s;
-      }
+      RETURN_IF_ERROR(CheckDtypeRunnable(dtype->empty() ? entry->default_dtype : *dtype));
     }
   }
   if (const std::string problem = WorkerHealth().problem(); !problem.empty()) {
@@ -357,7 +355,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
 absl::StatusOr<v1::Job> JobManager::Get(const std::string& id, bool include_results,
                                         bool page_results, int32_t results_offset) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
-  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckIdLength(id));
   if (results_offset != 0 && !page_results) {
     return absl::InvalidArgumentError("results_offset is only read with page_results");
   }
@@ -438,7 +436,7 @@ absl::StatusOr<v1::QueueOverview> JobManager::QueueOverviewFor(const std::string
 
 absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& id, const std::string& who) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
-  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckIdLength(id));
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();
   if (job->state() == v1::JOB_STATE_CANCELLED) return job;
@@ -475,7 +473,7 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
                                const std::function<bool(const v1::JobEvent&)>& write,
                                const std::function<bool()>& client_gone) {
   if (id.empty()) return absl::InvalidArgumentError("job_id is empty");
-  if (absl::Status s = CheckIdLength(id); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckIdLength(id));
   if (after_seq < 0) return absl::InvalidArgumentError("after_seq must be >= 0");
   absl::StatusOr<v1::Job> job = store_->GetJob(id);
   if (!job.ok()) return job.status();

@@ -4,7 +4,8 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "worker/engine/hook_layout.h"
+#include "common/hook_layout.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -38,7 +39,7 @@ absl::Status CheckThreshold(const std::string& field, bool has, double v) {
 
 absl::Status ValidateFfn(const v1::FfnQuadraticRequest& r, const CatalogEntry& m) {
   for (int32_t b : r.blocks()) {
-    if (absl::Status s = CheckMlpBlock("ffn_quadratic.blocks", b, m); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckMlpBlock("ffn_quadratic.blocks", b, m));
   }
   if (r.has_top_channels() && (r.top_channels() < 1 || r.top_channels() > m.d_model)) {
     return Invalid(absl::StrCat("ffn_quadratic.top_channels must be in 1..d_model (", m.d_model,
@@ -63,17 +64,13 @@ absl::Status ValidateFfn(const v1::FfnQuadraticRequest& r, const CatalogEntry& m
 
 absl::Status ValidateSilu(const v1::SiluRegimeRequest& r, const CatalogEntry& m) {
   for (int32_t b : r.blocks()) {
-    if (absl::Status s = CheckMlpBlock("silu_regime.blocks", b, m); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckMlpBlock("silu_regime.blocks", b, m));
   }
   if (r.has_channel() && (r.channel() < 0 || r.channel() >= m.d_model)) {
     return Invalid(absl::StrCat("silu_regime.channel ", r.channel(), " is out of range 0..",
                                 m.d_model - 1));
   }
-  if (absl::Status s = CheckThreshold("silu_regime.abs_threshold", r.has_abs_threshold(),
-                                      r.abs_threshold());
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckThreshold("silu_regime.abs_threshold", r.has_abs_threshold(), r.abs_threshold()));
   return CheckThreshold("silu_regime.rel_threshold", r.has_rel_threshold(), r.rel_threshold());
 }
 

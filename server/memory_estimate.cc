@@ -13,7 +13,7 @@
 #include "common/attention_chunks.h"
 #include "common/job_types.h"
 #include "common/model_config.h"
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
 
 namespace sinkscope {
 namespace server {

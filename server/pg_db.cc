@@ -15,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "server/sql_db.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -331,7 +332,7 @@ absl::StatusOr<SqlRows> PgTx::Query(const std::string& sql, const std::vector<Sq
 
 absl::StatusOr<std::shared_ptr<SqlDb>> OpenPgDb(const std::string& conninfo) {
   auto db = std::make_shared<PgDb>(conninfo);
-  if (absl::Status s = db->Init(); !s.ok()) return s;
+  RETURN_IF_ERROR(db->Init());
   return std::shared_ptr<SqlDb>(std::move(db));
 }
 

@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -214,7 +215,7 @@ absl::StatusOr<std::shared_ptr<SqlDb>> OpenSqlDb(const std::string& database,
   absl::StatusOr<std::shared_ptr<SqlDb>> db =
       IsPostgresUrl(database) ? OpenPgDb(database) : OpenSqliteDb(database, sqlite_sync_full);
   if (!db.ok()) return db.status();
-  if (absl::Status s = Migrate(**db); !s.ok()) return s;
+  RETURN_IF_ERROR(Migrate(**db));
   return db;
 }
 

@@ -10,6 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "server/job_transitions.h"
 #include "server/sqlite_job_store.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -33,17 +34,6 @@ void SetTimestamp(int64_t micros, google::protobuf::Timestamp* ts) {
   ts->set_seconds(micros / 1000000);
   ts->set_nanos(static_cast<int32_t>((micros % 1000000) * 1000));
 }
-
-#define STORE_ASSIGN(lhs, expr)               \
-  auto lhs##_or = (expr);                     \
-  if (!lhs##_or.ok()) return lhs##_or.status(); \
-  auto& lhs = *lhs##_or
-
-#define STORE_RETURN_IF_ERROR(expr) \
-  do {                              \
-    absl::Status _s = (expr);       \
-    if (!_s.ok()) return _s;        \
-  } while (0)
 
 absl::StatusOr<v1::Job> JobFromRow(const SqlRows& rows, size_t r) {
   v1::Job job;
@@ -101,7 +91,7 @@ auto Transact(SqlDb& db, Body body, SqlDurability durability = SqlDurability::kD
 
 /// What the transitions need of a job's row, locked for the transaction.
 absl::StatusOr<JobFacts> LockFacts(SqlDb& db, SqlTx& tx, const std::string& id) {
-  STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT state, attempts, failures FROM jobs "
+  ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT state, attempts, failures FROM jobs "
                                            "WHERE id = $1",
                                            db.ForUpdateSql()),
                               {id}));
@@ -115,7 +105,7 @@ absl::StatusOr<JobFacts> LockFacts(SqlDb& db, SqlTx& tx, const std::string& id) 
 }
 
 absl::StatusOr<v1::Job> ReadJob(SqlTx& tx, const std::string& id) {
-  STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = $1"), {id}));
+  ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = $1"), {id}));
   if (rows.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
   return JobFromRow(rows, 0);
 }
@@ -126,7 +116,7 @@ absl::StatusOr<std::vector<v1::JobEvent>> InsertEvents(SqlDb& db, SqlTx& tx, con
                                                        int32_t attempt,
                                                        const std::vector<v1::JobEvent>& events) {
   const int64_t n = static_cast<int64_t>(events.size());
-  STORE_ASSIGN(seqs, tx.Query("UPDATE jobs SET last_seq = last_seq + $1 WHERE id = $2 "
+  ASSIGN_OR_RETURN(auto seqs, tx.Query("UPDATE jobs SET last_seq = last_seq + $1 WHERE id = $2 "
                               "RETURNING last_seq",
                               {n, id}));
   if (seqs.empty()) return absl::NotFoundError(absl::StrCat("job ", id, " not found"));
@@ -140,32 +130,32 @@ absl::StatusOr<std::vector<v1::JobEvent>> InsertEvents(SqlDb& db, SqlTx& tx, con
     stored.set_seq(first_seq + i);
     stored.set_attempt(attempt);
     SetTimestamp(now, stored.mutable_time());
-    STORE_ASSIGN(ins, tx.Query("INSERT INTO events (job_id, seq, attempt, is_result, time_us, payload) "
+    ASSIGN_OR_RETURN(auto ins, tx.Query("INSERT INTO events (job_id, seq, attempt, is_result, time_us, payload) "
                                "VALUES ($1, $2, $3, $4, $5, $6)",
                                {id, first_seq + i, int64_t{attempt}, int64_t{stored.has_result() ? 1 : 0},
                                 now, SqlBytes{stored.SerializeAsString()}}));
     (void)ins;
     out.push_back(std::move(stored));
   }
-  STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
+  RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
   return out;
 }
 
 absl::StatusOr<v1::JobEvent> InsertEvent(SqlDb& db, SqlTx& tx, const std::string& id,
                                          int32_t attempt, const v1::JobEvent& event) {
-  STORE_ASSIGN(stored, InsertEvents(db, tx, id, attempt, {event}));
+  ASSIGN_OR_RETURN(auto stored, InsertEvents(db, tx, id, attempt, {event}));
   return std::move(stored.front());
 }
 
 absl::StatusOr<int32_t> QueuePosition(SqlTx& tx, const std::string& id) {
-  STORE_ASSIGN(rows, tx.Query("SELECT COUNT(*) FROM jobs WHERE state = $1 AND queue_seq < "
+  ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT COUNT(*) FROM jobs WHERE state = $1 AND queue_seq < "
                               "(SELECT queue_seq FROM jobs WHERE id = $2)",
                               {kQueued, id}));
   return static_cast<int32_t>(rows.Int(0, 0)) + 1;
 }
 
 absl::Status InsertQueuedEvent(SqlDb& db, SqlTx& tx, const std::string& id, int32_t attempt) {
-  STORE_ASSIGN(position, QueuePosition(tx, id));
+  ASSIGN_OR_RETURN(auto position, QueuePosition(tx, id));
   v1::JobEvent queued;
   queued.mutable_queued()->set_position(position);
   return InsertEvent(db, tx, id, attempt, queued).status();
@@ -177,9 +167,9 @@ absl::StatusOr<ReleaseOutcome> ReleaseLocked(SqlDb& db, SqlTx& tx, const JobFact
                                              bool count_failure, int max_failures) {
   const ReleaseDecision d = DecideRelease(facts, attempt, reason, count_failure, max_failures);
   if (d.outcome == ReleaseOutcome::kAlreadyFinished) return d.outcome;
-  STORE_RETURN_IF_ERROR(InsertEvent(db, tx, facts.id, attempt, d.event).status());
+  RETURN_IF_ERROR(InsertEvent(db, tx, facts.id, attempt, d.event).status());
   if (d.outcome == ReleaseOutcome::kFailed) {
-    STORE_RETURN_IF_ERROR(tx.Query("UPDATE jobs SET state = $1, failures = $2, end_us = $3, "
+    RETURN_IF_ERROR(tx.Query("UPDATE jobs SET state = $1, failures = $2, end_us = $3, "
                                    "error_code = $4, error_message = $5, lease_expires_us = 0 "
                                    "WHERE id = $6",
                                    {int64_t{v1::JOB_STATE_FAILED}, int64_t{d.failures}, NowMicros(),
@@ -188,11 +178,11 @@ absl::StatusOr<ReleaseOutcome> ReleaseLocked(SqlDb& db, SqlTx& tx, const JobFact
                               .status());
     return d.outcome;
   }
-  STORE_RETURN_IF_ERROR(tx.Query("UPDATE jobs SET state = $1, failures = $2, lease_host = '', "
+  RETURN_IF_ERROR(tx.Query("UPDATE jobs SET state = $1, failures = $2, lease_host = '', "
                                  "lease_expires_us = 0 WHERE id = $3",
                                  {kQueued, int64_t{d.failures}, facts.id})
                             .status());
-  STORE_RETURN_IF_ERROR(InsertQueuedEvent(db, tx, facts.id, attempt));
+  RETURN_IF_ERROR(InsertQueuedEvent(db, tx, facts.id, attempt));
   return d.outcome;
 }
 
@@ -240,22 +230,22 @@ absl::StatusOr<v1::Job> SqlJobStore::CreateJob(const NewJob& job, bool* created)
     absl::StatusOr<v1::Job> out = Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::Job> {
       made = false;
       if (!job.client_request_id.empty()) {
-        STORE_ASSIGN(rows, tx.Query("SELECT id FROM jobs WHERE owner = $1 AND client_request_id = $2",
+        ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT id FROM jobs WHERE owner = $1 AND client_request_id = $2",
                                     {job.owner, job.client_request_id}));
         if (!rows.empty()) return ReadJob(tx, rows.Text(0, 0));
       }
-      STORE_ASSIGN(next, tx.Query(db.dialect() == SqlDialect::kPostgres
+      ASSIGN_OR_RETURN(auto next, tx.Query(db.dialect() == SqlDialect::kPostgres
                                       ? "SELECT nextval('jobs_queue_seq')"
                                       : "SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs"));
       const int64_t queue_seq = next.Int(0, 0);
-      STORE_RETURN_IF_ERROR(
+      RETURN_IF_ERROR(
           tx.Query("INSERT INTO jobs (id, queue_seq, owner, type, state, request, create_us, "
                    "client_request_id, priority) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                    {job.id, queue_seq, job.owner, int64_t{job.type}, kQueued,
                     SqlBytes{job.request.SerializeAsString()}, NowMicros(), job.client_request_id,
                     int64_t{job.priority}})
               .status());
-      STORE_RETURN_IF_ERROR(InsertQueuedEvent(db, tx, job.id, 0));
+      RETURN_IF_ERROR(InsertQueuedEvent(db, tx, job.id, 0));
       made = true;
       return ReadJob(tx, job.id);
     });
@@ -290,7 +280,7 @@ absl::StatusOr<JobPage> SqlJobStore::ListJobs(const JobFilter& filter) {
   }
   absl::StrAppend(&sql, " ORDER BY queue_seq DESC LIMIT ", next(int64_t{filter.limit} + 1));
   return Transact(*db_, [&](SqlTx& tx) -> absl::StatusOr<JobPage> {
-    STORE_ASSIGN(rows, tx.Query(sql, params));
+    ASSIGN_OR_RETURN(auto rows, tx.Query(sql, params));
     JobPage page;
     int64_t last_seq = 0;
     for (size_t r = 0; r < rows.size(); ++r) {
@@ -309,7 +299,7 @@ absl::StatusOr<JobPage> SqlJobStore::ListJobs(const JobFilter& filter) {
 
 absl::StatusOr<std::vector<QueuedJob>> SqlJobStore::ListQueued() {
   return Transact(*db_, [&](SqlTx& tx) -> absl::StatusOr<std::vector<QueuedJob>> {
-    STORE_ASSIGN(rows, tx.Query("SELECT id, owner, queue_seq, attempts, priority FROM jobs "
+    ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT id, owner, queue_seq, attempts, priority FROM jobs "
                                 "WHERE state = $1 ORDER BY queue_seq",
                                 {kQueued}));
     std::vector<QueuedJob> out;
@@ -335,7 +325,7 @@ absl::StatusOr<v1::Job> SqlJobStore::ClaimJob(const std::string& id, const std::
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::Job> {
     // SKIP LOCKED: a row another host is claiming (or changing) right now
     // is not ours to wait for; the scheduler tries its next choice.
-    STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT state, attempts, failures FROM jobs "
+    ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT state, attempts, failures FROM jobs "
                                              "WHERE id = $1 AND state = $2",
                                              db.SkipLockedSql()),
                                 {id, kQueued}));
@@ -344,14 +334,14 @@ absl::StatusOr<v1::Job> SqlJobStore::ClaimJob(const std::string& id, const std::
     }
     JobFacts facts{id, static_cast<v1::JobState>(rows.Int(0, 0)),
                    static_cast<int32_t>(rows.Int(0, 1)), static_cast<int32_t>(rows.Int(0, 2))};
-    STORE_RETURN_IF_ERROR(CheckClaim(facts));
-    STORE_RETURN_IF_ERROR(
+    RETURN_IF_ERROR(CheckClaim(facts));
+    RETURN_IF_ERROR(
         tx.Query(absl::StrCat("UPDATE jobs SET state = $1, attempts = attempts + 1, start_us = $2, "
                               "worker = $3, lease_host = $4, lease_expires_us = ",
                               db.NowMicrosSql(), " + $5 WHERE id = $6"),
                  {kLoading, NowMicros(), worker, options_.host, options_.lease_ms * 1000, id})
             .status());
-    STORE_RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
+    RETURN_IF_ERROR(db.NotifyOnCommit(tx, kChangeChannel, id));
     return ReadJob(tx, id);
   }, SqlDurability::kGroupCommit);
 }
@@ -362,11 +352,11 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::AppendEvents(
   if (events.empty()) return absl::InternalError("AppendEvents needs at least one event");
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::JobEvent>> {
-    STORE_ASSIGN(facts, LockFacts(db, tx, id));
-    STORE_RETURN_IF_ERROR(CheckAppend(facts, attempt, new_state));
-    STORE_ASSIGN(stored, InsertEvents(db, tx, id, attempt, events));
+    ASSIGN_OR_RETURN(auto facts, LockFacts(db, tx, id));
+    RETURN_IF_ERROR(CheckAppend(facts, attempt, new_state));
+    ASSIGN_OR_RETURN(auto stored, InsertEvents(db, tx, id, attempt, events));
     if (new_state.has_value() && *new_state != facts.state) {
-      STORE_RETURN_IF_ERROR(
+      RETURN_IF_ERROR(
           tx.Query("UPDATE jobs SET state = $1 WHERE id = $2", {int64_t{*new_state}, id}).status());
     }
     return stored;
@@ -377,8 +367,8 @@ absl::StatusOr<v1::JobEvent> SqlJobStore::AppendQueuedEvent(const std::string& i
                                                             int32_t position) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<v1::JobEvent> {
-    STORE_ASSIGN(facts, LockFacts(db, tx, id));
-    STORE_ASSIGN(attempt, CheckQueuedEvent(facts));
+    ASSIGN_OR_RETURN(auto facts, LockFacts(db, tx, id));
+    ASSIGN_OR_RETURN(auto attempt, CheckQueuedEvent(facts));
     v1::JobEvent event;
     event.mutable_queued()->set_position(position);
     return InsertEvent(db, tx, id, attempt, event);
@@ -391,12 +381,12 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::FinishJob(
   if (!IsTerminal(state)) return absl::InternalError("FinishJob needs a terminal state");
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::JobEvent>> {
-    STORE_ASSIGN(facts, LockFacts(db, tx, id));
-    STORE_ASSIGN(event_attempt, CheckFinish(facts, attempt, state));
+    ASSIGN_OR_RETURN(auto facts, LockFacts(db, tx, id));
+    ASSIGN_OR_RETURN(auto event_attempt, CheckFinish(facts, attempt, state));
     std::vector<v1::JobEvent> all = preceding;
     all.push_back(event);
-    STORE_ASSIGN(stored, InsertEvents(db, tx, id, event_attempt, all));
-    STORE_RETURN_IF_ERROR(
+    ASSIGN_OR_RETURN(auto stored, InsertEvents(db, tx, id, event_attempt, all));
+    RETURN_IF_ERROR(
         tx.Query("UPDATE jobs SET state = $1, end_us = $2, error_code = $3, error_message = $4, "
                  "result_attempt = $5, lease_expires_us = 0 WHERE id = $6",
                  {int64_t{state}, NowMicros(),
@@ -413,7 +403,7 @@ absl::StatusOr<ReleaseOutcome> SqlJobStore::ReleaseLostJob(const std::string& id
                                                            bool count_failure, int max_failures) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<ReleaseOutcome> {
-    STORE_ASSIGN(facts, LockFacts(db, tx, id));
+    ASSIGN_OR_RETURN(auto facts, LockFacts(db, tx, id));
     return ReleaseLocked(db, tx, facts, attempt, reason, count_failure, max_failures);
   });
 }
@@ -423,7 +413,7 @@ absl::StatusOr<std::vector<std::string>> SqlJobStore::RequeueInterrupted(
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<std::string>> {
     // Ours (or from before leases); another host's live lease is its business.
-    STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT id, state, attempts, failures FROM jobs "
+    ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT id, state, attempts, failures FROM jobs "
                                              "WHERE state IN ($1, $2) AND (lease_host = $3 OR "
                                              "lease_host = '' OR lease_expires_us < ",
                                              db.NowMicrosSql(), ") ORDER BY queue_seq",
@@ -433,7 +423,7 @@ absl::StatusOr<std::vector<std::string>> SqlJobStore::RequeueInterrupted(
     for (size_t r = 0; r < rows.size(); ++r) {
       JobFacts facts{rows.Text(r, 0), static_cast<v1::JobState>(rows.Int(r, 1)),
                      static_cast<int32_t>(rows.Int(r, 2)), static_cast<int32_t>(rows.Int(r, 3))};
-      STORE_ASSIGN(outcome, ReleaseLocked(db, tx, facts, facts.attempts, reason, false, 0));
+      ASSIGN_OR_RETURN(auto outcome, ReleaseLocked(db, tx, facts, facts.attempts, reason, false, 0));
       if (outcome == ReleaseOutcome::kRequeued) ids.push_back(facts.id);
     }
     return ids;
@@ -443,7 +433,7 @@ absl::StatusOr<std::vector<std::string>> SqlJobStore::RequeueInterrupted(
 absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::EventsSince(const std::string& id,
                                                                    int64_t after_seq, int limit) {
   return Transact(*db_, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::JobEvent>> {
-    STORE_ASSIGN(rows, tx.Query("SELECT payload FROM events WHERE job_id = $1 AND seq > $2 "
+    ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT payload FROM events WHERE job_id = $1 AND seq > $2 "
                                 "ORDER BY seq LIMIT $3",
                                 {id, after_seq, int64_t{limit}}));
     return EventsFromRows(rows, id);
@@ -452,11 +442,11 @@ absl::StatusOr<std::vector<v1::JobEvent>> SqlJobStore::EventsSince(const std::st
 
 absl::StatusOr<std::vector<v1::ResultRecord>> SqlJobStore::Results(const std::string& id) {
   return Transact(*db_, [&](SqlTx& tx) -> absl::StatusOr<std::vector<v1::ResultRecord>> {
-    STORE_ASSIGN(rows, tx.Query("SELECT e.payload FROM events e JOIN jobs j ON j.id = e.job_id "
+    ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT e.payload FROM events e JOIN jobs j ON j.id = e.job_id "
                                 "WHERE e.job_id = $1 AND e.is_result = 1 AND j.result_attempt > 0 "
                                 "AND e.attempt = j.result_attempt ORDER BY e.seq",
                                 {id}));
-    STORE_ASSIGN(events, EventsFromRows(rows, id));
+    ASSIGN_OR_RETURN(auto events, EventsFromRows(rows, id));
     std::vector<v1::ResultRecord> out;
     out.reserve(events.size());
     for (v1::JobEvent& e : events) out.push_back(std::move(*e.mutable_result()));
@@ -467,7 +457,7 @@ absl::StatusOr<std::vector<v1::ResultRecord>> SqlJobStore::Results(const std::st
 absl::StatusOr<int> SqlJobStore::RenewLeases() {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<int> {
-    STORE_ASSIGN(r, tx.Query(absl::StrCat("UPDATE jobs SET lease_expires_us = ", db.NowMicrosSql(),
+    ASSIGN_OR_RETURN(auto r, tx.Query(absl::StrCat("UPDATE jobs SET lease_expires_us = ", db.NowMicrosSql(),
                                           " + $1 WHERE lease_host = $2 AND state IN ($3, $4)"),
                              {options_.lease_ms * 1000, options_.host, kLoading, kRunning}));
     return static_cast<int>(r.affected());
@@ -477,7 +467,7 @@ absl::StatusOr<int> SqlJobStore::RenewLeases() {
 absl::StatusOr<std::vector<std::string>> SqlJobStore::ReclaimExpiredLeases(int max_failures) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<std::string>> {
-    STORE_ASSIGN(rows,
+    ASSIGN_OR_RETURN(auto rows,
                  tx.Query(absl::StrCat("SELECT id, state, attempts, failures, lease_host, ",
                                        db.NowMicrosSql(), " - lease_expires_us FROM jobs "
                                        "WHERE state IN ($1, $2) AND lease_host <> '' AND "
@@ -491,7 +481,7 @@ absl::StatusOr<std::vector<std::string>> SqlJobStore::ReclaimExpiredLeases(int m
       const std::string reason =
           absl::StrCat("host ", rows.Text(r, 4), " stopped renewing its lease (expired ",
                        rows.Int(r, 5) / 1000, " ms ago)");
-      STORE_ASSIGN(outcome, ReleaseLocked(db, tx, facts, facts.attempts, reason, true, max_failures));
+      ASSIGN_OR_RETURN(auto outcome, ReleaseLocked(db, tx, facts, facts.attempts, reason, true, max_failures));
       if (outcome != ReleaseOutcome::kAlreadyFinished) ids.push_back(facts.id);
     }
     return ids;
@@ -501,10 +491,10 @@ absl::StatusOr<std::vector<std::string>> SqlJobStore::ReclaimExpiredLeases(int m
 absl::Status SqlJobStore::PublishWorkers(const std::vector<HostWorker>& workers) {
   SqlDb& db = *db_;
   absl::StatusOr<bool> r = Transact(db, [&](SqlTx& tx) -> absl::StatusOr<bool> {
-    STORE_RETURN_IF_ERROR(
+    RETURN_IF_ERROR(
         tx.Query("DELETE FROM host_workers WHERE host = $1", {options_.host}).status());
     for (const HostWorker& w : workers) {
-      STORE_RETURN_IF_ERROR(
+      RETURN_IF_ERROR(
           tx.Query(absl::StrCat("INSERT INTO host_workers (host, worker, budget_bytes, models, busy, "
                                 "seen_us) VALUES ($1, $2, $3, $4, $5, ",
                                 db.NowMicrosSql(), ")"),
@@ -520,7 +510,7 @@ absl::Status SqlJobStore::PublishWorkers(const std::vector<HostWorker>& workers)
 absl::Status SqlJobStore::CheckHostNameFree(int64_t window_ms) {
   SqlDb& db = *db_;
   absl::StatusOr<int64_t> age = Transact(db, [&](SqlTx& tx) -> absl::StatusOr<int64_t> {
-    STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT ", db.NowMicrosSql(), " - MAX(seen_us) FROM "
+    ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT ", db.NowMicrosSql(), " - MAX(seen_us) FROM "
                                              "host_workers WHERE host = $1 HAVING COUNT(*) > 0"),
                                 {options_.host}));
     return rows.empty() ? int64_t{-1} : rows.Int(0, 0) / 1000;
@@ -537,7 +527,7 @@ absl::Status SqlJobStore::CheckHostNameFree(int64_t window_ms) {
 absl::StatusOr<std::vector<HostWorker>> SqlJobStore::PeerWorkers(int64_t max_age_ms) {
   SqlDb& db = *db_;
   return Transact(db, [&](SqlTx& tx) -> absl::StatusOr<std::vector<HostWorker>> {
-    STORE_ASSIGN(rows, tx.Query(absl::StrCat("SELECT host, worker, budget_bytes, models, busy, "
+    ASSIGN_OR_RETURN(auto rows, tx.Query(absl::StrCat("SELECT host, worker, budget_bytes, models, busy, "
                                              "seen_us FROM host_workers WHERE host <> $1 AND "
                                              "seen_us > ",
                                              db.NowMicrosSql(), " - $2 ORDER BY host, worker"),
@@ -561,7 +551,7 @@ absl::StatusOr<std::vector<HostWorker>> SqlJobStore::PeerWorkers(int64_t max_age
 
 absl::StatusOr<std::map<std::string, int>> SqlJobStore::PeerRunningByOwner() {
   return Transact(*db_, [&](SqlTx& tx) -> absl::StatusOr<std::map<std::string, int>> {
-    STORE_ASSIGN(rows, tx.Query("SELECT owner, COUNT(*) FROM jobs WHERE state IN ($1, $2) AND "
+    ASSIGN_OR_RETURN(auto rows, tx.Query("SELECT owner, COUNT(*) FROM jobs WHERE state IN ($1, $2) AND "
                                 "lease_host <> $3 GROUP BY owner",
                                 {kLoading, kRunning, options_.host}));
     std::map<std::string, int> out;

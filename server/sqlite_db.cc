@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/sql_db.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -70,10 +71,10 @@ class SqliteDb final : public SqlDb {
     // WAL makes it durable too.
     const bool relaxed = sync_full_ && durability == SqlDurability::kGroupCommit;
     if (relaxed) {
-      if (absl::Status s = ExecCached("PRAGMA synchronous=NORMAL"); !s.ok()) return s;
+      RETURN_IF_ERROR(ExecCached("PRAGMA synchronous=NORMAL"));
     }
     auto tx = std::make_unique<SqliteTx>(this, std::move(lock), relaxed);
-    if (absl::Status s = ExecCached("BEGIN IMMEDIATE"); !s.ok()) return s;
+    RETURN_IF_ERROR(ExecCached("BEGIN IMMEDIATE"));
     tx->open = true;
     return std::unique_ptr<SqlTx>(std::move(tx));
   }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_types.h"
 #include "server/mechanism_validation.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace server {
@@ -156,11 +157,7 @@ absl::Status CheckRepeatedBounds(const v1::JobRequest& request, const CatalogEnt
   add_text(request.sequences());
   auto interventions = [&](const std::string& field,
                            const v1::InterventionRequest& r) -> absl::Status {
-    if (absl::Status s = CheckCount(absl::StrCat(field, ".interventions"), r.interventions_size(),
-                                    limits.max_interventions, "max_interventions");
-        !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(CheckCount(absl::StrCat(field, ".interventions"), r.interventions_size(), limits.max_interventions, "max_interventions"));
     for (int i = 0; i < r.interventions_size(); ++i) {
       const v1::InterventionSpec& spec = r.interventions(i);
       const std::string where = absl::StrCat(field, ".interventions[", i, "]");
@@ -170,33 +167,19 @@ absl::Status CheckRepeatedBounds(const v1::JobRequest& request, const CatalogEnt
              {std::pair<const char*, const google::protobuf::RepeatedField<int32_t>*>{
                   ".substitution.channels", &sub.channels()},
               {".substitution.positions", &sub.positions()}}) {
-          if (absl::Status s = CheckCount(where + name, list->size(), L, "max_list_entries"); !s.ok()) return s;
-          if (absl::Status s = CheckNoDuplicates(where + name, *list); !s.ok()) return s;
+          RETURN_IF_ERROR(CheckCount(where + name, list->size(), L, "max_list_entries"));
+          RETURN_IF_ERROR(CheckNoDuplicates(where + name, *list));
         }
         const int64_t width_cap = std::max<int64_t>(L, model.d_model);
-        if (absl::Status s = CheckCount(where + ".substitution.constant", sub.constant_size(),
-                                        width_cap, "d_model");
-            !s.ok()) {
-          return s;
-        }
+        RETURN_IF_ERROR(CheckCount(where + ".substitution.constant", sub.constant_size(), width_cap, "d_model"));
       } else if (spec.has_ablation()) {
         const v1::SinkAblation& a = spec.ablation();
-        if (absl::Status s = CheckCount(where + ".ablation.heads", a.heads_size(), L, "max_list_entries");
-            !s.ok()) {
-          return s;
-        }
+        RETURN_IF_ERROR(CheckCount(where + ".ablation.heads", a.heads_size(), L, "max_list_entries"));
         std::vector<std::string> heads;
         for (const v1::HeadRef& h : a.heads()) heads.push_back(absl::StrCat("layer ", h.layer(), " head ", h.head()));
-        if (absl::Status s = CheckNoDuplicates(where + ".ablation.heads", heads); !s.ok()) return s;
-        if (absl::Status s = CheckCount(where + ".ablation.sink_positions", a.sink_positions_size(), L,
-                                        "max_list_entries");
-            !s.ok()) {
-          return s;
-        }
-        if (absl::Status s = CheckNoDuplicates(where + ".ablation.sink_positions", a.sink_positions());
-            !s.ok()) {
-          return s;
-        }
+        RETURN_IF_ERROR(CheckNoDuplicates(where + ".ablation.heads", heads));
+        RETURN_IF_ERROR(CheckCount(where + ".ablation.sink_positions", a.sink_positions_size(), L, "max_list_entries"));
+        RETURN_IF_ERROR(CheckNoDuplicates(where + ".ablation.sink_positions", a.sink_positions()));
       }
     }
     n_sequences += r.calibration_size();
@@ -300,7 +283,7 @@ absl::Status ValidateSinks(const v1::SinksRequest& r, const CatalogEntry& model)
 
 absl::Status ValidateFirstToken(const v1::FirstTokenProbeRequest& r, const CatalogEntry& model) {
   for (int32_t id : r.token_ids()) {
-    if (absl::Status s = CheckTokenId("first_token_probe.token_ids", id, model); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckTokenId("first_token_probe.token_ids", id, model));
   }
   if (r.token_ids().empty()) {
     const int64_t begin = r.has_range_begin() ? r.range_begin() : 0;
@@ -315,18 +298,14 @@ absl::Status ValidateFirstToken(const v1::FirstTokenProbeRequest& r, const Catal
                    "(range_begin/range_end), not both");
   }
   for (int32_t id : r.prefix()) {
-    if (absl::Status s = CheckTokenId("first_token_probe.prefix", id, model); !s.ok()) return s;
+    RETURN_IF_ERROR(CheckTokenId("first_token_probe.prefix", id, model));
   }
   if (model.n_ctx > 0 && r.prefix_size() + 1 > model.n_ctx) {
     return Invalid(absl::StrCat("first_token_probe.prefix has ", r.prefix_size(),
                                 " tokens; with the probed token that exceeds the context of model ",
                                 model.name, " (", model.n_ctx, ")"));
   }
-  if (absl::Status s = CheckThresholds("first_token_probe", r.has_abs_threshold(),
-                                       r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold());
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckThresholds("first_token_probe", r.has_abs_threshold(), r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold()));
   if (r.has_batch_size() && (r.batch_size() < 1 || r.batch_size() > 65536)) {
     return Invalid(absl::StrCat("first_token_probe.batch_size must be in 1..65536, got ",
                                 r.batch_size()));
@@ -340,12 +319,7 @@ absl::Status ValidateFirstToken(const v1::FirstTokenProbeRequest& r, const Catal
 
 absl::Status ValidateSpikeSimilarity(const v1::SpikeSimilarityRequest& r,
                                      const CatalogEntry& model) {
-  if (absl::Status s = CheckThresholds("spike_similarity", r.has_abs_threshold(),
-                                       r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold(),
-                                       r.has_step_fraction(), r.step_fraction());
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckThresholds("spike_similarity", r.has_abs_threshold(), r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold(), r.has_step_fraction(), r.step_fraction()));
   if (r.step_up_block() < 0 || (model.n_layers > 0 && r.step_up_block() > 2 * model.n_layers)) {
     return Invalid(absl::StrCat("spike_similarity.step_up_block: block ", r.step_up_block(),
                                 " does not exist: model ", model.name, " has blocks 1..",
@@ -356,13 +330,9 @@ absl::Status ValidateSpikeSimilarity(const v1::SpikeSimilarityRequest& r,
 
 absl::Status ValidateSelfAttention(const v1::SelfAttentionProfileRequest& r,
                                    const CatalogEntry& model) {
-  if (absl::Status s = CheckLayers("self_attention_profile.layers", r.layers(), model); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckLayers("self_attention_profile.layers", r.layers(), model));
   for (int32_t id : r.delimiter_ids()) {
-    if (absl::Status s = CheckTokenId("self_attention_profile.delimiter_ids", id, model); !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(CheckTokenId("self_attention_profile.delimiter_ids", id, model));
   }
   for (const std::string& d : r.delimiters()) {
     if (model.tokenizer_path.empty()) {
@@ -433,16 +403,8 @@ absl::Status ValidateEval(const std::string& field, const v1::EvalCorpus& eval,
 absl::Status ValidateIntervention(const std::string& field, const v1::InterventionRequest& r,
                                   const v1::JobRequest& request, const ModelCatalog& catalog,
                                   const CatalogEntry& model, int64_t* total_tokens) {
-  if (absl::Status s = ValidateEval(absl::StrCat(field, ".eval"), r.eval(), request, catalog, model);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = CheckThresholds(field, r.has_abs_threshold(), r.abs_threshold(),
-                                       r.has_rel_threshold(), r.rel_threshold(),
-                                       r.has_step_fraction(), r.step_fraction());
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(ValidateEval(absl::StrCat(field, ".eval"), r.eval(), request, catalog, model));
+  RETURN_IF_ERROR(CheckThresholds(field, r.has_abs_threshold(), r.abs_threshold(), r.has_rel_threshold(), r.rel_threshold(), r.has_step_fraction(), r.step_fraction()));
   const int64_t chunk = r.eval().has_chunk_length() ? r.eval().chunk_length() : 128;
   const int64_t n_blocks = 2 * model.n_layers;
   int n_sub = 0, n_abl = 0;
@@ -548,9 +510,7 @@ constexpr int kMaxCompareModels = 64;
 /// layers, epsilon. `field` prefixes messages ("profile").
 absl::Status ValidateProfileFor(const v1::ProfileRequest& r, const v1::JobRequest& request,
                                 const ModelCatalog& catalog, const CatalogEntry& model) {
-  if (absl::Status s = ValidateEval("profile.eval", r.eval(), request, catalog, model); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(ValidateEval("profile.eval", r.eval(), request, catalog, model));
   if (r.has_sink_window() && r.sink_window() < 2) {
     return Invalid(absl::StrCat("profile.sink_window (T; --sink-window) must be >= 2, got ",
                                 r.sink_window()));
@@ -565,11 +525,11 @@ absl::Status ValidateProfileFor(const v1::ProfileRequest& r, const v1::JobReques
 absl::Status ValidateProfile(const v1::ProfileRequest& r, const v1::JobRequest& request,
                              const ModelCatalog& catalog, const CatalogEntry& model,
                              const RequestLimits& limits) {
-  if (absl::Status s = ValidateProfileFor(r, request, catalog, model); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateProfileFor(r, request, catalog, model));
   if (r.has_epsilon() && !(r.epsilon() > 0 && r.epsilon() < 1)) {
     return Invalid(absl::StrCat("profile.epsilon (--epsilon) must be in (0, 1), got ", r.epsilon()));
   }
-  if (absl::Status s = ValidateScanRequest(r.thresholds(), "profile.thresholds"); !s.ok()) return s;
+  RETURN_IF_ERROR(ValidateScanRequest(r.thresholds(), "profile.thresholds"));
   if (r.compare_models_size() > kMaxCompareModels) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "profile.compare_models lists ", r.compare_models_size(), " models, more than ",
@@ -646,7 +606,7 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
     default:
       return absl::InvalidArgumentError(absl::StrCat("unknown dtype value ", request.dtype()));
   }
-  if (absl::Status s = CheckRepeatedBounds(request, *model, limits); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckRepeatedBounds(request, *model, limits));
   int64_t total_tokens = 0;
   if (request.params_case() == v1::JobRequest::PARAMS_NOT_SET) {
     return absl::InvalidArgumentError(
@@ -706,11 +666,7 @@ absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalo
   // may exceed the context.
   CatalogEntry for_sequences = *model;
   if (job->may_exceed_context) for_sequences.n_ctx = 0;
-  if (absl::Status s = CheckSequences("sequence", request.sequences(), for_sequences,
-                                      job->min_ids_per_sequence, &total_tokens);
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(CheckSequences("sequence", request.sequences(), for_sequences, job->min_ids_per_sequence, &total_tokens));
   if (total_tokens > limits.max_total_tokens) {
     return absl::ResourceExhaustedError(absl::StrCat("request too large: up to ", total_tokens,
                                                      " tokens > ", limits.max_total_tokens,

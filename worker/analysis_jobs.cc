@@ -16,7 +16,7 @@
 #include "worker/engine/model.h"
 #include "worker/engine/sinks.h"
 #include "worker/engine/spikes.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 #include "worker/engine/tokenizer.h"
 
 namespace sinkscope {

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/activations.h"
 #include "worker/engine/mechanism.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace worker {

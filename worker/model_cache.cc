@@ -12,7 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/model.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 #include "worker/engine/tokenizer.h"
 
 namespace sinkscope {

@@ -8,7 +8,7 @@
 #include "worker/analysis_convert.h"
 #include "worker/analysis_jobs.h"
 #include "worker/engine/profile.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 #include "worker/scan_convert.h"
 
 namespace sinkscope {

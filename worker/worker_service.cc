@@ -19,7 +19,7 @@
 #include "common/job_types.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scan.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 #include "worker/engine/tokenizer.h"
 #include "worker/analysis_jobs.h"
 #include "worker/job_events.h"

@@ -16,7 +16,7 @@ if(SINKSCOPE_ASAN)
     ${_sinkscope_root}/worker/engine/checkpoint_validate.cc
     ${_sinkscope_root}/worker/engine/checkpoint_gguf.cc
     ${_sinkscope_root}/worker/engine/file_mapping.cc
-    ${_sinkscope_root}/worker/engine/gguf.cc)
+    ${_sinkscope_root}/common/gguf.cc)
   target_include_directories(checkpoint_asan_test PRIVATE ${_sinkscope_root})
   target_compile_options(checkpoint_asan_test PRIVATE
     -fsanitize=address -fno-omit-frame-pointer -g -O1 -Wno-unused-function)

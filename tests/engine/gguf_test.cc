@@ -3,7 +3,7 @@
 // with messages naming the file, the tensor and the problem, and the
 // vocabulary-size check. The transformers / gguf-py comparisons of whole GGUF
 // checkpoints are in python/test_gguf_checkpoint.py.
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
 
 #include <gtest/gtest.h>
 
@@ -77,7 +77,7 @@ TEST(GgufVocab, LlamaSpmReproducesLlamaCppVectors) {
 }
 
 // ---------------------------------------------------------------------------
-// A GGUF writer for the malformed cases (layout in worker/engine/gguf.h).
+// A GGUF writer for the malformed cases (layout in common/gguf.h).
 
 struct GgufWriter {
   std::string kv;

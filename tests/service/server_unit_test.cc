@@ -290,7 +290,7 @@ TEST(CatalogTest, NonsenseShapesAreUnavailableWithAReason) {
   fs::remove_all(dir);
 }
 
-/// A minimal GGUF v3 file (layout in worker/engine/gguf.h): llama metadata,
+/// A minimal GGUF v3 file (layout in common/gguf.h): llama metadata,
 /// an optional vocabulary, one F32 token_embd.weight [vocab, d_model].
 void WriteTinyGguf(const std::string& path, bool with_vocab) {
   std::string kv;

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
 #include "worker/engine/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

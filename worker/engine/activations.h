@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/engine/hook_layout.h"
+#include "common/hook_layout.h"
 #include "worker/engine/model.h"
 #include "worker/engine/scan.h"
 

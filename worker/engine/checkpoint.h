@@ -1,4 +1,5 @@
-// Checkpoint readers: llama2.c `.bin` and Hugging Face safetensors directories.
+// Checkpoint readers: llama2.c `.bin`, Hugging Face safetensors directories
+// (one file or index + shards) and GGUF files (dequantised tensor by tensor).
 //
 // Both produce a ModelConfig and a map of CPU tensors under the canonical
 // (HF Llama) names below, in the file's dtype. Safetensors data are memory-

@@ -29,8 +29,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/checkpoint.h"
-#include "worker/engine/gguf.h"
-#include "worker/engine/status_macros.h"
+#include "common/gguf.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace {

@@ -24,7 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "worker/engine/checkpoint.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "llama2.c checkpoints are little-endian; this reader assumes a little-endian host"

@@ -20,7 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/sinks.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 

@@ -15,7 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "worker/engine/batching.h"
 #include "worker/engine/hooks.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace {

@@ -34,7 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "worker/engine/attention.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
 
@@ -269,7 +269,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const Checkpoint& ckpt, c10
   return m;
 }
 
-at::Tensor Model::Weight(const std::string& name) const {
+at::Tensor Model::weight(const std::string& name) const {
   auto it = weights_.find(name);
   return it == weights_.end() ? at::Tensor() : it->second;
 }
@@ -374,10 +374,10 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
     const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
     // Norm `prefix` (".weight", and ".bias" for LayerNorm) of the canonical names.
     auto norm = [&](const std::string& prefix, const at::Tensor& x) {
-      return Norm(c, x, Weight(prefix + ".weight"), Weight(prefix + ".bias"));
+      return Norm(c, x, weight(prefix + ".weight"), weight(prefix + ".bias"));
     };
 
-    at::Tensor resid = at::embedding(Weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
+    at::Tensor resid = at::embedding(weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
     if (c.embed_scale != 1.0) {
       // Gemma: normalizer = tensor(sqrt(d_model), dtype=model dtype).
       resid = resid * at::scalar_tensor(c.embed_scale, resid.options());
@@ -386,7 +386,7 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
     if (c.positional == Positional::kLearned) {
       at::Tensor positions = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device_));
       at::Tensor pos_embed =
-          at::embedding(Weight("model.embed_positions.weight"), positions).unsqueeze(0);
+          at::embedding(weight("model.embed_positions.weight"), positions).unsqueeze(0);
       pos_embed = hook(-1, "hook_pos_embed", pos_embed.expand({B, T, c.d_model}));
       resid = resid + pos_embed;
     }
@@ -404,22 +404,22 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
         x = norm(p + "input_layernorm", resid);
         x = hook(l, "ln1.hook_normalized", x);
       }
-      at::Tensor q = at::linear(x, Weight(p + "self_attn.q_proj.weight"),
-                                Weight(p + "self_attn.q_proj.bias"));
-      at::Tensor k = at::linear(x, Weight(p + "self_attn.k_proj.weight"),
-                                Weight(p + "self_attn.k_proj.bias"));
-      at::Tensor v = at::linear(x, Weight(p + "self_attn.v_proj.weight"),
-                                Weight(p + "self_attn.v_proj.bias"))
+      at::Tensor q = at::linear(x, weight(p + "self_attn.q_proj.weight"),
+                                weight(p + "self_attn.q_proj.bias"));
+      at::Tensor k = at::linear(x, weight(p + "self_attn.k_proj.weight"),
+                                weight(p + "self_attn.k_proj.bias"));
+      at::Tensor v = at::linear(x, weight(p + "self_attn.v_proj.weight"),
+                                weight(p + "self_attn.v_proj.bias"))
                          .view({B, T, KV, Dh});
       if (c.qk_norm && c.qk_norm_full_width) {  // OLMo 2: over n_heads*d_head, before the split
-        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
-        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        q = RmsNorm(q, weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        k = RmsNorm(k, weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
       }
       q = q.view({B, T, H, Dh});
       k = k.view({B, T, KV, Dh});
       if (c.qk_norm && !c.qk_norm_full_width) {  // Qwen3 / Gemma 3: over d_head, before RoPE
-        q = RmsNorm(q, Weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
-        k = RmsNorm(k, Weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        q = RmsNorm(q, weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+        k = RmsNorm(k, weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
       }
       q = hook(l, "attn.hook_q", q);  // [batch, pos, head, d_head]
       k = hook(l, "attn.hook_k", k);  // [batch, pos, kv_head, d_head]
@@ -449,8 +449,8 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       }
       z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
       at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),
-                                       Weight(p + "self_attn.o_proj.weight"),
-                                       Weight(p + "self_attn.o_proj.bias"));
+                                       weight(p + "self_attn.o_proj.weight"),
+                                       weight(p + "self_attn.o_proj.bias"));
       if (has_out_norm) attn_out = norm(p + "post_attention_layernorm", attn_out);
       attn_out = hook(l, "hook_attn_out", attn_out);
       // Parallel attention + MLP (GPT-NeoX): resid_mid is the virtual point
@@ -467,19 +467,19 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       }
       at::Tensor post;
       if (c.gated_mlp) {
-        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.gate_proj.weight"),
-                                                            Weight(p + "mlp.gate_proj.bias")));
+        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, weight(p + "mlp.gate_proj.weight"),
+                                                            weight(p + "mlp.gate_proj.bias")));
         at::Tensor pre_linear =
             hook(l, "mlp.hook_pre_linear",
-                 at::linear(x, Weight(p + "mlp.up_proj.weight"), Weight(p + "mlp.up_proj.bias")));
+                 at::linear(x, weight(p + "mlp.up_proj.weight"), weight(p + "mlp.up_proj.bias")));
         post = hook(l, "mlp.hook_post", Activate(c.activation, pre) * pre_linear);
       } else {
-        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, Weight(p + "mlp.up_proj.weight"),
-                                                            Weight(p + "mlp.up_proj.bias")));
+        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, weight(p + "mlp.up_proj.weight"),
+                                                            weight(p + "mlp.up_proj.bias")));
         post = hook(l, "mlp.hook_post", Activate(c.activation, pre));
       }
       at::Tensor mlp_out =
-          at::linear(post, Weight(p + "mlp.down_proj.weight"), Weight(p + "mlp.down_proj.bias"));
+          at::linear(post, weight(p + "mlp.down_proj.weight"), weight(p + "mlp.down_proj.bias"));
       if (has_out_norm) mlp_out = norm(p + "post_feedforward_layernorm", mlp_out);
       mlp_out = hook(l, "hook_mlp_out", mlp_out);
       resid = hook(l, "hook_resid_post", resid + mlp_out);
@@ -489,7 +489,7 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       return at::Tensor();
     }
     at::Tensor final_x = hook(-1, "ln_final.hook_normalized", norm("model.norm", resid));
-    at::Tensor logits = hook(-1, "unembed.hook_out", at::linear(final_x, Weight("lm_head.weight")));
+    at::Tensor logits = hook(-1, "unembed.hook_out", at::linear(final_x, weight("lm_head.weight")));
     // Gemma 2 final soft-cap, after the hook (TransformerLens' output_logits_soft_cap).
     logits = SoftCap(logits.to(at::kFloat), c.final_softcap);
     return logits.to(at::kFloat);

@@ -85,12 +85,11 @@ class Model {
   /// its dtype; undefined tensor when the model has none of that name.
   /// Read-only: the mechanism analyses (mechanism.h) read W_gate/W_up/W_down,
   /// W_V/W_O and the norm gains.
-  at::Tensor weight(const std::string& name) const { return Weight(name); }
+  at::Tensor weight(const std::string& name) const;
 
  private:
   struct Layer;
   Model() = default;
-  at::Tensor Weight(const std::string& name) const;
 
   ModelConfig config_;
   c10::Device device_{c10::kCPU};

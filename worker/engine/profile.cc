@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <map>
 
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 

@@ -21,7 +21,7 @@
 #include "absl/strings/str_join.h"
 #include "worker/engine/attention.h"
 #include "worker/engine/batching.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace {

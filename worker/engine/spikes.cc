@@ -13,7 +13,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "worker/engine/status_macros.h"
+#include "common/status_macros.h"
 
 namespace sinkscope {
 namespace {

@@ -33,7 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
 #include "worker/engine/tokenizer.h"
 
 namespace sinkscope {

@@ -176,6 +176,13 @@ def server(binaries, workdir):
                              "default_dtype": "float32"})
     # Two "checkpoints of a run" (the same weights) for profile comparisons
     # over RUN@* (step order: 20 before 100).
+    # The planted model's sandwich-norm twin (same weights, output norms of
+    # gain 1): a comparison of two checkpoints that differ only in norm
+    # placement.
+    cat["models"].insert(1, {"name": "planted-sandwich", "format": "hf",
+                             "path": planted.write_planted(os.path.join(workdir, "planted-sandwich"),
+                                                           norm_placement="sandwich"),
+                             "default_dtype": "float32"})
     for step in (100, 20):
         cat["models"].append({"name": f"planted@{step}", "format": "hf", "path": pdir,
                               "default_dtype": "float32"})

@@ -84,7 +84,7 @@ SPECS = {
     # catalog lacks (its failed row), in order.
     "profile_compare": ("profile", "bytelm-demo", lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
-        compare=["bytelm-demo", "no-such-model", "stories260K"])),
+        compare=["planted-sandwich", "bytelm-demo", "no-such-model", "stories260K"])),
     "profile_run": ("profile", None, lambda c: c.profile(
         "planted", [CORPUS], chunk_length=PROFILE_CHUNK, sink_window=PROFILE_CHUNK,
         compare=["planted@*", "nothing@*"])),

@@ -85,23 +85,54 @@ def planted_tensors(seed: int = 1234, scale: float = 0.02):
     return t
 
 
-def config() -> dict:
+def config(norm_placement: str = "pre") -> dict:
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
             "hidden_size": D_MODEL, "num_hidden_layers": N_LAYERS, "num_attention_heads": N_HEADS,
             "num_key_value_heads": N_HEADS, "head_dim": D_HEAD, "intermediate_size": D_FFN,
             "vocab_size": D_VOCAB, "max_position_embeddings": N_CTX, "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0, "rope_scaling": None, "tie_word_embeddings": False,
             "attention_bias": False, "bos_token_id": 1, "eos_token_id": 2,
-            "sinkscope_norm_placement": "pre"}
+            "sinkscope_norm_placement": norm_placement}
 
 
-def write_planted(directory: str) -> str:
-    """Writes config.json and model.safetensors into `directory`; returns it."""
+def sandwich_tensors(tensors: dict) -> dict:
+    """The same weights with sandwich norm (Gemma 2's layout): each layer's
+    pre-MLP norm (Llama's post_attention_layernorm) becomes
+    pre_feedforward_layernorm, and the attention and MLP outputs get their
+    own norms (post_attention_layernorm, post_feedforward_layernorm), gain 1.
+    Only the norm placement differs from the pre-norm model."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(".post_attention_layernorm.weight"):
+            prefix = name[: -len("post_attention_layernorm.weight")]
+            out[prefix + "pre_feedforward_layernorm.weight"] = t
+            out[prefix + "post_attention_layernorm.weight"] = np.ones_like(t)
+            out[prefix + "post_feedforward_layernorm.weight"] = np.ones_like(t)
+        else:
+            out[name] = t
+    return out
+
+
+def sandwich_spike_bound() -> float:
+    """Analytic bound on max |h| of the sandwich twin: the residual stream is
+    the embedding plus 2 N_LAYERS block outputs, each an RMSNorm output of
+    gain 1, whose entries are at most sqrt(D_MODEL) in magnitude
+    (x_i^2 <= sum_j x_j^2 = D_MODEL rms^2)."""
+    embed = np.abs(planted_tensors()["model.embed_tokens.weight"]).max()
+    return float(embed + 2 * N_LAYERS * np.sqrt(D_MODEL))
+
+
+def write_planted(directory: str, norm_placement: str = "pre") -> str:
+    """Writes config.json and model.safetensors into `directory`; returns it.
+    norm_placement "sandwich" writes the sandwich twin (sandwich_tensors)."""
     from safetensors.numpy import save_file
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config(), f, indent=2)
-    save_file({k: np.ascontiguousarray(v) for k, v in planted_tensors().items()},
+        json.dump(config(norm_placement), f, indent=2)
+    tensors = planted_tensors()
+    if norm_placement == "sandwich":
+        tensors = sandwich_tensors(tensors)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               os.path.join(directory, "model.safetensors"))
     return directory
 

@@ -545,18 +545,25 @@ def test_profile_compare_rows_in_order(results):
     single-model profile (same corpus, same parameters)."""
     r = get_result(results, "profile_compare")
     rows = r.frame("rows")
-    assert rows.model.tolist() == ["planted", "bytelm-demo", "no-such-model", "stories260K"]
-    assert rows.ok.tolist() == [True, True, False, True]
-    assert "no-such-model" in rows.error[2] and "catalog" in rows.error[2]
+    assert rows.model.tolist() == ["planted", "planted-sandwich", "bytelm-demo", "no-such-model",
+                                   "stories260K"]
+    assert rows.ok.tolist() == [True, True, True, False, True]
+    assert "no-such-model" in rows.error[3] and "catalog" in rows.error[3]
     assert r.summary.n_failed == 1
-    assert [k for k in r.kinds] == ["profile_row"] * 4 + ["profile_summary"]  # streamed, in order
+    assert [k for k in r.kinds] == ["profile_row"] * 5 + ["profile_summary"]  # streamed, in order
+    # The pair that differs only in norm placement: the pre-norm model's
+    # planted step-up (~1280 on channel 7) is a spike; its sandwich twin stays
+    # under the analytic bound of a stream of gain-1 normalised block outputs.
+    bound = planted.sandwich_spike_bound()
+    assert rows.spike[0] > planted.step_up_value() * 0.9 > bound
+    assert 0 < rows.peak_abs[1] <= bound
     single = _ok_row(get_result(results, "profile_planted"), "planted")
     first = rows.iloc[0]
     for col in ("perplexity", "sink_ratio", "spike", "peak_abs"):
         assert first[col] == pytest.approx(single[col], rel=1e-6)
     assert first.step_up_blocks == single.step_up_blocks
     prov = r.frame("provenance")
-    assert prov.model.tolist() == ["planted", "bytelm-demo", "stories260K"]
+    assert prov.model.tolist() == ["planted", "planted-sandwich", "bytelm-demo", "stories260K"]
 
 
 def test_profile_compare_refuses_a_model_that_cannot_read_the_corpus(client, has_stories):
@@ -583,10 +590,11 @@ def test_profile_figures(results, tmp_path):
     # Curves over checkpoints from rows named NAME@STEP.
     rows = r.frame("rows").copy()
     rows = rows[rows.ok].reset_index(drop=True)
-    rows["run"], rows["step"] = "run", [100, 200, 300]
+    steps = [100 * (i + 1) for i in range(len(rows))]
+    rows["run"], rows["step"] = "run", steps
     fig = sinkscope.plot.profile_curves(rows)
     ax = fig.axes[0]
-    assert list(ax.lines[0].get_xdata()) == [100, 200, 300]
+    assert list(ax.lines[0].get_xdata()) == steps
     np.testing.assert_allclose(ax.lines[0].get_ydata(), rows.perplexity)
     assert sinkscope.frames.checkpoint_step("run@1500") == ("run", 1500)
     assert sinkscope.frames.checkpoint_step("ln-sandwich-step20") == ("ln-sandwich", 20)

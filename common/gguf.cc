@@ -1,5 +1,5 @@
 // GGUF header reader (format in gguf.h).
-#include "worker/engine/gguf.h"
+#include "common/gguf.h"
 
 #include <algorithm>
 #include <cstring>

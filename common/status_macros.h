@@ -1,4 +1,5 @@
-// Status helpers shared by the engine (tensorstore-style RETURN_IF_ERROR).
+// Status helpers shared by every layer (tensorstore-style RETURN_IF_ERROR,
+// ASSIGN_OR_RETURN, Annotate); no libtorch.
 #pragma once
 
 #include <string>

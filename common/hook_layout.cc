@@ -1,4 +1,4 @@
-#include "worker/engine/hook_layout.h"
+#include "common/hook_layout.h"
 
 #include <map>
 
