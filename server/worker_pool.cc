@@ -390,13 +390,10 @@ void WorkerPool::SlotLoop(Slot* slot) {
   if (slot->pid > 0) ReapWorker(slot, absl::ZeroDuration(), SIGTERM);
 }
 
-bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++running_jobs_;
-  }
+std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
+                                                          v1::RunJobRequest* out) {
   const v1::JobRequest& request = job.request();
-  v1::RunJobRequest run;
+  v1::RunJobRequest& run = *out;
   run.set_job_id(job.id());
   run.set_attempt(job.attempts());
   *run.mutable_request() = request;
@@ -429,8 +426,9 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   }
 
   if (!early_failure.has_value() && request.has_profile()) {
-    // A comparison's models, resolved now; one the catalog lacks or marks
-    // unavailable goes by name only and gets its failed row.
+    // A comparison's models, resolved now; one the catalog lacks, marks
+    // unavailable or that cannot read the corpus goes by name with its
+    // reason and gets its failed row.
     std::vector<std::string> names;
     for (const std::string& pattern : request.profile().compare_models()) {
       std::vector<std::string> expanded = manager_->ExpandModels(pattern);
@@ -477,6 +475,18 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       run.set_estimated_activation_bytes(estimate->activation_bytes);
     }
   }
+  return early_failure;
+}
+
+bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_jobs_;
+  }
+  const v1::JobRequest& request = job.request();
+  v1::RunJobRequest run;
+  std::optional<absl::Status> early_failure = ResolveRunRequest(job, &run);
+  const CatalogEntry* entry = manager_->FindModel(request.model());
 
   std::optional<v1::JobFinished> finished;
   std::string watchdog_reason;  // set when the watchdog killed the worker

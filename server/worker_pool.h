@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/time/time.h"
 #include "server/config.h"
 #include "server/job_manager.h"
+#include "sinkscope/v1/worker.pb.h"
 
 namespace grpc {
 class ClientContext;
@@ -94,6 +96,11 @@ class WorkerPool {
   /// Runs one job on `slot`'s worker to its end; true when the worker's
   /// models or memory may have changed (a load, a failure).
   bool RunJob(Slot* slot, const v1::Job& job);
+  /// The worker's request for `job`: the catalog model (and compared
+  /// models, with their weight estimates), the corpus path, limits and the
+  /// memory estimate. The status the job must fail with when its model,
+  /// dtype or corpus cannot be resolved (left the catalog); nullopt if none.
+  std::optional<absl::Status> ResolveRunRequest(const v1::Job& job, v1::RunJobRequest* out);
   JobDeadlines DeadlinesFor(const v1::Job& job) const {
     return DeadlinesForJob(config_, job.type(), manager_->EstimateWork(job.request()).token_layers);
   }

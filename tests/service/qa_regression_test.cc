@@ -521,6 +521,49 @@ TEST_F(QaTest, WatchFinishedJobAfterItsLastEventEndsAtOnce) {
   EXPECT_NE(run.out.find("block"), std::string::npos) << run.out;
 }
 
+// 5b. `sinkscope watch` rides out a server restart: the stream breaks when
+// the server is killed, the client reconnects (resuming after the last seq)
+// to the restarted server on the same socket and database, which re-queues
+// the interrupted job, and the watch ends with the job's completion.
+TEST_F(QaTest, WatchReconnectsAcrossAServerRestart) {
+  SKIP_WITHOUT_SHARED();
+  // 10 blocks x 300 ms: the job is still running when the server is killed.
+  StartServer(1, TestCatalog(), R"("worker_args": ["--test-unit-delay-ms=300"])");
+  auto stub = server_->NewStub();
+  v1::Job job;
+  ASSERT_TRUE(TrySubmit(*stub, ScanRequest({MakeIds(8, 5)}), &job).ok());
+  ClientRun run;
+  std::thread watcher([&] {
+    run = RunClient(dir_.path(), {"--server", server_->address(), "--user", "tester", "watch",
+                                  job.id()},
+                    seconds(150));
+  });
+  const auto deadline = std::chrono::steady_clock::now() + seconds(60);
+  v1::Job seen;
+  while (std::chrono::steady_clock::now() < deadline) {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest req;
+    req.set_job_id(job.id());
+    if (stub->GetJob(&ctx, req, &seen).ok() && seen.state() == v1::JOB_STATE_RUNNING) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(seen.state(), v1::JOB_STATE_RUNNING);
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));  // a few progress events
+  server_->Signal(SIGKILL);
+  const int status = server_->WaitExit(seconds(10));
+  EXPECT_TRUE(WIFSIGNALED(status)) << "wait status " << status;
+  const bool restarted = server_->Start();
+  watcher.join();
+  ASSERT_TRUE(restarted) << ReadTail(server_->log_path());
+  EXPECT_EQ(run.rc, 0) << run.err;
+  EXPECT_NE(run.err.find("reconnecting"), std::string::npos) << run.err;
+  EXPECT_NE(run.err.find("COMPLETED"), std::string::npos) << run.err;
+  EXPECT_NE(run.out.find("block"), std::string::npos) << run.out;
+  const v1::Job done = WaitTerminal(*server_->NewStub(), job.id(), seconds(60));
+  EXPECT_EQ(done.state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_GE(done.attempts(), 2);  // the interrupted attempt and the one that completed
+}
+
 // 6. A worker that can never start backs off, is marked down, and SubmitJob,
 // GetJob and ListModels say so; queued jobs stay queued.
 TEST_F(QaTest, WorkerThatCannotStartIsReportedDown) {
