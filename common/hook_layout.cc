@@ -1,6 +1,7 @@
 #include "common/hook_layout.h"
 
-#include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -8,18 +9,92 @@
 
 namespace sinkscope {
 
-absl::StatusOr<HookLayout> HookLayoutOf(const std::string& name, const HookDims& d) {
+namespace {
+
+/// What a hook's shape is made of; the one list of hook names (TransformerLens'
+/// names) the engine's forward, the server's validation and the clients share.
+enum class Dim { kModel, kFfn, kVocab, kQueryHeads, kKvHeads, kQueryKey };
+struct HookEntry {
+  const char* name;  // suffix after "blocks.{l}." for layer hooks
+  Dim dim;
+};
+
+/// Per layer, in the order the forward pass reaches them.
+constexpr HookEntry kLayerHooks[] = {
+    {"hook_resid_pre", Dim::kModel},           // [batch, pos, d_model]
+    {"ln1.hook_normalized", Dim::kModel},      // [batch, pos, d_model]
+    {"attn.hook_q", Dim::kQueryHeads},         // [batch, pos, head, d_head]
+    {"attn.hook_k", Dim::kKvHeads},            // [batch, pos, kv_head, d_head]
+    {"attn.hook_v", Dim::kKvHeads},            // [batch, pos, kv_head, d_head]
+    {"attn.hook_rot_q", Dim::kQueryHeads},     // [batch, pos, head, d_head]
+    {"attn.hook_rot_k", Dim::kKvHeads},        // [batch, pos, kv_head, d_head]
+    {"attn.hook_attn_scores", Dim::kQueryKey}, // [batch, head, q_pos, k_pos]
+    {"attn.hook_pattern", Dim::kQueryKey},     // [batch, head, q_pos, k_pos]
+    {"attn.hook_z", Dim::kQueryHeads},         // [batch, pos, head, d_head]
+    {"hook_attn_out", Dim::kModel},            // [batch, pos, d_model]
+    {"hook_resid_mid", Dim::kModel},           // [batch, pos, d_model]
+    {"ln2.hook_normalized", Dim::kModel},      // [batch, pos, d_model]
+    {"mlp.hook_pre", Dim::kFfn},               // [batch, pos, d_ffn]
+    {"mlp.hook_pre_linear", Dim::kFfn},        // [batch, pos, d_ffn]
+    {"mlp.hook_post", Dim::kFfn},              // [batch, pos, d_ffn]
+    {"hook_mlp_out", Dim::kModel},             // [batch, pos, d_model]
+    {"hook_resid_post", Dim::kModel},          // [batch, pos, d_model]
+};
+
+/// Outside the blocks.
+constexpr HookEntry kModelHooks[] = {
+    {"hook_embed", Dim::kModel},
+    {"ln_final.hook_normalized", Dim::kModel},
+    {"unembed.hook_out", Dim::kVocab},
+};
+
+HookLayout LayoutOf(Dim dim, const HookDims& d) {
   HookLayout out;
   using K = HookLayout::Kind;
-  auto channel = [&](int64_t c, const char* dim) {
-    out.kind = K::kTokenChannel;
-    out.channels = c;
-    out.channel_dim = dim;
+  switch (dim) {
+    case Dim::kModel:
+      out.channels = d.d_model;
+      out.channel_dim = "d_model";
+      break;
+    case Dim::kFfn:
+      out.channels = d.d_ffn;
+      out.channel_dim = "d_ffn";
+      break;
+    case Dim::kVocab:
+      out.channels = d.d_vocab;
+      out.channel_dim = "d_vocab";
+      break;
+    case Dim::kQueryHeads:
+    case Dim::kKvHeads:
+      out.kind = K::kTokenHead;
+      out.heads = dim == Dim::kKvHeads && d.n_kv_heads > 0 ? d.n_kv_heads : d.n_heads;
+      out.channels = d.d_head;
+      out.channel_dim = "d_head";
+      break;
+    case Dim::kQueryKey:
+      out.kind = K::kHeadQueryKey;
+      out.heads = d.n_heads;
+      out.channel_dim = "k_pos";
+      break;
+  }
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& LayerHookSuffixes() {
+  static const std::vector<std::string> kSuffixes = [] {
+    std::vector<std::string> out;
+    for (const HookEntry& h : kLayerHooks) out.emplace_back(h.name);
     return out;
-  };
-  if (name == "hook_embed") return channel(d.d_model, "d_model");
-  if (name == "ln_final.hook_normalized") return channel(d.d_model, "d_model");
-  if (name == "unembed.hook_out") return channel(d.d_vocab, "d_vocab");
+  }();
+  return kSuffixes;
+}
+
+absl::StatusOr<HookLayout> HookLayoutOf(const std::string& name, const HookDims& d) {
+  for (const HookEntry& h : kModelHooks) {
+    if (name == h.name) return LayoutOf(h.dim, d);
+  }
   const std::string unknown = absl::StrCat(
       "hook \"", name, "\" does not exist (names: hook_embed, blocks.{l}.<suffix> for l in 0..",
       d.n_layers - 1, ", ln_final.hook_normalized, unembed.hook_out)");
@@ -34,30 +109,13 @@ absl::StatusOr<HookLayout> HookLayoutOf(const std::string& name, const HookDims&
                                                    " does not exist (layers 0..", d.n_layers - 1,
                                                    ")"));
   }
-  out.layer = layer;
   const std::string suffix = name.substr(dot + 1);
-  static const std::map<std::string, int> kTokenChannel = {
-      {"hook_resid_pre", 0}, {"ln1.hook_normalized", 0}, {"hook_attn_out", 0},
-      {"hook_resid_mid", 0}, {"ln2.hook_normalized", 0}, {"hook_mlp_out", 0},
-      {"hook_resid_post", 0}, {"mlp.hook_pre", 1}, {"mlp.hook_pre_linear", 1},
-      {"mlp.hook_post", 1}};
-  if (auto it = kTokenChannel.find(suffix); it != kTokenChannel.end()) {
-    return it->second == 0 ? channel(d.d_model, "d_model") : channel(d.d_ffn, "d_ffn");
-  }
-  if (suffix == "attn.hook_q" || suffix == "attn.hook_rot_q" || suffix == "attn.hook_z" ||
-      suffix == "attn.hook_k" || suffix == "attn.hook_rot_k" || suffix == "attn.hook_v") {
-    const bool kv = suffix == "attn.hook_k" || suffix == "attn.hook_rot_k" || suffix == "attn.hook_v";
-    out.kind = K::kTokenHead;
-    out.heads = kv ? (d.n_kv_heads > 0 ? d.n_kv_heads : d.n_heads) : d.n_heads;
-    out.channels = d.d_head;
-    out.channel_dim = "d_head";
-    return out;
-  }
-  if (suffix == "attn.hook_attn_scores" || suffix == "attn.hook_pattern") {
-    out.kind = K::kHeadQueryKey;
-    out.heads = d.n_heads;
-    out.channel_dim = "k_pos";
-    return out;
+  for (const HookEntry& h : kLayerHooks) {
+    if (suffix == h.name) {
+      HookLayout out = LayoutOf(h.dim, d);
+      out.layer = layer;
+      return out;
+    }
   }
   return absl::InvalidArgumentError(unknown);
 }

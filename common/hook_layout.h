@@ -38,6 +38,10 @@ struct HookLayout {
   std::string channel_dim;  // "d_model", "d_ffn", "d_vocab" or "d_head"
 };
 
+/// The per-layer hook suffixes (TransformerLens names, "blocks.{l}." + suffix)
+/// in the order the forward pass reaches them: the one list of hook names.
+const std::vector<std::string>& LayerHookSuffixes();
+
 /// Layout of `name`. InvalidArgument naming the hook when it is not a hook
 /// name (unknown suffix, layer out of range 0..n_layers-1).
 absl::StatusOr<HookLayout> HookLayoutOf(const std::string& name, const HookDims& dims);

@@ -33,28 +33,4 @@ std::string HookName(int64_t layer, const std::string& suffix) {
   return absl::StrCat("blocks.", layer, ".", suffix);
 }
 
-const std::vector<std::string>& LayerHookSuffixes() {
-  static const std::vector<std::string> kSuffixes = {
-      "hook_resid_pre",        // [batch, pos, d_model]
-      "ln1.hook_normalized",   // [batch, pos, d_model]
-      "attn.hook_q",           // [batch, pos, head, d_head]
-      "attn.hook_k",           // [batch, pos, kv_head, d_head]
-      "attn.hook_v",           // [batch, pos, kv_head, d_head]
-      "attn.hook_rot_q",       // [batch, pos, head, d_head]
-      "attn.hook_rot_k",       // [batch, pos, kv_head, d_head]
-      "attn.hook_attn_scores", // [batch, head, q_pos, k_pos]
-      "attn.hook_pattern",     // [batch, head, q_pos, k_pos]
-      "attn.hook_z",           // [batch, pos, head, d_head]
-      "hook_attn_out",         // [batch, pos, d_model]
-      "hook_resid_mid",        // [batch, pos, d_model]
-      "ln2.hook_normalized",   // [batch, pos, d_model]
-      "mlp.hook_pre",          // [batch, pos, d_ffn]
-      "mlp.hook_pre_linear",   // [batch, pos, d_ffn]
-      "mlp.hook_post",         // [batch, pos, d_ffn]
-      "hook_mlp_out",          // [batch, pos, d_model]
-      "hook_resid_post",       // [batch, pos, d_model]
-  };
-  return kSuffixes;
-}
-
 }  // namespace sinkscope

@@ -15,6 +15,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "common/hook_layout.h"  // LayerHookSuffixes: the one list of hook names
+
 namespace sinkscope {
 
 /// Probe: called with the tensor at a hook point (shapes in hook_layout.h).
@@ -46,9 +48,5 @@ class HookRegistry {
 
 /// Hook name helpers: `HookName(3, "hook_resid_post")` = "blocks.3.hook_resid_post".
 std::string HookName(int64_t layer, const std::string& suffix);
-
-/// Per-layer hook suffixes in forward order (TransformerLens), e.g.
-/// "hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", ...
-const std::vector<std::string>& LayerHookSuffixes();
 
 }  // namespace sinkscope
