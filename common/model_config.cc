@@ -4,8 +4,8 @@
 // layer_norm_epsilon, activation_function).
 //
 // config.json mapping (ParseHfConfig <-> WriteHfConfig):
-//   model_type                 llama | mistral | qwen2 | qwen3 (writable); gpt2 | gemma2 |
-//                              gemma3_text | gemma3 | olmo2 | gpt_neox (read only)
+//   model_type                 llama | mistral | qwen2 | qwen3 | olmo2 (writable); gpt2 | gemma2 |
+//                              gemma3_text | gemma3 | gpt_neox (read only)
 //   text_config                gemma3 (multimodal): the text decoder's keys, read as gemma3_text;
 //                              absent keys take Gemma3TextConfig's defaults (the Hub's files
 //                              list only the non-default ones)
@@ -37,8 +37,9 @@
 //   sinkscope_rope_layout      extra key: "rotate_halves" (default, HF) | "adjacent_pairs";
 //                              written only for adjacent pairs (e.g. an unpermuted llama2.c
 //                              export), so that WriteHfConfig round-trips every config.
-// WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3,
-// qwen2 without qkv bias, a sliding window outside mistral).
+// WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3 or
+// olmo2, qwen2 without qkv bias, a sliding window outside mistral, olmo2 other than
+// post-norm with full-width q/k norm and d_head = d_model / n_heads).
 #include "common/model_config.h"
 
 #include <algorithm>
@@ -452,7 +453,7 @@ const std::vector<FamilySpec>& Families() {
     FamilySpec olmo2 = llama;
     olmo2.model_type = "olmo2";
     olmo2.architecture = "Olmo2ForCausalLM";
-    olmo2.writable = false;
+    olmo2.writable = true;
     olmo2.eps_default = 1e-5;
     olmo2.placement = NormPlacement::kPost;
     olmo2.qk_norm = true;
@@ -1122,16 +1123,22 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   if (c.norm_kind != NormKind::kRms || c.norm_gain_offset != 0 ||
       c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
       c.attn_softcap > 0 || c.final_softcap > 0 || c.embed_scale != 1.0 || c.attn_scale > 0 ||
-      !c.layer_windows.empty() || c.rope_local_theta > 0 || c.qk_norm_full_width ||
-      c.rotary_dim > 0 || c.parallel_attn_mlp) {
+      !c.layer_windows.empty() || c.rope_local_theta > 0 ||
+      c.qk_norm_full_width != (mt == "olmo2") || c.rotary_dim > 0 || c.parallel_attn_mlp) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": config uses fields only gpt2/gemma/olmo2/gpt_neox families express; not writable as ",
         mt));
   }
-  if (c.qk_norm != (mt == "qwen3")) {
+  if (c.qk_norm != (mt == "qwen3" || mt == "olmo2")) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": qk_norm is expressed only by model_type qwen3 (qk_norm=", c.qk_norm,
-                     ", model_type=", mt, ")"));
+        absl::StrCat(path, ": qk_norm is expressed only by model_type qwen3 or olmo2 (qk_norm=",
+                     c.qk_norm, ", model_type=", mt, ")"));
+  }
+  if (mt == "olmo2" && (c.norm_placement != NormPlacement::kPost || c.d_head * c.n_heads != c.d_model)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": model_type olmo2 is post-norm with d_head = d_model / n_heads (norm_placement=",
+        NormPlacementName(c.norm_placement), ", d_head=", c.d_head, ", d_model=", c.d_model,
+        ", n_heads=", c.n_heads, ")"));
   }
   if (mt == "qwen2" && !c.qkv_bias) {
     return absl::InvalidArgumentError(
@@ -1149,7 +1156,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   j["num_hidden_layers"] = c.n_layers;
   j["num_attention_heads"] = c.n_heads;
   j["num_key_value_heads"] = c.n_kv_heads;
-  j["head_dim"] = c.d_head;
+  if (mt != "olmo2") j["head_dim"] = c.d_head;  // Olmo2Config has no head_dim
   j["intermediate_size"] = c.d_ffn;
   j["vocab_size"] = c.d_vocab;
   j["max_position_embeddings"] = c.n_ctx;

@@ -735,6 +735,11 @@ TEST(ConfigTest, WriteParseRoundTrip) {
   qwen3.d_head = 16;
   qwen3.norm_placement = NormPlacement::kPost;
   configs.push_back(qwen3);
+  ModelConfig olmo2 = TinyConfig();
+  olmo2.model_type = "olmo2";
+  olmo2.qk_norm = olmo2.qk_norm_full_width = true;
+  olmo2.norm_placement = NormPlacement::kPost;
+  configs.push_back(olmo2);
 
   const std::string dir = testing::MakeTempDir("ckpt_cfg");
   for (const ModelConfig& c : configs) {
@@ -757,6 +762,9 @@ TEST(ConfigTest, WriteParseRoundTrip) {
   bad = TinyConfig();
   bad.sliding_window = 128;
   EXPECT_FALSE(WriteHfConfig(dir + "/config.json", bad).ok());
+  bad = olmo2;
+  bad.norm_placement = NormPlacement::kPre;  // olmo2 is post-norm
+  EXPECT_THAT(std::string(WriteHfConfig(dir + "/config.json", bad).message()), HasSubstr("post-norm"));
 }
 
 TEST(ConfigTest, NamesRoundTrip) {

@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -84,6 +85,12 @@ class Model {
   /// Read-only: the mechanism analyses (mechanism.h) read W_gate/W_up/W_down,
   /// W_V/W_O and the norm gains.
   at::Tensor weight(const std::string& name) const { return Weight(name); }
+  /// The model's own weight tensors by canonical name, each once (a tied
+  /// lm_head is the embedding and is left out), for training (train.h): the
+  /// handles share storage with the model, so `requires_grad_` and in-place
+  /// updates of them change what Forward computes. Forward is differentiable
+  /// with respect to them (no in-place ops, detach or NoGrad inside it).
+  std::vector<std::pair<std::string, at::Tensor>> Parameters();
 
  private:
   struct Layer;
