@@ -473,7 +473,8 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
 
     const auto t_start = std::chrono::steady_clock::now();
     auto t_last = t_start;
-    int64_t tokens_since = 0;
+    int64_t tokens_total = 0;
+    double update_s = 0;  // wall seconds inside updates (no evaluation, checkpoint, callback)
     while (step < r.steps) {
       if (job.cancel && job.cancel->load(std::memory_order_relaxed)) {
         return absl::CancelledError(absl::StrCat("training cancelled after update ", step));
@@ -526,13 +527,11 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
       rec.grad_norm = total_norm.item<double>();
       all_losses.push_back(rec.loss);
       summary.losses.push_back(rec.loss);
-      tokens_since += r.batch_size * r.seq_len;
+      tokens_total += r.batch_size * r.seq_len;
       const auto now = std::chrono::steady_clock::now();
-      const double dt = std::chrono::duration<double>(now - t_last).count();
-      rec.tokens_per_s = dt > 0 ? static_cast<double>(tokens_since) / dt : 0.0;
+      update_s += std::chrono::duration<double>(now - t_last).count();
+      rec.tokens_per_s = update_s > 0 ? static_cast<double>(tokens_total) / update_s : 0.0;
       rec.elapsed_s = std::chrono::duration<double>(now - t_start).count();
-      t_last = now;
-      tokens_since = 0;
       if (r.eval_every > 0 && (step % r.eval_every == 0 || step == r.steps)) {
         ASSIGN_OR_RETURN(rec.heldout_loss, heldout_loss());
       }

@@ -104,7 +104,8 @@ struct TrainProgress {
   double loss = 0;         ///< training loss of this update's batch (before the update), nats
   double lr = 0;           ///< learning rate used
   double grad_norm = 0;    ///< global gradient L2 norm before clipping
-  double tokens_per_s = 0; ///< input tokens / wall second over the updates since the previous record
+  double tokens_per_s = 0; ///< input tokens / wall second of updates (evaluation and checkpoints
+                           ///< excluded) since this process started or resumed the run
   double elapsed_s = 0;    ///< wall seconds since this process started the run
   std::optional<double> heldout_loss;  ///< set on evaluation updates
   std::string checkpoint;  ///< set when OUT/step-N was written: its path
