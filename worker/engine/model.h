@@ -89,7 +89,9 @@ class Model {
   /// lm_head is the embedding and is left out), for training (train.h): the
   /// handles share storage with the model, so `requires_grad_` and in-place
   /// updates of them change what Forward computes. Forward is differentiable
-  /// with respect to them (no in-place ops, detach or NoGrad inside it).
+  /// with respect to them (no detach or NoGrad inside it; the in-place ops of
+  /// the chunked attention path are autograd-safe but only the fused SDPA path
+  /// of full causal attention is tested against transformers: test_train.py).
   std::vector<std::pair<std::string, at::Tensor>> Parameters();
 
  private:

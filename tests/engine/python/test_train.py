@@ -1,6 +1,6 @@
 """The engine's trainer (worker/engine/train.h) against transformers + torch.optim.AdamW.
 
-transformers writes a tiny LlamaForCausalLM / Olmo2ForCausalLM with its own
+transformers writes a tiny Llama / OLMo 2 / Qwen3 ForCausalLM with its own
 init (norm gains randomised so their gradients matter); `sinkscope-run train`
 trains it 20 updates from that directory; here the same model is trained by
 transformers with torch.optim.AdamW (foreach=False), torch.nn.utils.clip_grad_norm_
@@ -10,7 +10,8 @@ Checked: losses equal to 1e-5 relative (float32); a run resumed from step-10
 gives updates 11-20 bitwise equal to the uninterrupted run and the same final
 weights; transformers loads the trainer's checkpoint and gives the engine's
 logits; a fresh run's init is N(0, init_std) / ones, a function of the seed;
-bad recipes fail before any work with the field named.
+bad recipes fail before any work with the field named; a sandwich-norm run
+(no transformers model: smoke only) writes a checkpoint the analyses load.
 """
 import json
 import math
@@ -116,6 +117,8 @@ def make_model(torch, transformers, family):
     torch.manual_seed(0)
     if family == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    elif family == "qwen3":  # pre-norm + per-head QK-norm
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=D // H, **common))
     else:
         model = transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**common))
     model = model.float()
@@ -137,7 +140,8 @@ def losses_of(records):
     return {r["step"]: r["loss"] for r in records}
 
 
-@pytest.mark.parametrize("family,loss_range", [("llama", None), ("olmo2", None), ("llama", (8, 20))])
+@pytest.mark.parametrize("family,loss_range", [("llama", None), ("olmo2", None), ("qwen3", None),
+                                               ("llama", (8, 20))])
 def test_losses_equal_transformers_adamw(env, family, loss_range):
     torch, transformers, tmp, data = env
     name = f"{family}_{'all' if loss_range is None else 'range'}"
@@ -258,3 +262,19 @@ def test_corpus_smaller_than_one_sequence(env):
     err = sinkscope_run_error("train", "--config", str(cfg), "--corpus", str(tmp / "tiny.txt"),
                               "--out", str(tmp / "tiny_run"))
     assert "fewer than one sequence needs" in err
+
+
+def test_sandwich_run_loads_in_analyses(env):
+    torch, transformers, tmp, data = env
+    model_cfg = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2,
+                 "num_attention_heads": 2, "intermediate_size": 64, "vocab_size": V,
+                 "max_position_embeddings": 64, "sinkscope_norm_placement": "sandwich"}
+    recs = engine_train(tmp, "sandwich", {"model": model_cfg, "recipe": dict(RECIPE, steps=3, warmup_steps=1)})
+    assert [r["step"] for r in recs] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in recs)
+    ckpt = tmp / "sandwich" / "step-3"
+    assert json.loads((ckpt / "config.json").read_text())["sinkscope_norm_placement"] == "sandwich"
+    from safetensors.numpy import load_file
+    names = set(load_file(str(ckpt / "model.safetensors")))
+    assert "model.layers.1.pre_feedforward_layernorm.weight" in names
+    out = sinkscope_run("forward", "--model", str(ckpt), "--ids", "256,72,105", "--json")
+    assert any(h["hook"] == "blocks.1.hook_resid_post" for h in out["hooks"])
