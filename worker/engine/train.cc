@@ -89,7 +89,7 @@ absl::Status CheckTrainable(const ModelConfig& c) {
     if (s.layout != TensorLayout::kAsIs || s.file_name != s.canonical) {
       return absl::InvalidArgumentError(absl::StrCat(
           "model_type ", c.model_type, " stores tensor ", s.canonical, " as ", s.file_name,
-          "; training writes llama-named families only (llama, mistral, qwen2, qwen3, olmo2)"));
+          "; training writes llama-named families only (llama, mistral, qwen2, qwen3, olmo2, gemma2)"));
     }
   }
   if (c.rope_layout != RopeLayout::kRotateHalves) {

@@ -31,8 +31,9 @@
 //    biases. Float32 parameters, gradients and moments.
 //  - Checkpoints: OUT/step-N/ holds config.json + model.safetensors (a HF
 //    directory: llama for pre/sandwich norm, the latter marked with
-//    `sinkscope_norm_placement`; olmo2 for post-norm + full-width QK-norm;
-//    qwen3 for per-head QK-norm), optimizer.safetensors (`exp_avg.NAME`,
+//    `sinkscope_norm_placement`, which transformers ignores: it would run such a
+//    checkpoint as pre-norm; olmo2 for post-norm + full-width QK-norm; qwen3
+//    for per-head QK-norm; gemma2 for Gemma 2's own sandwich), optimizer.safetensors (`exp_avg.NAME`,
 //    `exp_avg_sq.NAME`, float32) and trainer_state.json (step, recipe, losses).
 //    Resuming from one continues bitwise (CPU, float32, same thread count).
 #pragma once

@@ -1,6 +1,6 @@
 """The engine's trainer (worker/engine/train.h) against transformers + torch.optim.AdamW.
 
-transformers writes a tiny Llama / OLMo 2 / Qwen3 ForCausalLM with its own
+transformers writes a tiny Llama / OLMo 2 / Qwen3 / Gemma 2 ForCausalLM with its own
 init (norm gains randomised so their gradients matter); `sinkscope-run train`
 trains it 20 updates from that directory; here the same model is trained by
 transformers with torch.optim.AdamW (foreach=False), torch.nn.utils.clip_grad_norm_
@@ -119,6 +119,13 @@ def make_model(torch, transformers, family):
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     elif family == "qwen3":  # pre-norm + per-head QK-norm
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=D // H, **common))
+    elif family == "gemma2":  # sandwich norm, (1 + w) gains, soft-caps, a window of 8 on even
+        # layers (T = 32: the engine's chunked attention path), tied embeddings; eager
+        # attention (transformers' sdpa path drops the soft-cap).
+        common = dict(common, tie_word_embeddings=True)
+        cfg = transformers.Gemma2Config(head_dim=D // H, query_pre_attn_scalar=24, sliding_window=8,
+                                        **common)
+        model = transformers.Gemma2ForCausalLM._from_config(cfg, attn_implementation="eager")
     else:
         model = transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**common))
     model = model.float()
@@ -141,7 +148,7 @@ def losses_of(records):
 
 
 @pytest.mark.parametrize("family,loss_range", [("llama", None), ("olmo2", None), ("qwen3", None),
-                                               ("llama", (8, 20))])
+                                               ("gemma2", None), ("llama", (8, 20))])
 def test_losses_equal_transformers_adamw(env, family, loss_range):
     torch, transformers, tmp, data = env
     name = f"{family}_{'all' if loss_range is None else 'range'}"
@@ -162,9 +169,27 @@ def test_losses_equal_transformers_adamw(env, family, loss_range):
     from safetensors.numpy import load_file
     trained = load_file(str(tmp / name / "step-20" / "model.safetensors"))
     sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # the embedding
     assert set(trained) == set(sd)
+    # Adam's update m / (sqrt(v) + eps) is ill-conditioned where a gradient is
+    # near zero, so single elements may differ by a fraction of one step (lr 3e-3);
+    # the bulk agrees to float32 rounding.
     for k in sd:
-        np.testing.assert_allclose(trained[k], sd[k], atol=1e-5, rtol=0, err_msg=k)
+        np.testing.assert_allclose(trained[k], sd[k], atol=1e-4, rtol=0, err_msg=k)
+        assert float(np.abs(trained[k] - sd[k]).mean()) < 1e-6, k
+    # transformers reads the trainer's checkpoint (its config.json included) and
+    # gives the engine's logits.
+    ckpt = tmp / name / "step-20"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ckpt), attn_implementation="eager")
+    assert type(hf) is type(model)
+    ids = [BOS] + list(b"the sink head of ROMEO")
+    with torch.no_grad():
+        ref_logits = hf.float().eval()(torch.tensor([ids])).logits[0].numpy()
+    sinkscope_run("export-tensors", "--model", str(ckpt), "--out", str(tmp / f"{name}.safetensors"),
+                  "--ids", ",".join(map(str, ids)))
+    got = load_file(str(tmp / f"{name}.safetensors"))["sinkscope.logits"]
+    np.testing.assert_allclose(got.reshape(ref_logits.shape), ref_logits, atol=3e-5, rtol=1e-5)
 
 
 def test_resume_is_bitwise_and_transformers_reads_checkpoint(env):
