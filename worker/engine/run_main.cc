@@ -16,7 +16,7 @@
 //                 of a float32 forward pass over --ids
 //   sinkscope-run sinks    --model PATH (--text STR | --ids ...) [--window T] [--epsilon E]
 //                 [--layers 0,1] [--query-chunk N] [--self-attention]   JSON per head
-//   sinkscope-run train    --config RUN.json --corpus TEXT --out DIR [--resume DIR/step-N]
+//   sinkscope-run train    --config RUN.json --corpus TEXT --out DIR [--resume DIR[/step-N]]
 //                 [--log-every N] [--threads N] [--json]
 //                 trains a decoder (worker/engine/train.h) on a byte-level corpus
 //                 (ids = UTF-8 bytes; the recipe's bos_id, e.g. 256, starts each
@@ -564,6 +564,12 @@ int TrainCmd(const TrainArgs& a) {
   const bool has_model = run.contains("model"), has_init = run.contains("init_from");
   if (!a.resume.empty()) {
     job.resume_from = a.resume;
+    // A run directory (no trainer_state.json of its own): its latest checkpoint.
+    if (!std::ifstream(a.resume + "/trainer_state.json")) {
+      auto latest = LatestCheckpoint(a.resume);
+      if (!latest.ok()) return Fail(latest.status());
+      job.resume_from = *latest;
+    }
   } else if (has_model == has_init) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         a.config, ": give exactly one of 'model' (config.json keys) and 'init_from' (a HF directory)")));
@@ -701,7 +707,9 @@ int main(int argc, char** argv) {
       ->required();
   train_cmd->add_option("--corpus", train_args.corpus, "UTF-8 text file; token ids = its bytes")->required();
   train_cmd->add_option("--out", train_args.out, "output directory (checkpoints OUT/step-N/)")->required();
-  train_cmd->add_option("--resume", train_args.resume, "continue from OUT/step-N of an earlier run");
+  train_cmd->add_option("--resume", train_args.resume,
+                        "continue from OUT/step-N of an earlier run, or from the latest complete "
+                        "checkpoint of the run directory OUT");
   train_cmd->add_option("--log-every", train_args.log_every, "print a record every N updates");
   train_cmd->add_option("--device", train_args.device, "cpu | cuda | cuda:N");
   train_cmd->add_option("--threads", train_args.threads, "intra-op threads (0 = libtorch default)");

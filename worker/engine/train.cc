@@ -248,6 +248,30 @@ at::Tensor Loss(const at::Tensor& logits, const at::Tensor& targets, int64_t lo,
 
 }  // namespace
 
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& out_dir) {
+  std::error_code ec;
+  int64_t best = -1;
+  std::string best_path;
+  for (fs::directory_iterator it(out_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("step-", 0) != 0) continue;
+    const std::string digits = name.substr(5);
+    if (digits.empty() || digits.size() > 15 ||
+        digits.find_first_not_of("0123456789") != std::string::npos) {
+      continue;  // step-N.tmp: an unfinished write
+    }
+    const int64_t n = std::stoll(digits);
+    if (n > best && fs::is_regular_file(it->path() / "trainer_state.json")) {
+      best = n;
+      best_path = it->path().string();
+    }
+  }
+  if (best < 0) {
+    return absl::NotFoundError(absl::StrCat(out_dir, ": no complete checkpoint step-N/ to resume from"));
+  }
+  return best_path;
+}
+
 double LearningRateAt(const TrainRecipe& r, int64_t step) {
   if (step < r.warmup_steps) {
     return r.lr * static_cast<double>(step + 1) / static_cast<double>(r.warmup_steps);

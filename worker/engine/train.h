@@ -98,6 +98,12 @@ double LearningRateAt(const TrainRecipe& recipe, int64_t step);
 uint64_t SequenceOffset(uint64_t seed, int64_t step, int64_t batch_size, int64_t row,
                         uint64_t n_starts);
 
+/// The checkpoint with the largest N among `out_dir`/step-N/ that hold a
+/// trainer_state.json (a checkpoint is renamed into place only when complete,
+/// so after a kill -9 this is the last one written). Errors: NotFound naming
+/// out_dir when there is none.
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& out_dir);
+
 /// One update's record.
 struct TrainProgress {
   int64_t step = 0;        ///< updates done (1-based: the update just made)
