@@ -114,7 +114,9 @@ struct TrainProgress {
   double tokens_per_s = 0; ///< input tokens / wall second of updates (evaluation and checkpoints
                            ///< excluded) since this process started or resumed the run
   double elapsed_s = 0;    ///< wall seconds since this process started the run
-  std::optional<double> heldout_loss;  ///< set on evaluation updates
+  /// Set on evaluation updates: mean NLL (nats) over every position of the first
+  /// eval_sequences consecutive windows of the held-out split (same windows each time).
+  std::optional<double> heldout_loss;
   std::string checkpoint;  ///< set when OUT/step-N was written: its path
 };
 
