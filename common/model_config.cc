@@ -4,8 +4,8 @@
 // layer_norm_epsilon, activation_function).
 //
 // config.json mapping (ParseHfConfig <-> WriteHfConfig):
-//   model_type                 llama | mistral | qwen2 | qwen3 (writable); gpt2 | gemma2 |
-//                              gemma3_text | gemma3 | olmo2 | gpt_neox (read only)
+//   model_type                 llama | mistral | qwen2 | qwen3 | olmo2 | gemma2 (writable); gpt2 |
+//                              gemma3_text | gemma3 | gpt_neox (read only)
 //   text_config                gemma3 (multimodal): the text decoder's keys, read as gemma3_text;
 //                              absent keys take Gemma3TextConfig's defaults (the Hub's files
 //                              list only the non-default ones)
@@ -37,8 +37,10 @@
 //   sinkscope_rope_layout      extra key: "rotate_halves" (default, HF) | "adjacent_pairs";
 //                              written only for adjacent pairs (e.g. an unpermuted llama2.c
 //                              export), so that WriteHfConfig round-trips every config.
-// WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3,
-// qwen2 without qkv bias, a sliding window outside mistral).
+// WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3 or
+// olmo2, qwen2 without qkv bias, a sliding window outside mistral, olmo2 other than
+// post-norm with full-width q/k norm and d_head = d_model / n_heads, gemma2 other than
+// Gemma 2's own fields: sandwich, (1 + w) gains, sqrt(d_model) embedding scale).
 #include "common/model_config.h"
 
 #include <algorithm>
@@ -416,7 +418,7 @@ const std::vector<FamilySpec>& Families() {
     FamilySpec gemma2 = llama;
     gemma2.model_type = "gemma2";
     gemma2.architecture = "Gemma2ForCausalLM";
-    gemma2.writable = false;
+    gemma2.writable = true;
     gemma2.act_keys = {"hidden_activation", "hidden_act"};
     gemma2.act_default = "gelu_pytorch_tanh";
     gemma2.activations = {{"gelu_pytorch_tanh", Activation::kGeluTanh},
@@ -452,7 +454,7 @@ const std::vector<FamilySpec>& Families() {
     FamilySpec olmo2 = llama;
     olmo2.model_type = "olmo2";
     olmo2.architecture = "Olmo2ForCausalLM";
-    olmo2.writable = false;
+    olmo2.writable = true;
     olmo2.eps_default = 1e-5;
     olmo2.placement = NormPlacement::kPost;
     olmo2.qk_norm = true;
@@ -1111,6 +1113,80 @@ absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& json_text, const st
   }
 }
 
+namespace {
+
+absl::Status WriteJson(const std::string& path, const json& j) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open for writing"));
+  out << j.dump(2) << "\n";
+  out.close();
+  if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed"));
+  return absl::OkStatus();
+}
+
+// Gemma2Config keys (transformers 5): only configs with Gemma 2's fixed fields.
+absl::Status WriteGemma2Config(const std::string& path, const ModelConfig& c) {
+  const double sqrt_d = std::sqrt(static_cast<double>(c.d_model));
+  if (c.norm_placement != NormPlacement::kSandwich || c.norm_kind != NormKind::kRms ||
+      c.norm_gain_offset != 1.0 || c.embed_scale != sqrt_d || !c.gated_mlp ||
+      c.positional != Positional::kRope || c.activation == Activation::kSilu || c.qk_norm ||
+      c.rope_local_theta > 0 || c.rotary_dim > 0 || c.parallel_attn_mlp || c.mlp_bias ||
+      !c.rope_scaling.rope_type.empty() || c.rope_layout != RopeLayout::kRotateHalves) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": model_type gemma2 is sandwich RMSNorm with (1 + w) gains, sqrt(d_model) embedding "
+              "scale, a gated gelu MLP and RoPE, without QK-norm, biases on the MLP or RoPE scaling"));
+  }
+  int64_t window = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t w = c.Window(l);
+    if (w > 0 && window > 0 && w != window) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": gemma2 has one sliding_window; layers use ", window, " and ", w));
+    }
+    if (w > 0) window = w;
+  }
+  json types = json::array();
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    types.push_back(c.Window(l) > 0 ? "sliding_attention" : "full_attention");
+  }
+  // query_pre_attn_scalar q gives the query scale q^-1/2 (0 = 1/sqrt(d_head): q = d_head).
+  // transformers types it as an int.
+  const double q_exact = c.attn_scale > 0 ? 1.0 / (c.attn_scale * c.attn_scale)
+                                          : static_cast<double>(c.d_head);
+  const int64_t q = std::llround(q_exact);
+  if (q <= 0 || std::abs(q_exact - static_cast<double>(q)) > 1e-6 * q_exact) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": gemma2's query_pre_attn_scalar is an integer; the query scale ", c.attn_scale,
+        " gives ", q_exact));
+  }
+  json j;
+  j["architectures"] = json::array({"Gemma2ForCausalLM"});
+  j["model_type"] = "gemma2";
+  j["hidden_activation"] = c.activation == Activation::kGelu ? "gelu" : "gelu_pytorch_tanh";
+  j["hidden_size"] = c.d_model;
+  j["num_hidden_layers"] = c.n_layers;
+  j["num_attention_heads"] = c.n_heads;
+  j["num_key_value_heads"] = c.n_kv_heads;
+  j["head_dim"] = c.d_head;
+  j["intermediate_size"] = c.d_ffn;
+  j["vocab_size"] = c.d_vocab;
+  j["max_position_embeddings"] = c.n_ctx;
+  j["rms_norm_eps"] = c.norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["attention_bias"] = c.qkv_bias;
+  j["query_pre_attn_scalar"] = q;
+  j["attn_logit_softcapping"] = c.attn_softcap > 0 ? json(c.attn_softcap) : json(nullptr);
+  j["final_logit_softcapping"] = c.final_softcap > 0 ? json(c.final_softcap) : json(nullptr);
+  j["layer_types"] = types;
+  j["sliding_window"] = window > 0 ? window : c.n_ctx;  // unused when every layer is full
+  j["tie_word_embeddings"] = c.tied_embeddings;
+  j["bos_token_id"] = c.bos_token_id;
+  j["eos_token_id"] = c.eos_token_id;
+  return WriteJson(path, j);
+}
+
+}  // namespace
+
 absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   RETURN_IF_ERROR(Annotate(c.Validate(), path));
   const std::string& mt = c.model_type;
@@ -1119,19 +1195,26 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": model_type '", mt, "' cannot be written as config.json"));
   }
+  if (mt == "gemma2") return WriteGemma2Config(path, c);
   if (c.norm_kind != NormKind::kRms || c.norm_gain_offset != 0 ||
       c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
       c.attn_softcap > 0 || c.final_softcap > 0 || c.embed_scale != 1.0 || c.attn_scale > 0 ||
-      !c.layer_windows.empty() || c.rope_local_theta > 0 || c.qk_norm_full_width ||
-      c.rotary_dim > 0 || c.parallel_attn_mlp) {
+      !c.layer_windows.empty() || c.rope_local_theta > 0 ||
+      c.qk_norm_full_width != (mt == "olmo2") || c.rotary_dim > 0 || c.parallel_attn_mlp) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": config uses fields only gpt2/gemma/olmo2/gpt_neox families express; not writable as ",
         mt));
   }
-  if (c.qk_norm != (mt == "qwen3")) {
+  if (c.qk_norm != (mt == "qwen3" || mt == "olmo2")) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": qk_norm is expressed only by model_type qwen3 (qk_norm=", c.qk_norm,
-                     ", model_type=", mt, ")"));
+        absl::StrCat(path, ": qk_norm is expressed only by model_type qwen3 or olmo2 (qk_norm=",
+                     c.qk_norm, ", model_type=", mt, ")"));
+  }
+  if (mt == "olmo2" && (c.norm_placement != NormPlacement::kPost || c.d_head * c.n_heads != c.d_model)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": model_type olmo2 is post-norm with d_head = d_model / n_heads (norm_placement=",
+        NormPlacementName(c.norm_placement), ", d_head=", c.d_head, ", d_model=", c.d_model,
+        ", n_heads=", c.n_heads, ")"));
   }
   if (mt == "qwen2" && !c.qkv_bias) {
     return absl::InvalidArgumentError(
@@ -1149,7 +1232,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   j["num_hidden_layers"] = c.n_layers;
   j["num_attention_heads"] = c.n_heads;
   j["num_key_value_heads"] = c.n_kv_heads;
-  j["head_dim"] = c.d_head;
+  if (mt != "olmo2") j["head_dim"] = c.d_head;  // Olmo2Config has no head_dim
   j["intermediate_size"] = c.d_ffn;
   j["vocab_size"] = c.d_vocab;
   j["max_position_embeddings"] = c.n_ctx;

@@ -816,6 +816,12 @@ void ExpectSameConfig(const ModelConfig& a, const ModelConfig& b) {
   EXPECT_EQ(a.sliding_window, b.sliding_window);
   EXPECT_EQ(a.bos_token_id, b.bos_token_id);
   EXPECT_EQ(a.eos_token_id, b.eos_token_id);
+  EXPECT_EQ(a.layer_windows, b.layer_windows);
+  EXPECT_EQ(a.attn_softcap, b.attn_softcap);
+  EXPECT_EQ(a.final_softcap, b.final_softcap);
+  EXPECT_EQ(a.norm_gain_offset, b.norm_gain_offset);
+  EXPECT_EQ(a.embed_scale, b.embed_scale);
+  EXPECT_EQ(a.activation, b.activation);
 }
 
 TEST(ConfigTest, WriteParseRoundTrip) {
@@ -849,6 +855,24 @@ TEST(ConfigTest, WriteParseRoundTrip) {
   qwen3.d_head = 16;
   qwen3.norm_placement = NormPlacement::kPost;
   configs.push_back(qwen3);
+  ModelConfig olmo2 = TinyConfig();
+  olmo2.model_type = "olmo2";
+  olmo2.qk_norm = olmo2.qk_norm_full_width = true;
+  olmo2.norm_placement = NormPlacement::kPost;
+  configs.push_back(olmo2);
+  ModelConfig gemma2 = TinyConfig();
+  gemma2.model_type = "gemma2";
+  gemma2.norm_placement = NormPlacement::kSandwich;
+  gemma2.norm_gain_offset = 1.0;
+  gemma2.embed_scale = std::sqrt(8.0);
+  gemma2.activation = Activation::kGeluTanh;
+  gemma2.attn_scale = 0.25;  // query_pre_attn_scalar 16
+  gemma2.attn_softcap = 50;
+  gemma2.final_softcap = 30;
+  gemma2.sliding_window = 16;
+  gemma2.layer_windows = {16, 0};
+  gemma2.tied_embeddings = true;
+  configs.push_back(gemma2);
 
   const std::string dir = testing::MakeTempDir("ckpt_cfg");
   for (const ModelConfig& c : configs) {
@@ -871,6 +895,12 @@ TEST(ConfigTest, WriteParseRoundTrip) {
   bad = TinyConfig();
   bad.sliding_window = 128;
   EXPECT_FALSE(WriteHfConfig(dir + "/config.json", bad).ok());
+  bad = gemma2;
+  bad.norm_gain_offset = 0;  // Gemma 2 stores zero-centred gains
+  EXPECT_THAT(std::string(WriteHfConfig(dir + "/config.json", bad).message()), HasSubstr("(1 + w)"));
+  bad = olmo2;
+  bad.norm_placement = NormPlacement::kPre;  // olmo2 is post-norm
+  EXPECT_THAT(std::string(WriteHfConfig(dir + "/config.json", bad).message()), HasSubstr("post-norm"));
 }
 
 TEST(ConfigTest, NamesRoundTrip) {

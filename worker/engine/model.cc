@@ -274,6 +274,15 @@ at::Tensor Model::weight(const std::string& name) const {
   return it == weights_.end() ? at::Tensor() : it->second;
 }
 
+std::vector<std::pair<std::string, at::Tensor>> Model::Parameters() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& [name, w] : weights_) {
+    if (name == "lm_head.weight" && config_.tied_embeddings) continue;  // the embedding
+    out.emplace_back(name, w);
+  }
+  return out;
+}
+
 std::string Model::Summary() const {
   std::string s = config_.Summary();
   if (rope_permuted_at_load_) {

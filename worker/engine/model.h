@@ -14,6 +14,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -86,6 +87,14 @@ class Model {
   /// Read-only: the mechanism analyses (mechanism.h) read W_gate/W_up/W_down,
   /// W_V/W_O and the norm gains.
   at::Tensor weight(const std::string& name) const;
+  /// The model's own weight tensors by canonical name, each once (a tied
+  /// lm_head is the embedding and is left out), for training (train.h): the
+  /// handles share storage with the model, so `requires_grad_` and in-place
+  /// updates of them change what Forward computes. Forward is differentiable
+  /// with respect to them (no detach or NoGrad inside it; the in-place ops of
+  /// the chunked attention path are autograd-safe but only the fused SDPA path
+  /// of full causal attention is tested against transformers: test_train.py).
+  std::vector<std::pair<std::string, at::Tensor>> Parameters();
 
  private:
   struct Layer;

@@ -18,6 +18,14 @@
 //                 the worker loads it (placed on the CPU in DTYPE)
 //   sinkscope-run sinks    --model PATH (--text STR | --ids ...) [--window T] [--epsilon E]
 //                 [--layers 0,1] [--query-chunk N] [--self-attention]   JSON per head
+//   sinkscope-run train    --config RUN.json --corpus TEXT --out DIR [--resume DIR[/step-N]]
+//                 [--log-every N] [--threads N] [--json]
+//                 trains a decoder (worker/engine/train.h) on a byte-level corpus
+//                 (ids = UTF-8 bytes; the recipe's bos_id, e.g. 256, starts each
+//                 sequence); RUN.json = {"model": {config.json keys} | "init_from": DIR,
+//                 "recipe": {TrainRecipe fields}}; checkpoints DIR/step-N/ (HF
+//                 directories + optimiser state); prints loss, lr, tokens/s every N
+//                 updates (--json: one JSON line per record)
 //   sinkscope-run bench    --model PATH --ids ... [--variants plain,scan,sinks,probe]
 //                 [--batch B] [--iters N] [--warmup N] [--threads N] [--reset-hwm]
 //                 [--probe-tokens N] [--probe-batch N] [--device cuda --dtype bfloat16]
@@ -50,6 +58,7 @@
 #include "worker/engine/scan.h"
 #include "worker/engine/sinks.h"
 #include "worker/engine/tokenizer.h"
+#include "worker/engine/train.h"
 
 #include <algorithm>
 #include <chrono>
@@ -538,6 +547,114 @@ int Bench(const CommonArgs& a, const BenchArgs& b) {
   return 0;
 }
 
+struct TrainArgs {
+  std::string config, corpus, out, resume, device = "cpu";
+  int64_t log_every = 10;
+  int threads = 0;
+  bool json = false;
+};
+
+// `train`: reads RUN.json and the corpus, trains, prints progress records.
+int TrainCmd(const TrainArgs& a) {
+  if (a.threads > 0) at::set_num_threads(a.threads);
+  if (a.log_every <= 0) return Fail(absl::InvalidArgumentError("--log-every must be positive"));
+  std::ifstream cf(a.config, std::ios::binary);
+  if (!cf) return Fail(absl::NotFoundError(absl::StrCat("--config: cannot read ", a.config)));
+  std::stringstream css;
+  css << cf.rdbuf();
+  nlohmann::json run = nlohmann::json::parse(css.str(), nullptr, false);
+  if (run.is_discarded() || !run.is_object()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(a.config, ": must be a JSON object")));
+  }
+  for (auto it = run.begin(); it != run.end(); ++it) {
+    if (it.key() != "model" && it.key() != "init_from" && it.key() != "recipe" &&
+        it.key() != "tokenizer") {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          a.config, ": unknown field '", it.key(), "' (known: model, init_from, recipe, tokenizer)")));
+    }
+  }
+  if (run.contains("tokenizer") && run["tokenizer"] != "bytes") {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        a.config, ": tokenizer ", run["tokenizer"].dump(), " is not supported (only \"bytes\")")));
+  }
+  if (!run.contains("recipe") || !run["recipe"].is_object()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(a.config, ": field 'recipe' (an object) is required")));
+  }
+  TrainJob job;
+  auto recipe = ParseTrainRecipe(run["recipe"].dump(), a.config + ": recipe");
+  if (!recipe.ok()) return Fail(recipe.status());
+  job.recipe = *recipe;
+  const bool has_model = run.contains("model"), has_init = run.contains("init_from");
+  if (!a.resume.empty()) {
+    job.resume_from = a.resume;
+    // A run directory (no trainer_state.json of its own): its latest checkpoint.
+    if (!std::ifstream(a.resume + "/trainer_state.json")) {
+      auto latest = LatestCheckpoint(a.resume);
+      if (!latest.ok()) return Fail(latest.status());
+      job.resume_from = *latest;
+    }
+  } else if (has_model == has_init) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        a.config, ": give exactly one of 'model' (config.json keys) and 'init_from' (a HF directory)")));
+  } else if (has_init) {
+    if (!run["init_from"].is_string()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(a.config, ": init_from must be a path string")));
+    }
+    job.init_from = run["init_from"].get<std::string>();
+  } else {
+    auto cfg = ParseHfConfig(run["model"].dump(), a.config + ": model");
+    if (!cfg.ok()) return Fail(cfg.status());
+    job.config = *cfg;
+  }
+  auto device = ParseDevice(a.device);
+  if (!device.ok()) return Fail(device.status());
+  job.device = *device;
+  job.out_dir = a.out;
+  std::ifstream tf(a.corpus, std::ios::binary);
+  if (!tf) return Fail(absl::NotFoundError(absl::StrCat("--corpus: cannot read ", a.corpus)));
+  std::stringstream tss;
+  tss << tf.rdbuf();
+  const std::string text = tss.str();
+  std::vector<int64_t> stream(text.size());
+  for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
+  if (!a.json) {
+    std::printf("train: %zu corpus bytes, %s; %s\n", stream.size(),
+                job.resume_from.empty() ? "fresh run" : ("resuming " + job.resume_from).c_str(),
+                TrainRecipeJson(job.recipe).c_str());
+  }
+  auto on_progress = [&](const TrainProgress& p) -> absl::Status {
+    if (p.step % a.log_every != 0 && p.step != p.steps && !p.heldout_loss && p.checkpoint.empty()) {
+      return absl::OkStatus();
+    }
+    if (a.json) {
+      nlohmann::json j = {{"step", p.step}, {"steps", p.steps}, {"loss", p.loss}, {"lr", p.lr},
+                          {"grad_norm", p.grad_norm}, {"tokens_per_s", p.tokens_per_s},
+                          {"elapsed_s", p.elapsed_s}};
+      if (p.heldout_loss) j["heldout_loss"] = *p.heldout_loss;
+      if (!p.checkpoint.empty()) j["checkpoint"] = p.checkpoint;
+      std::cout << j.dump() << std::endl;
+    } else {
+      const double eta = p.step > 0 ? p.elapsed_s / p.step * (p.steps - p.step) : 0;
+      std::printf("step %6lld/%lld  loss %.4f  lr %.3g  |g| %.3f  %8.0f tok/s  %6.1f s (ETA %.0f s)",
+                  static_cast<long long>(p.step), static_cast<long long>(p.steps), p.loss, p.lr,
+                  p.grad_norm, p.tokens_per_s, p.elapsed_s, eta);
+      if (p.heldout_loss) std::printf("  held-out %.4f", *p.heldout_loss);
+      if (!p.checkpoint.empty()) std::printf("  -> %s", p.checkpoint.c_str());
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+    return absl::OkStatus();
+  };
+  auto summary = Train(job, stream, on_progress);
+  if (!summary.ok()) return Fail(summary.status());
+  if (!a.json) {
+    std::printf("done: %lld updates (%lld parameters), last checkpoint %s\n",
+                static_cast<long long>(summary->step), static_cast<long long>(summary->n_params),
+                summary->last_checkpoint.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 }  // namespace sinkscope
 
@@ -610,6 +727,20 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--probe-tokens", bench.probe_tokens, "probe variant: ids [0, N) (0 = vocab)");
   bench_cmd->add_option("--probe-batch", bench.probe_batch, "probe variant: sequences per pass")
       ->check(CLI::PositiveNumber);
+  TrainArgs train_args;
+  auto* train_cmd = app.add_subcommand("train", "train a decoder on a byte-level corpus (train.h)");
+  train_cmd->add_option("--config", train_args.config,
+                        "RUN.json: {\"model\": {config.json keys} | \"init_from\": DIR, \"recipe\": {...}}")
+      ->required();
+  train_cmd->add_option("--corpus", train_args.corpus, "UTF-8 text file; token ids = its bytes")->required();
+  train_cmd->add_option("--out", train_args.out, "output directory (checkpoints OUT/step-N/)")->required();
+  train_cmd->add_option("--resume", train_args.resume,
+                        "continue from OUT/step-N of an earlier run, or from the latest complete "
+                        "checkpoint of the run directory OUT");
+  train_cmd->add_option("--log-every", train_args.log_every, "print a record every N updates");
+  train_cmd->add_option("--device", train_args.device, "cpu | cuda | cuda:N");
+  train_cmd->add_option("--threads", train_args.threads, "intra-op threads (0 = libtorch default)");
+  train_cmd->add_flag("--json", train_args.json, "one JSON line per record");
   CLI11_PARSE(app, argc, argv);
   try {
     if (*gen) return Generate(gen_args, max_new);
@@ -619,6 +750,7 @@ int main(int argc, char** argv) {
     if (*tokenize) return Tokenize(tok_path, tok_text, tok_files, tok_bos);
     if (*exp) return ExportTensors(exp_args, exp_out, exp_placed);
     if (*bench_cmd) return Bench(bench_args, bench);
+    if (*train_cmd) return TrainCmd(train_args);
     if (*sinks) return Sinks(sinks_args, sink_params, sinks_self_attention);
     if (*hooks) {
       auto ckpt = LoadCheckpoint(hook_args.model);
