@@ -37,6 +37,15 @@
 //   sinkscope_rope_layout      extra key: "rotate_halves" (default, HF) | "adjacent_pairs";
 //                              written only for adjacent pairs (e.g. an unpermuted llama2.c
 //                              export), so that WriteHfConfig round-trips every config.
+//   The training variants (paper-notes.md, "Variants a lab trains"), extra keys of the
+//   families with canonical (Llama) tensor names, written only when not the default:
+//   sinkscope_norm_placement   also "none" (no norm in the blocks)
+//   sinkscope_norm_kind        "rmsnorm" (default) | "layernorm" | "dyt" (DynamicTanh)
+//   sinkscope_dyt_alpha0       DynamicTanh's initial alpha (default 0.5)
+//   sinkscope_attn_gate        "none" (default) | "headwise" | "elementwise" (gated attention)
+//   sinkscope_attn_fn          "softmax" (default) | "sigmoid" (no row normalisation)
+//   Any other key starting with "sinkscope_" is refused (a misspelt knob is no silent default).
+//   transformers ignores these keys: it would run such a checkpoint as its plain family.
 // WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3 or
 // olmo2, qwen2 without qkv bias, a sliding window outside mistral, olmo2 other than
 // post-norm with full-width q/k norm and d_head = d_model / n_heads, gemma2 other than
@@ -49,6 +58,7 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "absl/status/status.h"
@@ -604,6 +614,56 @@ absl::StatusOr<json> DecoderKeys(const json& file, const FamilySpec& f, std::str
   return j;
 }
 
+// The training-variant keys (file comment), on `c` parsed from `j` of family `f`.
+absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::string& source,
+                              ModelConfig* c) {
+  static const std::set<std::string> kKnown = {
+      "sinkscope_norm_placement", "sinkscope_rope_layout", "sinkscope_norm_kind",
+      "sinkscope_dyt_alpha0",     "sinkscope_attn_gate",   "sinkscope_attn_fn"};
+  for (const auto& item : j.items()) {
+    if (absl::StartsWith(item.key(), "sinkscope_") && !kKnown.count(item.key())) {
+      return FieldError(source, item.key(),
+                        absl::StrCat("is not a sinkscope key (known: ", absl::StrJoin(kKnown, ", "), ")"));
+    }
+  }
+  // A key, its values and the enum value each names.
+  auto choice = [&](const char* key, auto names, auto* out) -> absl::Status {
+    std::string v;
+    RETURN_IF_ERROR(GetString(j, key, false, source, &v));
+    if (v.empty()) return absl::OkStatus();
+    std::vector<std::string> allowed;
+    for (const auto& [name, value] : names) {
+      if (v == name) {
+        if (f.names != &kCanonicalNames && value != *out) {
+          return FieldError(source, key, absl::StrCat("is a training variant of the families with "
+                                                      "Llama tensor names, not of ", f.model_type));
+        }
+        *out = value;
+        return absl::OkStatus();
+      }
+      allowed.push_back(name);
+    }
+    return FieldError(source, key, absl::StrCat("has unknown value '", v, "' (expected ",
+                                                 absl::StrJoin(allowed, ", "), ")"));
+  };
+  RETURN_IF_ERROR(choice("sinkscope_norm_kind",
+                         std::vector<std::pair<const char*, NormKind>>{
+                             {"rmsnorm", NormKind::kRms}, {"layernorm", NormKind::kLayer},
+                             {"dyt", NormKind::kDyT}},
+                         &c->norm_kind));
+  RETURN_IF_ERROR(choice("sinkscope_attn_gate",
+                         std::vector<std::pair<const char*, AttnGate>>{
+                             {"none", AttnGate::kNone}, {"headwise", AttnGate::kHeadwise},
+                             {"elementwise", AttnGate::kElementwise}},
+                         &c->attn_gate));
+  RETURN_IF_ERROR(choice("sinkscope_attn_fn",
+                         std::vector<std::pair<const char*, AttnFn>>{
+                             {"softmax", AttnFn::kSoftmax}, {"sigmoid", AttnFn::kSigmoid}},
+                         &c->attn_fn));
+  return GetDouble(j, "sinkscope_dyt_alpha0", false, source, &c->dyt_alpha0);
+}
+
+
 absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& file, const std::string& file_source) {
   if (!file.is_object()) {
     return absl::InvalidArgumentError(
@@ -752,6 +812,7 @@ absl::StatusOr<ModelConfig> ParseHfConfigImpl(const json& file, const std::strin
     }
     c.norm_placement = *p;
   }
+  RETURN_IF_ERROR(ParseVariantKeys(j, f, source, &c));
   std::string layout;
   RETURN_IF_ERROR(GetString(j, "sinkscope_rope_layout", false, source, &layout));
   c.rope_layout = RopeLayout::kRotateHalves;
@@ -804,9 +865,25 @@ const char* NormPlacementName(NormPlacement p) {
       return "sandwich";
     case NormPlacement::kPost:
       return "post";
+    case NormPlacement::kNone:
+      return "none";
   }
   return "unknown";
 }
+
+const char* AttnGateName(AttnGate g) {
+  switch (g) {
+    case AttnGate::kNone:
+      return "none";
+    case AttnGate::kHeadwise:
+      return "headwise";
+    case AttnGate::kElementwise:
+      return "elementwise";
+  }
+  return "unknown";
+}
+
+const char* AttnFnName(AttnFn f) { return f == AttnFn::kSigmoid ? "sigmoid" : "softmax"; }
 
 const char* RopeLayoutName(RopeLayout l) {
   switch (l) {
@@ -818,7 +895,17 @@ const char* RopeLayoutName(RopeLayout l) {
   return "unknown";
 }
 
-const char* NormKindName(NormKind k) { return k == NormKind::kLayer ? "layernorm" : "rmsnorm"; }
+const char* NormKindName(NormKind k) {
+  switch (k) {
+    case NormKind::kRms:
+      return "rmsnorm";
+    case NormKind::kLayer:
+      return "layernorm";
+    case NormKind::kDyT:
+      return "dyt";
+  }
+  return "unknown";
+}
 
 const char* ActivationName(Activation a) {
   switch (a) {
@@ -853,10 +940,11 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
     s.shape = std::move(shape);
     out.push_back(std::move(s));
   };
-  const bool ln = c.norm_kind == NormKind::kLayer;
+  const bool has_bias = c.norm_kind != NormKind::kRms;
   auto norm = [&](const std::string& prefix, int64_t d) {
     add(prefix + ".weight", {d});
-    if (ln) add(prefix + ".bias", {d});
+    if (has_bias) add(prefix + ".bias", {d});
+    if (c.norm_kind == NormKind::kDyT) add(prefix + ".alpha", {1});
   };
   const int64_t q_dim = c.n_heads * c.d_head, kv_dim = c.n_kv_heads * c.d_head;
   add("model.embed_tokens.weight", {c.d_vocab, c.d_model});
@@ -877,6 +965,8 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
       case NormPlacement::kPost:
         norm(p + "post_attention_layernorm", c.d_model);
         norm(p + "post_feedforward_layernorm", c.d_model);
+        break;
+      case NormPlacement::kNone:
         break;
     }
     if (names.fused_qkv != nullptr) {
@@ -909,6 +999,10 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
         add(p + "self_attn.k_proj.bias", {kv_dim});
         add(p + "self_attn.v_proj.bias", {kv_dim});
       }
+    }
+    if (c.attn_gate != AttnGate::kNone) {
+      add(p + "self_attn.gate_proj.weight",
+          {c.attn_gate == AttnGate::kHeadwise ? c.n_heads : q_dim, c.d_model}, true);
     }
     add(p + "self_attn.o_proj.weight", {c.d_model, q_dim}, true);
     if (c.o_bias) add(p + "self_attn.o_proj.bias", {c.d_model});
@@ -973,8 +1067,9 @@ absl::StatusOr<NormPlacement> ParseNormPlacement(const std::string& name) {
   if (name == "pre") return NormPlacement::kPre;
   if (name == "sandwich") return NormPlacement::kSandwich;
   if (name == "post") return NormPlacement::kPost;
+  if (name == "none") return NormPlacement::kNone;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown norm placement '", name, "' (expected pre, sandwich or post)"));
+      absl::StrCat("unknown norm placement '", name, "' (expected pre, sandwich, post or none)"));
 }
 
 absl::Status ModelConfig::Validate() const {
@@ -1009,6 +1104,9 @@ absl::Status ModelConfig::Validate() const {
     return absl::InvalidArgumentError(absl::StrCat(
         "parallel attention + MLP is implemented for pre-norm only, not ",
         NormPlacementName(norm_placement), " norm"));
+  }
+  if (norm_kind == NormKind::kDyT && (!(dyt_alpha0 > 0) || !std::isfinite(dyt_alpha0))) {
+    return absl::InvalidArgumentError(absl::StrCat("dyt_alpha0 must be positive, got ", dyt_alpha0));
   }
   if (!(norm_eps > 0) || !std::isfinite(norm_eps)) {
     return absl::InvalidArgumentError(absl::StrCat("norm_eps must be positive, got ", norm_eps));
@@ -1079,6 +1177,9 @@ std::string ModelConfig::Summary() const {
     absl::StrAppend(&s, " rope_scaling=", rope_scaling.rope_type, "x", rope_scaling.factor);
   }
   if (norm_kind != NormKind::kRms) absl::StrAppend(&s, " ", NormKindName(norm_kind));
+  if (norm_kind == NormKind::kDyT) absl::StrAppend(&s, " alpha0=", dyt_alpha0);
+  if (attn_gate != AttnGate::kNone) absl::StrAppend(&s, " attn_gate=", AttnGateName(attn_gate));
+  if (attn_fn != AttnFn::kSoftmax) absl::StrAppend(&s, " attn_fn=", AttnFnName(attn_fn));
   if (norm_gain_offset != 0) absl::StrAppend(&s, " gain=", norm_gain_offset, "+w");
   absl::StrAppend(&s, " act=", ActivationName(activation), gated_mlp ? " gated" : " ungated");
   if (positional == Positional::kLearned) absl::StrAppend(&s, " learned_positions");
@@ -1196,8 +1297,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
         absl::StrCat(path, ": model_type '", mt, "' cannot be written as config.json"));
   }
   if (mt == "gemma2") return WriteGemma2Config(path, c);
-  if (c.norm_kind != NormKind::kRms || c.norm_gain_offset != 0 ||
-      c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
+  if (c.norm_gain_offset != 0 || c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
       c.attn_softcap > 0 || c.final_softcap > 0 || c.embed_scale != 1.0 || c.attn_scale > 0 ||
       !c.layer_windows.empty() || c.rope_local_theta > 0 ||
       c.qk_norm_full_width != (mt == "olmo2") || c.rotary_dim > 0 || c.parallel_attn_mlp) {
@@ -1258,6 +1358,10 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   j["bos_token_id"] = c.bos_token_id;
   j["eos_token_id"] = c.eos_token_id;
   j["sinkscope_norm_placement"] = NormPlacementName(c.norm_placement);
+  if (c.norm_kind != NormKind::kRms) j["sinkscope_norm_kind"] = NormKindName(c.norm_kind);
+  if (c.norm_kind == NormKind::kDyT) j["sinkscope_dyt_alpha0"] = c.dyt_alpha0;
+  if (c.attn_gate != AttnGate::kNone) j["sinkscope_attn_gate"] = AttnGateName(c.attn_gate);
+  if (c.attn_fn != AttnFn::kSoftmax) j["sinkscope_attn_fn"] = AttnFnName(c.attn_fn);
   if (c.rope_layout == RopeLayout::kAdjacentPairs) {
     j["sinkscope_rope_layout"] = RopeLayoutName(c.rope_layout);
   }

@@ -27,13 +27,15 @@
 
 namespace sinkscope {
 
-/// Where the RMSNorms sit in each transformer block.
+/// Where the norms sit in each transformer block.
 ///  - kPre:      h = h + f(norm(h))                   (Llama, Qwen, Mistral)
 ///  - kSandwich: h = h + post_norm(f(pre_norm(h)))    (Gemma 2/3)
 ///  - kPost:     h = h + post_norm(f(h))              (OLMo 2)
+///  - kNone:     h = h + f(h)  (no norm in the blocks; the final norm before
+///               the unembedding stays; a training variant, paper-notes.md)
 /// For kSandwich/kPost the block output (`hook_attn_out`, `hook_mlp_out`) is
 /// the tensor added to the residual stream, i.e. after the extra norm.
-enum class NormPlacement { kPre, kSandwich, kPost };
+enum class NormPlacement { kPre, kSandwich, kPost, kNone };
 
 /// How RoPE pairs the d_head coordinates of q and k.
 ///  - kAdjacentPairs: (2i, 2i+1) rotate together (llama2.c, Meta's original).
@@ -41,8 +43,20 @@ enum class NormPlacement { kPre, kSandwich, kPost };
 ///    conversion permutes W_Q/W_K rows so both give the same attention).
 enum class RopeLayout { kAdjacentPairs, kRotateHalves };
 
-/// Normalisation function: RMSNorm (gain only) or LayerNorm (mean-centred, gain + bias).
-enum class NormKind { kRms, kLayer };
+/// Normalisation function: RMSNorm (gain only), LayerNorm (mean-centred, gain +
+/// bias) or DynamicTanh (Zhu et al. 2025: gamma * tanh(alpha * x) + beta; tensors
+/// `.weight` = gamma [d], `.bias` = beta [d], `.alpha` = alpha [1], a learnable
+/// scalar). QK-norm is RMSNorm whatever the kind.
+enum class NormKind { kRms, kLayer, kDyT };
+/// Gate on each head's attention output (Qiu et al. 2025, position G1: after
+/// SDPA, before W_O): z_h *= sigmoid(x W_g) from the normalised input x that
+/// produced the query; `self_attn.gate_proj.weight` [n_heads, d_model]
+/// (kHeadwise, one scalar per head) or [n_heads * d_head, d_model] (kElementwise).
+enum class AttnGate { kNone, kHeadwise, kElementwise };
+/// How scores become the pattern: softmax over the visible keys, or an
+/// elementwise sigmoid of the scaled scores without row normalisation (Gu et
+/// al. 2025), invisible keys 0.
+enum class AttnFn { kSoftmax, kSigmoid };
 /// MLP activation: silu (SwiGLU), exact gelu (erf), tanh-approximated gelu
 /// (GPT-2 "gelu_new", Gemma "gelu_pytorch_tanh").
 enum class Activation { kSilu, kGelu, kGeluTanh };
@@ -53,6 +67,8 @@ const char* NormPlacementName(NormPlacement p);
 const char* NormKindName(NormKind k);
 const char* ActivationName(Activation a);
 const char* RopeLayoutName(RopeLayout l);
+const char* AttnGateName(AttnGate g);
+const char* AttnFnName(AttnFn f);
 absl::StatusOr<NormPlacement> ParseNormPlacement(const std::string& name);
 
 /// Llama 3 `rope_scaling` (rope_type "llama3"); factor 1 = off.
@@ -98,6 +114,10 @@ struct ModelConfig {
   NormKind norm_kind = NormKind::kRms;
   /// Gain is (offset + w): 0 (Llama, w) or 1 (Gemma's (1 + w), weights stored zero-centred).
   double norm_gain_offset = 0.0;
+  /// DynamicTanh's initial alpha (init only; the trained alpha is a tensor).
+  double dyt_alpha0 = 0.5;
+  AttnGate attn_gate = AttnGate::kNone;
+  AttnFn attn_fn = AttnFn::kSoftmax;
   Activation activation = Activation::kSilu;
   bool gated_mlp = true;        // down(act(gate x) * up x); false: down(act(up x)) (GPT-2)
   Positional positional = Positional::kRope;
@@ -137,6 +157,14 @@ struct ModelConfig {
   }
   /// 1/sqrt(d_head) unless attn_scale is set.
   double QueryScale() const;
+  /// Whether the blocks norm their input (pre, sandwich): ln1/ln2.hook_normalized exist.
+  bool HasInputNorms() const {
+    return norm_placement == NormPlacement::kPre || norm_placement == NormPlacement::kSandwich;
+  }
+  /// Whether the blocks norm their output before the residual add (sandwich, post).
+  bool HasOutputNorms() const {
+    return norm_placement == NormPlacement::kSandwich || norm_placement == NormPlacement::kPost;
+  }
   /// Checks that the numbers are consistent (positive, heads divide, ...).
   absl::Status Validate() const;
   /// One-line human summary, names the RoPE layout and norm placement.

@@ -48,7 +48,12 @@ AttentionSpec LayerAttention(const ModelConfig& c, int64_t layer) {
   s.scale = c.QueryScale();
   s.softcap = c.attn_softcap;
   s.window = c.Window(layer);
+  s.sigmoid = c.attn_fn == AttnFn::kSigmoid;
   return s;
+}
+
+at::Tensor PatternOfScores(const at::Tensor& scores, const AttentionSpec& spec) {
+  return spec.sigmoid ? scores.sigmoid() : at::softmax(scores, -1);
 }
 
 at::Tensor AttendMask(int64_t q0, int64_t nq, int64_t k0, int64_t nk, int64_t window,
@@ -92,8 +97,8 @@ at::Tensor ChunkedAttention(const at::Tensor& qh, const at::Tensor& kh, const at
     at::Tensor kc = kh.narrow(2, c.k0, nk).contiguous();
     at::Tensor vc = vh.narrow(2, c.k0, nk).contiguous();
     at::Tensor zc;
-    if (spec.softcap > 0) {
-      at::Tensor p = at::softmax(AttentionScores(qc, kc, c.q0, c.k0, spec).to(at::kFloat), -1)
+    if (spec.softcap > 0 || spec.sigmoid) {
+      at::Tensor p = PatternOfScores(AttentionScores(qc, kc, c.q0, c.k0, spec).to(at::kFloat), spec)
                          .to(qh.scalar_type());
       zc = at::matmul(p, vc);
     } else {
@@ -142,7 +147,7 @@ PatternStats ComputePatternStats(const at::Tensor& q, const at::Tensor& k,
       at::Tensor s = AttentionScores(qg.narrow(1, g0, ng).narrow(3, c.q0, nq),
                                      kg.narrow(1, g0, ng).narrow(3, c.k0, nk), c.q0, c.k0, spec)
                          .to(at::kFloat);  // [b, g, rep, nq, nk]
-      at::Tensor p = at::softmax(s, -1);
+      at::Tensor p = PatternOfScores(s, spec);
       if (dtype != at::kFloat) p = p.to(dtype).to(at::kFloat);  // as hook_pattern is
       auto out = [&](const at::Tensor& acc, int64_t k0, int64_t n) {
         return acc.narrow(1, g0, ng).narrow(3, k0, n);
@@ -189,8 +194,8 @@ at::Tensor ScoresAtKey(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 }
 
 at::Tensor PatternAtKey(const at::Tensor& scores_at_key, const at::Tensor& logsumexp,
-                        c10::ScalarType dtype) {
-  at::Tensor a = (scores_at_key - logsumexp).exp();
+                        const AttentionSpec& spec, c10::ScalarType dtype) {
+  at::Tensor a = spec.sigmoid ? scores_at_key.sigmoid() : (scores_at_key - logsumexp).exp();
   return dtype == at::kFloat ? a : a.to(dtype).to(at::kFloat);
 }
 

@@ -24,9 +24,14 @@ struct AttentionSpec {
   double scale = 1.0;    // query scale (ModelConfig::QueryScale)
   double softcap = 0.0;  // c in c tanh(s / c) (Gemma 2); <= 0: none
   int64_t window = 0;    // sliding window: key k visible from t when t - k < window; <= 0: causal only
+  bool sigmoid = false;  // AttnFn::kSigmoid: pattern = sigmoid(scores), no row normalisation
 };
 /// The spec of layer `layer` of `c`.
 AttentionSpec LayerAttention(const ModelConfig& c, int64_t layer);
+
+/// The pattern of float32 scores [..., nq, nk] (-inf where not visible):
+/// softmax over the last dim, or the elementwise sigmoid (invisible keys 0).
+at::Tensor PatternOfScores(const at::Tensor& scores, const AttentionSpec& spec);
 
 /// Boolean may-attend mask [nq, nk] of queries at positions q0.. against keys
 /// at positions k0..: causal, and within the window if any.
@@ -50,7 +55,7 @@ std::vector<QueryChunk> QueryChunks(int64_t T, int64_t rows, int64_t window);
 
 /// Attention output z [batch, head, pos, d_head] from query chunks sized by
 /// AttentionChunkRows (common/attention_chunks.h): memory O(chunk x T) instead
-/// of O(T^2). Without a soft-cap each chunk runs the fused
+/// of O(T^2). Without a soft-cap or sigmoid each chunk runs the fused
 /// scaled_dot_product_attention with its [chunk, keys] window mask; with one,
 /// softmax(AttentionScores) in float32, cast to qh's dtype, times vh.
 /// qh, kh, vh: [batch, head, pos, d_head] (kv heads already repeated).
@@ -91,9 +96,9 @@ at::Tensor ScoresAtKey(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const AttentionSpec& spec);
 
 /// A[t, key[b, h]] from the scores at that key and PatternStats::logsumexp:
-/// exp(score - logsumexp), 0 where not visible, rounded through `dtype` as
-/// the pattern is. [batch, head, T] float32.
+/// exp(score - logsumexp) (sigmoid attention: sigmoid(score)), 0 where not
+/// visible, rounded through `dtype` as the pattern is. [batch, head, T] float32.
 at::Tensor PatternAtKey(const at::Tensor& scores_at_key, const at::Tensor& logsumexp,
-                        c10::ScalarType dtype);
+                        const AttentionSpec& spec, c10::ScalarType dtype);
 
 }  // namespace sinkscope

@@ -33,6 +33,7 @@ at::Tensor FfnInputGain(const Model& model, int64_t layer) {
     case NormPlacement::kSandwich:
       return model.weight(p + "pre_feedforward_layernorm.weight");
     case NormPlacement::kPost:
+    case NormPlacement::kNone:
       return at::Tensor();
   }
   return at::Tensor();
@@ -40,7 +41,7 @@ at::Tensor FfnInputGain(const Model& model, int64_t layer) {
 
 /// Hook of the FFN input (the gained normalised state, or the residual for post-norm).
 std::string FfnInputHook(const Model& model, int64_t layer) {
-  return model.config().norm_placement == NormPlacement::kPost
+  return !model.config().HasInputNorms()
              ? HookName(layer, "hook_resid_mid")
              : HookName(layer, "ln2.hook_normalized");
 }
@@ -572,7 +573,7 @@ absl::StatusOr<VoCircuitResult> RunVoCircuit(const Model& model, const VoCircuit
     for (const auto& batch : BatchByLength(seqs)) {
       HookRegistry hooks;
       for (int64_t l = 0; l <= last_layer; ++l) {
-        const std::string hook = c.norm_placement == NormPlacement::kPost
+        const std::string hook = !c.HasInputNorms()
                                      ? HookName(l, "hook_resid_pre")
                                      : HookName(l, "ln1.hook_normalized");
         hooks.AddProbe(hook, [&, l](const std::string&, int64_t, const at::Tensor& t) {

@@ -59,11 +59,16 @@ at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& weight, double eps,
   return normed.to(x.scalar_type());
 }
 
-/// The config's norm (RMSNorm or LayerNorm with bias), float32 inside.
-/// x: [..., d]; weight, bias: [d] (bias undefined for RMSNorm).
+/// The config's norm (RMSNorm, LayerNorm with bias, or DynamicTanh
+/// gamma * tanh(alpha * x) + beta), float32 inside.
+/// x: [..., d]; weight (gamma), bias (beta): [d] (bias undefined for RMSNorm); alpha: [1] (DyT).
 at::Tensor Norm(const ModelConfig& c, const at::Tensor& x, const at::Tensor& weight,
-                const at::Tensor& bias) {
+                const at::Tensor& bias, const at::Tensor& alpha) {
   if (c.norm_kind == NormKind::kRms) return RmsNorm(x, weight, c.norm_eps, c.norm_gain_offset);
+  if (c.norm_kind == NormKind::kDyT) {
+    at::Tensor y = (x.to(at::kFloat) * alpha.to(at::kFloat)).tanh() * weight.to(at::kFloat);
+    return (y + bias.to(at::kFloat)).to(x.scalar_type());
+  }
   at::Tensor x32 = x.to(at::kFloat);
   at::Tensor w = weight.defined() ? weight.to(at::kFloat) : at::Tensor();
   if (w.defined() && c.norm_gain_offset != 0.0) w = w + c.norm_gain_offset;
@@ -300,7 +305,7 @@ std::vector<std::string> Model::HookNames() const {
   std::vector<std::string> names = {"hook_embed"};
   const bool learned = config_.positional == Positional::kLearned;
   if (learned) names.push_back("hook_pos_embed");
-  const bool has_ln = config_.norm_placement != NormPlacement::kPost;
+  const bool has_ln = config_.HasInputNorms();
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     for (const std::string& s : LayerHookSuffixes()) {
       if (!has_ln && (s == "ln1.hook_normalized" || s == "ln2.hook_normalized")) continue;
@@ -377,13 +382,14 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       const std::string name = l < 0 ? std::string(suffix) : HookName(l, suffix);
       return hooks.Has(name) ? hooks.Run(name, l, std::move(t)) : t;
     };
-    const bool has_pre_norm = c.norm_placement != NormPlacement::kPost;
-    const bool has_out_norm = c.norm_placement != NormPlacement::kPre;
+    const bool has_pre_norm = c.HasInputNorms();
+    const bool has_out_norm = c.HasOutputNorms();
     const bool rope = c.positional == Positional::kRope;
     const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
     // Norm `prefix` (".weight", and ".bias" for LayerNorm) of the canonical names.
     auto norm = [&](const std::string& prefix, const at::Tensor& x) {
-      return Norm(c, x, weight(prefix + ".weight"), weight(prefix + ".bias"));
+      return Norm(c, x, weight(prefix + ".weight"), weight(prefix + ".bias"),
+                  weight(prefix + ".alpha"));
     };
 
     at::Tensor resid = at::embedding(weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
@@ -446,17 +452,23 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
       at::Tensor z;  // [batch, head, pos, d_head]
       if (need_pattern) {
         at::Tensor scores = hook(l, "attn.hook_attn_scores", AttentionScores(qh, kh, 0, 0, spec));
-        at::Tensor pattern = at::softmax(scores.to(at::kFloat), -1).to(dtype_);
+        at::Tensor pattern = PatternOfScores(scores.to(at::kFloat), spec).to(dtype_);
         pattern = hook(l, "attn.hook_pattern", pattern);
         z = at::matmul(pattern, vh);
-      } else if (c.attn_softcap > 0 || (window > 0 && T > window)) {
-        // Soft-cap (no fused kernel) or a window: query chunks, O(chunk x T).
+      } else if (c.attn_softcap > 0 || spec.sigmoid || (window > 0 && T > window)) {
+        // Soft-cap or sigmoid (no fused kernel) or a window: query chunks, O(chunk x T).
         z = ChunkedAttention(qh, kh, vh, spec);
       } else {
         z = at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), {},
                                              0.0, true, spec.scale);
       }
-      z = hook(l, "attn.hook_z", z.transpose(1, 2));  // [batch, pos, head, d_head]
+      z = z.transpose(1, 2);  // [batch, pos, head, d_head]
+      if (c.attn_gate != AttnGate::kNone) {
+        // Gated attention (G1): sigmoid(x W_g) from the input of q, per head or per channel.
+        at::Tensor g = at::linear(x, weight(p + "self_attn.gate_proj.weight")).sigmoid();
+        z = z * (c.attn_gate == AttnGate::kHeadwise ? g.unsqueeze(-1) : g.view({B, T, H, Dh}));
+      }
+      z = hook(l, "attn.hook_z", z);  // what W_O reads (gated when gated)
       at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),
                                        weight(p + "self_attn.o_proj.weight"),
                                        weight(p + "self_attn.o_proj.bias"));

@@ -547,6 +547,25 @@ int Bench(const CommonArgs& a, const BenchArgs& b) {
   return 0;
 }
 
+// A profile's row as JSON (the paper's columns; profile.h).
+nlohmann::json ProfileRowJson(const ProfileResult& r) {
+  return {{"perplexity", r.perplexity.perplexity},
+          {"mean_loss", r.perplexity.mean_loss},
+          {"sink_ratio", r.sinks.sink_ratio},
+          {"n_sink_heads", r.sinks.n_sink_heads},
+          {"n_heads", r.sinks.n_heads},
+          {"top_sink_key", r.top_sink_key},
+          {"spike", r.scan.spike_mean_over_sequences},
+          {"peak_abs", r.scan.peak_abs},
+          {"peak_block", r.scan.peak_block},
+          {"n_massive_entries", r.scan.n_massive_entries},
+          {"spike_channels", r.scan.spike_channels},
+          {"step_up_blocks", r.scan.step_up_blocks},
+          {"step_down_blocks", r.scan.step_down_blocks},
+          {"sink_heads_distance", r.sinks.sink_heads_distance},
+          {"other_heads_distance", r.sinks.other_heads_distance}};
+}
+
 struct TrainArgs {
   std::string config, corpus, out, resume, device = "cpu";
   int64_t log_every = 10;
@@ -632,6 +651,7 @@ int TrainCmd(const TrainArgs& a) {
                           {"elapsed_s", p.elapsed_s}};
       if (p.heldout_loss) j["heldout_loss"] = *p.heldout_loss;
       if (!p.checkpoint.empty()) j["checkpoint"] = p.checkpoint;
+      if (p.profile) j["profile"] = ProfileRowJson(*p.profile);
       std::cout << j.dump() << std::endl;
     } else {
       const double eta = p.step > 0 ? p.elapsed_s / p.step * (p.steps - p.step) : 0;
@@ -641,6 +661,7 @@ int TrainCmd(const TrainArgs& a) {
       if (p.heldout_loss) std::printf("  held-out %.4f", *p.heldout_loss);
       if (!p.checkpoint.empty()) std::printf("  -> %s", p.checkpoint.c_str());
       std::printf("\n");
+      if (p.profile) std::printf("  profile %s\n", ProfileRowJson(*p.profile).dump().c_str());
       std::fflush(stdout);
     }
     return absl::OkStatus();

@@ -138,7 +138,7 @@ void SinkAccumulator::Accumulate(int64_t l, int64_t T, const at::Tensor& q, cons
   // sum_k A[t,k](t-k) over k != k*  =  t row_t - (A k)_t - A[t,k*](t - k*).
   // A[t,k*] = exp(score[t,k*] - logsumexp_t), the row's softmax at k*.
   at::Tensor s_key = ScoresAtKey(q, k, kstar, spec);                    // [b, h, q], -inf unseen
-  at::Tensor a_sink = PatternAtKey(s_key, st.logsumexp, model_.dtype()).to(at::kDouble);
+  at::Tensor a_sink = PatternAtKey(s_key, st.logsumexp, spec, model_.dtype()).to(at::kDouble);
   at::Tensor kst = kstar.to(at::kDouble).unsqueeze(-1);                  // [b, h, 1]
   // Where k* is the row's largest entry, the others' mass and moment are
   // the ones summed without it (no cancellation when A[t,k*] ~ 1);

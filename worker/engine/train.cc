@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/ones.h>
@@ -45,7 +46,9 @@ constexpr const char* kStateFormat = "sinkscope-train-1";
 
 // Fields a resumed run may change (they do not change the numbers).
 const std::set<std::string>& ResumeMayChange() {
-  static const std::set<std::string> k = {"eval_every", "eval_sequences", "checkpoint_every"};
+  static const std::set<std::string> k = {"eval_every", "eval_sequences", "checkpoint_every",
+                                          "profile_every", "profile_sequences",
+                                          "profile_abs_threshold", "profile_rel_threshold"};
   return k;
 }
 
@@ -107,7 +110,8 @@ struct Param {
   bool decay = false;
 };
 
-// Random init (train.h): normal(0, std) matrices/embeddings, gains 1, biases 0.
+// Random init (train.h): normal(0, std) matrices/embeddings, gains 1, biases 0,
+// DynamicTanh alphas alpha0.
 std::map<std::string, at::Tensor> InitialWeights(const ModelConfig& c, const TrainRecipe& r) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
   std::map<std::string, at::Tensor> w;
@@ -120,6 +124,9 @@ std::map<std::string, at::Tensor> InitialWeights(const ModelConfig& c, const Tra
       t.normal_(0.0, r.init_std, gen);
     } else if (bias) {
       t = at::zeros(s.shape, f32);
+    } else if (s.canonical.size() >= 6 &&
+               s.canonical.compare(s.canonical.size() - 6, 6, ".alpha") == 0) {
+      t = at::full(s.shape, c.dyt_alpha0, f32);  // DynamicTanh's alpha0
     } else {  // a norm gain: effective gain (offset + w) = 1
       t = at::ones(s.shape, f32) * (1.0 - c.norm_gain_offset);
     }
@@ -327,16 +334,26 @@ absl::Status ValidateTrainRecipe(const TrainRecipe& r, const ModelConfig& c, int
   if (r.eval_every < 0) return Bad("eval_every", absl::StrCat("must be >= 0, got ", r.eval_every));
   if (r.eval_sequences <= 0) return Bad("eval_sequences", absl::StrCat("must be positive, got ", r.eval_sequences));
   if (r.checkpoint_every < 0) return Bad("checkpoint_every", absl::StrCat("must be >= 0, got ", r.checkpoint_every));
+  if (!finite(r.profile_abs_threshold) || r.profile_abs_threshold < 0 ||
+      !finite(r.profile_rel_threshold) || r.profile_rel_threshold < 0) {
+    return Bad("profile_abs_threshold/profile_rel_threshold", "must be finite and >= 0");
+  }
+  if (r.profile_every < 0) return Bad("profile_every", absl::StrCat("must be >= 0, got ", r.profile_every));
+  if (r.profile_sequences <= 0) {
+    return Bad("profile_sequences", absl::StrCat("must be positive, got ", r.profile_sequences));
+  }
+  if (r.seq_len < 2 && r.profile_every > 0) return Bad("seq_len", "must be >= 2 to profile");
   const int64_t held = HeldoutTokens(r, n), train = n - held;
   if (train < Need(r)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "corpus: the training split has ", train, " tokens, fewer than one sequence needs (", Need(r),
         " = seq_len", r.bos_id >= 0 ? " with BOS" : " + 1", ")"));
   }
-  if (r.eval_every > 0 && held < Need(r)) {
+  if ((r.eval_every > 0 || r.profile_every > 0) && held < Need(r)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "corpus: the held-out split has ", held, " tokens (heldout_fraction ", r.heldout_fraction,
-        "), fewer than one sequence needs (", Need(r), "); raise heldout_fraction or set eval_every 0"));
+        "), fewer than one sequence needs (", Need(r),
+        "); raise heldout_fraction or set eval_every and profile_every 0"));
   }
   return absl::OkStatus();
 }
@@ -361,7 +378,11 @@ std::string TrainRecipeJson(const TrainRecipe& r) {
             {"bos_id", r.bos_id},
             {"eval_every", r.eval_every},
             {"eval_sequences", r.eval_sequences},
-            {"checkpoint_every", r.checkpoint_every}};
+            {"checkpoint_every", r.checkpoint_every},
+            {"profile_every", r.profile_every},
+            {"profile_sequences", r.profile_sequences},
+            {"profile_abs_threshold", r.profile_abs_threshold},
+            {"profile_rel_threshold", r.profile_rel_threshold}};
   return j.dump();
 }
 
@@ -376,11 +397,14 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
       {"seq_len", &r.seq_len},       {"warmup_steps", &r.warmup_steps},
       {"loss_pos_min", &r.loss_pos_min}, {"loss_pos_max", &r.loss_pos_max},
       {"bos_id", &r.bos_id},         {"eval_every", &r.eval_every},
-      {"eval_sequences", &r.eval_sequences}, {"checkpoint_every", &r.checkpoint_every}};
+      {"eval_sequences", &r.eval_sequences}, {"checkpoint_every", &r.checkpoint_every},
+      {"profile_every", &r.profile_every}, {"profile_sequences", &r.profile_sequences}};
   std::map<std::string, double*> doubles = {
       {"lr", &r.lr},         {"min_lr_ratio", &r.min_lr_ratio}, {"beta1", &r.beta1},
       {"beta2", &r.beta2},   {"eps", &r.eps},                   {"weight_decay", &r.weight_decay},
-      {"grad_clip", &r.grad_clip}, {"init_std", &r.init_std},   {"heldout_fraction", &r.heldout_fraction}};
+      {"grad_clip", &r.grad_clip}, {"init_std", &r.init_std},   {"heldout_fraction", &r.heldout_fraction},
+      {"profile_abs_threshold", &r.profile_abs_threshold},
+      {"profile_rel_threshold", &r.profile_rel_threshold}};
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     const json& v = it.value();
@@ -495,6 +519,25 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
       return total / static_cast<double>(count);
     };
 
+    // The held-out profile stream (train.h): chunks of seq_len, BOS-led when bos_id >= 0.
+    auto profile = [&]() -> absl::StatusOr<ProfileResult> {
+      at::NoGradGuard no_grad;
+      const int64_t body = r.bos_id >= 0 ? r.seq_len - 1 : r.seq_len;
+      const int64_t chunks = std::min<int64_t>(r.profile_sequences, held / body);
+      std::vector<int64_t> tokens;
+      for (int64_t w = 0; w < chunks; ++w) {
+        if (r.bos_id >= 0) tokens.push_back(r.bos_id);
+        const auto first = stream.begin() + n_train + w * body;
+        tokens.insert(tokens.end(), first, first + body);
+      }
+      ProfileParams pp;
+      pp.eval.chunk_length = r.seq_len;
+      pp.scan.abs_threshold = r.profile_abs_threshold;
+      pp.scan.rel_threshold = r.profile_rel_threshold;
+      return RunProfile(*model, tokens, pp, nullptr, nullptr, job.cancel);
+    };
+    int64_t checkpoints_written = 0;
+
     const auto t_start = std::chrono::steady_clock::now();
     auto t_last = t_start;
     int64_t tokens_total = 0;
@@ -564,6 +607,10 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
         RETURN_IF_ERROR(SaveCheckpoint(dir, c, params, r, step, all_losses));
         rec.checkpoint = dir;
         summary.last_checkpoint = dir;
+        ++checkpoints_written;
+        if (r.profile_every > 0 && (checkpoints_written % r.profile_every == 0 || step == r.steps)) {
+          ASSIGN_OR_RETURN(rec.profile, profile());
+        }
       }
       if (on_progress) RETURN_IF_ERROR(on_progress(rec));
       // Do not time the callback, evaluation or checkpoint against the next update.

@@ -6,7 +6,8 @@
 // PyTorch and compares losses):
 //  - Init (fresh runs): every matrix and embedding ~ normal(0, init_std) drawn
 //    from a CPU generator seeded with `seed`, in ExpectedTensors order; norm
-//    gains 1 (stored as 1 - norm_gain_offset), biases 0 (transformers'
+//    gains 1 (stored as 1 - norm_gain_offset), biases 0, DynamicTanh alphas
+//    dyt_alpha0 (transformers'
 //    LlamaPreTrainedModel._init_weights with initializer_range = init_std).
 //    `init_from` starts from a HF directory's weights instead.
 //  - Data: a token stream; the last floor(n x heldout_fraction) tokens are the
@@ -49,6 +50,7 @@
 
 #include "absl/status/statusor.h"
 #include "worker/engine/config.h"
+#include "worker/engine/profile.h"
 
 namespace sinkscope {
 
@@ -72,6 +74,16 @@ struct TrainRecipe {
   int64_t eval_every = 0;     ///< held-out loss every N updates (and at the end); 0 = off
   int64_t eval_sequences = 16;  ///< held-out sequences per evaluation (consecutive windows)
   int64_t checkpoint_every = 0;  ///< OUT/step-N every N updates (and at the end); 0 = end only
+  /// Profile (profile.h: the paper's row) on the held-out split at every N-th
+  /// checkpoint (and the last); 0 = off. The held-out profile stream is
+  /// `profile_sequences` consecutive chunks of seq_len tokens, each BOS + the
+  /// next seq_len - 1 held-out tokens when bos_id >= 0 (as training reads them).
+  int64_t profile_every = 0;
+  int64_t profile_sequences = 16;  ///< chunks of the held-out profile (fewer when the split is short)
+  /// The profile's massive-activation thresholds (ScanParams: |h| > abs and
+  /// |h| > rel x the block's median |h|); small models need lower ones than the paper's.
+  double profile_abs_threshold = 100.0;
+  double profile_rel_threshold = 1000.0;
 };
 
 /// Checks a recipe against a model config and a stream of `stream_tokens`
@@ -118,6 +130,10 @@ struct TrainProgress {
   /// eval_sequences consecutive windows of the held-out split (same windows each time).
   std::optional<double> heldout_loss;
   std::string checkpoint;  ///< set when OUT/step-N was written: its path
+  /// Set on profiled checkpoints (TrainRecipe::profile_every): the weights of
+  /// that checkpoint profiled on the held-out split with ProfileParams' defaults
+  /// (chunks of seq_len, sink window 64, epsilon 0.3, scan abs 100 / rel 1000).
+  std::optional<ProfileResult> profile;
 };
 
 /// What to train and where.
