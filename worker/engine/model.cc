@@ -344,6 +344,127 @@ absl::Status Model::ValidateTokens(const std::vector<std::vector<int64_t>>& seqs
   return absl::OkStatus();
 }
 
+namespace {
+
+/// What one forward pass's blocks share: the model, its hooks and the
+/// cancellation flag. Hook(l, suffix, t) runs the hook point `suffix` of layer
+/// `l` (l < 0: a model-level name) and returns its (possibly edited) tensor.
+struct ForwardContext {
+  const Model& model;
+  const ModelConfig& c;
+  const HookRegistry& hooks;
+  const std::atomic<bool>* cancel;
+  c10::ScalarType dtype;
+
+  at::Tensor Hook(int64_t l, const char* suffix, at::Tensor t) const {
+    if (cancel && cancel->load(std::memory_order_relaxed)) throw CancelledError{};
+    if (hooks.Empty()) return t;
+    const std::string name = l < 0 ? std::string(suffix) : HookName(l, suffix);
+    return hooks.Has(name) ? hooks.Run(name, l, std::move(t)) : t;
+  }
+  bool Wants(int64_t l, const char* suffix) const {
+    return !hooks.Empty() && hooks.Has(HookName(l, suffix));
+  }
+  at::Tensor W(const std::string& name) const { return model.weight(name); }
+  /// The config's block norm (canonical prefix, e.g. "model.layers.3.input_layernorm").
+  at::Tensor Norm(const std::string& prefix, const at::Tensor& x) const {
+    return sinkscope::Norm(c, x, W(prefix + ".weight"), W(prefix + ".bias"), W(prefix + ".alpha"));
+  }
+};
+
+/// The attention block of layer `l` (paper block 2l+1) on the residual stream
+/// resid [batch, pos, d_model]; returns hook_attn_out (what is added to the
+/// stream). Norm placement, QK-norm, RoPE (`cos`/`sin`, [n_ctx, rotary/2]),
+/// softmax or sigmoid, soft-cap, window and output gate come from the config.
+at::Tensor AttentionBlock(const ForwardContext& f, int64_t l, const at::Tensor& resid,
+                          const at::Tensor& cos, const at::Tensor& sin) {
+  const ModelConfig& c = f.c;
+  const std::string p = absl::StrCat("model.layers.", l, ".");
+  const int64_t B = resid.size(0), T = resid.size(1);
+  const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
+  at::Tensor x = resid;
+  if (c.HasInputNorms()) x = f.Hook(l, "ln1.hook_normalized", f.Norm(p + "input_layernorm", resid));
+  at::Tensor q = at::linear(x, f.W(p + "self_attn.q_proj.weight"), f.W(p + "self_attn.q_proj.bias"));
+  at::Tensor k = at::linear(x, f.W(p + "self_attn.k_proj.weight"), f.W(p + "self_attn.k_proj.bias"));
+  at::Tensor v = at::linear(x, f.W(p + "self_attn.v_proj.weight"), f.W(p + "self_attn.v_proj.bias"))
+                     .view({B, T, KV, Dh});
+  if (c.qk_norm && c.qk_norm_full_width) {  // OLMo 2: over n_heads*d_head, before the split
+    q = RmsNorm(q, f.W(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+    k = RmsNorm(k, f.W(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
+  }
+  q = q.view({B, T, H, Dh});
+  k = k.view({B, T, KV, Dh});
+  if (c.qk_norm && !c.qk_norm_full_width) {  // Qwen3 / Gemma 3: over d_head, before RoPE
+    q = RmsNorm(q, f.W(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
+    k = RmsNorm(k, f.W(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
+  }
+  q = f.Hook(l, "attn.hook_q", q);  // [batch, pos, head, d_head]
+  k = f.Hook(l, "attn.hook_k", k);  // [batch, pos, kv_head, d_head]
+  v = f.Hook(l, "attn.hook_v", v);
+  if (c.positional == Positional::kRope) {
+    q = f.Hook(l, "attn.hook_rot_q", ApplyRope(q, cos, sin, c.rope_layout));
+    k = f.Hook(l, "attn.hook_rot_k", ApplyRope(k, cos, sin, c.rope_layout));
+  }
+  at::Tensor qh = q.transpose(1, 2);                    // [batch, head, pos, d_head]
+  at::Tensor kh = RepeatKv(k.transpose(1, 2), H / KV);  // [batch, head, pos, d_head]
+  at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
+  const AttentionSpec spec = LayerAttention(c, l);
+  at::Tensor z;  // [batch, head, pos, d_head]
+  if (f.Wants(l, "attn.hook_attn_scores") || f.Wants(l, "attn.hook_pattern")) {
+    at::Tensor scores = f.Hook(l, "attn.hook_attn_scores", AttentionScores(qh, kh, 0, 0, spec));
+    at::Tensor pattern = PatternOfScores(scores.to(at::kFloat), spec).to(f.dtype);
+    z = at::matmul(f.Hook(l, "attn.hook_pattern", pattern), vh);
+  } else if (c.attn_softcap > 0 || spec.sigmoid || (spec.window > 0 && T > spec.window)) {
+    // Soft-cap or sigmoid (no fused kernel) or a window: query chunks, O(chunk x T).
+    z = ChunkedAttention(qh, kh, vh, spec);
+  } else {
+    z = at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), {}, 0.0,
+                                         true, spec.scale);
+  }
+  z = z.transpose(1, 2);  // [batch, pos, head, d_head]
+  if (c.attn_gate != AttnGate::kNone) {
+    // Gated attention (G1): sigmoid(x W_g) from the input of q, per head or per channel.
+    at::Tensor g = at::linear(x, f.W(p + "self_attn.gate_proj.weight")).sigmoid();
+    z = z * (c.attn_gate == AttnGate::kHeadwise ? g.unsqueeze(-1) : g.view({B, T, H, Dh}));
+  }
+  z = f.Hook(l, "attn.hook_z", z);  // what W_O reads (gated when gated)
+  at::Tensor out = at::linear(z.reshape({B, T, H * Dh}), f.W(p + "self_attn.o_proj.weight"),
+                              f.W(p + "self_attn.o_proj.bias"));
+  if (c.HasOutputNorms()) out = f.Norm(p + "post_attention_layernorm", out);
+  return f.Hook(l, "hook_attn_out", out);
+}
+
+/// The MLP block of layer `l` (paper block 2l+2) on its input mlp_in
+/// [batch, pos, d_model] (resid_mid, or resid_pre for parallel attention +
+/// MLP); returns hook_mlp_out. Gated (SwiGLU / GeGLU) or plain, by the config.
+at::Tensor MlpBlock(const ForwardContext& f, int64_t l, const at::Tensor& mlp_in) {
+  const ModelConfig& c = f.c;
+  const std::string p = absl::StrCat("model.layers.", l, ".");
+  at::Tensor x = mlp_in;
+  if (c.norm_placement == NormPlacement::kPre) {
+    x = f.Hook(l, "ln2.hook_normalized", f.Norm(p + "post_attention_layernorm", mlp_in));
+  } else if (c.norm_placement == NormPlacement::kSandwich) {
+    x = f.Hook(l, "ln2.hook_normalized", f.Norm(p + "pre_feedforward_layernorm", mlp_in));
+  }
+  at::Tensor post;
+  if (c.gated_mlp) {
+    at::Tensor pre = f.Hook(l, "mlp.hook_pre", at::linear(x, f.W(p + "mlp.gate_proj.weight"),
+                                                          f.W(p + "mlp.gate_proj.bias")));
+    at::Tensor pre_linear = f.Hook(
+        l, "mlp.hook_pre_linear", at::linear(x, f.W(p + "mlp.up_proj.weight"), f.W(p + "mlp.up_proj.bias")));
+    post = f.Hook(l, "mlp.hook_post", Activate(c.activation, pre) * pre_linear);
+  } else {
+    at::Tensor pre = f.Hook(l, "mlp.hook_pre", at::linear(x, f.W(p + "mlp.up_proj.weight"),
+                                                          f.W(p + "mlp.up_proj.bias")));
+    post = f.Hook(l, "mlp.hook_post", Activate(c.activation, pre));
+  }
+  at::Tensor out = at::linear(post, f.W(p + "mlp.down_proj.weight"), f.W(p + "mlp.down_proj.bias"));
+  if (c.HasOutputNorms()) out = f.Norm(p + "post_feedforward_layernorm", out);
+  return f.Hook(l, "hook_mlp_out", out);
+}
+
+}  // namespace
+
 absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const HookRegistry& hooks,
                                           const ForwardOptions& options) const {
   const ModelConfig& c = config_;
@@ -372,145 +493,38 @@ absl::StatusOr<at::Tensor> Model::Forward(const at::Tensor& tokens_in, const Hoo
                                                        c.d_vocab, ")"));
       }
     }
-    auto check_cancel = [&] {
-      if (options.cancel && options.cancel->load(std::memory_order_relaxed)) throw CancelledError{};
-    };
-    // Runs the hook point `suffix` of layer `l` (l < 0: a model-level name).
-    auto hook = [&](int64_t l, const char* suffix, at::Tensor t) -> at::Tensor {
-      check_cancel();
-      if (hooks.Empty()) return t;
-      const std::string name = l < 0 ? std::string(suffix) : HookName(l, suffix);
-      return hooks.Has(name) ? hooks.Run(name, l, std::move(t)) : t;
-    };
-    const bool has_pre_norm = c.HasInputNorms();
-    const bool has_out_norm = c.HasOutputNorms();
-    const bool rope = c.positional == Positional::kRope;
-    const int64_t H = c.n_heads, KV = c.n_kv_heads, Dh = c.d_head;
-    // Norm `prefix` (".weight", and ".bias" for LayerNorm) of the canonical names.
-    auto norm = [&](const std::string& prefix, const at::Tensor& x) {
-      return Norm(c, x, weight(prefix + ".weight"), weight(prefix + ".bias"),
-                  weight(prefix + ".alpha"));
-    };
-
+    const ForwardContext f{*this, c, hooks, options.cancel, dtype_};
     at::Tensor resid = at::embedding(weight("model.embed_tokens.weight"), tokens);  // [b, p, d]
     if (c.embed_scale != 1.0) {
       // Gemma: normalizer = tensor(sqrt(d_model), dtype=model dtype).
       resid = resid * at::scalar_tensor(c.embed_scale, resid.options());
     }
-    resid = hook(-1, "hook_embed", resid);
+    resid = f.Hook(-1, "hook_embed", resid);
     if (c.positional == Positional::kLearned) {
       at::Tensor positions = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device_));
       at::Tensor pos_embed =
           at::embedding(weight("model.embed_positions.weight"), positions).unsqueeze(0);
-      pos_embed = hook(-1, "hook_pos_embed", pos_embed.expand({B, T, c.d_model}));
-      resid = resid + pos_embed;
+      resid = resid + f.Hook(-1, "hook_pos_embed", pos_embed.expand({B, T, c.d_model}));
     }
     for (int64_t l = 0; l < c.n_layers; ++l) {
-      const std::string p = absl::StrCat("model.layers.", l, ".");
-      const int64_t window = c.Window(l);
-      const bool local_rope = c.rope_local_theta > 0 && window > 0;
-      const at::Tensor& cos = local_rope ? rope_local_cos_ : rope_cos_;
-      const at::Tensor& sin = local_rope ? rope_local_sin_ : rope_sin_;
-      resid = hook(l, "hook_resid_pre", resid);
+      const bool local_rope = c.rope_local_theta > 0 && c.Window(l) > 0;
+      resid = f.Hook(l, "hook_resid_pre", resid);
       const at::Tensor resid_pre = resid;
-      // ---- attention block (paper block 2l+1) ----
-      at::Tensor x = resid;
-      if (has_pre_norm) {
-        x = norm(p + "input_layernorm", resid);
-        x = hook(l, "ln1.hook_normalized", x);
-      }
-      at::Tensor q = at::linear(x, weight(p + "self_attn.q_proj.weight"),
-                                weight(p + "self_attn.q_proj.bias"));
-      at::Tensor k = at::linear(x, weight(p + "self_attn.k_proj.weight"),
-                                weight(p + "self_attn.k_proj.bias"));
-      at::Tensor v = at::linear(x, weight(p + "self_attn.v_proj.weight"),
-                                weight(p + "self_attn.v_proj.bias"))
-                         .view({B, T, KV, Dh});
-      if (c.qk_norm && c.qk_norm_full_width) {  // OLMo 2: over n_heads*d_head, before the split
-        q = RmsNorm(q, weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
-        k = RmsNorm(k, weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
-      }
-      q = q.view({B, T, H, Dh});
-      k = k.view({B, T, KV, Dh});
-      if (c.qk_norm && !c.qk_norm_full_width) {  // Qwen3 / Gemma 3: over d_head, before RoPE
-        q = RmsNorm(q, weight(p + "self_attn.q_norm.weight"), c.norm_eps, c.norm_gain_offset);
-        k = RmsNorm(k, weight(p + "self_attn.k_norm.weight"), c.norm_eps, c.norm_gain_offset);
-      }
-      q = hook(l, "attn.hook_q", q);  // [batch, pos, head, d_head]
-      k = hook(l, "attn.hook_k", k);  // [batch, pos, kv_head, d_head]
-      v = hook(l, "attn.hook_v", v);
-      if (rope) {
-        q = hook(l, "attn.hook_rot_q", ApplyRope(q, cos, sin, c.rope_layout));
-        k = hook(l, "attn.hook_rot_k", ApplyRope(k, cos, sin, c.rope_layout));
-      }
-      at::Tensor qh = q.transpose(1, 2);                     // [batch, head, pos, d_head]
-      at::Tensor kh = RepeatKv(k.transpose(1, 2), H / KV);   // [batch, head, pos, d_head]
-      at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
-      const bool need_pattern = !hooks.Empty() && (hooks.Has(HookName(l, "attn.hook_attn_scores")) ||
-                                                   hooks.Has(HookName(l, "attn.hook_pattern")));
-      const AttentionSpec spec = LayerAttention(c, l);
-      at::Tensor z;  // [batch, head, pos, d_head]
-      if (need_pattern) {
-        at::Tensor scores = hook(l, "attn.hook_attn_scores", AttentionScores(qh, kh, 0, 0, spec));
-        at::Tensor pattern = PatternOfScores(scores.to(at::kFloat), spec).to(dtype_);
-        pattern = hook(l, "attn.hook_pattern", pattern);
-        z = at::matmul(pattern, vh);
-      } else if (c.attn_softcap > 0 || spec.sigmoid || (window > 0 && T > window)) {
-        // Soft-cap or sigmoid (no fused kernel) or a window: query chunks, O(chunk x T).
-        z = ChunkedAttention(qh, kh, vh, spec);
-      } else {
-        z = at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), {},
-                                             0.0, true, spec.scale);
-      }
-      z = z.transpose(1, 2);  // [batch, pos, head, d_head]
-      if (c.attn_gate != AttnGate::kNone) {
-        // Gated attention (G1): sigmoid(x W_g) from the input of q, per head or per channel.
-        at::Tensor g = at::linear(x, weight(p + "self_attn.gate_proj.weight")).sigmoid();
-        z = z * (c.attn_gate == AttnGate::kHeadwise ? g.unsqueeze(-1) : g.view({B, T, H, Dh}));
-      }
-      z = hook(l, "attn.hook_z", z);  // what W_O reads (gated when gated)
-      at::Tensor attn_out = at::linear(z.reshape({B, T, H * Dh}),
-                                       weight(p + "self_attn.o_proj.weight"),
-                                       weight(p + "self_attn.o_proj.bias"));
-      if (has_out_norm) attn_out = norm(p + "post_attention_layernorm", attn_out);
-      attn_out = hook(l, "hook_attn_out", attn_out);
+      at::Tensor attn_out = AttentionBlock(f, l, resid, local_rope ? rope_local_cos_ : rope_cos_,
+                                           local_rope ? rope_local_sin_ : rope_sin_);
       // Parallel attention + MLP (GPT-NeoX): resid_mid is the virtual point
       // resid_pre + attn_out; the MLP reads the layer input, and resid_post =
       // resid_mid + mlp_out, so blocks 2l+1 and 2l+2 still add up exactly.
-      resid = hook(l, "hook_resid_mid", resid + attn_out);
-      // ---- MLP block (paper block 2l+2) ----
-      const at::Tensor& mlp_in = c.parallel_attn_mlp ? resid_pre : resid;
-      x = mlp_in;
-      if (c.norm_placement == NormPlacement::kPre) {
-        x = hook(l, "ln2.hook_normalized", norm(p + "post_attention_layernorm", mlp_in));
-      } else if (c.norm_placement == NormPlacement::kSandwich) {
-        x = hook(l, "ln2.hook_normalized", norm(p + "pre_feedforward_layernorm", mlp_in));
-      }
-      at::Tensor post;
-      if (c.gated_mlp) {
-        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, weight(p + "mlp.gate_proj.weight"),
-                                                            weight(p + "mlp.gate_proj.bias")));
-        at::Tensor pre_linear =
-            hook(l, "mlp.hook_pre_linear",
-                 at::linear(x, weight(p + "mlp.up_proj.weight"), weight(p + "mlp.up_proj.bias")));
-        post = hook(l, "mlp.hook_post", Activate(c.activation, pre) * pre_linear);
-      } else {
-        at::Tensor pre = hook(l, "mlp.hook_pre", at::linear(x, weight(p + "mlp.up_proj.weight"),
-                                                            weight(p + "mlp.up_proj.bias")));
-        post = hook(l, "mlp.hook_post", Activate(c.activation, pre));
-      }
-      at::Tensor mlp_out =
-          at::linear(post, weight(p + "mlp.down_proj.weight"), weight(p + "mlp.down_proj.bias"));
-      if (has_out_norm) mlp_out = norm(p + "post_feedforward_layernorm", mlp_out);
-      mlp_out = hook(l, "hook_mlp_out", mlp_out);
-      resid = hook(l, "hook_resid_post", resid + mlp_out);
+      resid = f.Hook(l, "hook_resid_mid", resid + attn_out);
+      at::Tensor mlp_out = MlpBlock(f, l, c.parallel_attn_mlp ? resid_pre : resid);
+      resid = f.Hook(l, "hook_resid_post", resid + mlp_out);
     }
     if (!options.compute_logits && !hooks.Has("ln_final.hook_normalized") &&
         !hooks.Has("unembed.hook_out")) {
       return at::Tensor();
     }
-    at::Tensor final_x = hook(-1, "ln_final.hook_normalized", norm("model.norm", resid));
-    at::Tensor logits = hook(-1, "unembed.hook_out", at::linear(final_x, weight("lm_head.weight")));
+    at::Tensor final_x = f.Hook(-1, "ln_final.hook_normalized", f.Norm("model.norm", resid));
+    at::Tensor logits = f.Hook(-1, "unembed.hook_out", at::linear(final_x, weight("lm_head.weight")));
     // Gemma 2 final soft-cap, after the hook (TransformerLens' output_logits_soft_cap).
     logits = SoftCap(logits.to(at::kFloat), c.final_softcap);
     return logits.to(at::kFloat);
