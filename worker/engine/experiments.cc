@@ -90,6 +90,7 @@ struct ResolvedSubstitution {
 struct ResolvedAblation {
   AblationSpec::Method method;
   std::map<int64_t, std::vector<int64_t>> heads_by_layer;
+  std::vector<std::pair<int64_t, int64_t>> heads;  // (layer, head) in the order given / found
   std::vector<int64_t> sink_positions;
 };
 
@@ -257,11 +258,275 @@ absl::StatusOr<PerplexityResult> RunPerplexity(const Model& model,
   return res;
 }
 
-absl::StatusOr<ExperimentResult> RunInterventionExperiment(
-    const Model& model, const std::vector<int64_t>& tokens, const ExperimentParams& params,
-    const ChunkFn& on_chunk, const ProgressFn& progress, const std::atomic<bool>* cancel) {
+namespace {
+
+/// An intervention whose given positions are all past every chunk would
+/// change nothing and report "+0%" as if it were a finding: FailedPrecondition.
+absl::Status TouchesNothing(int64_t longest_chunk, const std::string& where, const char* field,
+                            const std::vector<int64_t>& positions) {
+  if (positions.empty()) return absl::OkStatus();
+  for (int64_t p : positions) {
+    if (p < longest_chunk) return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      where, "touches nothing: every ", field, " (", absl::StrJoin(positions, ", "),
+      ") is past every evaluation chunk (the longest has ", longest_chunk,
+      " tokens); give positions below ", longest_chunk, " or a longer corpus"));
+}
+
+/// Resolves a substitution: its block (0 = after the last step-up block of the
+/// largest spike on `calibration`), channels and value (a calibration pass for
+/// mean mode or detected channels). `where` prefixes error messages.
+absl::StatusOr<ResolvedSubstitution> ResolveSubstitution(
+    const Model& model, const SubstitutionSpec& s, const ExperimentParams& params,
+    const std::vector<std::vector<int64_t>>& calibration, int64_t longest_chunk,
+    const std::string& where, const std::atomic<bool>* cancel) {
   const ModelConfig& c = model.config();
   const int64_t D = c.d_model, n_blocks = 2 * c.n_layers;
+  ForwardOptions opts;
+  opts.cancel = cancel;
+  ResolvedSubstitution r;
+  r.block = s.block;
+  if (r.block == 0) {
+    ASSIGN_OR_RETURN(ScanSummary scan, RunActivationScan(model, calibration, params.thresholds,
+                                                         nullptr, nullptr, cancel));
+    // After the last step-up block of the largest spike (block attribution rule).
+    r.block = LastStepUpBlockOfLargestSpike(scan);
+    if (r.block == 0) {
+      return absl::FailedPreconditionError(
+          where + "no step-up block detected on the calibration set (abs_threshold " +
+          absl::StrCat(params.thresholds.abs_threshold) + ", rel_threshold " +
+          absl::StrCat(params.thresholds.rel_threshold) +
+          "); lower them (--abs-threshold X --rel-threshold Y) or give the block: --block B "
+          "(substitution.block; --substitute-block with sink-ablation)");
+    }
+  }
+  if (r.block < 1 || r.block > n_blocks) {
+    return absl::InvalidArgumentError(absl::StrCat(where, "block ", r.block,
+                                                   " does not exist: the model has blocks 1..",
+                                                   n_blocks));
+  }
+  r.hook = BlockId::FromBlock(r.block).resid_hook();
+  r.channels_only = s.channels_only;
+  r.positions = s.positions;
+  for (int64_t ch : s.channels) {
+    if (ch < 0 || ch >= D) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "channel ", ch, " is out of range [0, ", D, ")"));
+    }
+  }
+  for (int64_t p : s.positions) {
+    if (p < 0 || p >= params.eval.chunk_length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "position ", p, " is outside a chunk of ", params.eval.chunk_length));
+    }
+  }
+  RETURN_IF_ERROR(TouchesNothing(longest_chunk, where, "substitution position", s.positions));
+  // Calibration pass: spike states at the block (mean mode, detected channels).
+  const bool need_calibration =
+      s.mode == SubstitutionSpec::Mode::kMean || (s.channels_only && s.channels.empty());
+  std::set<int64_t> channels(s.channels.begin(), s.channels.end());
+  if (need_calibration) {
+    at::Tensor sum = at::zeros({D}, at::kDouble);
+    int64_t count = 0;
+    std::set<int64_t> detected_channels;
+    for (const auto& seq : calibration) {
+      HookRegistry hooks;
+      hooks.AddProbe(r.hook, [&](const std::string&, int64_t, const at::Tensor& t) {
+        std::set<int64_t> pos;
+        at::Tensor h = t[0].to(at::kDouble).cpu();  // [pos, d_model]
+        DetectSpikes(h, params.thresholds, &pos, &detected_channels);
+        if (!s.positions.empty()) {
+          pos.clear();
+          for (int64_t p : s.positions) {
+            if (p < h.size(0)) pos.insert(p);
+          }
+        }
+        for (int64_t p : pos) {
+          sum += h[p];
+          ++count;
+        }
+      });
+      opts.compute_logits = false;
+      ASSIGN_OR_RETURN(at::Tensor unused,
+                       model.Forward(at::tensor(seq, at::TensorOptions().dtype(at::kLong))
+                                         .view({1, -1}),
+                                     hooks, opts));
+      (void)unused;
+    }
+    opts.compute_logits = true;
+    if (count == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          where, "the calibration set has no spike token at block ", r.block, " (",
+          r.hook, ") with abs_threshold ", params.thresholds.abs_threshold,
+          " and rel_threshold ", params.thresholds.rel_threshold,
+          "; lower them (--abs-threshold X --rel-threshold Y), or use --mode zero / constant"));
+    }
+    if (channels.empty()) channels = detected_channels;
+    if (s.mode == SubstitutionSpec::Mode::kMean) r.value = (sum / count).to(at::kFloat);
+  }
+  r.channels.assign(channels.begin(), channels.end());
+  if (r.channels_only && r.channels.empty()) {
+    return absl::FailedPreconditionError(
+        where + "no spike channel to substitute; give them: --channels C1,C2 (substitution.channels)");
+  }
+  const int64_t width = r.channels_only ? static_cast<int64_t>(r.channels.size()) : D;
+  if (s.mode == SubstitutionSpec::Mode::kConstant) {
+    if (static_cast<int64_t>(s.constant.size()) != width) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "constant has width ", s.constant.size(), ", expected ", width,
+          r.channels_only ? " (one value per spike channel)" : " (d_model)"));
+    }
+    r.value = at::tensor(s.constant, at::TensorOptions().dtype(at::kFloat));
+  } else if (s.mode == SubstitutionSpec::Mode::kZero) {
+    r.value = at::zeros({width}, at::kFloat);
+  } else if (r.channels_only) {
+    at::Tensor idx = at::tensor(r.channels, at::TensorOptions().dtype(at::kLong));
+    r.value = r.value.index_select(0, idx);
+  }
+  return r;
+}
+
+/// Resolves a sink ablation: its heads (none given = the sink heads of the
+/// first chunk's first 64 tokens) by layer, checked against the model.
+absl::StatusOr<ResolvedAblation> ResolveAblation(const Model& model, const AblationSpec& a,
+                                                 const std::vector<int64_t>& tokens,
+                                                 const std::vector<EvalChunk>& chunks,
+                                                 int64_t longest_chunk, const std::string& where,
+                                                 const std::atomic<bool>* cancel) {
+  const ModelConfig& c = model.config();
+  ResolvedAblation r;
+  r.method = a.method;
+  r.sink_positions = a.sink_positions;
+  for (int64_t p : a.sink_positions) {
+    if (p < 0) return absl::InvalidArgumentError(where + "negative sink position");
+  }
+  RETURN_IF_ERROR(TouchesNothing(longest_chunk, where, "ablated sink position", a.sink_positions));
+  std::vector<std::pair<int64_t, int64_t>> heads = a.heads;
+  if (heads.empty()) {
+    SinkParams sp;
+    sp.window = std::min<int64_t>(64, chunks[0].length);
+    std::vector<int64_t> first(tokens.begin() + chunks[0].start,
+                               tokens.begin() + chunks[0].start + chunks[0].length);
+    ASSIGN_OR_RETURN(SinkSummary sinks,
+                     RunSinkAnalysis(model, {first}, sp, nullptr, nullptr, cancel));
+    for (const auto& layer : sinks.layers) {
+      for (const auto& h : layer.heads) {
+        if (h.is_sink_head) heads.emplace_back(h.layer, h.head);
+      }
+    }
+    if (heads.empty()) {
+      return absl::FailedPreconditionError(
+          where + "no sink head found to ablate; give the heads: --heads L:H,L:H "
+                  "(ablation.heads)");
+    }
+  }
+  for (auto [l, h] : heads) {
+    if (l < 0 || l >= c.n_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "layer ", l,
+                                                     " is out of range [0, ", c.n_layers, ")"));
+    }
+    if (h < 0 || h >= c.n_heads) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "head ", h, " is out of range [0, ",
+                                                     c.n_heads, ")"));
+    }
+    r.heads_by_layer[l].push_back(h);
+    r.heads.emplace_back(l, h);
+  }
+  return r;
+}
+
+/// One chunk's record from its baseline and intervened logits [1, T, vocab]:
+/// NLLs, perplexities and KL(baseline || intervened) per position, added to
+/// `kl` by class (spike = substituted or ablated-sink positions, the position
+/// after one, the rest). index / first_token are left to the caller;
+/// *int_sum = the intervened NLL sum.
+ChunkRecord ScoreChunk(const at::Tensor& base_logits, const at::Tensor& int_logits,
+                       const at::Tensor& ids, const std::vector<std::vector<int64_t>>& sub_positions,
+                       const std::vector<ResolvedAblation>& abls, KlByClass* kl, double* int_sum) {
+  const int64_t T = ids.size(1);
+  // Scores and KL(baseline || intervened) per position.
+  at::Tensor lp = LogProbs(base_logits), lq = LogProbs(int_logits);
+  at::Tensor kl_pos = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).cpu();  // [pos]
+  std::set<int64_t> spike, after;
+  for (const auto& v : sub_positions) spike.insert(v.begin(), v.end());
+  for (const ResolvedAblation& a : abls) {
+    for (int64_t p : a.sink_positions) {
+      if (p < T) spike.insert(p);
+    }
+  }
+  for (int64_t p : spike) {
+    if (p + 1 < T && !spike.count(p + 1)) after.insert(p + 1);
+  }
+  ChunkRecord rec;
+  rec.n_scored = T - 1;
+  rec.nll_sum = NllSum(lp, ids);
+  *int_sum = NllSum(lq, ids);
+  rec.mean_loss = rec.nll_sum / rec.n_scored;
+  rec.perplexity = std::exp(rec.mean_loss);
+  rec.intervened_mean_loss = *int_sum / rec.n_scored;
+  rec.intervened_perplexity = std::exp(rec.intervened_mean_loss);
+  double chunk_kl = 0;
+  for (int64_t p = 0; p < T; ++p) {
+    const double v = kl_pos[p].item<double>();
+    chunk_kl += v;
+    if (spike.count(p)) {
+      kl->spike += v;
+      ++kl->n_spike;
+    } else if (after.count(p)) {
+      kl->after_spike += v;
+      ++kl->n_after_spike;
+    } else {
+      kl->rest += v;
+      ++kl->n_rest;
+    }
+  }
+  rec.kl_mean = chunk_kl / T;
+  kl->all += chunk_kl;
+  return rec;
+}
+
+/// Registers the intervened run's edits on `hooks`: each substitution writes
+/// its value at its positions of this chunk (`sub_positions`, read when the
+/// hook runs), each ablation through RegisterAblation for a chunk of T tokens.
+absl::Status RegisterInterventions(const ModelConfig& c, const std::vector<ResolvedSubstitution>& subs,
+                                   const std::vector<std::vector<int64_t>>& sub_positions,
+                                   const std::vector<ResolvedAblation>& abls, int64_t T,
+                                   HookRegistry* hooks) {
+  for (size_t si = 0; si < subs.size(); ++si) {
+    hooks->AddIntervention(subs[si].hook, [&, si](const std::string&, int64_t, const at::Tensor& t) {
+      const ResolvedSubstitution& s = subs[si];
+      if (sub_positions[si].empty()) return t;
+      at::Tensor out = t.clone();
+      at::Tensor v = s.value.to(t.device(), t.scalar_type());
+      for (int64_t p : sub_positions[si]) {
+        if (s.channels_only) {
+          at::Tensor idx = at::tensor(s.channels, at::TensorOptions().dtype(at::kLong)).to(t.device());
+          out[0][p].index_copy_(0, idx, v);
+        } else {
+          out[0][p].copy_(v);
+        }
+      }
+      return out;
+    });
+  }
+  for (const ResolvedAblation& a : abls) {
+    AblationSpec spec;
+    spec.method = a.method;
+    spec.sink_positions = a.sink_positions;
+    for (const auto& [l, heads] : a.heads_by_layer) {
+      for (int64_t h : heads) spec.heads.emplace_back(l, h);
+    }
+    RETURN_IF_ERROR(RegisterAblation(c, spec, T, hooks));
+  }
+  return absl::OkStatus();
+}
+
+/// Checks an experiment's inputs before any pass (InvalidArgument naming the
+/// problem): eval params, thresholds, at least one intervention, token ids.
+absl::Status ValidateExperimentInputs(const Model& model, const std::vector<int64_t>& tokens,
+                                      const ExperimentParams& params) {
+  const ModelConfig& c = model.config();
   RETURN_IF_ERROR(ValidateEvalParams(params.eval, c, tokens.size()));
   RETURN_IF_ERROR(ValidateScanParams(params.thresholds));
   if (params.interventions.empty()) {
@@ -274,6 +539,17 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
     }
   }
   if (!params.calibration.empty()) RETURN_IF_ERROR(model.ValidateTokens(params.calibration));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ExperimentResult> RunInterventionExperiment(
+    const Model& model, const std::vector<int64_t>& tokens, const ExperimentParams& params,
+    const ChunkFn& on_chunk, const ProgressFn& progress, const std::atomic<bool>* cancel) {
+  const ModelConfig& c = model.config();
+  const int64_t n_blocks = 2 * c.n_layers;
+  RETURN_IF_ERROR(ValidateExperimentInputs(model, tokens, params));
   const std::vector<EvalChunk> chunks = MakeChunks(tokens.size(), params.eval);
   ForwardOptions opts;
   opts.cancel = cancel;
@@ -292,168 +568,22 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
   // Longest chunk of the evaluation: a position at or past it is in no chunk.
   int64_t longest_chunk = 0;
   for (const auto& ch : chunks) longest_chunk = std::max(longest_chunk, ch.length);
-  // An intervention whose given positions are all past every chunk would
-  // change nothing and report "+0%" as if it were a finding: refuse it.
-  auto touches_nothing = [&](const std::string& where, const char* field,
-                             const std::vector<int64_t>& positions) -> absl::Status {
-    if (positions.empty()) return absl::OkStatus();
-    for (int64_t p : positions) {
-      if (p < longest_chunk) return absl::OkStatus();
-    }
-    return absl::FailedPreconditionError(absl::StrCat(
-        where, "touches nothing: every ", field, " (", absl::StrJoin(positions, ", "),
-        ") is past every evaluation chunk (the longest has ", longest_chunk,
-        " tokens); give positions below ", longest_chunk, " or a longer corpus"));
-  };
   for (size_t i = 0; i < params.interventions.size(); ++i) {
     const InterventionSpec& spec = params.interventions[i];
     const std::string where = absl::StrCat("intervention ", i, ": ");
     if (spec.kind == InterventionSpec::Kind::kSubstitution) {
-      const SubstitutionSpec& s = spec.substitution;
-      ResolvedSubstitution r;
-      r.block = s.block;
-      if (r.block == 0) {
-        ASSIGN_OR_RETURN(ScanSummary scan, RunActivationScan(model, calibration, params.thresholds,
-                                                             nullptr, nullptr, cancel));
-        // After the last step-up block of the largest spike (block attribution rule).
-        r.block = LastStepUpBlockOfLargestSpike(scan);
-        if (r.block == 0) {
-          return absl::FailedPreconditionError(
-              where + "no step-up block detected on the calibration set (abs_threshold " +
-              absl::StrCat(params.thresholds.abs_threshold) + ", rel_threshold " +
-              absl::StrCat(params.thresholds.rel_threshold) +
-              "); lower them (--abs-threshold X --rel-threshold Y) or give the block: --block B "
-              "(substitution.block; --substitute-block with sink-ablation)");
-        }
-      }
-      if (r.block < 1 || r.block > n_blocks) {
-        return absl::InvalidArgumentError(absl::StrCat(where, "block ", r.block,
-                                                       " does not exist: the model has blocks 1..",
-                                                       n_blocks));
-      }
-      r.hook = BlockId::FromBlock(r.block).resid_hook();
-      r.channels_only = s.channels_only;
-      r.positions = s.positions;
-      for (int64_t ch : s.channels) {
-        if (ch < 0 || ch >= D) {
-          return absl::InvalidArgumentError(
-              absl::StrCat(where, "channel ", ch, " is out of range [0, ", D, ")"));
-        }
-      }
-      for (int64_t p : s.positions) {
-        if (p < 0 || p >= params.eval.chunk_length) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, "position ", p, " is outside a chunk of ", params.eval.chunk_length));
-        }
-      }
-      RETURN_IF_ERROR(touches_nothing(where, "substitution position", s.positions));
-      // Calibration pass: spike states at the block (mean mode, detected channels).
-      const bool need_calibration =
-          s.mode == SubstitutionSpec::Mode::kMean || (s.channels_only && s.channels.empty());
-      std::set<int64_t> channels(s.channels.begin(), s.channels.end());
-      if (need_calibration) {
-        at::Tensor sum = at::zeros({D}, at::kDouble);
-        int64_t count = 0;
-        std::set<int64_t> detected_channels;
-        for (const auto& seq : calibration) {
-          HookRegistry hooks;
-          hooks.AddProbe(r.hook, [&](const std::string&, int64_t, const at::Tensor& t) {
-            std::set<int64_t> pos;
-            at::Tensor h = t[0].to(at::kDouble).cpu();  // [pos, d_model]
-            DetectSpikes(h, params.thresholds, &pos, &detected_channels);
-            if (!s.positions.empty()) {
-              pos.clear();
-              for (int64_t p : s.positions) {
-                if (p < h.size(0)) pos.insert(p);
-              }
-            }
-            for (int64_t p : pos) {
-              sum += h[p];
-              ++count;
-            }
-          });
-          opts.compute_logits = false;
-          ASSIGN_OR_RETURN(at::Tensor unused,
-                           model.Forward(at::tensor(seq, at::TensorOptions().dtype(at::kLong))
-                                             .view({1, -1}),
-                                         hooks, opts));
-          (void)unused;
-        }
-        opts.compute_logits = true;
-        if (count == 0) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              where, "the calibration set has no spike token at block ", r.block, " (",
-              r.hook, ") with abs_threshold ", params.thresholds.abs_threshold,
-              " and rel_threshold ", params.thresholds.rel_threshold,
-              "; lower them (--abs-threshold X --rel-threshold Y), or use --mode zero / constant"));
-        }
-        if (channels.empty()) channels = detected_channels;
-        if (s.mode == SubstitutionSpec::Mode::kMean) r.value = (sum / count).to(at::kFloat);
-      }
-      r.channels.assign(channels.begin(), channels.end());
-      if (r.channels_only && r.channels.empty()) {
-        return absl::FailedPreconditionError(
-            where + "no spike channel to substitute; give them: --channels C1,C2 (substitution.channels)");
-      }
-      const int64_t width = r.channels_only ? static_cast<int64_t>(r.channels.size()) : D;
-      if (s.mode == SubstitutionSpec::Mode::kConstant) {
-        if (static_cast<int64_t>(s.constant.size()) != width) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              where, "constant has width ", s.constant.size(), ", expected ", width,
-              r.channels_only ? " (one value per spike channel)" : " (d_model)"));
-        }
-        r.value = at::tensor(s.constant, at::TensorOptions().dtype(at::kFloat));
-      } else if (s.mode == SubstitutionSpec::Mode::kZero) {
-        r.value = at::zeros({width}, at::kFloat);
-      } else if (r.channels_only) {
-        at::Tensor idx = at::tensor(r.channels, at::TensorOptions().dtype(at::kLong));
-        r.value = r.value.index_select(0, idx);
-      }
+      ASSIGN_OR_RETURN(ResolvedSubstitution r,
+                       ResolveSubstitution(model, spec.substitution, params, calibration,
+                                           longest_chunk, where, cancel));
       res.substitution_blocks.push_back(r.block);
       res.substitution_values.emplace_back(r.value.data_ptr<float>(),
                                            r.value.data_ptr<float>() + r.value.numel());
       res.substitution_channels.push_back(r.channels);
       subs.push_back(std::move(r));
     } else {
-      const AblationSpec& a = spec.ablation;
-      ResolvedAblation r;
-      r.method = a.method;
-      r.sink_positions = a.sink_positions;
-      for (int64_t p : a.sink_positions) {
-        if (p < 0) return absl::InvalidArgumentError(where + "negative sink position");
-      }
-      RETURN_IF_ERROR(touches_nothing(where, "ablated sink position", a.sink_positions));
-      std::vector<std::pair<int64_t, int64_t>> heads = a.heads;
-      if (heads.empty()) {
-        SinkParams sp;
-        sp.window = std::min<int64_t>(64, chunks[0].length);
-        std::vector<int64_t> first(tokens.begin() + chunks[0].start,
-                                   tokens.begin() + chunks[0].start + chunks[0].length);
-        ASSIGN_OR_RETURN(SinkSummary sinks,
-                         RunSinkAnalysis(model, {first}, sp, nullptr, nullptr, cancel));
-        for (const auto& layer : sinks.layers) {
-          for (const auto& h : layer.heads) {
-            if (h.is_sink_head) heads.emplace_back(h.layer, h.head);
-          }
-        }
-        if (heads.empty()) {
-          return absl::FailedPreconditionError(
-              where + "no sink head found to ablate; give the heads: --heads L:H,L:H "
-                      "(ablation.heads)");
-        }
-      }
-      for (auto [l, h] : heads) {
-        if (l < 0 || l >= c.n_layers) {
-          return absl::InvalidArgumentError(absl::StrCat(where, "layer ", l,
-                                                         " is out of range [0, ", c.n_layers, ")"));
-        }
-        if (h < 0 || h >= c.n_heads) {
-          return absl::InvalidArgumentError(absl::StrCat(where, "head ", h, " is out of range [0, ",
-                                                         c.n_heads, ")"));
-        }
-        r.heads_by_layer[l].push_back(h);
-        res.ablated_heads.emplace_back(l, h);
-      }
+      ASSIGN_OR_RETURN(ResolvedAblation r, ResolveAblation(model, spec.ablation, tokens, chunks,
+                                                           longest_chunk, where, cancel));
+      res.ablated_heads.insert(res.ablated_heads.end(), r.heads.begin(), r.heads.end());
       abls.push_back(std::move(r));
     }
   }
@@ -546,77 +676,14 @@ absl::StatusOr<ExperimentResult> RunInterventionExperiment(
     // Intervened run.
     phase = 1;
     HookRegistry hooks;
-    for (size_t si = 0; si < subs.size(); ++si) {
-      hooks.AddIntervention(subs[si].hook, [&, si](const std::string&, int64_t,
-                                                   const at::Tensor& t) {
-        const ResolvedSubstitution& s = subs[si];
-        if (sub_positions[si].empty()) return t;
-        at::Tensor out = t.clone();
-        at::Tensor v = s.value.to(t.device(), t.scalar_type());
-        for (int64_t p : sub_positions[si]) {
-          if (s.channels_only) {
-            at::Tensor idx = at::tensor(s.channels, at::TensorOptions().dtype(at::kLong))
-                                 .to(t.device());
-            out[0][p].index_copy_(0, idx, v);
-          } else {
-            out[0][p].copy_(v);
-          }
-        }
-        return out;
-      });
-    }
-    for (const ResolvedAblation& a : abls) {
-      AblationSpec spec;
-      spec.method = a.method;
-      spec.sink_positions = a.sink_positions;
-      for (const auto& [l, heads] : a.heads_by_layer) {
-        for (int64_t h : heads) spec.heads.emplace_back(l, h);
-      }
-      RETURN_IF_ERROR(RegisterAblation(c, spec, T, &hooks));
-    }
+    RETURN_IF_ERROR(RegisterInterventions(c, subs, sub_positions, abls, T, &hooks));
     add_measurements(hooks);
     ASSIGN_OR_RETURN(at::Tensor int_logits, model.Forward(ids, hooks, opts));
     phase = 0;
-    // Scores and KL(baseline || intervened) per position.
-    at::Tensor lp = LogProbs(base_logits), lq = LogProbs(int_logits);
-    at::Tensor kl_pos = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).cpu();  // [pos]
-    std::set<int64_t> spike, after;
-    for (const auto& v : sub_positions) spike.insert(v.begin(), v.end());
-    for (const ResolvedAblation& a : abls) {
-      for (int64_t p : a.sink_positions) {
-        if (p < T) spike.insert(p);
-      }
-    }
-    for (int64_t p : spike) {
-      if (p + 1 < T && !spike.count(p + 1)) after.insert(p + 1);
-    }
-    ChunkRecord rec;
+    double int_sum = 0;
+    ChunkRecord rec = ScoreChunk(base_logits, int_logits, ids, sub_positions, abls, &kl, &int_sum);
     rec.index = static_cast<int64_t>(ci);
     rec.first_token = chunks[ci].start;
-    rec.n_scored = T - 1;
-    rec.nll_sum = NllSum(lp, ids);
-    const double int_sum = NllSum(lq, ids);
-    rec.mean_loss = rec.nll_sum / rec.n_scored;
-    rec.perplexity = std::exp(rec.mean_loss);
-    rec.intervened_mean_loss = int_sum / rec.n_scored;
-    rec.intervened_perplexity = std::exp(rec.intervened_mean_loss);
-    double chunk_kl = 0;
-    for (int64_t p = 0; p < T; ++p) {
-      const double v = kl_pos[p].item<double>();
-      chunk_kl += v;
-      if (spike.count(p)) {
-        kl.spike += v;
-        ++kl.n_spike;
-      } else if (after.count(p)) {
-        kl.after_spike += v;
-        ++kl.n_after_spike;
-      } else {
-        kl.rest += v;
-        ++kl.n_rest;
-      }
-    }
-    rec.kl_mean = chunk_kl / T;
-    kl.all += chunk_kl;
     base_nll += rec.nll_sum;
     int_nll += int_sum;
     res.n_scored += rec.n_scored;
