@@ -9,7 +9,8 @@ split as it is written (TrainRecipe.profile_every), and write the rows.
 Runs `--jobs` trainings at once, one intra-op thread each. Writes OUT/rows.jsonl (one
 line per profiled checkpoint: variant, seed, step, training / held-out loss, and the
 profile row: perplexity, sink ratio, spike, step-up / step-down blocks, ...) and
-OUT/table.md (the final checkpoint's row per variant: mean and spread over seeds).
+OUT/table.md (the final checkpoint's row per variant: mean and spread over seeds) and
+OUT/curves.png (spike, sink ratio, perplexity against step, one line per run).
 A run that exists (OUT/VARIANT-sSEED/step-N) resumes from its last checkpoint.
 """
 import argparse
@@ -83,6 +84,32 @@ def table(rows, variants):
     return "\n".join(lines) + "\n"
 
 
+def curves(rows, variants, path):
+    """spike, sink ratio and perplexity against step, one line per variant x seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for vi, v in enumerate(variants):
+        for seed in sorted({r["seed"] for r in rows if r["variant"] == v}):
+            rs = sorted((r for r in rows if r["variant"] == v and r["seed"] == seed), key=lambda r: r["step"])
+            steps = [r["step"] for r in rs]
+            style = dict(color=colors[vi % len(colors)], ls="-" if seed == min(r["seed"] for r in rows) else "--",
+                         marker="o", ms=3, label=f"{v} s{seed}")
+            axes[0].plot(steps, [r["spike"] for r in rs], **style)
+            axes[1].plot(steps, [100 * r["sink_ratio"] for r in rs], **style)
+            axes[2].plot(steps, [r["perplexity"] for r in rs], **style)
+    for ax, title in zip(axes, ["spike: max |h| over blocks (mean over chunks)", "sink ratio (%, eps 0.3, T 64)",
+                                "held-out perplexity (bytes)"]):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+    axes[2].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default=os.path.join(ROOT, "examples", "lab", "variants.json"))
@@ -93,6 +120,7 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per run")
     ap.add_argument("--variants", nargs="*", help="a subset (default: all of the recipe file)")
     ap.add_argument("--steps", type=int, help="override the recipe's steps (a quick look)")
+    ap.add_argument("--report", action="store_true", help="only redraw table.md / curves.png from OUT/rows.jsonl")
     a = ap.parse_args()
     spec = json.load(open(a.recipe))
     if a.steps:
@@ -102,6 +130,14 @@ def main():
         spec["recipe"]["eval_every"] = min(spec["recipe"]["eval_every"], a.steps)
     variants = a.variants or list(spec["variants"])
     os.makedirs(a.out, exist_ok=True)
+    if a.report:
+        rows = [json.loads(line) for line in open(os.path.join(a.out, "rows.jsonl"))]
+        variants = [v for v in variants if any(r["variant"] == v for r in rows)]
+        with open(os.path.join(a.out, "table.md"), "w") as f:
+            f.write(table(rows, variants))
+        curves(rows, variants, os.path.join(a.out, "curves.png"))
+        print(table(rows, variants))
+        return
     jobs = [(v, s) for s in spec["seeds"] for v in variants]
     rows = []
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
@@ -114,6 +150,7 @@ def main():
     md = table(rows, variants)
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(md)
+    curves(rows, variants, os.path.join(a.out, "curves.png"))
     print(md)
 
 
