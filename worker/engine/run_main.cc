@@ -50,6 +50,7 @@
 #include <sstream>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/device_memory.h"
@@ -661,7 +662,18 @@ int TrainCmd(const TrainArgs& a) {
       if (p.heldout_loss) std::printf("  held-out %.4f", *p.heldout_loss);
       if (!p.checkpoint.empty()) std::printf("  -> %s", p.checkpoint.c_str());
       std::printf("\n");
-      if (p.profile) std::printf("  profile %s\n", ProfileRowJson(*p.profile).dump().c_str());
+      if (p.profile) {
+        const ProfileResult& r = *p.profile;
+        std::printf("  profile: PPL %.3f  sink ratio %.1f%% (%lld/%lld sink heads, top key %lld)  "
+                    "spike %.2f (peak block %lld)  massive %lld  step-up [%s]  spike channels [%s]\n",
+                    r.perplexity.perplexity, 100 * r.sinks.sink_ratio,
+                    static_cast<long long>(r.sinks.n_sink_heads), static_cast<long long>(r.sinks.n_heads),
+                    static_cast<long long>(r.top_sink_key), r.scan.spike_mean_over_sequences,
+                    static_cast<long long>(r.scan.peak_block),
+                    static_cast<long long>(r.scan.n_massive_entries),
+                    absl::StrJoin(r.scan.step_up_blocks, ",").c_str(),
+                    absl::StrJoin(r.scan.spike_channels, ",").c_str());
+      }
       std::fflush(stdout);
     }
     return absl::OkStatus();
