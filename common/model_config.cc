@@ -614,6 +614,28 @@ absl::StatusOr<json> DecoderKeys(const json& file, const FamilySpec& f, std::str
   return j;
 }
 
+// The config.json spellings of the enum fields (the one list for parsing and naming).
+template <typename E>
+using NameTable = std::vector<std::pair<const char*, E>>;
+const NameTable<NormPlacement> kNormPlacements = {{"pre", NormPlacement::kPre},
+                                                  {"sandwich", NormPlacement::kSandwich},
+                                                  {"post", NormPlacement::kPost},
+                                                  {"none", NormPlacement::kNone}};
+const NameTable<NormKind> kNormKinds = {
+    {"rmsnorm", NormKind::kRms}, {"layernorm", NormKind::kLayer}, {"dyt", NormKind::kDyT}};
+const NameTable<AttnGate> kAttnGates = {{"none", AttnGate::kNone},
+                                        {"headwise", AttnGate::kHeadwise},
+                                        {"elementwise", AttnGate::kElementwise}};
+const NameTable<AttnFn> kAttnFns = {{"softmax", AttnFn::kSoftmax}, {"sigmoid", AttnFn::kSigmoid}};
+
+template <typename E>
+const char* NameOf(const NameTable<E>& table, E value) {
+  for (const auto& [name, v] : table) {
+    if (v == value) return name;
+  }
+  return "unknown";
+}
+
 // The training-variant keys (file comment), on `c` parsed from `j` of family `f`.
 absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::string& source,
                               ModelConfig* c) {
@@ -646,20 +668,9 @@ absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::str
     return FieldError(source, key, absl::StrCat("has unknown value '", v, "' (expected ",
                                                  absl::StrJoin(allowed, ", "), ")"));
   };
-  RETURN_IF_ERROR(choice("sinkscope_norm_kind",
-                         std::vector<std::pair<const char*, NormKind>>{
-                             {"rmsnorm", NormKind::kRms}, {"layernorm", NormKind::kLayer},
-                             {"dyt", NormKind::kDyT}},
-                         &c->norm_kind));
-  RETURN_IF_ERROR(choice("sinkscope_attn_gate",
-                         std::vector<std::pair<const char*, AttnGate>>{
-                             {"none", AttnGate::kNone}, {"headwise", AttnGate::kHeadwise},
-                             {"elementwise", AttnGate::kElementwise}},
-                         &c->attn_gate));
-  RETURN_IF_ERROR(choice("sinkscope_attn_fn",
-                         std::vector<std::pair<const char*, AttnFn>>{
-                             {"softmax", AttnFn::kSoftmax}, {"sigmoid", AttnFn::kSigmoid}},
-                         &c->attn_fn));
+  RETURN_IF_ERROR(choice("sinkscope_norm_kind", kNormKinds, &c->norm_kind));
+  RETURN_IF_ERROR(choice("sinkscope_attn_gate", kAttnGates, &c->attn_gate));
+  RETURN_IF_ERROR(choice("sinkscope_attn_fn", kAttnFns, &c->attn_fn));
   return GetDouble(j, "sinkscope_dyt_alpha0", false, source, &c->dyt_alpha0);
 }
 
@@ -857,33 +868,12 @@ std::string FileName(const TensorNames& n, const std::string& canon) {
 
 }  // namespace
 
-const char* NormPlacementName(NormPlacement p) {
-  switch (p) {
-    case NormPlacement::kPre:
-      return "pre";
-    case NormPlacement::kSandwich:
-      return "sandwich";
-    case NormPlacement::kPost:
-      return "post";
-    case NormPlacement::kNone:
-      return "none";
-  }
-  return "unknown";
-}
 
-const char* AttnGateName(AttnGate g) {
-  switch (g) {
-    case AttnGate::kNone:
-      return "none";
-    case AttnGate::kHeadwise:
-      return "headwise";
-    case AttnGate::kElementwise:
-      return "elementwise";
-  }
-  return "unknown";
-}
 
-const char* AttnFnName(AttnFn f) { return f == AttnFn::kSigmoid ? "sigmoid" : "softmax"; }
+const char* NormPlacementName(NormPlacement p) { return NameOf(kNormPlacements, p); }
+const char* NormKindName(NormKind k) { return NameOf(kNormKinds, k); }
+const char* AttnGateName(AttnGate g) { return NameOf(kAttnGates, g); }
+const char* AttnFnName(AttnFn f) { return NameOf(kAttnFns, f); }
 
 const char* RopeLayoutName(RopeLayout l) {
   switch (l) {
@@ -895,17 +885,6 @@ const char* RopeLayoutName(RopeLayout l) {
   return "unknown";
 }
 
-const char* NormKindName(NormKind k) {
-  switch (k) {
-    case NormKind::kRms:
-      return "rmsnorm";
-    case NormKind::kLayer:
-      return "layernorm";
-    case NormKind::kDyT:
-      return "dyt";
-  }
-  return "unknown";
-}
 
 const char* ActivationName(Activation a) {
   switch (a) {
@@ -1064,10 +1043,9 @@ int64_t ParameterCount(const ModelConfig& c) {
 }
 
 absl::StatusOr<NormPlacement> ParseNormPlacement(const std::string& name) {
-  if (name == "pre") return NormPlacement::kPre;
-  if (name == "sandwich") return NormPlacement::kSandwich;
-  if (name == "post") return NormPlacement::kPost;
-  if (name == "none") return NormPlacement::kNone;
+  for (const auto& [n, p] : kNormPlacements) {
+    if (name == n) return p;
+  }
   return absl::InvalidArgumentError(
       absl::StrCat("unknown norm placement '", name, "' (expected pre, sandwich, post or none)"));
 }
