@@ -1343,12 +1343,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   if (c.rope_layout == RopeLayout::kAdjacentPairs) {
     j["sinkscope_rope_layout"] = RopeLayoutName(c.rope_layout);
   }
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open for writing"));
-  out << j.dump(2) << "\n";
-  out.close();
-  if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed"));
-  return absl::OkStatus();
+  return WriteJson(path, j);
 }
 
 }  // namespace sinkscope
