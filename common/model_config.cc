@@ -44,6 +44,10 @@
 //   sinkscope_dyt_alpha0       DynamicTanh's initial alpha (default 0.5)
 //   sinkscope_attn_gate        "none" (default) | "headwise" | "elementwise" (gated attention)
 //   sinkscope_attn_fn          "softmax" (default) | "sigmoid" (no row normalisation)
+//   sinkscope_mlp              "gated" (default: act(x W_gate) * x W_up) | "plain" (act(x W_up))
+//   sinkscope_positions        "rope" (default) | "learned" (absolute table) | "none" (NoPE)
+//   hidden_act                 for these families also gelu, gelu_pytorch_tanh, relu
+//                              (with sinkscope_mlp: GeGLU, GELU, ReGLU, ReLU MLPs)
 //   Any other key starting with "sinkscope_" is refused (a misspelt knob is no silent default).
 //   transformers ignores these keys: it would run such a checkpoint as its plain family.
 // WriteHfConfig refuses configs config.json cannot express (qk_norm without qwen3 or
@@ -328,7 +332,10 @@ struct FamilySpec {
   double eps_default = 1e-6;
   std::vector<const char*> act_keys = {"hidden_act"};  // first present wins
   const char* act_default = "silu";
-  std::vector<std::pair<const char*, Activation>> activations = {{"silu", Activation::kSilu}};
+  // The families with Llama tensor names also train GeGLU / GELU / ReLU variants.
+  std::vector<std::pair<const char*, Activation>> activations = {
+      {"silu", Activation::kSilu}, {"gelu", Activation::kGelu},
+      {"gelu_pytorch_tanh", Activation::kGeluTanh}, {"relu", Activation::kRelu}};
   bool tie_default = false;
   // architecture
   NormKind norm_kind = NormKind::kRms;
@@ -627,6 +634,9 @@ const NameTable<AttnGate> kAttnGates = {{"none", AttnGate::kNone},
                                         {"headwise", AttnGate::kHeadwise},
                                         {"elementwise", AttnGate::kElementwise}};
 const NameTable<AttnFn> kAttnFns = {{"softmax", AttnFn::kSoftmax}, {"sigmoid", AttnFn::kSigmoid}};
+const NameTable<Positional> kPositions = {
+    {"rope", Positional::kRope}, {"learned", Positional::kLearned}, {"none", Positional::kNone}};
+const NameTable<bool> kMlpKinds = {{"gated", true}, {"plain", false}};
 
 template <typename E>
 const char* NameOf(const NameTable<E>& table, E value) {
@@ -641,7 +651,8 @@ absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::str
                               ModelConfig* c) {
   static const std::set<std::string> kKnown = {
       "sinkscope_norm_placement", "sinkscope_rope_layout", "sinkscope_norm_kind",
-      "sinkscope_dyt_alpha0",     "sinkscope_attn_gate",   "sinkscope_attn_fn"};
+      "sinkscope_dyt_alpha0",     "sinkscope_attn_gate",   "sinkscope_attn_fn",
+      "sinkscope_mlp",            "sinkscope_positions"};
   for (const auto& item : j.items()) {
     if (absl::StartsWith(item.key(), "sinkscope_") && !kKnown.count(item.key())) {
       return FieldError(source, item.key(),
@@ -671,6 +682,8 @@ absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::str
   RETURN_IF_ERROR(choice("sinkscope_norm_kind", kNormKinds, &c->norm_kind));
   RETURN_IF_ERROR(choice("sinkscope_attn_gate", kAttnGates, &c->attn_gate));
   RETURN_IF_ERROR(choice("sinkscope_attn_fn", kAttnFns, &c->attn_fn));
+  RETURN_IF_ERROR(choice("sinkscope_mlp", kMlpKinds, &c->gated_mlp));
+  RETURN_IF_ERROR(choice("sinkscope_positions", kPositions, &c->positional));
   return GetDouble(j, "sinkscope_dyt_alpha0", false, source, &c->dyt_alpha0);
 }
 
@@ -874,6 +887,7 @@ const char* NormPlacementName(NormPlacement p) { return NameOf(kNormPlacements, 
 const char* NormKindName(NormKind k) { return NameOf(kNormKinds, k); }
 const char* AttnGateName(AttnGate g) { return NameOf(kAttnGates, g); }
 const char* AttnFnName(AttnFn f) { return NameOf(kAttnFns, f); }
+const char* PositionalName(Positional p) { return NameOf(kPositions, p); }
 
 const char* RopeLayoutName(RopeLayout l) {
   switch (l) {
@@ -894,6 +908,8 @@ const char* ActivationName(Activation a) {
       return "gelu";
     case Activation::kGeluTanh:
       return "gelu_tanh";
+    case Activation::kRelu:
+      return "relu";
   }
   return "unknown";
 }
@@ -1160,7 +1176,7 @@ std::string ModelConfig::Summary() const {
   if (attn_fn != AttnFn::kSoftmax) absl::StrAppend(&s, " attn_fn=", AttnFnName(attn_fn));
   if (norm_gain_offset != 0) absl::StrAppend(&s, " gain=", norm_gain_offset, "+w");
   absl::StrAppend(&s, " act=", ActivationName(activation), gated_mlp ? " gated" : " ungated");
-  if (positional == Positional::kLearned) absl::StrAppend(&s, " learned_positions");
+  if (positional != Positional::kRope) absl::StrAppend(&s, " positions=", PositionalName(positional));
   if (qkv_bias) absl::StrAppend(&s, " qkv_bias");
   if (o_bias) absl::StrAppend(&s, " o_bias");
   if (mlp_bias) absl::StrAppend(&s, " mlp_bias");
@@ -1275,7 +1291,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
         absl::StrCat(path, ": model_type '", mt, "' cannot be written as config.json"));
   }
   if (mt == "gemma2") return WriteGemma2Config(path, c);
-  if (c.norm_gain_offset != 0 || c.activation != Activation::kSilu || !c.gated_mlp || c.positional != Positional::kRope ||
+  if (c.norm_gain_offset != 0 ||
       c.attn_softcap > 0 || c.final_softcap > 0 || c.embed_scale != 1.0 || c.attn_scale > 0 ||
       !c.layer_windows.empty() || c.rope_local_theta > 0 ||
       c.qk_norm_full_width != (mt == "olmo2") || c.rotary_dim > 0 || c.parallel_attn_mlp) {
@@ -1305,7 +1321,10 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   json j;
   j["architectures"] = json::array({ArchitectureName(mt)});
   j["model_type"] = mt;
-  j["hidden_act"] = "silu";
+  j["hidden_act"] = c.activation == Activation::kGeluTanh ? "gelu_pytorch_tanh"
+                    : c.activation == Activation::kGelu   ? "gelu"
+                    : c.activation == Activation::kRelu   ? "relu"
+                                                          : "silu";
   j["hidden_size"] = c.d_model;
   j["num_hidden_layers"] = c.n_layers;
   j["num_attention_heads"] = c.n_heads;
@@ -1340,6 +1359,8 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   if (c.norm_kind == NormKind::kDyT) j["sinkscope_dyt_alpha0"] = c.dyt_alpha0;
   if (c.attn_gate != AttnGate::kNone) j["sinkscope_attn_gate"] = AttnGateName(c.attn_gate);
   if (c.attn_fn != AttnFn::kSoftmax) j["sinkscope_attn_fn"] = AttnFnName(c.attn_fn);
+  if (!c.gated_mlp) j["sinkscope_mlp"] = "plain";
+  if (c.positional != Positional::kRope) j["sinkscope_positions"] = PositionalName(c.positional);
   if (c.rope_layout == RopeLayout::kAdjacentPairs) {
     j["sinkscope_rope_layout"] = RopeLayoutName(c.rope_layout);
   }

@@ -58,10 +58,12 @@ enum class AttnGate { kNone, kHeadwise, kElementwise };
 /// al. 2025), invisible keys 0.
 enum class AttnFn { kSoftmax, kSigmoid };
 /// MLP activation: silu (SwiGLU), exact gelu (erf), tanh-approximated gelu
-/// (GPT-2 "gelu_new", Gemma "gelu_pytorch_tanh").
-enum class Activation { kSilu, kGelu, kGeluTanh };
-/// Positional scheme: RoPE on q/k, or a learned [n_ctx, d_model] table added to the embedding.
-enum class Positional { kRope, kLearned };
+/// (GPT-2 "gelu_new", Gemma "gelu_pytorch_tanh"), relu (a training variant).
+enum class Activation { kSilu, kGelu, kGeluTanh, kRelu };
+/// Positional scheme: RoPE on q/k, a learned [n_ctx, d_model] table added to
+/// the embedding (`model.embed_positions.weight`), or none (NoPE: causal
+/// attention alone tells positions apart; a training variant).
+enum class Positional { kRope, kLearned, kNone };
 
 const char* NormPlacementName(NormPlacement p);
 const char* NormKindName(NormKind k);
@@ -69,6 +71,7 @@ const char* ActivationName(Activation a);
 const char* RopeLayoutName(RopeLayout l);
 const char* AttnGateName(AttnGate g);
 const char* AttnFnName(AttnFn f);
+const char* PositionalName(Positional p);
 absl::StatusOr<NormPlacement> ParseNormPlacement(const std::string& name);
 
 /// Llama 3 `rope_scaling` (rope_type "llama3"); factor 1 = off.

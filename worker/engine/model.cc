@@ -18,6 +18,7 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/outer.h>
+#include <ATen/ops/relu.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/stack.h>
@@ -85,6 +86,8 @@ at::Tensor Activate(Activation a, const at::Tensor& x) {
       return at::gelu(x);
     case Activation::kGeluTanh:
       return at::gelu(x, "tanh");
+    case Activation::kRelu:
+      return at::relu(x);
   }
   return x;
 }
@@ -309,7 +312,9 @@ std::vector<std::string> Model::HookNames() const {
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     for (const std::string& s : LayerHookSuffixes()) {
       if (!has_ln && (s == "ln1.hook_normalized" || s == "ln2.hook_normalized")) continue;
-      if (learned && (s == "attn.hook_rot_q" || s == "attn.hook_rot_k")) continue;
+      if (config_.positional != Positional::kRope && (s == "attn.hook_rot_q" || s == "attn.hook_rot_k")) {
+        continue;
+      }
       if (!config_.gated_mlp && s == "mlp.hook_pre_linear") continue;
       names.push_back(HookName(l, s));
     }

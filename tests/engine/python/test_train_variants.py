@@ -6,7 +6,9 @@ block written here from the definitions, sharing no code with the engine:
 - no norm in the blocks (final norm kept);
 - sandwich norm with per-head QK-norm (model_type qwen3 + sinkscope_norm_placement);
 - gated attention (Qiu et al. 2025, G1): z_h *= sigmoid(x W_g), per head or per channel;
-- sigmoid attention without row normalisation (Gu et al. 2025).
+- sigmoid attention without row normalisation (Gu et al. 2025);
+- the FFN: GeGLU (gated, tanh gelu), plain GELU and ReLU MLPs;
+- positions: none (NoPE) or a learned absolute table instead of RoPE.
 
 Checked per variant: the engine's logits equal the float64 reference's on the same
 weights (random, gains and DyT alphas perturbed so that they matter); 20 updates of
@@ -39,6 +41,11 @@ VARIANTS = {
     "gate_headwise": {"model_type": "llama", "sinkscope_attn_gate": "headwise"},
     "gate_elementwise": {"model_type": "llama", "sinkscope_attn_gate": "elementwise"},
     "sigmoid_attention": {"model_type": "llama", "sinkscope_attn_fn": "sigmoid"},
+    "geglu": {"model_type": "llama", "hidden_act": "gelu_pytorch_tanh"},
+    "relu_plain_mlp": {"model_type": "llama", "hidden_act": "relu", "sinkscope_mlp": "plain"},
+    "gelu_plain_mlp": {"model_type": "llama", "hidden_act": "gelu", "sinkscope_mlp": "plain"},
+    "no_positions": {"model_type": "llama", "sinkscope_positions": "none"},
+    "learned_positions": {"model_type": "llama", "sinkscope_positions": "learned"},
 }
 
 
@@ -60,6 +67,11 @@ def make_reference(torch, cfg):
     gate = cfg.get("sinkscope_attn_gate", "none")
     sigmoid = cfg.get("sinkscope_attn_fn", "softmax") == "sigmoid"
     qk_norm = cfg["model_type"] == "qwen3"
+    positions = cfg.get("sinkscope_positions", "rope")
+    gated_mlp = cfg.get("sinkscope_mlp", "gated") == "gated"
+    F = torch.nn.functional
+    act = {"silu": F.silu, "relu": F.relu, "gelu": F.gelu,
+           "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}[cfg["hidden_act"]]
     eps = cfg["rms_norm_eps"]
 
     class Norm(nn.Module):
@@ -111,7 +123,9 @@ def make_reference(torch, cfg):
                 a, b = t[..., :DH // 2], t[..., DH // 2:]
                 return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
 
-            q, k = rope(q).transpose(1, 2), rope(k).transpose(1, 2)
+            if positions == "rope":
+                q, k = rope(q), rope(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
             s = q @ k.transpose(-1, -2) / math.sqrt(DH)
             causal = torch.ones(T, T, dtype=torch.bool).tril()
             if sigmoid:
@@ -129,12 +143,15 @@ def make_reference(torch, cfg):
     class Mlp(nn.Module):
         def __init__(self):
             super().__init__()
-            self.gate_proj = nn.Linear(D, FFN, bias=False)
+            if gated_mlp:
+                self.gate_proj = nn.Linear(D, FFN, bias=False)
             self.up_proj = nn.Linear(D, FFN, bias=False)
             self.down_proj = nn.Linear(FFN, D, bias=False)
 
         def forward(self, x):
-            return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+            if gated_mlp:
+                return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(act(self.up_proj(x)))
 
     class Layer(nn.Module):
         def __init__(self):
@@ -166,6 +183,8 @@ def make_reference(torch, cfg):
         def __init__(self):
             super().__init__()
             self.embed_tokens = nn.Embedding(V, D)
+            if positions == "learned":
+                self.embed_positions = nn.Embedding(T_CTX, D)
             self.layers = nn.ModuleList([Layer() for _ in range(L)])
             self.norm = Norm(D)
 
@@ -179,6 +198,8 @@ def make_reference(torch, cfg):
         def forward(self, ids):
             self.patterns, self.resids = [], []
             h = self.model.embed_tokens(ids)
+            if positions == "learned":
+                h = h + self.model.embed_positions(torch.arange(ids.shape[1]))[None]
             for layer in self.model.layers:
                 h = layer(h, self.patterns, self.resids)
             return types.SimpleNamespace(logits=self.lm_head(self.model.norm(h)))
