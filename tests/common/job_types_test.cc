@@ -118,7 +118,9 @@ TEST(JobTypesTest, CliNamesAreTheClientCommands) {
 // memory_estimate.cc, worker_pool.cc, worker/worker_service.cc and
 // client/render.cc had them before the table.
 TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
-  const std::set<R::ParamsCase> forbidden = {R::kFirstTokenProbe, R::kFfnQuadratic, R::kVoCircuit};
+  // The train job (issue 26) reads its own corpus field (TrainRequest.corpus).
+  const std::set<R::ParamsCase> forbidden = {R::kFirstTokenProbe, R::kFfnQuadratic, R::kVoCircuit,
+                                             R::kTrain};
   // The profile (added after the table) reads a corpus like the perplexity
   // job but streams one record per model, not per chunk.
   const std::set<R::ParamsCase> optional = {R::kPerplexity, R::kConstantSubstitution,
@@ -131,7 +133,7 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
   const std::set<R::ParamsCase> mechanism = {R::kFfnQuadratic, R::kSiluRegime, R::kVoCircuit,
                                              R::kActivations};
   const std::set<R::ParamsCase> slow_start = {R::kFirstTokenProbe, R::kConstantSubstitution,
-                                              R::kSinkAblation};
+                                              R::kSinkAblation, R::kTrain};
   for (const JobTypeDescriptor& d : JobTypes()) {
     const R::ParamsCase c = d.params_case;
     SCOPED_TRACE(d.cli_name);
@@ -157,6 +159,7 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     EXPECT_STREQ(d.progress_unit, c == R::kScan              ? "blocks"
                                   : c == R::kFirstTokenProbe ? "tokens"
                                   : c == R::kProfile         ? "chunks"
+                                  : c == R::kTrain           ? "steps"
                                                              : "units");
   }
 }
