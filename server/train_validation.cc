@@ -122,7 +122,9 @@ absl::Status CheckRecipe(const Recipe& r, const ModelConfig& c) {
 constexpr int64_t kMaxDim = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxFfn = 1 << 18;
 
 absl::Status CheckTrainShape(const ModelConfig& c) {
-  RETURN_IF_ERROR(c.Validate());
+  if (absl::Status s = c.Validate(); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("train.config_json: ", s.message()));
+  }
   auto over = [](const char* what, int64_t v, int64_t max) {
     return absl::InvalidArgumentError(
         absl::StrCat("train.config_json: ", what, " = ", v, " is over the limit of ", max));

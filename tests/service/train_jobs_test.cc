@@ -202,7 +202,8 @@ TEST_F(TrainJobsTest, RunStreamsProgressAndItsCheckpointsAreTheOwnersModels) {
   for (const char* name : {"tiny@10", "tiny@20", "tiny@30"}) {
     EXPECT_NE(std::find(alice.begin(), alice.end(), name), alice.end()) << name;
   }
-  for (const v1::ModelInfo& m : ModelsOf(*stub_, "alice").models()) {
+  const v1::ListModelsResponse alice_models = ModelsOf(*stub_, "alice");
+  for (const v1::ModelInfo& m : alice_models.models()) {
     if (m.name() == "tiny@30") {
       EXPECT_TRUE(m.available()) << m.unavailable_reason();
       EXPECT_TRUE(m.has_tokenizer());
@@ -267,9 +268,12 @@ TEST_F(TrainJobsTest, BadRequestsAreRefusedAtSubmissionNamingTheProblem) {
       {"unknown config key", [&](v1::SubmitJobRequest* r) {
          r->mutable_request()->mutable_train()->set_config_json(config_with("hiden_size", 32));
        }, grpc::StatusCode::INVALID_ARGUMENT, "unknown key \"hiden_size\""},
-      {"heads that do not divide d_model", [&](v1::SubmitJobRequest* r) {
-         r->mutable_request()->mutable_train()->set_config_json(config_with("num_attention_heads", 3));
-       }, grpc::StatusCode::INVALID_ARGUMENT, "head"},
+      {"kv heads that do not divide the heads", [&](v1::SubmitJobRequest* r) {
+         r->mutable_request()->mutable_train()->set_config_json(config_with("num_key_value_heads", 3));
+       }, grpc::StatusCode::INVALID_ARGUMENT, "train.config_json: n_heads (2) must be a multiple of n_kv_heads (3)"},
+      {"a non-positive width", [&](v1::SubmitJobRequest* r) {
+         r->mutable_request()->mutable_train()->set_config_json(config_with("intermediate_size", 0));
+       }, grpc::StatusCode::INVALID_ARGUMENT, "train.config_json"},
       {"a vocabulary that is not byte-level", [&](v1::SubmitJobRequest* r) {
          r->mutable_request()->mutable_train()->set_config_json(config_with("vocab_size", 512));
        }, grpc::StatusCode::INVALID_ARGUMENT, "vocab_size = 512"},
