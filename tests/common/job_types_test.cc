@@ -149,7 +149,8 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     // The sink analysis and the self-attention profile compute their
     // statistics from query chunks (O(T)): no pattern is materialised.
     const bool chunked = c == R::kSinks || c == R::kSelfAttentionProfile || c == R::kProfile;
-    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && !chunked);
+    // The train job runs no analysis forward pass (its trainer uses the fused path).
+    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && c != R::kTrain && !chunked);
     EXPECT_EQ(d.reads_corpus(), optional.count(c) == 1);
     EXPECT_EQ(d.memory_estimate, fold.count(c) ? MemoryEstimateKind::kForwardFfnFold
                                  : chunked     ? MemoryEstimateKind::kAttentionStatistics
