@@ -591,6 +591,12 @@ int main(int argc, char** argv) {
   CLI::Option* teval = train->add_option("--eval-every", train_eval, "Held-out loss every N updates");
   CLI::Option* tckpt = train->add_option("--checkpoint-every", train_ckpt, "Checkpoint every N updates");
   CLI::Option* tlog = train->add_option("--log-every", train_log, "A progress record every N updates");
+  int64_t train_profile_every = 0, train_profile_budget = 0;
+  CLI::Option* tprof = train->add_option(
+      "--profile-every", train_profile_every,
+      "Every N-th checkpoint profiles itself on the held-out split (the profile row)");
+  CLI::Option* tprof_budget = train->add_option("--profile-token-budget", train_profile_budget,
+                                                "Held-out tokens of each self-profile (default 8192)");
   train->add_option("--request-id", train_request_id, "Idempotency key: resubmitting returns the job");
   train->add_flag("--detach", train_detach, "Print the job id and exit once queued");
   train->add_flag("--events", train_events, "With --json: print every event as a JSON line");
@@ -885,6 +891,8 @@ int main(int argc, char** argv) {
     if (teval->count() > 0) r->set_eval_every(train_eval);
     if (tckpt->count() > 0) r->set_checkpoint_every(train_ckpt);
     if (tlog->count() > 0) t->set_log_every(train_log);
+    if (tprof->count() > 0) t->set_profile_every(train_profile_every);
+    if (tprof_budget->count() > 0) t->mutable_profile()->mutable_eval()->set_token_budget(train_profile_budget);
     return sinkscope::client::RunScan(global, options);
   }
   if (substitution->parsed()) {

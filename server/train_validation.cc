@@ -254,6 +254,42 @@ absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCata
   if (t.has_log_every() && t.log_every() < 1) {
     return absl::InvalidArgumentError(absl::StrCat("train.log_every must be >= 1, got ", t.log_every()));
   }
+  if (t.has_profile_every() && t.profile_every() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("train.profile_every must be >= 0, got ", t.profile_every()));
+  }
+  if (t.has_profile()) {
+    const v1::ProfileRequest& p = t.profile();
+    if (!p.eval().corpus().empty() || p.compare_models_size() > 0) {
+      return absl::InvalidArgumentError(
+          "train.profile: the run profiles its own checkpoints on its held-out split: give no "
+          "eval.corpus and no compare_models");
+    }
+    if (p.eval().has_chunk_length() && (p.eval().chunk_length() < 2 || p.eval().chunk_length() > config.n_ctx)) {
+      return absl::InvalidArgumentError(absl::StrCat("train.profile.eval.chunk_length must be in 2..",
+                                                     config.n_ctx, ", got ", p.eval().chunk_length()));
+    }
+    if (p.eval().has_token_budget() && p.eval().token_budget() < 2) {
+      return absl::InvalidArgumentError("train.profile.eval.token_budget must be >= 2");
+    }
+    if (p.has_sink_window() && (p.sink_window() < 2 || p.sink_window() > config.n_ctx)) {
+      return absl::InvalidArgumentError(absl::StrCat("train.profile.sink_window must be in 2..",
+                                                     config.n_ctx, ", got ", p.sink_window()));
+    }
+    if (p.has_epsilon() && !(p.epsilon() > 0 && p.epsilon() < 1)) {
+      return absl::InvalidArgumentError("train.profile.epsilon must be in (0, 1)");
+    }
+    for (int32_t l : p.sink_layers()) {
+      if (l < 0 || l >= config.n_layers) {
+        return absl::InvalidArgumentError(absl::StrCat("train.profile.sink_layers: layer ", l,
+                                                       " is not in 0..", config.n_layers - 1));
+      }
+    }
+    RETURN_IF_ERROR(ValidateScanRequest(p.thresholds(), "train.profile.thresholds"));
+  }
+  if (t.profile_every() > 0 && !(r.heldout_fraction > 0)) {
+    return absl::InvalidArgumentError(
+        "train.profile_every: the run profiles itself on its held-out split; set heldout_fraction > 0");
+  }
   // Budget: tokens trained, per user.
   int64_t limit = limits.max_train_tokens;
   if (auto it = limits.user_max_train_tokens.find(owner); it != limits.user_max_train_tokens.end()) {

@@ -1,6 +1,7 @@
 #include "worker/train_job.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include "worker/engine/model.h"
 #include "worker/engine/train.h"
 #include "worker/job_events.h"
+#include "worker/profile_job.h"
 
 namespace sinkscope {
 namespace worker {
@@ -146,8 +148,9 @@ std::string ByteLevelTokenizerJson(int64_t bos_id) {
   return j.dump(1);
 }
 
-absl::Status RunTrainJob(const WorkerOptions& options, const v1::RunJobRequest& run,
-                         const EventSink& sink, const std::atomic<bool>* cancel) {
+absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
+                         const v1::RunJobRequest& run, const EventSink& sink,
+                         const std::atomic<bool>* cancel) {
   const v1::TrainRequest& req = run.request().train();
   const std::string& run_name = req.run_name();
   if (run.run_dir().empty()) return absl::InternalError("train: the server sent no run directory");
@@ -210,6 +213,53 @@ absl::Status RunTrainJob(const WorkerOptions& options, const v1::RunJobRequest& 
     }
   }
 
+  // Self-profiles: every profile_every-th checkpoint, on the held-out split.
+  const int64_t profile_every = req.has_profile_every() ? req.profile_every() : 0;
+  const int64_t n_held = static_cast<int64_t>(
+      std::floor(static_cast<double>(stream.size()) * job.recipe.heldout_fraction));
+  int64_t n_checkpoints = static_cast<int64_t>(CheckpointSteps(job.out_dir).size());
+  auto profile_checkpoint = [&](int64_t step, const std::string& dir) -> absl::Status {
+    int64_t n_ctx = 0;
+    {
+      ASSIGN_OR_RETURN(std::string cfg_text, ReadFile(dir + "/config.json", "checkpoint config"));
+      ASSIGN_OR_RETURN(ModelConfig cfg, ParseHfConfig(cfg_text, "config.json"));
+      n_ctx = cfg.n_ctx;
+    }
+    v1::ProfileRequest params = req.profile();
+    params.mutable_eval()->clear_corpus();
+    if (!params.eval().has_chunk_length()) params.mutable_eval()->set_chunk_length(std::min<int64_t>(128, n_ctx));
+    if (!params.eval().has_token_budget()) params.mutable_eval()->set_token_budget(8192);
+    if (!params.has_sink_window()) {
+      params.set_sink_window(static_cast<int32_t>(std::min<int64_t>(64, params.eval().chunk_length())));
+    }
+    std::vector<int64_t> held(stream.end() - n_held, stream.end());
+    if (job.recipe.bos_id >= 0) held.insert(held.begin(), job.recipe.bos_id);
+    const std::string tokenizer = job.out_dir + "/tokenizer.json";
+    bool hit = false;
+    absl::StatusOr<std::shared_ptr<CachedModel>> cached =
+        cache.Get(ModelKey{checkpoint_name(step), "hf", dir, tokenizer, "float32"}, &hit, 0, 0);
+    v1::WorkerEvent e;
+    if (!cached.ok()) {
+      v1::ProfileRow* row = e.mutable_result()->mutable_profile_row();
+      row->set_model(checkpoint_name(step));
+      row->mutable_failure()->set_code(static_cast<int32_t>(cached.status().code()));
+      row->mutable_failure()->set_message(std::string(cached.status().message()).substr(0, 4096));
+    } else {
+      absl::StatusOr<v1::ProfileRow> row = ProfileStream(**cached, held, params, cancel);
+      if (row.ok()) {
+        *e.mutable_result()->mutable_profile_row() = *std::move(row);
+      } else {
+        if (row.status().code() == absl::StatusCode::kCancelled) return row.status();
+        v1::ProfileRow* failed = e.mutable_result()->mutable_profile_row();
+        failed->set_model(checkpoint_name(step));
+        failed->mutable_failure()->set_code(static_cast<int32_t>(row.status().code()));
+        failed->mutable_failure()->set_message(std::string(row.status().message()).substr(0, 4096));
+      }
+    }
+    if (!emit(e)) return absl::CancelledError("the server went away");
+    return absl::OkStatus();
+  };
+
   const int64_t log_every =
       req.has_log_every() ? req.log_every() : std::max<int64_t>(1, job.recipe.steps / 100);
   const int64_t tokens_per_step = job.recipe.batch_size * job.recipe.seq_len;
@@ -245,6 +295,12 @@ absl::Status RunTrainJob(const WorkerOptions& options, const v1::RunJobRequest& 
       if (!emit(e)) return absl::CancelledError("the server went away");
     }
     if (!emit(running)) return absl::CancelledError("the server went away");
+    if (!p.checkpoint.empty()) {
+      ++n_checkpoints;
+      if (profile_every > 0 && n_held >= 2 && n_checkpoints % profile_every == 0) {
+        RETURN_IF_ERROR(profile_checkpoint(p.step, p.checkpoint));
+      }
+    }
     if (options.test_unit_delay_ms > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options.test_unit_delay_ms));
     }

@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "sinkscope/v1/worker.pb.h"
+#include "worker/model_cache.h"
 #include "worker/worker_service.h"
 
 namespace sinkscope {
@@ -21,8 +22,10 @@ namespace worker {
 /// for a recipe or config the engine refuses, NotFound for an unreadable
 /// corpus, Cancelled when `cancel` is set or the receiver went away, and the
 /// engine's own errors.
-absl::Status RunTrainJob(const WorkerOptions& options, const v1::RunJobRequest& run,
-                         const EventSink& sink, const std::atomic<bool>* cancel);
+/// `cache` loads the checkpoints the run profiles (TrainRequest.profile_every).
+absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
+                         const v1::RunJobRequest& run, const EventSink& sink,
+                         const std::atomic<bool>* cancel);
 
 /// A HF tokenizer.json for byte-level models (token id = byte, GPT-2's
 /// byte-to-unicode pieces; with `bos_id` >= 0 the added token <bos> that

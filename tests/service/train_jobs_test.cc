@@ -137,8 +137,15 @@ class TrainJobsTest : public ::testing::Test {
 
 TEST_F(TrainJobsTest, RunStreamsProgressAndItsCheckpointsAreTheOwnersModels) {
   StartServer(R"("runs_dir": ")" + dir_.path() + R"(/runs")");
+  v1::SubmitJobRequest train = TrainRequest("tiny", 30);
+  // Every checkpoint profiles itself on the held-out split.
+  v1::TrainRequest* t = train.mutable_request()->mutable_train();
+  t->set_profile_every(1);
+  t->mutable_profile()->mutable_eval()->set_token_budget(256);
+  t->mutable_profile()->mutable_eval()->set_chunk_length(64);
+  t->mutable_profile()->set_sink_window(32);
   v1::Job job;
-  grpc::Status s = SubmitAs(*stub_, "alice", TrainRequest("tiny", 30), &job);
+  grpc::Status s = SubmitAs(*stub_, "alice", train, &job);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_EQ(job.type(), v1::JOB_TYPE_TRAIN);
   const v1::Job done = WaitTerminal(*stub_, job.id(), seconds(240));
@@ -195,6 +202,39 @@ TEST_F(TrainJobsTest, RunStreamsProgressAndItsCheckpointsAreTheOwnersModels) {
       EXPECT_EQ(j["loss"].get<double>(), curve.at(j["step"].get<int64_t>())) << "step " << j["step"];
     }
     EXPECT_EQ(n, 30);
+  }
+
+  // The self-profiles: one row per checkpoint, each as the profile job gives
+  // for that checkpoint on the held-out split (BOS + its last 4000 bytes).
+  std::vector<v1::ProfileRow> self_rows;
+  for (const v1::ResultRecord& r : done.results()) {
+    if (r.has_profile_row()) self_rows.push_back(r.profile_row());
+  }
+  ASSERT_EQ(self_rows.size(), 3u);
+  EXPECT_EQ(self_rows[0].model(), "tiny@10");
+  EXPECT_EQ(self_rows[2].model(), "tiny@30");
+  {
+    const std::string corpus = MakeCorpus(40000);
+    v1::SubmitJobRequest held;
+    held.mutable_request()->set_model("tiny@30");
+    held.mutable_request()->add_sequences()->set_text(corpus.substr(corpus.size() - corpus.size() / 10));
+    v1::ProfileRequest* hp = held.mutable_request()->mutable_profile();
+    hp->mutable_eval()->set_token_budget(256);
+    hp->mutable_eval()->set_chunk_length(64);
+    hp->set_sink_window(32);
+    v1::Job held_job;
+    s = SubmitAs(*stub_, "alice", held, &held_job);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    const v1::Job held_done = WaitTerminal(*stub_, held_job.id(), seconds(120));
+    ASSERT_EQ(held_done.state(), v1::JOB_STATE_COMPLETED) << held_done.error().message();
+    const v1::ProfileRow& want = held_done.results(0).profile_row();
+    const v1::ProfileRow& got = self_rows[2];
+    EXPECT_FALSE(got.has_failure()) << got.failure().message();
+    EXPECT_EQ(got.n_scored(), want.n_scored());
+    EXPECT_EQ(got.n_chunks(), want.n_chunks());
+    EXPECT_EQ(got.perplexity(), want.perplexity());
+    EXPECT_EQ(got.sink_ratio(), want.sink_ratio());
+    EXPECT_EQ(got.spike(), want.spike());
   }
 
   // The checkpoints are alice's models, not bob's.

@@ -293,6 +293,7 @@ class Client:
 
     def train(self, config: Any = None, *, corpus: str, name: str, model: str = "",
               log_every: Optional[int] = None, recipe: Optional[Dict[str, Any]] = None,
+              profile_every: Optional[int] = None, profile: Optional[Dict[str, Any]] = None,
               **recipe_fields) -> "Job":
         """Trains a decoder on catalog corpus `corpus` (byte-level) as a job
         (issue 26); its checkpoints become your models ``NAME@STEP``.
@@ -307,6 +308,9 @@ class Client:
                 seq_len, seed, lr, warmup_steps, eval_every, checkpoint_every, ...),
                 the keywords over the dict's.
             log_every: a TrainStep record every N updates (default steps / 100).
+            profile_every: every N-th checkpoint profiles itself on the held-out
+                split and streams its ProfileRow (``result.frame("profile")``);
+                profile: its ProfileRequest fields (sink_window, token_budget, ...).
         Records: TrainStep per logged update (``result.frame("curve")``: the loss
         curve as a DataFrame; replayed rows come from a checkpoint after a
         crash), then a TrainSummary (``result.frame("summary")``).
@@ -328,7 +332,7 @@ class Client:
         dtype = merged.pop("dtype", None)
         params = {"config_json": json.dumps(config) if config is not None else "",
                   "corpus": corpus, "run_name": name, "log_every": log_every,
-                  "recipe": merged}
+                  "recipe": merged, "profile_every": profile_every, "profile": profile}
         return self.submit("train", model, None, dtype=dtype, **params)
 
 

@@ -594,7 +594,9 @@ def train_frames(result) -> Dict[str, pd.DataFrame]:
       order (step, steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
       heldout_loss (NaN where not evaluated), checkpoint, replayed, tokens);
     summary: the TrainSummary's scalars (run_name, step, resumed_from_step,
-      final_loss, last_checkpoint, n_params, ...) and its checkpoints list."""
+      final_loss, last_checkpoint, n_params, ...) and its checkpoints list;
+    profile (with TrainRequest.profile_every): the self-profiles' rows as
+      profile_frames gives them (run and step columns from RUN@STEP)."""
     cols = ["step", "steps", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s",
             "heldout_loss", "checkpoint", "replayed", "tokens"]
     rows = []
@@ -613,7 +615,11 @@ def train_frames(result) -> Dict[str, pd.DataFrame]:
         if not s.HasField("final_heldout_loss"):
             summary["final_heldout_loss"] = np.nan
         summary["checkpoints"] = list(s.checkpoints)
-    return {"curve": curve, "summary": _frame([summary] if summary else [], list(summary))}
+    out = {"curve": curve, "summary": _frame([summary] if summary else [], list(summary))}
+    if result.of_kind("profile_row"):
+        # Self-profiles (TrainRequest.profile_every): the profile job's rows, by checkpoint.
+        out["profile"] = profile_frames(result)["rows"]
+    return out
 
 
 CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {

@@ -19,7 +19,9 @@ def test_train_curve_checkpoints_and_profile(client, server):
     alice = sinkscope.connect(server.address, user="alice", timeout=30)
     job = alice.train({"model": CONFIG, "recipe": {"batch_size": 2, "seq_len": 32}},
                       corpus="tinyshakespeare", name="pyrun", steps=12, seed=5, lr=1e-2,
-                      bos_id=256, eval_every=6, eval_sequences=2, checkpoint_every=6, log_every=1)
+                      bos_id=256, eval_every=6, eval_sequences=2, checkpoint_every=6, log_every=1,
+                      profile_every=2, profile={"token_budget": 256, "chunk_length": 64,
+                                                "sink_window": 32})
     assert job.type == "train"
     r = job.result(timeout=300, progress=False)
     curve = r.frame("curve")
@@ -33,6 +35,11 @@ def test_train_curve_checkpoints_and_profile(client, server):
     assert summary.run_name == "pyrun" and summary.step == 12 and summary.resumed_from_step == 0
     assert summary.checkpoints == ["pyrun@6", "pyrun@12"]
     assert summary.final_loss == curve.loss.iloc[-1]
+
+    # profile_every 2: the second checkpoint profiled itself on the held-out split.
+    own = r.frame("profile")
+    assert list(own.model) == ["pyrun@12"] and list(own.step) == [12] and own.ok.all()
+    assert np.isfinite(own.perplexity).all()
 
     names = [m.name for m in alice.models_response().models]
     assert {"pyrun@6", "pyrun@12"} <= set(names)
