@@ -121,6 +121,10 @@ struct ServerConfig {
   int64_t max_train_tokens = int64_t{1} << 30;
   /// Per-user values of max_train_tokens.
   std::map<std::string, int64_t> user_max_train_tokens;
+  /// A running training job yields its worker at its next checkpoint when a
+  /// job of another user has been queued longer than this, seconds (it goes
+  /// back to the queue and resumes from that checkpoint); 0 = never.
+  double train_yield_after_s = 600;
 };
 
 /// True for "unix:...", 127.0.0.0/8, "localhost" and [::1] addresses.

@@ -161,6 +161,21 @@ absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller
   return absl::OkStatus();
 }
 
+bool JobManager::OthersWaitedLonger(const std::string& owner, absl::Duration wait) {
+  absl::StatusOr<std::vector<QueuedJob>> queued = store_->ListQueued();
+  if (!queued.ok()) return false;
+  const absl::Time now = absl::Now();
+  for (const QueuedJob& q : *queued) {
+    if (q.owner == owner) continue;
+    absl::StatusOr<v1::Job> job = store_->GetJob(q.id);
+    if (!job.ok()) continue;
+    const absl::Time created = absl::FromUnixSeconds(job->create_time().seconds()) +
+                               absl::Nanoseconds(job->create_time().nanos());
+    if (now - created > wait) return true;
+  }
+  return false;
+}
+
 std::string JobManager::UserRunsDir(const std::string& owner) const {
   if (limits_.runs_dir.empty()) return "";
   return absl::StrCat(limits_.runs_dir, "/", UserDirName(owner));

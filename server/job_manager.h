@@ -72,6 +72,9 @@ class JobManager {
   /// training checkpoints RUN@STEP under the runs directory (issue 26); the
   /// server's catalog itself when the owner has no runs ("" = nobody's).
   std::shared_ptr<const ModelCatalog> CatalogFor(const std::string& owner) const;
+  /// Whether a QUEUED job of a user other than `owner` was submitted more
+  /// than `wait` ago (a training run then yields its worker at a checkpoint).
+  bool OthersWaitedLonger(const std::string& owner, absl::Duration wait);
   /// The owner's runs directory, <runs_dir>/<user> ("" when training is off).
   std::string UserRunsDir(const std::string& owner) const;
   /// Traits of a stored job for the scheduler.

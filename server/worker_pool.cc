@@ -520,6 +520,7 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   bool store_rejected = false;
   int64_t n_tokens = 0;
   int64_t train_tokens = 0;  // a training job's tokens of this attempt, counted so far
+  std::string yield_reason;  // set when a training job yields its worker
   std::optional<absl::Time> load_started;
   bool model_loaded = false;  // a "loaded" or "cached" ModelLoading event came
   int n_records = 0;
@@ -663,6 +664,15 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
                                t.checkpoint().empty() ? 0 : 1);
             }
             train_tokens = t.tokens();
+            // Fairness: a long run yields its worker at a checkpoint when
+            // another user's job has waited too long (it resumes from there).
+            if (!t.checkpoint().empty() && t.step() < t.steps() && config_.train_yield_after_s > 0 &&
+                yield_reason.empty() &&
+                manager_->OthersWaitedLonger(job.owner(), absl::Seconds(config_.train_yield_after_s))) {
+              yield_reason = absl::StrCat(
+                  "yielded its worker at checkpoint ", t.checkpoint(), ": another user's job waited more than ",
+                  config_.train_yield_after_s, " s (train_yield_after_s); resumes from that checkpoint");
+            }
           }
           break;
         case v1::WorkerEvent::kFinished:
@@ -702,6 +712,10 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       if (!stored.ok()) {
         Log(absl::StrCat(job.id(), ": not recording worker event: ", stored.ToString()));
         store_rejected = true;
+        ctx.TryCancel();
+        break;
+      }
+      if (!yield_reason.empty()) {
         ctx.TryCancel();
         break;
       }
@@ -765,6 +779,8 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   } else if (store_rejected) {
     // The job was finished elsewhere (cancelled while being claimed, ...).
     if (!cancelled_by.empty()) finish_cancelled();
+  } else if (!yield_reason.empty() && cancelled_by.empty() && !aborting) {
+    release(yield_reason, /*count_failure=*/false);
   } else if (finished.has_value()) {
     if (finished->code() == 0) {
       v1::JobEvent e;

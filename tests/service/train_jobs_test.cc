@@ -390,6 +390,10 @@ bool WaitPastCheckpoint(v1::AnalysisService::Stub& stub, const std::string& id, 
   while (reader->Read(&e)) {
     if (!e.has_result() || !e.result().has_train_step()) continue;
     const v1::TrainStep& t = e.result().train_step();
+    if (more < 0 && t.step() >= 10 + more) {  // `-k`: k updates before the first checkpoint (10)
+      ctx.TryCancel();
+      return true;
+    }
     if (!t.checkpoint().empty() && checkpoint == 0) checkpoint = t.step();
     if (checkpoint > 0 && t.step() >= checkpoint + more) {
       ctx.TryCancel();
@@ -440,6 +444,40 @@ TEST_F(TrainJobsTest, KilledWorkerAndServerResumeWithTheUninterruptedCurve) {
   int replayed = 0;
   for (const v1::ResultRecord& r : done.results()) replayed += r.has_train_step() && r.train_step().replayed();
   EXPECT_EQ(replayed, summary->resumed_from_step());
+}
+
+// A long run on the only worker yields it at a checkpoint once another
+// user's job has waited longer than train_yield_after_s: that job runs, and
+// the run resumes from the checkpoint and still gives the uninterrupted curve.
+TEST_F(TrainJobsTest, LongRunYieldsItsWorkerToAnotherUsersWaitingJob) {
+  StartServer(R"("runs_dir": ")" + dir_.path() +
+              R"(/runs", "worker_args": ["--test-unit-delay-ms", "60"], "train_yield_after_s": 0.5)");
+  v1::Job long_run, short_run;
+  ASSERT_TRUE(SubmitAs(*stub_, "alice", TrainRequest("long", 60), &long_run).ok());
+  ASSERT_TRUE(WaitPastCheckpoint(*stub_, long_run.id(), -8));  // running, before its first checkpoint
+  ASSERT_TRUE(SubmitAs(*stub_, "bob", TrainRequest("short", 5), &short_run).ok());
+  const v1::Job short_done = WaitTerminal(*stub_, short_run.id(), seconds(240));
+  ASSERT_EQ(short_done.state(), v1::JOB_STATE_COMPLETED) << short_done.error().message();
+  const v1::Job long_done = WaitTerminal(*stub_, long_run.id(), seconds(240));
+  ASSERT_EQ(long_done.state(), v1::JOB_STATE_COMPLETED) << long_done.error().message();
+  EXPECT_LT(short_done.end_time().seconds() * 1e9 + short_done.end_time().nanos(),
+            long_done.end_time().seconds() * 1e9 + long_done.end_time().nanos());
+  EXPECT_GE(long_done.attempts(), 2);
+  const v1::TrainSummary* summary = SummaryOf(long_done);
+  ASSERT_NE(summary, nullptr);
+  EXPECT_GT(summary->resumed_from_step(), 0);
+  // The reason is in the job's Retrying event.
+  bool yielded = false;
+  for (const v1::JobEvent& e : WatchAll(*stub_, long_run.id(), 0, seconds(30))) {
+    if (e.has_retrying() && e.retrying().reason().find("yielded its worker") != std::string::npos) yielded = true;
+  }
+  EXPECT_TRUE(yielded);
+  // Yielding changes nothing in the curve: the same run without a yield.
+  v1::Job ref;
+  ASSERT_TRUE(SubmitAs(*stub_, "alice", TrainRequest("long-ref", 60), &ref).ok());
+  const v1::Job ref_done = WaitTerminal(*stub_, ref.id(), seconds(240));
+  ASSERT_EQ(ref_done.state(), v1::JOB_STATE_COMPLETED);
+  EXPECT_EQ(LossCurve(long_done), LossCurve(ref_done));
 }
 
 }  // namespace
