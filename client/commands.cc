@@ -25,6 +25,7 @@
 #include "absl/strings/strip.h"
 #include "client/render.h"
 #include "client/render_profile.h"
+#include "client/render_train.h"
 #include "sinkscope/v1/analysis.grpc.pb.h"
 
 namespace sinkscope {
@@ -237,6 +238,11 @@ int WatchAndPrint(Connection& conn, const std::string& job_id, const WatchOption
       // A comparison streams its rows: say each as it is done.
       if (!global.json && !global.quiet && event.has_result() && event.result().has_profile_row()) {
         line.Note(RenderProfileRowLine(event.result().profile_row()));
+      }
+      // A training run: one line per progress record.
+      if (!global.json && !global.quiet && event.has_result() && event.result().has_train_step() &&
+          !progress.Superseded(event)) {
+        line.Note(RenderTrainStepLine(event.result().train_step()));
       }
     }
     grpc::Status status = reader->Finish();

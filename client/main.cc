@@ -25,6 +25,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <nlohmann/json.hpp>
+#include "google/protobuf/util/json_util.h"
 #include "absl/strings/str_cat.h"
 #include "client/commands.h"
 
@@ -563,6 +565,42 @@ int main(int argc, char** argv) {
                    "same parameters (repeatable; one row each)")
       ->allow_extra_args(false);
 
+  // train (issue 26): a training run as a job
+  CLI::App* train = app.add_subcommand(
+      "train",
+      "Train a decoder on a catalog corpus (byte-level) as a job; its checkpoints become your "
+      "models RUN@STEP");
+  std::string train_config, train_corpus, train_name, train_model, train_request_id;
+  int64_t train_steps = 0, train_batch = 0, train_seq = 0, train_warmup = 0, train_eval = 0,
+          train_ckpt = 0, train_log = 0;
+  uint64_t train_seed = 0;
+  double train_lr = 0;
+  bool train_detach = false, train_events = false;
+  train->add_option("--config", train_config,
+                    "JSON file: a config.json object, or {\"model\": {config.json keys}, \"recipe\": "
+                    "{TrainRecipe fields}} as examples/train/bytelm-tiny.json");
+  train->add_option("--corpus", train_corpus, "Catalog corpus (see 'sinkscope models')")->required();
+  train->add_option("--name", train_name, "Run name: checkpoints are models NAME@STEP")->required();
+  train->add_option("-m,--model", train_model, "Start from this catalog model's weights (format hf)");
+  CLI::Option* tsteps = train->add_option("--steps", train_steps, "Optimiser updates");
+  CLI::Option* tbatch = train->add_option("--batch-size", train_batch, "Sequences per update");
+  CLI::Option* tseq = train->add_option("--seq-len", train_seq, "Tokens per sequence");
+  CLI::Option* tseed = train->add_option("--seed", train_seed, "Init and data order");
+  CLI::Option* tlr = train->add_option("--lr", train_lr, "Peak learning rate");
+  CLI::Option* twarm = train->add_option("--warmup-steps", train_warmup, "Linear warmup updates");
+  CLI::Option* teval = train->add_option("--eval-every", train_eval, "Held-out loss every N updates");
+  CLI::Option* tckpt = train->add_option("--checkpoint-every", train_ckpt, "Checkpoint every N updates");
+  CLI::Option* tlog = train->add_option("--log-every", train_log, "A progress record every N updates");
+  int64_t train_profile_every = 0, train_profile_budget = 0;
+  CLI::Option* tprof = train->add_option(
+      "--profile-every", train_profile_every,
+      "Every N-th checkpoint profiles itself on the held-out split (the profile row)");
+  CLI::Option* tprof_budget = train->add_option("--profile-token-budget", train_profile_budget,
+                                                "Held-out tokens of each self-profile (default 8192)");
+  train->add_option("--request-id", train_request_id, "Idempotency key: resubmitting returns the job");
+  train->add_flag("--detach", train_detach, "Print the job id and exit once queued");
+  train->add_flag("--events", train_events, "With --json: print every event as a JSON line");
+
   // constant-substitution
   CLI::App* substitution = app.add_subcommand(
       "constant-substitution",
@@ -808,6 +846,53 @@ int main(int argc, char** argv) {
     if (!prof_rule.empty()) p->mutable_thresholds()->set_step_rule(prof_rule);
     if (pshare_opt->count() > 0) p->mutable_thresholds()->set_step_share(prof_share);
     for (const std::string& m : prof_compare) p->add_compare_models(m);
+    return sinkscope::client::RunScan(global, options);
+  }
+  if (train->parsed()) {
+    options.detach = train_detach;
+    options.watch.events = train_events;
+    options.request.set_client_request_id(train_request_id);
+    request->set_model(train_model);
+    v1::TrainRequest* t = request->mutable_train();
+    t->set_corpus(train_corpus);
+    t->set_run_name(train_name);
+    if (!train_config.empty()) {
+      std::string text;
+      if (!ReadTextFile(train_config, &text)) return Usage(absl::StrCat("--config: cannot read ", train_config));
+      nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+      if (j.is_discarded() || !j.is_object()) return Usage(absl::StrCat("--config ", train_config, ": not a JSON object"));
+      if (j.contains("model") || j.contains("recipe")) {
+        for (const auto& item : j.items()) {
+          if (item.key() != "model" && item.key() != "recipe") {
+            return Usage(absl::StrCat("--config ", train_config, ": unknown field '", item.key(),
+                                      "' (known: model, recipe)"));
+          }
+        }
+        if (j.contains("model")) t->set_config_json(j["model"].dump());
+        if (j.contains("recipe")) {
+          auto parsed = google::protobuf::util::JsonStringToMessage(j["recipe"].dump(), t->mutable_recipe());
+          if (!parsed.ok()) {
+            return Usage(absl::StrCat("--config ", train_config, ": recipe: ", parsed.ToString()));
+          }
+        }
+      } else {
+        t->set_config_json(text);
+      }
+    } else if (train_model.empty()) {
+      return Usage("train needs --config (the architecture) or --model (a catalog model to start from)");
+    }
+    v1::TrainRecipe* r = t->mutable_recipe();
+    if (tsteps->count() > 0) r->set_steps(train_steps);
+    if (tbatch->count() > 0) r->set_batch_size(train_batch);
+    if (tseq->count() > 0) r->set_seq_len(train_seq);
+    if (tseed->count() > 0) r->set_seed(train_seed);
+    if (tlr->count() > 0) r->set_lr(train_lr);
+    if (twarm->count() > 0) r->set_warmup_steps(train_warmup);
+    if (teval->count() > 0) r->set_eval_every(train_eval);
+    if (tckpt->count() > 0) r->set_checkpoint_every(train_ckpt);
+    if (tlog->count() > 0) t->set_log_every(train_log);
+    if (tprof->count() > 0) t->set_profile_every(train_profile_every);
+    if (tprof_budget->count() > 0) t->mutable_profile()->mutable_eval()->set_token_budget(train_profile_budget);
     return sinkscope::client::RunScan(global, options);
   }
   if (substitution->parsed()) {

@@ -2,6 +2,7 @@
 #include "client/render_internal.h"
 #include "client/render_mechanism.h"
 #include "client/render_profile.h"
+#include "client/render_train.h"
 
 #include <algorithm>
 #include <cmath>
@@ -638,7 +639,7 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   std::vector<v1::PerplexityChunk> ppl_chunks;
   std::vector<v1::InterventionChunk> iv_chunks;
   std::vector<std::string> summaries;
-  std::vector<v1::ResultRecord> mechanism, profile;
+  std::vector<v1::ResultRecord> mechanism, profile, train;
   int other = 0;
   for (const auto& r : records) {
     switch (r.record_case()) {
@@ -672,6 +673,8 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
           mechanism.push_back(r);
         } else if (IsProfileRecord(r)) {
           profile.push_back(r);
+        } else if (IsTrainRecord(r)) {
+          train.push_back(r);
         } else {
           ++other;
         }
@@ -703,6 +706,7 @@ std::string RenderResults(const std::vector<v1::ResultRecord>& records) {
   for (const std::string& s : summaries) section(s);
   section(RenderMechanismResults(mechanism));
   section(RenderProfileResults(profile));
+  if (!train.empty()) section(RenderTrainResults(train));
   if (other > 0) {
     section(absl::StrCat(Count(other, "record"), " of a kind this client cannot show (use --json)\n"));
   }

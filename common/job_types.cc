@@ -56,6 +56,9 @@ const std::vector<JobTypeDescriptor>& JobTypes() {
        kReq, "", 1, false, false, true, nullptr, kFwd, true, 120, "units"},
       {R::kProfile, v1::JOB_TYPE_PROFILE, "profile", "profile",
        kOpt, "", 1, true, false, false, &ProfileEval, kAttn, false, 120, "chunks"},
+      {R::kTrain, v1::JOB_TYPE_TRAIN, "train", "train",
+       kNone, "train reads a catalog corpus (train.corpus): give no sequences",
+       1, false, false, false, nullptr, kFwd, false, 300, "steps"},
   };
   // clang-format on
   return kTable;

@@ -122,7 +122,7 @@ grpc::Status AnalysisServiceImpl::ListModels(grpc::ServerContext* context,
                                              v1::ListModelsResponse* response) {
   absl::StatusOr<Caller> caller = auth_->Authenticate(*context);
   if (!caller.ok()) return Done("ListModels", caller.status());
-  *response = manager_->ListModels();
+  *response = manager_->ListModels(caller->user);  // with the caller's own checkpoints
   return Done("ListModels", absl::OkStatus());
 }
 

@@ -455,6 +455,54 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
   return catalog;
 }
 
+ModelCatalog ModelCatalog::WithRunCheckpoints(const std::string& user_runs_dir) const {
+  ModelCatalog out = *this;
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::directory_iterator runs(user_runs_dir, ec);
+  if (ec) return out;
+  for (const fs::directory_entry& run : runs) {
+    const std::string run_name = run.path().filename().string();
+    if (!run.is_directory(ec) || !IsValidName(run_name)) continue;
+    std::string tokenizer = (run.path() / "tokenizer.json").string();
+    if (!fs::is_regular_file(tokenizer, ec)) tokenizer.clear();
+    fs::directory_iterator steps(run.path(), ec);
+    if (ec) continue;
+    for (const fs::directory_entry& step : steps) {
+      const std::string dir = step.path().filename().string();
+      if (dir.size() < 6 || dir.compare(0, 5, "step-") != 0 ||
+          dir.find_first_not_of("0123456789", 5) != std::string::npos || dir.size() > 5 + 18) {
+        continue;
+      }
+      if (!fs::is_regular_file(step.path() / "trainer_state.json", ec)) continue;
+      CatalogEntry e;
+      e.name = run_name + "@" + dir.substr(5);
+      if (out.Find(e.name) != nullptr) continue;
+      e.format = "hf";
+      e.path = step.path().string();
+      e.tokenizer_path = tokenizer;
+      e.description = "your training run " + run_name + ", step " + dir.substr(5);
+      ExtraShape extra;
+      absl::Status probe = ProbeHf(&e, &extra);
+      if (probe.ok()) probe = CheckShape(e, extra);
+      if (probe.ok()) {
+        e.d_ffn = extra.hidden > 0 ? extra.hidden : 0;
+        e.n_kv_heads = extra.n_kv_heads > 0 ? extra.n_kv_heads : e.n_heads;
+        e.d_head = extra.head_dim > 0 ? extra.head_dim : e.d_model / e.n_heads;
+      }
+      e.available = probe.ok();
+      if (!probe.ok()) {
+        e.unavailable_reason = std::string(probe.message());
+        e.vocab_size = e.n_ctx = e.n_layers = e.d_model = e.n_heads = 0;
+      }
+      out.entries_.push_back(std::move(e));
+    }
+  }
+  std::sort(out.entries_.begin(), out.entries_.end(),
+            [](const CatalogEntry& a, const CatalogEntry& b) { return a.name < b.name; });
+  return out;
+}
+
 const CorpusEntry* ModelCatalog::FindCorpus(const std::string& name) const {
   for (const CorpusEntry& e : corpora_) {
     if (e.name == name) return &e;

@@ -81,6 +81,13 @@ class ModelCatalog {
   /// a usable name, malformed ones listed unavailable), for the server log.
   const std::vector<std::string>& warnings() const { return warnings_; }
 
+  /// This catalog plus the training checkpoints of one user (issue 26):
+  /// every `user_runs_dir`/RUN/step-N/ that holds config.json and
+  /// trainer_state.json (a complete checkpoint) becomes a model named
+  /// RUN@N, format hf, with RUN/tokenizer.json as its tokenizer when that
+  /// exists. A name the catalog already has keeps its catalog entry.
+  ModelCatalog WithRunCheckpoints(const std::string& user_runs_dir) const;
+
  private:
   std::vector<std::string> warnings_;
   std::vector<CatalogEntry> entries_;

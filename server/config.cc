@@ -148,6 +148,14 @@ absl::StatusOr<ServerConfig> LoadServerConfigFile(const std::string& path, Serve
         config.max_watch_streams_per_user = v.get<int>();
       } else if (key == "max_watch_streams") {
         config.max_watch_streams = v.get<int>();
+      } else if (key == "runs_dir") {
+        config.runs_dir = ResolvePath(dir, v.get<std::string>());
+      } else if (key == "train_yield_after_s") {
+        config.train_yield_after_s = v.get<double>();
+      } else if (key == "max_train_tokens") {
+        config.max_train_tokens = v.get<int64_t>();
+      } else if (key == "user_max_train_tokens") {
+        config.user_max_train_tokens = v.get<std::map<std::string, int64_t>>();
       } else {
         return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key \"", key, "\""));
       }
@@ -193,6 +201,11 @@ absl::Status ValidateServerConfig(const ServerConfig& c) {
   }
   for (const auto& [user, w] : c.user_weights) {
     if (!(w > 0)) return absl::InvalidArgumentError(absl::StrCat("user_weights[", user, "] must be > 0"));
+  }
+  if (!(c.train_yield_after_s >= 0)) return absl::InvalidArgumentError("train_yield_after_s must be >= 0");
+  if (c.max_train_tokens < 1) return absl::InvalidArgumentError("max_train_tokens must be >= 1");
+  for (const auto& [user, n] : c.user_max_train_tokens) {
+    if (n < 1) return absl::InvalidArgumentError(absl::StrCat("user_max_train_tokens[", user, "] must be >= 1"));
   }
   if (c.max_queued_per_user < 1) return absl::InvalidArgumentError("max_queued_per_user must be >= 1");
   if (c.max_running_per_user < 0) return absl::InvalidArgumentError("max_running_per_user must be >= 0");

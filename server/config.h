@@ -110,6 +110,21 @@ struct ServerConfig {
   /// Most concurrent WatchJob streams per user, and in all.
   int max_watch_streams_per_user = 256;
   int max_watch_streams = 4096;
+
+  // --- Training runs (issue 26) ----------------------------------------------
+
+  /// The users' training runs: checkpoints in <runs_dir>/<user>/<run>/step-N/
+  /// ("" = "runs" beside the SQLite database, or in the current directory).
+  std::string runs_dir;
+  /// Most tokens one training job may train (steps x batch_size x seq_len),
+  /// for every user without an entry in user_max_train_tokens.
+  int64_t max_train_tokens = int64_t{1} << 30;
+  /// Per-user values of max_train_tokens.
+  std::map<std::string, int64_t> user_max_train_tokens;
+  /// A running training job yields its worker at its next checkpoint when a
+  /// job of another user has been queued longer than this, seconds (it goes
+  /// back to the queue and resumes from that checkpoint); 0 = never.
+  double train_yield_after_s = 600;
 };
 
 /// True for "unix:...", 127.0.0.0/8, "localhost" and [::1] addresses.

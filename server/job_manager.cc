@@ -1,5 +1,11 @@
 #include "server/job_manager.h"
+#include "server/train_validation.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cstring>
+#include <cerrno>
+#include <filesystem>
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -155,17 +161,60 @@ absl::Status JobManager::CheckAccess(const std::string& id, const Caller& caller
   return absl::OkStatus();
 }
 
-absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& request) {
-  const CatalogEntry* entry = catalog_.load()->Find(request.model());
+bool JobManager::OthersWaitedLonger(const std::string& owner, absl::Duration wait) {
+  absl::StatusOr<std::vector<QueuedJob>> queued = store_->ListQueued();
+  if (!queued.ok()) return false;
+  const absl::Time now = absl::Now();
+  for (const QueuedJob& q : *queued) {
+    if (q.owner == owner) continue;
+    absl::StatusOr<v1::Job> job = store_->GetJob(q.id);
+    if (!job.ok()) continue;
+    const absl::Time created = absl::FromUnixSeconds(job->create_time().seconds()) +
+                               absl::Nanoseconds(job->create_time().nanos());
+    if (now - created > wait) return true;
+  }
+  return false;
+}
+
+std::string JobManager::UserRunsDir(const std::string& owner) const {
+  if (limits_.runs_dir.empty()) return "";
+  return absl::StrCat(limits_.runs_dir, "/", UserDirName(owner));
+}
+
+std::shared_ptr<const ModelCatalog> JobManager::CatalogFor(const std::string& owner) const {
+  const ModelCatalog* base = catalog_.load();
+  // The server's catalog outlives the manager's callers (ReplaceCatalog keeps
+  // every catalog): a non-owning pointer.
+  std::shared_ptr<const ModelCatalog> shared(std::shared_ptr<const ModelCatalog>(), base);
+  const std::string dir = owner.empty() ? "" : UserRunsDir(owner);
+  if (dir.empty()) return shared;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return shared;
+  return std::make_shared<const ModelCatalog>(base->WithRunCheckpoints(dir));
+}
+
+absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& request,
+                                                    const std::string& owner) {
+  std::shared_ptr<const ModelCatalog> catalog = CatalogFor(owner);
+  if (request.has_train()) {
+    absl::StatusOr<ModelConfig> config = TrainModelConfig(request, *catalog);
+    if (!config.ok()) return config.status();
+    MemoryEstimate e;
+    e.weight_bytes = 16 * ParameterCount(*config);  // weights, gradients, two moments
+    e.activation_bytes = std::max<int64_t>(0, EstimateTrainBytes(*config, request.train().recipe()) - e.weight_bytes);
+    return e;
+  }
+  const CatalogEntry* entry = catalog->Find(request.model());
   if (entry == nullptr) return absl::NotFoundError(absl::StrCat("unknown model ", request.model()));
   ModelShape shape;
   {
+    // By path: two users' checkpoints may share a name RUN@STEP.
     std::lock_guard<std::mutex> lock(shapes_mu_);
-    auto it = shapes_.find(entry->name);
+    auto it = shapes_.find(entry->path);
     if (it == shapes_.end()) {
       absl::StatusOr<ModelShape> read = ReadModelShape(*entry);
       if (!read.ok()) return read.status();
-      it = shapes_.emplace(entry->name, *read).first;
+      it = shapes_.emplace(entry->path, *read).first;
     }
     shape = it->second;
   }
@@ -178,11 +227,11 @@ absl::StatusOr<MemoryEstimate> JobManager::Estimate(const v1::JobRequest& reques
     // in turn: the largest of those counts on top (unknown ones count 0).
     int64_t largest = 0;
     for (const std::string& pattern : request.profile().compare_models()) {
-      for (const std::string& name : ExpandCheckpoints(*catalog_, pattern)) {
+      for (const std::string& name : ExpandCheckpoints(*catalog, pattern)) {
         v1::JobRequest other = request;
         other.set_model(name);
         other.mutable_profile()->clear_compare_models();
-        absl::StatusOr<MemoryEstimate> e = Estimate(other);
+        absl::StatusOr<MemoryEstimate> e = Estimate(other, owner);
         if (!e.ok()) continue;
         largest = std::max(largest, e->weight_bytes);
         estimate.activation_bytes = std::max(estimate.activation_bytes, e->activation_bytes);
@@ -199,7 +248,7 @@ JobTraits JobManager::TraitsOf(const std::string& id) {
   if (!job.ok()) return traits;
   traits.model = job->request().model();
   traits.type = job->type();
-  absl::StatusOr<MemoryEstimate> est = Estimate(job->request());
+  absl::StatusOr<MemoryEstimate> est = Estimate(job->request(), job->owner());
   if (est.ok()) traits.need_bytes = est->total();
   return traits;
 }
@@ -270,7 +319,9 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
     return absl::InvalidArgumentError(absl::StrCat("client_request_id is longer than ",
                                                    limits_.max_client_request_id, " characters"));
   }
-  const ModelCatalog& catalog = *catalog_.load();  // one catalog for the whole check
+  // One catalog for the whole check: the server's, with the owner's checkpoints.
+  std::shared_ptr<const ModelCatalog> owner_catalog = CatalogFor(owner);
+  const ModelCatalog& catalog = *owner_catalog;
   if (const CatalogEntry* entry = catalog.Find(request.request().model());
       entry != nullptr && entry->available) {
     if (std::string reason = UnavailableReason(*entry); !reason.empty()) {
@@ -278,7 +329,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
           "model ", entry->name, " is not available on this server: ", reason));
     }
   }
-  absl::Status valid = ValidateJobRequest(request.request(), catalog, limits_);
+  absl::Status valid = ValidateJobRequest(request.request(), catalog, limits_, owner);
   if (!valid.ok()) return valid;
   {
     // A dtype the workers' devices cannot run is refused here, not found
@@ -298,7 +349,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   JobTraits traits;
   traits.model = request.request().model();
   traits.type = JobTypeOf(request.request());
-  absl::StatusOr<MemoryEstimate> estimate = Estimate(request.request());
+  absl::StatusOr<MemoryEstimate> estimate = Estimate(request.request(), owner);
   if (estimate.ok()) {
     traits.need_bytes = estimate->total();
     if (shared_.max_worker_budget > 0 && estimate->total() > shared_.max_worker_budget) {
@@ -329,8 +380,26 @@ absl::StatusOr<v1::Job> JobManager::Submit(const std::string& owner,
   job.client_request_id = request.client_request_id();
   job.priority = request.priority();
   bool created = false;
+  std::string new_run_dir;  // a training job's run directory, made here
+  if (request.request().has_train()) {
+    // mkdir is the run name's claim: of two submissions of one name, one wins.
+    const std::string user_dir = UserRunsDir(owner);
+    std::error_code ec;
+    std::filesystem::create_directories(user_dir, ec);
+    const std::string dir = absl::StrCat(user_dir, "/", request.request().train().run_name());
+    if (mkdir(dir.c_str(), 0755) != 0) {
+      if (errno == EEXIST) {
+        return absl::AlreadyExistsError(absl::StrCat(
+            "train: you already have a run named ", request.request().train().run_name(),
+            "; choose another run_name"));
+      }
+      return absl::InternalError(absl::StrCat("cannot create the run's directory: ", std::strerror(errno)));
+    }
+    new_run_dir = dir;
+  }
   absl::StatusOr<v1::Job> stored = store_->CreateJob(job, &created);
   submit_lock.unlock();
+  if (!new_run_dir.empty() && (!stored.ok() || !created)) rmdir(new_run_dir.c_str());
   if (!stored.ok()) return stored.status();
   if (!created && !google::protobuf::util::MessageDifferencer::Equals(stored->request(),
                                                                      request.request())) {
@@ -510,9 +579,10 @@ absl::Status JobManager::Watch(const std::string& id, int64_t after_seq,
   }
 }
 
-v1::ListModelsResponse JobManager::ListModels() const {
+v1::ListModelsResponse JobManager::ListModels(const std::string& user) const {
   v1::ListModelsResponse out;
-  const ModelCatalog& catalog = *catalog_.load();
+  std::shared_ptr<const ModelCatalog> user_catalog = CatalogFor(user);
+  const ModelCatalog& catalog = *user_catalog;
   for (const CatalogEntry& e : catalog.entries()) {
     std::string reason = UnavailableReason(e);
     if (reason.empty() || !e.available) {

@@ -61,11 +61,22 @@ class JobManager {
   /// otherwise, with the same message as for an unknown job.
   absl::Status CheckAccess(const std::string& id, const Caller& caller);
   /// The memory a job would need (weights in its dtype + activations).
-  absl::StatusOr<MemoryEstimate> Estimate(const v1::JobRequest& request);
-  /// The work a job will do (token-layers), for limits and deadlines.
-  WorkEstimate EstimateWork(const v1::JobRequest& request) const {
-    return EstimateJobWork(request, *catalog_.load());
+  /// `owner`'s training checkpoints (RUN@STEP) count among the models.
+  absl::StatusOr<MemoryEstimate> Estimate(const v1::JobRequest& request,
+                                          const std::string& owner = "");
+  /// The work a job of `owner` will do (token-layers), for limits and deadlines.
+  WorkEstimate EstimateWork(const v1::JobRequest& request, const std::string& owner = "") const {
+    return EstimateJobWork(request, *CatalogFor(owner));
   }
+  /// The catalog as `owner` sees it: the server's catalog plus the owner's
+  /// training checkpoints RUN@STEP under the runs directory (issue 26); the
+  /// server's catalog itself when the owner has no runs ("" = nobody's).
+  std::shared_ptr<const ModelCatalog> CatalogFor(const std::string& owner) const;
+  /// Whether a QUEUED job of a user other than `owner` was submitted more
+  /// than `wait` ago (a training run then yields its worker at a checkpoint).
+  bool OthersWaitedLonger(const std::string& owner, absl::Duration wait);
+  /// The owner's runs directory, <runs_dir>/<user> ("" when training is off).
+  std::string UserRunsDir(const std::string& owner) const;
   /// Traits of a stored job for the scheduler.
   JobTraits TraitsOf(const std::string& id);
   Metrics* metrics() const { return metrics_; }
@@ -92,7 +103,8 @@ class JobManager {
                      const std::function<bool()>& client_gone);
   /// The catalog's public view, with models that failed to load marked
   /// unavailable, and the workers' health.
-  v1::ListModelsResponse ListModels() const;
+  /// `user`'s training checkpoints are listed too (RUN@STEP, theirs only).
+  v1::ListModelsResponse ListModels(const std::string& user = "") const;
   /// Queue counts for `user` (every user's jobs counted, nobody named).
   absl::StatusOr<v1::QueueOverview> QueueOverviewFor(const std::string& user);
 

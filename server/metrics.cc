@@ -93,6 +93,18 @@ Metrics::Metrics(int max_users)
                  .Help("Input tokens of completed jobs")
                  .Register(r)
                  .Add({});
+  train_tokens_ = &BuildCounter().Name("sinkscope_train_tokens_total")
+                       .Help("Tokens trained by training jobs (input tokens of the updates made)")
+                       .Register(r)
+                       .Add({});
+  train_steps_ = &BuildCounter().Name("sinkscope_train_steps_total")
+                      .Help("Optimiser updates made by training jobs")
+                      .Register(r)
+                      .Add({});
+  train_checkpoints_ = &BuildCounter().Name("sinkscope_train_checkpoints_total")
+                            .Help("Checkpoints written by training jobs")
+                            .Register(r)
+                            .Add({});
   grpc_requests_ = &BuildCounter().Name("sinkscope_grpc_requests_total")
                         .Help("AnalysisService calls by method and gRPC status code")
                         .Register(r);
@@ -193,6 +205,12 @@ void Metrics::ModelLoaded(double seconds) { model_load_->Observe(seconds); }
 
 void Metrics::SetWorkerMemory(const std::string& worker, const std::string& kind, int64_t bytes) {
   worker_memory_->Add({{"worker", worker}, {"kind", kind}}).Set(static_cast<double>(bytes));
+}
+
+void Metrics::TrainProgress(int64_t steps, int64_t tokens, int64_t checkpoints) {
+  if (steps > 0) train_steps_->Increment(static_cast<double>(steps));
+  if (tokens > 0) train_tokens_->Increment(static_cast<double>(tokens));
+  if (checkpoints > 0) train_checkpoints_->Increment(static_cast<double>(checkpoints));
 }
 
 void Metrics::TokensProcessed(int64_t n) {

@@ -62,6 +62,9 @@ class Metrics {
   /// kind: "rss", "device_models", "budget".
   void SetWorkerMemory(const std::string& worker, const std::string& kind, int64_t bytes);
   void TokensProcessed(int64_t n);
+  /// A training job made `steps` updates over `tokens` input tokens and wrote
+  /// `checkpoints` checkpoints (sinkscope_train_*_total).
+  void TrainProgress(int64_t steps, int64_t tokens, int64_t checkpoints);
   void GrpcRequest(const std::string& method, int code);
 
   /// The user label for `user` (itself or "other").
@@ -90,6 +93,9 @@ class Metrics {
   prometheus::Histogram* model_load_;
   prometheus::Family<prometheus::Gauge>* worker_memory_;
   prometheus::Counter* tokens_;
+  prometheus::Counter* train_tokens_;
+  prometheus::Counter* train_steps_;
+  prometheus::Counter* train_checkpoints_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;
   std::map<std::string, prometheus::Gauge*> depth_gauges_, running_gauges_;
 };

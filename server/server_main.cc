@@ -255,6 +255,19 @@ int Run(const ServerConfig& config) {
   limits.max_text_bytes = config.max_text_bytes;
   limits.max_job_token_layers = config.max_job_token_layers;
   limits.max_result_bytes = config.max_result_bytes;
+  limits.max_train_tokens = config.max_train_tokens;
+  limits.user_max_train_tokens = config.user_max_train_tokens;
+  {
+    // Training runs live beside the database unless configured.
+    std::string runs = config.runs_dir;
+    if (runs.empty()) {
+      runs = IsPostgresUrl(config.database)
+                 ? ResolvePath(".", "runs")
+                 : std::filesystem::path(config.database).parent_path().append("runs").string();
+    }
+    limits.runs_dir = runs;
+    Log(absl::StrCat("training runs directory: ", runs));
+  }
   JobManager* manager_ptr = nullptr;
   Scheduler scheduler(
       store->get(),
@@ -497,6 +510,8 @@ int main(int argc, char** argv) {
   app.add_option("--catalog", catalog, "Model catalog JSON (default deploy/catalog.json)");
   app.add_option("--worker-binary", worker_binary, "sinkscope-worker binary");
   app.add_option("--runtime-dir", runtime_dir, "Directory for worker sockets");
+  std::string runs_dir;
+  app.add_option("--runs-dir", runs_dir, "Directory of the users' training runs (default: runs/ beside the database)");
   app.add_option("--max-attempts", max_attempts, "Dispatches of a job whose worker dies (default 3)");
   app.add_option("--drain-timeout", drain_timeout_s, "Seconds running jobs may finish on SIGTERM");
   app.add_option("--worker-threads", worker_threads, "Intra-op threads per worker (0 = default)");
@@ -544,6 +559,7 @@ int main(int argc, char** argv) {
   if (!catalog.empty()) config.catalog = catalog;
   if (!worker_binary.empty()) config.worker_binary = worker_binary;
   if (!runtime_dir.empty()) config.runtime_dir = runtime_dir;
+  if (!runs_dir.empty()) config.runs_dir = sinkscope::server::ResolvePath(".", runs_dir);
   if (max_attempts != 0) config.max_attempts = max_attempts;
   if (drain_timeout_s >= 0) config.drain_timeout_s = drain_timeout_s;
   if (worker_threads >= 0) config.worker_threads = worker_threads;

@@ -1,4 +1,5 @@
 #include "server/validation.h"
+#include "server/train_validation.h"
 
 #include <utf8.h>
 
@@ -586,7 +587,8 @@ absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan, const st
 }
 
 absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalog& catalog,
-                                const RequestLimits& limits) {
+                                const RequestLimits& limits, const std::string& owner) {
+  if (request.has_train()) return ValidateTrainRequest(request, catalog, limits, owner);
   if (request.model().empty()) return absl::InvalidArgumentError("model is not set; see ListModels");
   const CatalogEntry* model = catalog.Find(request.model());
   if (model == nullptr) {
@@ -701,6 +703,7 @@ int64_t CountTokens(const google::protobuf::RepeatedPtrField<v1::Sequence>& seqs
 }  // namespace
 
 WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& catalog) {
+  if (request.has_train()) return EstimateTrainWork(request, catalog);
   WorkEstimate w;
   const CatalogEntry* model = catalog.Find(request.model());
   const int64_t L = model != nullptr && model->n_layers > 0 ? model->n_layers : 1;

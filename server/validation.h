@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -39,6 +40,12 @@ struct RequestLimits {
   /// job that passes it). A job whose result size is known at submission
   /// (activations) is refused there instead.
   int64_t max_result_bytes = 32 << 20;
+  /// Training runs (issue 26): the runs directory (<runs_dir>/<user>/<run>;
+  /// "" = training refused) and the most tokens (steps x batch x seq_len) of
+  /// one run, per user.
+  std::string runs_dir;
+  int64_t max_train_tokens = int64_t{1} << 30;
+  std::map<std::string, int64_t> user_max_train_tokens;
 };
 
 /// What a job will compute, estimated at submission from the request and the
@@ -78,8 +85,10 @@ WorkEstimate EstimateJobWork(const v1::JobRequest& request, const ModelCatalog& 
 ///    entries or interventions, or too much work (EstimateJobWork), naming
 ///    the count (or estimate) and the limit;
 ///  - UNIMPLEMENTED for job types the server does not run.
+/// A training job (`train` params) is checked by ValidateTrainRequest
+/// (server/train_validation.h) for `owner`.
 absl::Status ValidateJobRequest(const v1::JobRequest& request, const ModelCatalog& catalog,
-                                const RequestLimits& limits);
+                                const RequestLimits& limits, const std::string& owner = "");
 
 /// Checks the scan parameters (the defaults apply to unset fields).
 absl::Status ValidateScanRequest(const v1::ActivationScanRequest& scan,

@@ -397,10 +397,35 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
   run.set_job_id(job.id());
   run.set_attempt(job.attempts());
   *run.mutable_request() = request;
-  const CatalogEntry* entry = manager_->FindModel(request.model());
+  // The catalog as the job's owner sees it (with their training checkpoints).
+  const std::shared_ptr<const ModelCatalog> catalog = manager_->CatalogFor(job.owner());
+  const CatalogEntry* entry = catalog->Find(request.model());
   absl::StatusOr<std::string> dtype = DtypeFromProto(request.dtype());
   std::optional<absl::Status> early_failure;
-  if (entry == nullptr) {
+  if (request.has_train()) {
+    // A training run: its directory, its corpus and (optionally) the model
+    // it starts from; the worker does not load a model into its cache.
+    run.set_run_dir(absl::StrCat(manager_->UserRunsDir(job.owner()), "/", request.train().run_name()));
+    if (!request.model().empty()) {
+      if (entry == nullptr) {
+        early_failure = absl::NotFoundError(absl::StrCat("model ", request.model(), " left the catalog"));
+      } else {
+        v1::ResolvedModel* m = run.mutable_model();
+        m->set_name(entry->name);
+        m->set_format(entry->format);
+        m->set_path(entry->path);
+        m->set_dtype("float32");
+      }
+    }
+    const CorpusEntry* corpus = catalog->FindCorpus(request.train().corpus());
+    if (corpus == nullptr) {
+      early_failure = absl::NotFoundError(absl::StrCat("corpus ", request.train().corpus(), " left the catalog"));
+    } else {
+      v1::ResolvedCorpus* c = run.mutable_corpus();
+      c->set_name(corpus->name);
+      c->set_path(corpus->path);
+    }
+  } else if (entry == nullptr) {
     early_failure = absl::NotFoundError(absl::StrCat("model ", request.model(), " left the catalog"));
   } else if (!dtype.ok()) {
     early_failure = dtype.status();
@@ -431,7 +456,7 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
     // reason and gets its failed row.
     std::vector<std::string> names;
     for (const std::string& pattern : request.profile().compare_models()) {
-      std::vector<std::string> expanded = manager_->ExpandModels(pattern);
+      std::vector<std::string> expanded = ExpandCheckpoints(*catalog, pattern);
       // A pattern no checkpoint matches keeps its place as a failed row.
       if (expanded.empty()) expanded.push_back(pattern);
       names.insert(names.end(), expanded.begin(), expanded.end());
@@ -439,8 +464,8 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
     for (const std::string& name : names) {
       v1::ResolvedModel* m = run.add_compare_models();
       m->set_name(name);
-      const CatalogEntry* other = manager_->FindModel(name);
-      const CorpusEntry* corpus = manager_->FindCorpus(request.profile().eval().corpus());
+      const CatalogEntry* other = catalog->Find(name);
+      const CorpusEntry* corpus = catalog->FindCorpus(request.profile().eval().corpus());
       int64_t weight_bytes = 0;
       if (other == nullptr) {
         m->set_unavailable_reason(absl::StrCat("model ", name, " is not in the catalog"));
@@ -459,7 +484,7 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
         v1::JobRequest as_other = request;
         as_other.set_model(name);
         as_other.mutable_profile()->clear_compare_models();
-        if (absl::StatusOr<MemoryEstimate> e = manager_->Estimate(as_other); e.ok()) {
+        if (absl::StatusOr<MemoryEstimate> e = manager_->Estimate(as_other, job.owner()); e.ok()) {
           weight_bytes = e->weight_bytes;
         }
       }
@@ -469,7 +494,7 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
   run.set_max_total_tokens(config_.max_total_tokens);
   run.set_heartbeat_interval_ms(config_.heartbeat_interval_ms);
   if (!early_failure.has_value()) {
-    absl::StatusOr<MemoryEstimate> estimate = manager_->Estimate(request);
+    absl::StatusOr<MemoryEstimate> estimate = manager_->Estimate(request, job.owner());
     if (estimate.ok()) {
       run.set_estimated_weight_bytes(estimate->weight_bytes);
       run.set_estimated_activation_bytes(estimate->activation_bytes);
@@ -494,6 +519,8 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   bool results_too_large = false;
   bool store_rejected = false;
   int64_t n_tokens = 0;
+  int64_t train_tokens = 0;  // a training job's tokens of this attempt, counted so far
+  std::string yield_reason;  // set when a training job yields its worker
   std::optional<absl::Time> load_started;
   bool model_loaded = false;  // a "loaded" or "cached" ModelLoading event came
   int n_records = 0;
@@ -628,6 +655,25 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
           if (event.result().has_scan_summary()) {
             n_tokens = event.result().scan_summary().provenance().n_tokens();
           }
+          if (event.result().has_train_step() && !event.result().train_step().replayed()) {
+            const v1::TrainStep& t = event.result().train_step();
+            const int64_t bt = std::max<int64_t>(
+                1, request.train().recipe().batch_size() * request.train().recipe().seq_len());
+            if (Metrics* m = manager_->metrics()) {
+              m->TrainProgress((t.tokens() - train_tokens) / bt, t.tokens() - train_tokens,
+                               t.checkpoint().empty() ? 0 : 1);
+            }
+            train_tokens = t.tokens();
+            // Fairness: a long run yields its worker at a checkpoint when
+            // another user's job has waited too long (it resumes from there).
+            if (!t.checkpoint().empty() && t.step() < t.steps() && config_.train_yield_after_s > 0 &&
+                yield_reason.empty() &&
+                manager_->OthersWaitedLonger(job.owner(), absl::Seconds(config_.train_yield_after_s))) {
+              yield_reason = absl::StrCat(
+                  "yielded its worker at checkpoint ", t.checkpoint(), ": another user's job waited more than ",
+                  config_.train_yield_after_s, " s (train_yield_after_s); resumes from that checkpoint");
+            }
+          }
           break;
         case v1::WorkerEvent::kFinished:
           finished = event.finished();
@@ -666,6 +712,10 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
       if (!stored.ok()) {
         Log(absl::StrCat(job.id(), ": not recording worker event: ", stored.ToString()));
         store_rejected = true;
+        ctx.TryCancel();
+        break;
+      }
+      if (!yield_reason.empty()) {
         ctx.TryCancel();
         break;
       }
@@ -729,6 +779,8 @@ bool WorkerPool::RunJob(Slot* slot, const v1::Job& job) {
   } else if (store_rejected) {
     // The job was finished elsewhere (cancelled while being claimed, ...).
     if (!cancelled_by.empty()) finish_cancelled();
+  } else if (!yield_reason.empty() && cancelled_by.empty() && !aborting) {
+    release(yield_reason, /*count_failure=*/false);
   } else if (finished.has_value()) {
     if (finished->code() == 0) {
       v1::JobEvent e;

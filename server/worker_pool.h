@@ -102,7 +102,7 @@ class WorkerPool {
   /// dtype or corpus cannot be resolved (left the catalog); nullopt if none.
   std::optional<absl::Status> ResolveRunRequest(const v1::Job& job, v1::RunJobRequest* out);
   JobDeadlines DeadlinesFor(const v1::Job& job) const {
-    return DeadlinesForJob(config_, job.type(), manager_->EstimateWork(job.request()).token_layers);
+    return DeadlinesForJob(config_, job.type(), manager_->EstimateWork(job.request(), job.owner()).token_layers);
   }
   /// Waits briefly for the worker to exit (else kills it); says how it ended.
   std::string ReapWorker(Slot* slot, absl::Duration grace, int kill_signal);

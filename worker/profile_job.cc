@@ -100,6 +100,15 @@ absl::StatusOr<v1::ProfileRow> ProfileOne(const JobContext& ctx,
 
 }  // namespace
 
+absl::StatusOr<v1::ProfileRow> ProfileStream(const CachedModel& cached,
+                                             const std::vector<int64_t>& stream,
+                                             const v1::ProfileRequest& params,
+                                             const std::atomic<bool>* cancel) {
+  ASSIGN_OR_RETURN(ProfileResult result, RunProfile(*cached.model, stream, ProfileParamsFromProto(params),
+                                                    nullptr, nullptr, cancel));
+  return ToProfileRow(result, cached);
+}
+
 absl::Status RunProfileJob(const JobContext& ctx,
                            const std::vector<std::vector<int64_t>>& sequences,
                            const ModelLoader& load_model) {

@@ -25,6 +25,14 @@ using ModelLoader = std::function<absl::StatusOr<std::shared_ptr<CachedModel>>(
 /// Runs the profile job of ctx.run (params case kProfile). `sequences`: the
 /// request's sequences tokenized by ctx's model (for a stream of sequences;
 /// each compared model tokenizes them again with its own tokenizer).
+/// The ProfileRow of `cached`'s model on token stream `stream` with the
+/// parameters of `params` (its eval.corpus is not read): what a profile job
+/// computes for one model. Used by training runs on their checkpoints.
+absl::StatusOr<v1::ProfileRow> ProfileStream(const CachedModel& cached,
+                                             const std::vector<int64_t>& stream,
+                                             const v1::ProfileRequest& params,
+                                             const std::atomic<bool>* cancel);
+
 absl::Status RunProfileJob(const JobContext& ctx,
                            const std::vector<std::vector<int64_t>>& sequences,
                            const ModelLoader& load_model);

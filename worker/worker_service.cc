@@ -25,6 +25,7 @@
 #include "worker/job_events.h"
 #include "worker/profile_job.h"
 #include "worker/scan_convert.h"
+#include "worker/train_job.h"
 
 namespace sinkscope {
 namespace worker {
@@ -62,6 +63,8 @@ absl::Status RunScan(const JobContext& ctx, const std::vector<std::vector<int64_
 absl::Status RunJobUnsafe(ModelCache& cache, const WorkerOptions& options,
                           const v1::RunJobRequest& request, const EventSink& sink,
                           const std::atomic<bool>* cancel) {
+  // A training run builds its own model (or starts from a checkpoint): no cache.
+  if (request.request().has_train()) return RunTrainJob(cache, options, request, sink, cancel);
   const v1::ResolvedModel& m = request.model();
   ModelKey key{m.name(), m.format(), m.path(), m.tokenizer_path(), m.dtype()};
   // A ModelLoading event; false when the receiver is gone.

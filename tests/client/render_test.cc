@@ -2,6 +2,7 @@
 #include "client/render.h"
 #include "client/render_mechanism.h"
 #include "client/render_profile.h"
+#include "client/render_train.h"
 
 #include <algorithm>
 #include <cmath>
@@ -869,3 +870,60 @@ TEST(ProfileRenderTest, CsvHasOneFieldPerHeaderColumnAndQuotes) {
 }
 
 }  // namespace profile_render
+
+namespace train_render {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using sinkscope::client::RenderResults;
+using sinkscope::client::RenderTrainStepLine;
+namespace v1 = sinkscope::v1;
+
+// The train job's lines and table (issue 26): a progress line per record as
+// `sinkscope-run train` prints it, replayed records marked, the summary with
+// the command that profiles the run's checkpoints.
+TEST(RenderTrainTest, ProgressLinesCurveAndSummary) {
+  v1::TrainStep live;
+  live.set_step(50);
+  live.set_steps(500);
+  live.set_loss(2.55091);
+  live.set_lr(0.00198);
+  live.set_grad_norm(0.652);
+  live.set_tokens_per_s(19002);
+  live.set_elapsed_s(5.4);
+  live.set_eta_s(49);
+  live.set_heldout_loss(1.78181);
+  live.set_checkpoint("tiny@50");
+  EXPECT_EQ(RenderTrainStepLine(live),
+            "step     50/500  loss 2.5509  lr 0.00198  |g| 0.652     19002 tok/s     5.4 s (ETA 49 s)"
+            "  held-out 1.7818  -> tiny@50");
+  v1::TrainStep replayed;
+  replayed.set_step(10);
+  replayed.set_steps(500);
+  replayed.set_loss(3.0);
+  replayed.set_lr(0.001);
+  replayed.set_replayed(true);
+  EXPECT_EQ(RenderTrainStepLine(replayed), "step     10/500  loss 3.0000  lr 0.001  (from the checkpoint)");
+
+  std::vector<v1::ResultRecord> records(3);
+  *records[0].mutable_train_step() = replayed;
+  *records[1].mutable_train_step() = live;
+  v1::TrainSummary* s = records[2].mutable_train_summary();
+  s->set_run_name("tiny");
+  s->set_step(500);
+  s->set_resumed_from_step(10);
+  s->set_final_loss(1.7689);
+  s->set_corpus("tinyshakespeare");
+  s->add_checkpoints("tiny@250");
+  s->add_checkpoints("tiny@500");
+  s->set_n_params(862592);
+  const std::string text = RenderResults(records);
+  EXPECT_THAT(text, HasSubstr("Training curve"));
+  EXPECT_THAT(text, HasSubstr("tiny@50"));
+  EXPECT_THAT(text, HasSubstr("Run tiny: 500 updates (resumed from step 10), 862592 parameters"));
+  EXPECT_THAT(text, HasSubstr("Checkpoints:       tiny@250, tiny@500"));
+  EXPECT_THAT(text, HasSubstr("sinkscope profile --model tiny@250 --corpus tinyshakespeare --compare 'tiny@*'"));
+  EXPECT_THAT(text, Not(HasSubstr("cannot show")));
+}
+
+}  // namespace train_render

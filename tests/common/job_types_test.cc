@@ -118,7 +118,9 @@ TEST(JobTypesTest, CliNamesAreTheClientCommands) {
 // memory_estimate.cc, worker_pool.cc, worker/worker_service.cc and
 // client/render.cc had them before the table.
 TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
-  const std::set<R::ParamsCase> forbidden = {R::kFirstTokenProbe, R::kFfnQuadratic, R::kVoCircuit};
+  // The train job (issue 26) reads its own corpus field (TrainRequest.corpus).
+  const std::set<R::ParamsCase> forbidden = {R::kFirstTokenProbe, R::kFfnQuadratic, R::kVoCircuit,
+                                             R::kTrain};
   // The profile (added after the table) reads a corpus like the perplexity
   // job but streams one record per model, not per chunk.
   const std::set<R::ParamsCase> optional = {R::kPerplexity, R::kConstantSubstitution,
@@ -131,7 +133,7 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
   const std::set<R::ParamsCase> mechanism = {R::kFfnQuadratic, R::kSiluRegime, R::kVoCircuit,
                                              R::kActivations};
   const std::set<R::ParamsCase> slow_start = {R::kFirstTokenProbe, R::kConstantSubstitution,
-                                              R::kSinkAblation};
+                                              R::kSinkAblation, R::kTrain};
   for (const JobTypeDescriptor& d : JobTypes()) {
     const R::ParamsCase c = d.params_case;
     SCOPED_TRACE(d.cli_name);
@@ -147,7 +149,8 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     // The sink analysis and the self-attention profile compute their
     // statistics from query chunks (O(T)): no pattern is materialised.
     const bool chunked = c == R::kSinks || c == R::kSelfAttentionProfile || c == R::kProfile;
-    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && !chunked);
+    // The train job runs no analysis forward pass (its trainer uses the fused path).
+    EXPECT_EQ(d.needs_attention_patterns, c != R::kScan && c != R::kTrain && !chunked);
     EXPECT_EQ(d.reads_corpus(), optional.count(c) == 1);
     EXPECT_EQ(d.memory_estimate, fold.count(c) ? MemoryEstimateKind::kForwardFfnFold
                                  : chunked     ? MemoryEstimateKind::kAttentionStatistics
@@ -157,6 +160,7 @@ TEST(JobTypesTest, TraitsOfTheFormerSwitches) {
     EXPECT_STREQ(d.progress_unit, c == R::kScan              ? "blocks"
                                   : c == R::kFirstTokenProbe ? "tokens"
                                   : c == R::kProfile         ? "chunks"
+                                  : c == R::kTrain           ? "steps"
                                                              : "units");
   }
 }

@@ -15,6 +15,7 @@ only add documentation and keyword names.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -289,6 +290,50 @@ class Client:
                            token_budget=token_budget, sink_window=sink_window, epsilon=epsilon,
                            sink_layers=sink_layers, abs_threshold=abs_threshold,
                            rel_threshold=rel_threshold, compare_models=compare, **kw)
+
+    def train(self, config: Any = None, *, corpus: str, name: str, model: str = "",
+              log_every: Optional[int] = None, recipe: Optional[Dict[str, Any]] = None,
+              profile_every: Optional[int] = None, profile: Optional[Dict[str, Any]] = None,
+              **recipe_fields) -> "Job":
+        """Trains a decoder on catalog corpus `corpus` (byte-level) as a job
+        (issue 26); its checkpoints become your models ``NAME@STEP``.
+
+        Args:
+            config: the architecture: a config.json dict (or its JSON text), or a
+                run dict ``{"model": {...}, "recipe": {...}}`` as
+                examples/train/bytelm-tiny.json (or the path of such a file).
+                Leave it out with ``model=`` (a catalog model to start from).
+            corpus: catalog corpus; name: the run name.
+            recipe / **recipe_fields: TrainRecipe fields (steps, batch_size,
+                seq_len, seed, lr, warmup_steps, eval_every, checkpoint_every, ...),
+                the keywords over the dict's.
+            log_every: a TrainStep record every N updates (default steps / 100).
+            profile_every: every N-th checkpoint profiles itself on the held-out
+                split and streams its ProfileRow (``result.frame("profile")``);
+                profile: its ProfileRequest fields (sink_window, token_budget, ...).
+        Records: TrainStep per logged update (``result.frame("curve")``: the loss
+        curve as a DataFrame; replayed rows come from a checkpoint after a
+        crash), then a TrainSummary (``result.frame("summary")``).
+        """
+        if isinstance(config, str) and not config.lstrip().startswith("{"):
+            with open(config, encoding="utf-8") as f:
+                config = f.read()
+        if isinstance(config, (str, bytes)):
+            config = json.loads(config)
+        merged: Dict[str, Any] = {}
+        if isinstance(config, dict) and ("model" in config or "recipe" in config):
+            unknown = set(config) - {"model", "recipe"}
+            if unknown:
+                raise TypeError(f"run config: unknown field(s) {sorted(unknown)} (known: model, recipe)")
+            merged.update(config.get("recipe") or {})
+            config = config.get("model")
+        merged.update(recipe or {})
+        merged.update({k: v for k, v in recipe_fields.items() if v is not None})
+        dtype = merged.pop("dtype", None)
+        params = {"config_json": json.dumps(config) if config is not None else "",
+                  "corpus": corpus, "run_name": name, "log_every": log_every,
+                  "recipe": merged, "profile_every": profile_every, "profile": profile}
+        return self.submit("train", model, None, dtype=dtype, **params)
 
 
 def _as_sequences(sequences: Any) -> List[Any]:

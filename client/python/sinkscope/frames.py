@@ -588,6 +588,40 @@ def profile_frames(result) -> Dict[str, pd.DataFrame]:
             "provenance": pd.DataFrame(prov)}
 
 
+def train_frames(result) -> Dict[str, pd.DataFrame]:
+    """Training run tables (issue 26):
+    curve: one row per TrainStep record of the completing attempt, in step
+      order (step, steps, loss, lr, grad_norm, tokens_per_s, elapsed_s, eta_s,
+      heldout_loss (NaN where not evaluated), checkpoint, replayed, tokens);
+    summary: the TrainSummary's scalars (run_name, step, resumed_from_step,
+      final_loss, last_checkpoint, n_params, ...) and its checkpoints list;
+    profile (with TrainRequest.profile_every): the self-profiles' rows as
+      profile_frames gives them (run and step columns from RUN@STEP)."""
+    cols = ["step", "steps", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s",
+            "heldout_loss", "checkpoint", "replayed", "tokens"]
+    rows = []
+    for t in result.of_kind("train_step"):
+        row = {k: getattr(t, k) for k in cols if k != "heldout_loss"}
+        row["heldout_loss"] = t.heldout_loss if t.HasField("heldout_loss") else np.nan
+        rows.append(row)
+    curve = _frame(rows, cols)
+    if len(curve):
+        curve = curve.sort_values("step", kind="stable").reset_index(drop=True)
+    sums = result.of_kind("train_summary")
+    summary = {}
+    if sums:
+        s = sums[-1]
+        summary = {f.name: getattr(s, f.name) for f in _scalar_fields(pb.TrainSummary.DESCRIPTOR)}
+        if not s.HasField("final_heldout_loss"):
+            summary["final_heldout_loss"] = np.nan
+        summary["checkpoints"] = list(s.checkpoints)
+    out = {"curve": curve, "summary": _frame([summary] if summary else [], list(summary))}
+    if result.of_kind("profile_row"):
+        # Self-profiles (TrainRequest.profile_every): the profile job's rows, by checkpoint.
+        out["profile"] = profile_frames(result)["rows"]
+    return out
+
+
 CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "scan": scan_frames,
     "sinks": sinks_frames,
@@ -602,6 +636,7 @@ CONVERTERS: Dict[str, Callable[[Any], Dict[str, pd.DataFrame]]] = {
     "vo_circuit": vo_circuit_frames,
     "activations": activations_frames,
     "profile": profile_frames,
+    "train": train_frames,
 }
 
 MATRICES: Dict[str, Callable[[Any], Dict[str, np.ndarray]]] = {
