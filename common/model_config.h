@@ -175,12 +175,14 @@ struct ModelConfig {
 };
 
 /// Parses a Hugging Face `config.json` through the family table (KnownFamilies();
-/// an extra `"sinkscope_norm_placement": "pre"|"sandwich"|"post"` key overrides the
-/// family's placement). Reads transformers 5 `rope_parameters` (flat, or per layer
+/// extra `sinkscope_*` keys select the training variants of the families with
+/// Llama tensor names: norm placement / kind, DynamicTanh alpha0, attention gate
+/// and function, plain or gated MLP, positions; model_config.cc lists them). Reads transformers 5 `rope_parameters` (flat, or per layer
 /// type for Gemma 3) and the older `rope_theta` / `rope_scaling` keys.
 /// `source` names the file in error messages.
 /// Errors: InvalidArgument for malformed JSON, a missing or wrong-typed field,
-/// an unknown model_type (message lists the known ones) or an unsupported activation.
+/// an unknown model_type (message lists the known ones), an unsupported activation
+/// or a `sinkscope_*` key or value it does not know.
 absl::StatusOr<ModelConfig> ParseHfConfig(const std::string& json_text, const std::string& source);
 
 /// Writes `config` as a HF config.json (the inverse of ParseHfConfig for the
