@@ -86,7 +86,11 @@ def table(rows, variants):
 
 def curves(rows, variants, path):
     """spike, sink ratio and perplexity against step, one line per variant x seed."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"matplotlib is not installed: no {path} (build/venv/bin/python has it)", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
