@@ -345,15 +345,15 @@ ModelConfig LongConfig(const std::string& family, int64_t n_ctx) {
 // T not a multiple of the chunk; GQA (4 query heads on 2 kv heads).
 TEST(ChunkedAttentionStatistics, GqaEqualsMaterialised) {
   ModelConfig c = LongConfig("llama3", 128);
-  ExpectChunkedEqualsMaterialised(c, 37, 8, 1);
-  ExpectChunkedEqualsMaterialised(c, 37, 37, 1);  // one chunk
-  ExpectChunkedEqualsMaterialised(c, 50, 7, 2);   // a batch of two sequences
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 37, 8, 1));
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 37, 37, 1));  // one chunk
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 50, 7, 2));   // a batch of two sequences
 }
 
 // Sliding window 5 (Mistral): chunks see only keys [q0 - 4, q1).
 TEST(ChunkedAttentionStatistics, SlidingWindowEqualsMaterialised) {
-  ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 6, 1);
-  ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 3, 2);  // chunk < window
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 6, 1));
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(LongConfig("mistral", 128), 41, 3, 2));  // chunk < window
 }
 
 // Gemma 2: soft-capped scores, windowed and global layers alternating, a
@@ -365,8 +365,16 @@ TEST(ChunkedAttentionStatistics, SoftCapAndLayerWindowsEqualMaterialised) {
   c.attn_softcap = 5.0;
   c.attn_scale = 1.0 / std::sqrt(12.0);
   c.layer_windows = {6, 0, 6};
-  ExpectChunkedEqualsMaterialised(c, 45, 8, 1);
-  ExpectChunkedEqualsMaterialised(c, 45, 64, 2);
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 45, 8, 1));
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 45, 64, 2));
+}
+
+// Sigmoid attention (Gu et al.): unnormalised rows, the same statistics from chunks.
+TEST(ChunkedAttentionStatistics, SigmoidAttentionEqualsMaterialised) {
+  ModelConfig c = LongConfig("llama3", 128);
+  c.attn_fn = AttnFn::kSigmoid;
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 37, 8, 1));
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkedEqualsMaterialised(c, 50, 7, 2));
 }
 
 // The layer output from query chunks (soft-cap; a window shorter than T)
