@@ -13,14 +13,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
 #include "common/status_macros.h"
+#include "common/train_recipe.h"
 
 namespace sinkscope {
 namespace server {
 namespace {
 
-absl::Status Bad(const std::string& field, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat("train.recipe.", field, " ", what));
-}
 
 /// config.json keys a training architecture may hold: what the family table
 /// reads for the families the trainer writes (llama, qwen3, olmo2, gemma2,
@@ -40,20 +38,10 @@ const std::set<std::string>& KnownConfigKeys() {
   return kKeys;
 }
 
-/// The value of each recipe field with train.h's TrainRecipe defaults.
-struct Recipe {
-  int64_t steps, batch_size, seq_len;
-  uint64_t seed;
-  double lr, min_lr_ratio;
-  int64_t warmup_steps;
-  double beta1, beta2, eps, weight_decay, grad_clip, init_std;
-  int64_t loss_pos_min, loss_pos_max;
-  double heldout_fraction;
-  int64_t bos_id, eval_every, eval_sequences, checkpoint_every;
-};
 
-Recipe WithDefaults(const v1::TrainRecipe& r) {
-  Recipe o;
+/// The proto's recipe with TrainRecipe's defaults (common/train_recipe.h) for absent fields.
+TrainRecipe WithDefaults(const v1::TrainRecipe& r) {
+  TrainRecipe o;
   o.steps = r.has_steps() ? r.steps() : 0;
   o.batch_size = r.has_batch_size() ? r.batch_size() : 0;
   o.seq_len = r.has_seq_len() ? r.seq_len() : 0;
@@ -77,46 +65,6 @@ Recipe WithDefaults(const v1::TrainRecipe& r) {
   return o;
 }
 
-absl::Status CheckRecipe(const Recipe& r, const ModelConfig& c) {
-  auto finite = [](double x) { return std::isfinite(x); };
-  if (r.steps <= 0) return Bad("steps", absl::StrCat("must be positive, got ", r.steps));
-  if (r.batch_size <= 0) return Bad("batch_size", absl::StrCat("must be positive, got ", r.batch_size));
-  if (r.seq_len <= 0) return Bad("seq_len", absl::StrCat("must be positive, got ", r.seq_len));
-  if (r.seq_len > c.n_ctx) {
-    return Bad("seq_len", absl::StrCat("= ", r.seq_len, " exceeds the model's context n_ctx = ", c.n_ctx));
-  }
-  if (!finite(r.lr) || r.lr <= 0) return Bad("lr", absl::StrCat("must be positive and finite, got ", r.lr));
-  if (!finite(r.min_lr_ratio) || r.min_lr_ratio < 0 || r.min_lr_ratio > 1) {
-    return Bad("min_lr_ratio", absl::StrCat("must be in [0, 1], got ", r.min_lr_ratio));
-  }
-  if (r.warmup_steps < 0 || r.warmup_steps > r.steps) {
-    return Bad("warmup_steps", absl::StrCat("must be in [0, steps = ", r.steps, "], got ", r.warmup_steps));
-  }
-  if (!finite(r.beta1) || r.beta1 < 0 || r.beta1 >= 1) return Bad("beta1", absl::StrCat("must be in [0, 1), got ", r.beta1));
-  if (!finite(r.beta2) || r.beta2 < 0 || r.beta2 >= 1) return Bad("beta2", absl::StrCat("must be in [0, 1), got ", r.beta2));
-  if (!finite(r.eps) || r.eps <= 0) return Bad("eps", absl::StrCat("must be positive, got ", r.eps));
-  if (!finite(r.weight_decay) || r.weight_decay < 0) {
-    return Bad("weight_decay", absl::StrCat("must be >= 0, got ", r.weight_decay));
-  }
-  if (!finite(r.grad_clip) || r.grad_clip < 0) return Bad("grad_clip", absl::StrCat("must be >= 0 (0 = off), got ", r.grad_clip));
-  if (!finite(r.init_std) || r.init_std <= 0) return Bad("init_std", absl::StrCat("must be positive, got ", r.init_std));
-  const int64_t hi = r.loss_pos_max < 0 ? r.seq_len - 1 : r.loss_pos_max;
-  if (r.loss_pos_min < 0 || r.loss_pos_min > hi || hi >= r.seq_len) {
-    return Bad("loss_pos_min/loss_pos_max",
-               absl::StrCat("must satisfy 0 <= min <= max < seq_len = ", r.seq_len, ", got [",
-                            r.loss_pos_min, ", ", r.loss_pos_max, "]"));
-  }
-  if (!finite(r.heldout_fraction) || r.heldout_fraction < 0 || r.heldout_fraction > 0.5) {
-    return Bad("heldout_fraction", absl::StrCat("must be in [0, 0.5], got ", r.heldout_fraction));
-  }
-  if (r.bos_id >= c.d_vocab) {
-    return Bad("bos_id", absl::StrCat("= ", r.bos_id, " is outside the vocabulary [0, ", c.d_vocab, ")"));
-  }
-  if (r.eval_every < 0) return Bad("eval_every", absl::StrCat("must be >= 0, got ", r.eval_every));
-  if (r.eval_sequences <= 0) return Bad("eval_sequences", absl::StrCat("must be positive, got ", r.eval_sequences));
-  if (r.checkpoint_every < 0) return Bad("checkpoint_every", absl::StrCat("must be >= 0, got ", r.checkpoint_every));
-  return absl::OkStatus();
-}
 
 /// Upper bounds of a trainable shape (far above what a worker could train).
 constexpr int64_t kMaxDim = 1 << 16, kMaxLayers = 1024, kMaxHeads = 1024, kMaxFfn = 1 << 18;
@@ -211,7 +159,7 @@ absl::StatusOr<ModelConfig> TrainModelConfig(const v1::JobRequest& request, cons
 }
 
 std::string TrainRecipeDefaultsJson(const v1::TrainRecipe& recipe) {
-  const Recipe r = WithDefaults(recipe);
+  const TrainRecipe r = WithDefaults(recipe);
   nlohmann::json j = {{"steps", r.steps}, {"batch_size", r.batch_size}, {"seq_len", r.seq_len},
                       {"seed", r.seed}, {"lr", r.lr}, {"min_lr_ratio", r.min_lr_ratio},
                       {"warmup_steps", r.warmup_steps}, {"beta1", r.beta1}, {"beta2", r.beta2},
@@ -249,8 +197,8 @@ absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCata
   }
   ASSIGN_OR_RETURN(ModelConfig config, TrainModelConfig(request, catalog));
   RETURN_IF_ERROR(CheckTrainShape(config));
-  const Recipe r = WithDefaults(t.recipe());
-  RETURN_IF_ERROR(CheckRecipe(r, config));
+  const TrainRecipe r = WithDefaults(t.recipe());
+  RETURN_IF_ERROR(CheckTrainRecipeFields(r, config, "train.recipe."));
   if (t.has_log_every() && t.log_every() < 1) {
     return absl::InvalidArgumentError(absl::StrCat("train.log_every must be >= 1, got ", t.log_every()));
   }
@@ -342,7 +290,7 @@ WorkEstimate EstimateTrainWork(const v1::JobRequest& request, const ModelCatalog
   WorkEstimate w;
   absl::StatusOr<ModelConfig> c = TrainModelConfig(request, catalog);
   const int64_t L = c.ok() && c->n_layers > 0 ? c->n_layers : 1;
-  const Recipe r = WithDefaults(request.train().recipe());
+  const TrainRecipe r = WithDefaults(request.train().recipe());
   w.tokens = 3 * std::max<int64_t>(0, r.steps) * std::max<int64_t>(0, r.batch_size) *
              std::max<int64_t>(0, r.seq_len);
   w.token_layers = w.tokens * L;
@@ -352,7 +300,7 @@ WorkEstimate EstimateTrainWork(const v1::JobRequest& request, const ModelCatalog
 }
 
 int64_t EstimateTrainBytes(const ModelConfig& c, const v1::TrainRecipe& recipe) {
-  const Recipe r = WithDefaults(recipe);
+  const TrainRecipe r = WithDefaults(recipe);
   const double params = static_cast<double>(ParameterCount(c));
   const double bt = static_cast<double>(std::max<int64_t>(1, r.batch_size)) *
                     static_cast<double>(std::max<int64_t>(1, r.seq_len));
