@@ -570,7 +570,7 @@ int main(int argc, char** argv) {
       "train",
       "Train a decoder on a catalog corpus (byte-level) as a job; its checkpoints become your "
       "models RUN@STEP");
-  std::string train_config, train_corpus, train_name, train_model, train_request_id;
+  std::string train_config, train_corpus, train_name, train_model, train_request_id, train_precision;
   int64_t train_steps = 0, train_batch = 0, train_seq = 0, train_warmup = 0, train_eval = 0,
           train_ckpt = 0, train_log = 0;
   uint64_t train_seed = 0;
@@ -591,6 +591,9 @@ int main(int argc, char** argv) {
   CLI::Option* teval = train->add_option("--eval-every", train_eval, "Held-out loss every N updates");
   CLI::Option* tckpt = train->add_option("--checkpoint-every", train_ckpt, "Checkpoint every N updates");
   CLI::Option* tlog = train->add_option("--log-every", train_log, "A progress record every N updates");
+  train->add_option("--precision", train_precision,
+                    "float32 (default) or bfloat16: mixed precision (bf16 matmuls, float32 weights and optimiser)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
   int64_t train_profile_every = 0, train_profile_budget = 0;
   CLI::Option* tprof = train->add_option(
       "--profile-every", train_profile_every,
@@ -890,6 +893,7 @@ int main(int argc, char** argv) {
     if (twarm->count() > 0) r->set_warmup_steps(train_warmup);
     if (teval->count() > 0) r->set_eval_every(train_eval);
     if (tckpt->count() > 0) r->set_checkpoint_every(train_ckpt);
+    if (!train_precision.empty()) r->set_precision(train_precision);
     if (tlog->count() > 0) t->set_log_every(train_log);
     if (tprof->count() > 0) t->set_profile_every(train_profile_every);
     if (tprof_budget->count() > 0) t->mutable_profile()->mutable_eval()->set_token_budget(train_profile_budget);

@@ -56,6 +56,9 @@ absl::Status CheckTrainRecipeFields(const TrainRecipe& r, const ModelConfig& c,
       !finite(r.profile_rel_threshold) || r.profile_rel_threshold < 0) {
     return Bad(prefix, "profile_abs_threshold/profile_rel_threshold", "must be finite and >= 0");
   }
+  if (r.precision != "float32" && r.precision != "bfloat16") {
+    return Bad(prefix, "precision", absl::StrCat("must be float32 or bfloat16 (mixed), got '", r.precision, "'"));
+  }
   if (r.profile_every < 0) return Bad(prefix, "profile_every", absl::StrCat("must be >= 0, got ", r.profile_every));
   if (r.profile_sequences <= 0) {
     return Bad(prefix, "profile_sequences", absl::StrCat("must be positive, got ", r.profile_sequences));

@@ -41,13 +41,18 @@ struct TrainRecipe {
   /// |h| > rel x the block's median |h|); small models need lower ones than the paper's.
   double profile_abs_threshold = 100.0;
   double profile_rel_threshold = 1000.0;
+  /// "float32", or "bfloat16": mixed precision as torch.autocast(dtype=bfloat16)
+  /// around the forward and the loss (matmuls in bfloat16; parameters,
+  /// gradients, optimiser state, evaluation and profiles in float32).
+  std::string precision = "float32";
 };
 
 /// Checks the recipe's own fields against a model config (not the corpus):
 /// InvalidArgument "<prefix><field> <what>" naming the field and the allowed
 /// range (non-positive steps/batch/seq_len, seq_len over n_ctx, lr, betas, eps
 /// out of range, warmup over steps, an empty or inverted loss range, bos_id
-/// outside the vocabulary, negative evaluation/checkpoint/profile settings).
+/// outside the vocabulary, negative evaluation/checkpoint/profile settings, a
+/// precision other than float32 / bfloat16).
 absl::Status CheckTrainRecipeFields(const TrainRecipe& r, const ModelConfig& c,
                                     const std::string& prefix);
 

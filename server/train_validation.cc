@@ -14,6 +14,7 @@
 #include "absl/strings/match.h"
 #include "common/status_macros.h"
 #include "common/train_recipe.h"
+#include "common/train_recipe_proto.h"
 
 namespace sinkscope {
 namespace server {
@@ -39,31 +40,6 @@ const std::set<std::string>& KnownConfigKeys() {
 }
 
 
-/// The proto's recipe with TrainRecipe's defaults (common/train_recipe.h) for absent fields.
-TrainRecipe WithDefaults(const v1::TrainRecipe& r) {
-  TrainRecipe o;
-  o.steps = r.has_steps() ? r.steps() : 0;
-  o.batch_size = r.has_batch_size() ? r.batch_size() : 0;
-  o.seq_len = r.has_seq_len() ? r.seq_len() : 0;
-  o.seed = r.has_seed() ? r.seed() : 0;
-  o.lr = r.has_lr() ? r.lr() : 1e-3;
-  o.min_lr_ratio = r.has_min_lr_ratio() ? r.min_lr_ratio() : 0.1;
-  o.warmup_steps = r.has_warmup_steps() ? r.warmup_steps() : 0;
-  o.beta1 = r.has_beta1() ? r.beta1() : 0.9;
-  o.beta2 = r.has_beta2() ? r.beta2() : 0.95;
-  o.eps = r.has_eps() ? r.eps() : 1e-8;
-  o.weight_decay = r.has_weight_decay() ? r.weight_decay() : 0.1;
-  o.grad_clip = r.has_grad_clip() ? r.grad_clip() : 1.0;
-  o.init_std = r.has_init_std() ? r.init_std() : 0.02;
-  o.loss_pos_min = r.has_loss_pos_min() ? r.loss_pos_min() : 0;
-  o.loss_pos_max = r.has_loss_pos_max() ? r.loss_pos_max() : -1;
-  o.heldout_fraction = r.has_heldout_fraction() ? r.heldout_fraction() : 0.05;
-  o.bos_id = r.has_bos_id() ? r.bos_id() : -1;
-  o.eval_every = r.has_eval_every() ? r.eval_every() : 0;
-  o.eval_sequences = r.has_eval_sequences() ? r.eval_sequences() : 16;
-  o.checkpoint_every = r.has_checkpoint_every() ? r.checkpoint_every() : 0;
-  return o;
-}
 
 
 /// Upper bounds of a trainable shape (far above what a worker could train).
@@ -159,7 +135,7 @@ absl::StatusOr<ModelConfig> TrainModelConfig(const v1::JobRequest& request, cons
 }
 
 std::string TrainRecipeDefaultsJson(const v1::TrainRecipe& recipe) {
-  const TrainRecipe r = WithDefaults(recipe);
+  const TrainRecipe r = TrainRecipeFromProto(recipe);
   nlohmann::json j = {{"steps", r.steps}, {"batch_size", r.batch_size}, {"seq_len", r.seq_len},
                       {"seed", r.seed}, {"lr", r.lr}, {"min_lr_ratio", r.min_lr_ratio},
                       {"warmup_steps", r.warmup_steps}, {"beta1", r.beta1}, {"beta2", r.beta2},
@@ -197,7 +173,7 @@ absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCata
   }
   ASSIGN_OR_RETURN(ModelConfig config, TrainModelConfig(request, catalog));
   RETURN_IF_ERROR(CheckTrainShape(config));
-  const TrainRecipe r = WithDefaults(t.recipe());
+  const TrainRecipe r = TrainRecipeFromProto(t.recipe());
   RETURN_IF_ERROR(CheckTrainRecipeFields(r, config, "train.recipe."));
   if (t.has_log_every() && t.log_every() < 1) {
     return absl::InvalidArgumentError(absl::StrCat("train.log_every must be >= 1, got ", t.log_every()));
@@ -290,7 +266,7 @@ WorkEstimate EstimateTrainWork(const v1::JobRequest& request, const ModelCatalog
   WorkEstimate w;
   absl::StatusOr<ModelConfig> c = TrainModelConfig(request, catalog);
   const int64_t L = c.ok() && c->n_layers > 0 ? c->n_layers : 1;
-  const TrainRecipe r = WithDefaults(request.train().recipe());
+  const TrainRecipe r = TrainRecipeFromProto(request.train().recipe());
   w.tokens = 3 * std::max<int64_t>(0, r.steps) * std::max<int64_t>(0, r.batch_size) *
              std::max<int64_t>(0, r.seq_len);
   w.token_layers = w.tokens * L;
@@ -300,7 +276,7 @@ WorkEstimate EstimateTrainWork(const v1::JobRequest& request, const ModelCatalog
 }
 
 int64_t EstimateTrainBytes(const ModelConfig& c, const v1::TrainRecipe& recipe) {
-  const TrainRecipe r = WithDefaults(recipe);
+  const TrainRecipe r = TrainRecipeFromProto(recipe);
   const double params = static_cast<double>(ParameterCount(c));
   const double bt = static_cast<double>(std::max<int64_t>(1, r.batch_size)) *
                     static_cast<double>(std::max<int64_t>(1, r.seq_len));

@@ -2,6 +2,7 @@
 #include "worker/engine/train.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/grad_mode.h>
@@ -175,13 +176,15 @@ absl::Status LoadTrainerState(const std::string& dir, const TrainRecipe& r,
         absl::StrCat(state_path, ": not a ", kStateFormat, " trainer state (step, recipe)"));
   }
   *step = st["step"].get<int64_t>();
+  // The stored recipe with today's defaults for fields it predates.
+  ASSIGN_OR_RETURN(TrainRecipe stored, ParseTrainRecipe(st["recipe"].dump(), state_path));
+  const json was = json::parse(TrainRecipeJson(stored));
   const json mine = json::parse(TrainRecipeJson(r));
   for (auto it = mine.begin(); it != mine.end(); ++it) {
     if (ResumeMayChange().count(it.key())) continue;
-    if (!st["recipe"].contains(it.key()) || st["recipe"][it.key()] != it.value()) {
+    if (was[it.key()] != it.value()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          state_path, ": recipe field ", it.key(), " was ",
-          st["recipe"].contains(it.key()) ? st["recipe"][it.key()].dump() : "absent",
+          state_path, ": recipe field ", it.key(), " was ", was[it.key()].dump(),
           ", the resumed run asks for ", it.value().dump(), " (a resumed run keeps its recipe)"));
     }
   }
@@ -221,6 +224,37 @@ absl::Status LoadTrainerState(const std::string& dir, const TrainRecipe& r,
   }
   return absl::OkStatus();
 }
+
+// torch.autocast(device_type, dtype=bfloat16) as a scope: ops on the
+// autocast lists (linear, matmul, bmm, SDPA, ...) run in bfloat16, the rest
+// keep their inputs' dtype; the cache of bfloat16 weight copies is cleared on
+// leaving, as Python's context manager does, so the next update casts the
+// updated float32 weights afresh. A no-op when `on` is false.
+class BF16Autocast {
+ public:
+  BF16Autocast(c10::DeviceType device, bool on) : device_(device), on_(on) {
+    if (!on_) return;
+    prev_enabled_ = at::autocast::is_autocast_enabled(device_);
+    prev_dtype_ = at::autocast::get_autocast_dtype(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+    at::autocast::increment_nesting();
+  }
+  ~BF16Autocast() {
+    if (!on_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, prev_enabled_);
+    at::autocast::set_autocast_dtype(device_, prev_dtype_);
+  }
+  BF16Autocast(const BF16Autocast&) = delete;
+  BF16Autocast& operator=(const BF16Autocast&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool on_;
+  bool prev_enabled_ = false;
+  at::ScalarType prev_dtype_ = at::kBFloat16;
+};
 
 // Builds the [B, T] inputs and targets of `rows` sequences starting at `offsets`.
 void MakeBatch(const std::vector<int64_t>& stream, const std::vector<int64_t>& offsets,
@@ -334,7 +368,8 @@ std::string TrainRecipeJson(const TrainRecipe& r) {
             {"profile_every", r.profile_every},
             {"profile_sequences", r.profile_sequences},
             {"profile_abs_threshold", r.profile_abs_threshold},
-            {"profile_rel_threshold", r.profile_rel_threshold}};
+            {"profile_rel_threshold", r.profile_rel_threshold},
+            {"precision", r.precision}};
   return j.dump();
 }
 
@@ -365,6 +400,11 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
         return absl::InvalidArgumentError(absl::StrCat(source, ": seed must be a non-negative integer, got ", v.dump()));
       }
       r.seed = v.get<uint64_t>();
+    } else if (k == "precision") {
+      if (!v.is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat(source, ": precision must be a string, got ", v.dump()));
+      }
+      r.precision = v.get<std::string>();
     } else if (auto i = ints.find(k); i != ints.end()) {
       if (!v.is_number_integer()) {
         return absl::InvalidArgumentError(absl::StrCat(source, ": ", k, " must be an integer, got ", v.dump()));
@@ -376,7 +416,7 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
       }
       *d->second = v.get<double>();
     } else {
-      std::vector<std::string> known = {"seed"};
+      std::vector<std::string> known = {"seed", "precision"};
       for (const auto& [n, _] : ints) known.push_back(n);
       for (const auto& [n, _] : doubles) known.push_back(n);
       std::sort(known.begin(), known.end());
@@ -453,6 +493,7 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
     const uint64_t n_starts = static_cast<uint64_t>(n_train - need + 1);
     const int64_t lo = r.loss_pos_min, hi = r.loss_pos_max < 0 ? r.seq_len - 1 : r.loss_pos_max;
     HookRegistry no_hooks;
+    const bool mixed = r.precision == "bfloat16";
 
     auto heldout_loss = [&]() -> absl::StatusOr<double> {
       at::NoGradGuard no_grad;
@@ -505,8 +546,12 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
       }
       at::Tensor inputs, targets;
       MakeBatch(stream, offsets, r, &inputs, &targets);
-      ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(inputs, no_hooks));
-      at::Tensor loss = Loss(logits, targets, lo, hi);
+      at::Tensor loss;
+      {  // forward and loss under autocast, backward outside (as torch.autocast's docs)
+        BF16Autocast autocast(job.device.type(), mixed);
+        ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(inputs, no_hooks));
+        loss = Loss(logits, targets, lo, hi);
+      }
       for (Param& p : params) p.value.mutable_grad().reset();
       loss.backward();
       // Gradient clipping as torch.nn.utils.clip_grad_norm_ (norm of per-tensor norms).

@@ -30,6 +30,10 @@
 //    p *= 1 - lr wd; bias-corrected moments); weight decay only on tensors of
 //    rank >= 2 (linear weights, embeddings, lm_head), none on norm gains and
 //    biases. Float32 parameters, gradients and moments.
+//  - Precision "bfloat16": the forward and the loss run under
+//    torch.autocast(dtype=bfloat16) semantics (at::autocast: matmuls in
+//    bfloat16, norms and the residual stream as the model computes them in
+//    float32), the backward outside it; the rest as above, in float32.
 //  - Checkpoints: OUT/step-N/ holds config.json + model.safetensors (a HF
 //    directory: llama for pre/sandwich norm, the latter marked with
 //    `sinkscope_norm_placement`, which transformers ignores: it would run such a
