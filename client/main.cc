@@ -568,9 +568,10 @@ int main(int argc, char** argv) {
   // train (issue 26): a training run as a job
   CLI::App* train = app.add_subcommand(
       "train",
-      "Train a decoder on a catalog corpus (byte-level) as a job; its checkpoints become your "
+      "Train a decoder on a catalog corpus (bytes or a catalog tokenizer) as a job; its checkpoints become your "
       "models RUN@STEP");
-  std::string train_config, train_corpus, train_name, train_model, train_request_id, train_precision;
+  std::string train_config, train_corpus, train_name, train_model, train_request_id, train_precision,
+      train_tokenizer;
   int64_t train_steps = 0, train_batch = 0, train_seq = 0, train_warmup = 0, train_eval = 0,
           train_ckpt = 0, train_log = 0;
   uint64_t train_seed = 0;
@@ -582,6 +583,8 @@ int main(int argc, char** argv) {
   train->add_option("--corpus", train_corpus, "Catalog corpus (see 'sinkscope models')")->required();
   train->add_option("--name", train_name, "Run name: checkpoints are models NAME@STEP")->required();
   train->add_option("-m,--model", train_model, "Start from this catalog model's weights (format hf)");
+  train->add_option("--tokenizer", train_tokenizer,
+                    "Read the corpus through this catalog model's tokenizer (default: the -m model's, else bytes)");
   CLI::Option* tsteps = train->add_option("--steps", train_steps, "Optimiser updates");
   CLI::Option* tbatch = train->add_option("--batch-size", train_batch, "Sequences per update");
   CLI::Option* tseq = train->add_option("--seq-len", train_seq, "Tokens per sequence");
@@ -859,6 +862,7 @@ int main(int argc, char** argv) {
     v1::TrainRequest* t = request->mutable_train();
     t->set_corpus(train_corpus);
     t->set_run_name(train_name);
+    t->set_tokenizer(train_tokenizer);
     if (!train_config.empty()) {
       std::string text;
       if (!ReadTextFile(train_config, &text)) return Usage(absl::StrCat("--config: cannot read ", train_config));

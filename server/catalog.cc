@@ -464,8 +464,14 @@ ModelCatalog ModelCatalog::WithRunCheckpoints(const std::string& user_runs_dir) 
   for (const fs::directory_entry& run : runs) {
     const std::string run_name = run.path().filename().string();
     if (!run.is_directory(ec) || !IsValidName(run_name)) continue;
-    std::string tokenizer = (run.path() / "tokenizer.json").string();
-    if (!fs::is_regular_file(tokenizer, ec)) tokenizer.clear();
+    // The run's copy of the tokenizer its corpus was read with (worker/train_job.cc).
+    std::string tokenizer;
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer.bin"}) {
+      if (fs::is_regular_file(run.path() / name, ec)) {
+        tokenizer = (run.path() / name).string();
+        break;
+      }
+    }
     fs::directory_iterator steps(run.path(), ec);
     if (ec) continue;
     for (const fs::directory_entry& step : steps) {

@@ -84,8 +84,8 @@ class ModelCatalog {
   /// This catalog plus the training checkpoints of one user (issue 26):
   /// every `user_runs_dir`/RUN/step-N/ that holds config.json and
   /// trainer_state.json (a complete checkpoint) becomes a model named
-  /// RUN@N, format hf, with RUN/tokenizer.json as its tokenizer when that
-  /// exists. A name the catalog already has keeps its catalog entry.
+  /// RUN@N, format hf, with RUN/tokenizer.json (or .model, .bin: the
+  /// tokenizer the run read its corpus with) as its tokenizer when that exists. A name the catalog already has keeps its catalog entry.
   ModelCatalog WithRunCheckpoints(const std::string& user_runs_dir) const;
 
  private:

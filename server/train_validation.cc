@@ -57,11 +57,6 @@ absl::Status CheckTrainShape(const ModelConfig& c) {
   if (c.n_layers > kMaxLayers) return over("num_hidden_layers", c.n_layers, kMaxLayers);
   if (c.n_heads > kMaxHeads) return over("num_attention_heads", c.n_heads, kMaxHeads);
   if (c.d_ffn > kMaxFfn) return over("intermediate_size", c.d_ffn, kMaxFfn);
-  if (c.d_vocab != 256 && c.d_vocab != 257) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "train: vocab_size = ", c.d_vocab, ", but the corpus is read byte-level (token id = byte): ",
-        "vocab_size must be 256, or 257 with BOS 256"));
-  }
   return absl::OkStatus();
 }
 
@@ -134,17 +129,29 @@ absl::StatusOr<ModelConfig> TrainModelConfig(const v1::JobRequest& request, cons
   return c;
 }
 
-std::string TrainRecipeDefaultsJson(const v1::TrainRecipe& recipe) {
-  const TrainRecipe r = TrainRecipeFromProto(recipe);
-  nlohmann::json j = {{"steps", r.steps}, {"batch_size", r.batch_size}, {"seq_len", r.seq_len},
-                      {"seed", r.seed}, {"lr", r.lr}, {"min_lr_ratio", r.min_lr_ratio},
-                      {"warmup_steps", r.warmup_steps}, {"beta1", r.beta1}, {"beta2", r.beta2},
-                      {"eps", r.eps}, {"weight_decay", r.weight_decay}, {"grad_clip", r.grad_clip},
-                      {"init_std", r.init_std}, {"loss_pos_min", r.loss_pos_min},
-                      {"loss_pos_max", r.loss_pos_max}, {"heldout_fraction", r.heldout_fraction},
-                      {"bos_id", r.bos_id}, {"eval_every", r.eval_every},
-                      {"eval_sequences", r.eval_sequences}, {"checkpoint_every", r.checkpoint_every}};
-  return j.dump();
+absl::StatusOr<const CatalogEntry*> TrainTokenizer(const v1::JobRequest& request,
+                                                   const ModelCatalog& catalog) {
+  const std::string& named = request.train().tokenizer();
+  if (named.empty()) {
+    const CatalogEntry* start = request.model().empty() ? nullptr : catalog.Find(request.model());
+    return start != nullptr && !start->tokenizer_path.empty() ? start : nullptr;
+  }
+  const CatalogEntry* e = catalog.Find(named);
+  if (e == nullptr) {
+    return absl::NotFoundError(absl::StrCat("train.tokenizer: model \"", named.substr(0, 128),
+                                            "\" is not in the catalog; see ListModels"));
+  }
+  if (e->tokenizer_path.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("train.tokenizer: model ", e->name, " has no tokenizer"));
+  }
+  if (absl::EndsWith(e->tokenizer_path, ".gguf")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train.tokenizer: model ", e->name, "'s vocabulary lives inside its GGUF file, which a run "
+        "cannot keep a copy of; name a model with a tokenizer.json, tokenizer.model or llama2c "
+        "tokenizer file"));
+  }
+  return e;
 }
 
 absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCatalog& catalog,
@@ -226,7 +233,19 @@ absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCata
         " = ", static_cast<int64_t>(tokens), " tokens is over this server's limit for user ", owner,
         " of ", limit, " tokens (max_train_tokens)"));
   }
-  // Corpus: byte-level, so its tokens are its bytes.
+  // The tokenizer that reads the corpus: its ids must index the embedding.
+  ASSIGN_OR_RETURN(const CatalogEntry* tokenizer, TrainTokenizer(request, catalog));
+  if (tokenizer == nullptr && config.d_vocab != 256 && config.d_vocab != 257) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: vocab_size = ", config.d_vocab, ", but the corpus is read byte-level (token id = byte): ",
+        "vocab_size must be 256, or 257 with BOS 256; or name a catalog model whose tokenizer reads "
+        "it (train.tokenizer, --tokenizer)"));
+  }
+  if (tokenizer != nullptr && tokenizer->vocab_size > config.d_vocab) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: vocab_size = ", config.d_vocab, " is smaller than the vocabulary of ", tokenizer->name,
+        "'s tokenizer (", tokenizer->vocab_size, "): its ids would fall outside the embedding"));
+  }
   if (t.corpus().empty()) return absl::InvalidArgumentError("train.corpus is not set; see ListModels corpora");
   const CorpusEntry* corpus = catalog.FindCorpus(t.corpus());
   if (corpus == nullptr) {
@@ -237,13 +256,16 @@ absl::Status ValidateTrainRequest(const v1::JobRequest& request, const ModelCata
     return absl::FailedPreconditionError(absl::StrCat("corpus ", corpus->name, " is not available: ",
                                                       corpus->unavailable_reason));
   }
+  // Byte-level, its tokens are its bytes; through a tokenizer there are no
+  // more tokens than bytes, so these checks are necessary conditions (the
+  // worker checks the tokenised stream again before the first update).
   const int64_t n = corpus->size_bytes;
   const int64_t held = static_cast<int64_t>(std::floor(static_cast<double>(n) * r.heldout_fraction));
   const int64_t train = n - held;
   const int64_t need = r.bos_id >= 0 ? r.seq_len : r.seq_len + 1;
   if (static_cast<double>(train) < static_cast<double>(need) * r.batch_size) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "train: corpus ", corpus->name, " has ", n, " tokens (bytes), its training split ", train,
+        "train: corpus ", corpus->name, " has ", n, " bytes, its training split ", train,
         ", fewer than one batch needs (batch_size ", r.batch_size, " x ", need, " tokens per sequence)"));
   }
   if (r.eval_every > 0 && held < need) {

@@ -35,16 +35,21 @@ absl::Status CheckRunName(const std::string& run);
 /// from its config.json). Errors: INVALID_ARGUMENT naming the key / field.
 absl::StatusOr<ModelConfig> TrainModelConfig(const v1::JobRequest& request, const ModelCatalog& catalog);
 
-/// The recipe's value of each field with train.h's defaults applied, as
-/// JSON (TrainRecipe field names).
-std::string TrainRecipeDefaultsJson(const v1::TrainRecipe& recipe);
+/// The catalog model whose tokenizer reads a train job's corpus:
+/// train.tokenizer, else the starting model when it has a tokenizer, else
+/// nullptr (bytes: token id = byte). Errors: NOT_FOUND (not in the catalog),
+/// FAILED_PRECONDITION (it has no tokenizer), INVALID_ARGUMENT (a vocabulary
+/// inside a GGUF file, which the run cannot keep a copy of).
+absl::StatusOr<const CatalogEntry*> TrainTokenizer(const v1::JobRequest& request,
+                                                   const ModelCatalog& catalog);
 
 /// Checks a train job of `owner` before any work (`catalog`: the catalog as
 /// the owner sees it, with their own checkpoints). Errors:
 ///  - INVALID_ARGUMENT: sequences given, a dtype other than float32, a bad
 ///    run name, neither or both of config_json and model, an unknown config
 ///    key, a config the engine refuses (impossible shapes), a vocabulary that
-///    is not byte-level (256, or 257 with BOS 256), a recipe field out of
+///    is not byte-level (256, or 257 with BOS 256) when no tokenizer reads the
+///    corpus, or smaller than the tokenizer's, a recipe field out of
 ///    range (named train.recipe.FIELD), a corpus whose training split holds
 ///    less than one batch (or held-out split less than one sequence while
 ///    eval_every > 0), log_every < 1;

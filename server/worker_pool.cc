@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_types.h"
 #include "server/status_util.h"
+#include "server/train_validation.h"
 #include "sinkscope/v1/worker.grpc.pb.h"
 
 namespace sinkscope {
@@ -424,6 +425,13 @@ std::optional<absl::Status> WorkerPool::ResolveRunRequest(const v1::Job& job,
       v1::ResolvedCorpus* c = run.mutable_corpus();
       c->set_name(corpus->name);
       c->set_path(corpus->path);
+      // The tokenizer that reads it ("" = bytes).
+      absl::StatusOr<const CatalogEntry*> tokenizer = TrainTokenizer(request, *catalog);
+      if (!tokenizer.ok()) {
+        early_failure = tokenizer.status();
+      } else if (*tokenizer != nullptr) {
+        c->set_tokenizer_path((*tokenizer)->tokenizer_path);
+      }
     }
   } else if (entry == nullptr) {
     early_failure = absl::NotFoundError(absl::StrCat("model ", request.model(), " left the catalog"));

@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "common/train_recipe_proto.h"
 #include "worker/engine/model.h"
+#include "worker/engine/tokenizer.h"
 #include "worker/engine/train.h"
 #include "worker/job_events.h"
 #include "worker/profile_job.h"
@@ -140,17 +141,39 @@ absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
     ASSIGN_OR_RETURN(job.config, ParseHfConfig(req.config_json(), "train.config_json"));
   }
   ASSIGN_OR_RETURN(std::string text, ReadFile(run.corpus().path(), "corpus " + run.corpus().name()));
-  std::vector<int64_t> stream(text.size());
-  for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
-  text.clear();
-
   std::error_code ec;
   fs::create_directories(job.out_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("train: cannot create the run directory: ", ec.message()));
-  // Text and catalog corpora read through it: RUN/tokenizer.json.
-  if (!fs::exists(job.out_dir + "/tokenizer.json", ec)) {
-    RETURN_IF_ERROR(WriteAtomically(job.out_dir + "/tokenizer.json", ByteLevelTokenizerJson(job.recipe.bos_id)));
+  // The stream: the corpus through the catalog tokenizer the server chose,
+  // else its bytes. The run keeps that tokenizer (RUN/tokenizer.*): RUN@STEP
+  // reads text and catalog corpora through it.
+  std::vector<int64_t> stream;
+  std::string run_tokenizer;
+  if (const std::string& tok_path = run.corpus().tokenizer_path(); !tok_path.empty()) {
+    int64_t d_vocab = job.config.d_vocab;
+    if (!job.init_from.empty()) {
+      ASSIGN_OR_RETURN(std::string cfg, ReadFile(job.init_from + "/config.json", "the starting model's config.json"));
+      ASSIGN_OR_RETURN(ModelConfig c, ParseHfConfig(cfg, "config.json"));
+      d_vocab = c.d_vocab;
+    }
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(tok_path, d_vocab);
+    if (!tok.ok()) return Annotate(tok.status(), "train: the corpus tokenizer");
+    ASSIGN_OR_RETURN(stream, (*tok)->Encode(text, /*add_bos=*/false));
+    const std::string ext = fs::path(tok_path).extension().string();
+    run_tokenizer = job.out_dir + "/tokenizer" + (ext == ".json" || ext == ".model" ? ext : ".bin");
+    if (!fs::exists(run_tokenizer, ec)) {
+      ASSIGN_OR_RETURN(std::string bytes, ReadFile(tok_path, "the corpus tokenizer"));
+      RETURN_IF_ERROR(WriteAtomically(run_tokenizer, bytes));
+    }
+  } else {
+    stream.resize(text.size());
+    for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
+    run_tokenizer = job.out_dir + "/tokenizer.json";
+    if (!fs::exists(run_tokenizer, ec)) {
+      RETURN_IF_ERROR(WriteAtomically(run_tokenizer, ByteLevelTokenizerJson(job.recipe.bos_id)));
+    }
   }
+  text.clear();
 
   bool gone = false;
   auto emit = [&](const v1::WorkerEvent& e) {
@@ -209,10 +232,9 @@ absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
     }
     std::vector<int64_t> held(stream.end() - n_held, stream.end());
     if (job.recipe.bos_id >= 0) held.insert(held.begin(), job.recipe.bos_id);
-    const std::string tokenizer = job.out_dir + "/tokenizer.json";
     bool hit = false;
     absl::StatusOr<std::shared_ptr<CachedModel>> cached =
-        cache.Get(ModelKey{checkpoint_name(step), "hf", dir, tokenizer, "float32"}, &hit, 0, 0);
+        cache.Get(ModelKey{checkpoint_name(step), "hf", dir, run_tokenizer, "float32"}, &hit, 0, 0);
     v1::WorkerEvent e;
     if (!cached.ok()) {
       v1::ProfileRow* row = e.mutable_result()->mutable_profile_row();

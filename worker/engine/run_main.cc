@@ -593,9 +593,13 @@ int TrainCmd(const TrainArgs& a) {
           a.config, ": unknown field '", it.key(), "' (known: model, init_from, recipe, tokenizer)")));
     }
   }
-  if (run.contains("tokenizer") && run["tokenizer"] != "bytes") {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
-        a.config, ": tokenizer ", run["tokenizer"].dump(), " is not supported (only \"bytes\")")));
+  std::string tokenizer_path;  // "" = bytes
+  if (run.contains("tokenizer")) {
+    if (!run["tokenizer"].is_string()) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(
+          a.config, ": tokenizer must be \"bytes\" or the path of a tokenizer file")));
+    }
+    if (run["tokenizer"] != "bytes") tokenizer_path = run["tokenizer"].get<std::string>();
   }
   if (!run.contains("recipe") || !run["recipe"].is_object()) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(a.config, ": field 'recipe' (an object) is required")));
@@ -635,10 +639,31 @@ int TrainCmd(const TrainArgs& a) {
   std::stringstream tss;
   tss << tf.rdbuf();
   const std::string text = tss.str();
-  std::vector<int64_t> stream(text.size());
-  for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
+  std::vector<int64_t> stream;
+  if (tokenizer_path.empty()) {
+    stream.resize(text.size());
+    for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
+  } else {
+    // The corpus through a tokenizer (no BOS: the recipe's bos_id starts each sequence).
+    int64_t d_vocab = job.config.d_vocab;
+    const std::string from = !job.resume_from.empty() ? job.resume_from : job.init_from;
+    if (!from.empty()) {
+      std::ifstream hf(from + "/config.json", std::ios::binary);
+      std::stringstream hss;
+      hss << hf.rdbuf();
+      auto cfg = ParseHfConfig(hss.str(), from + "/config.json");
+      if (!cfg.ok()) return Fail(cfg.status());
+      d_vocab = cfg->d_vocab;
+    }
+    auto tok = LoadTokenizer(tokenizer_path, d_vocab);
+    if (!tok.ok()) return Fail(tok.status());
+    auto ids = (*tok)->Encode(text, /*add_bos=*/false);
+    if (!ids.ok()) return Fail(ids.status());
+    stream = *std::move(ids);
+  }
   if (!a.json) {
-    std::printf("train: %zu corpus bytes, %s; %s\n", stream.size(),
+    std::printf("train: %zu corpus tokens (%s), %s; %s\n", stream.size(),
+                tokenizer_path.empty() ? "bytes" : tokenizer_path.c_str(),
                 job.resume_from.empty() ? "fresh run" : ("resuming " + job.resume_from).c_str(),
                 TrainRecipeJson(job.recipe).c_str());
   }
@@ -761,11 +786,12 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("--probe-batch", bench.probe_batch, "probe variant: sequences per pass")
       ->check(CLI::PositiveNumber);
   TrainArgs train_args;
-  auto* train_cmd = app.add_subcommand("train", "train a decoder on a byte-level corpus (train.h)");
+  auto* train_cmd = app.add_subcommand("train", "train a decoder on a corpus, bytes or tokenised (train.h)");
   train_cmd->add_option("--config", train_args.config,
-                        "RUN.json: {\"model\": {config.json keys} | \"init_from\": DIR, \"recipe\": {...}}")
+                        "RUN.json: {\"model\": {config.json keys} | \"init_from\": DIR, \"recipe\": {...}, "
+                        "\"tokenizer\": \"bytes\" (default) | a tokenizer.json / .model / llama2c .bin path}")
       ->required();
-  train_cmd->add_option("--corpus", train_args.corpus, "UTF-8 text file; token ids = its bytes")->required();
+  train_cmd->add_option("--corpus", train_args.corpus, "UTF-8 text file (token ids = its bytes unless RUN.json names a tokenizer)")->required();
   train_cmd->add_option("--out", train_args.out, "output directory (checkpoints OUT/step-N/)")->required();
   train_cmd->add_option("--resume", train_args.resume,
                         "continue from OUT/step-N of an earlier run, or from the latest complete "

@@ -292,11 +292,13 @@ class Client:
                            rel_threshold=rel_threshold, compare_models=compare, **kw)
 
     def train(self, config: Any = None, *, corpus: str, name: str, model: str = "",
-              log_every: Optional[int] = None, recipe: Optional[Dict[str, Any]] = None,
+              tokenizer: str = "", log_every: Optional[int] = None, recipe: Optional[Dict[str, Any]] = None,
               profile_every: Optional[int] = None, profile: Optional[Dict[str, Any]] = None,
               **recipe_fields) -> "Job":
-        """Trains a decoder on catalog corpus `corpus` (byte-level) as a job
-        (issue 26); its checkpoints become your models ``NAME@STEP``.
+        """Trains a decoder on catalog corpus `corpus` as a job (issue 26); its
+        checkpoints become your models ``NAME@STEP``. The corpus is read
+        through catalog model `tokenizer`'s tokenizer (default: the starting
+        `model`'s, else bytes: token id = byte).
 
         Args:
             config: the architecture: a config.json dict (or its JSON text), or a
@@ -331,7 +333,7 @@ class Client:
         merged.update({k: v for k, v in recipe_fields.items() if v is not None})
         dtype = merged.pop("dtype", None)
         params = {"config_json": json.dumps(config) if config is not None else "",
-                  "corpus": corpus, "run_name": name, "log_every": log_every,
+                  "corpus": corpus, "run_name": name, "log_every": log_every, "tokenizer": tokenizer,
                   "recipe": merged, "profile_every": profile_every, "profile": profile}
         return self.submit("train", model, None, dtype=dtype, **params)
 

@@ -59,7 +59,7 @@ def batch(data, recipe, step):
     for b in range(recipe["batch_size"]):
         k = step * recipe["batch_size"] + b + 1
         off = splitmix64((recipe["seed"] + k * 0x9E3779B97F4A7C15) & M64) % n_starts
-        rows.append([BOS] + list(data[off:off + need_tokens]))
+        rows.append([recipe.get("bos_id", BOS)] + list(data[off:off + need_tokens]))
     a = np.array(rows, dtype=np.int64)
     return a[:, :-1], a[:, 1:]
 
@@ -91,7 +91,7 @@ def torch_losses(torch, model, data, recipe, lo=0, hi=None):
         x, y = batch(data, recipe, s)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.get("precision") == "bfloat16"):
             logits = model(torch.from_numpy(x)).logits
-            loss = F.cross_entropy(logits[:, lo:hi + 1].reshape(-1, V).float(),
+            loss = F.cross_entropy(logits[:, lo:hi + 1].reshape(-1, logits.shape[-1]).float(),
                                    torch.from_numpy(y)[:, lo:hi + 1].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -229,6 +229,30 @@ def test_bfloat16_mixed_precision_tracks_torch_autocast(env):
     assert state["recipe"]["precision"] == "bfloat16"
     part = losses_of(engine_train(tmp, "bf16_resumed", run, "--resume", str(tmp / "bf16" / "step-10")))
     assert all(part[s] == ours[s] for s in range(11, 21)), (part, ours)
+
+
+def test_corpus_through_a_sentencepiece_tokenizer(env):
+    """RUN.json "tokenizer": Llama 2's tokenizer.model: the engine trains on the
+    corpus as SentencePiece (the reference library) encodes it, without BOS,
+    the recipe's bos_id 1 starting each sequence: 12 updates equal transformers
+    + AdamW on those ids (1e-5 relative)."""
+    torch, transformers, tmp, data = env
+    spm = need("sentencepiece")
+    from conftest import require_shared
+    path = require_shared("tokenizers/llama2/tokenizer.model")
+    ids = spm.SentencePieceProcessor(model_file=path).encode(data.decode())
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2)).float()
+    model.save_pretrained(tmp / "spm_init", safe_serialization=True)
+    recipe = dict(RECIPE, steps=12, bos_id=1, checkpoint_every=0)
+    ours = losses_of(engine_train(tmp, "spm", {"init_from": str(tmp / "spm_init"), "recipe": recipe,
+                                               "tokenizer": path}))
+    ref = torch_losses(torch, model, ids, recipe)
+    for s in range(1, 13):
+        assert ours[s] == pytest.approx(ref[s - 1], rel=1e-5), (s, ours[s], ref[s - 1])
 
 
 def test_resume_is_bitwise_and_transformers_reads_checkpoint(env):

@@ -57,3 +57,40 @@ def test_train_curve_checkpoints_and_profile(client, server):
     with pytest.raises(sinkscope.RpcError) as e:
         alice.train(CONFIG, corpus="tinyshakespeare", name="pyrun", steps=3, batch_size=1, seq_len=8)
     assert "ALREADY_EXISTS" in str(e.value)
+
+
+def test_train_through_a_catalog_tokenizer(client, server):
+    """train.tokenizer: the corpus is read through aidreams260K's llama2c
+    tokenizer (512 pieces) instead of bytes; the run keeps a byte-identical copy
+    of it, so RUN@STEP reads text as aidreams260K does. A vocabulary smaller than
+    the tokenizer's, an unknown tokenizer model and a non-byte vocabulary with
+    no tokenizer are refused at submission."""
+    import pathlib
+    import sinkscope
+    tok = shared_file("models/aidreams260K/tok512.bin")
+    require(tok and shared_file("corpora/tinyshakespeare.txt"), "shared aidreams260K tok512.bin and corpus")
+    carol = sinkscope.connect(server.address, user="carol", timeout=30)
+    config = dict(CONFIG, vocab_size=512, bos_token_id=1, eos_token_id=2)
+    job = carol.train(config, corpus="tinyshakespeare", name="bpe", tokenizer="aidreams260K",
+                      steps=3, batch_size=2, seq_len=32, bos_id=1, checkpoint_every=3)
+    r = job.result(timeout=300, progress=False)
+    assert r.frame("summary").iloc[0].checkpoints == ["bpe@3"]
+    copy = next(pathlib.Path(server.dir).rglob("bpe/tokenizer.bin"))
+    assert copy.read_bytes() == pathlib.Path(tok).read_bytes()
+    text = "ROMEO: the king is dead"
+    ours = carol.scan("bpe@3", text).result(timeout=120, progress=False)
+    ref = carol.scan("aidreams260K", text).result(timeout=120, progress=False)
+    n_ours, n_ref = int(ours.provenance["n_tokens"]), int(ref.provenance["n_tokens"])
+    assert n_ours == n_ref < len(text)  # pieces, not bytes
+
+    for bad, code, words in [
+        (dict(config, vocab_size=300), "INVALID_ARGUMENT", "smaller than the vocabulary of aidreams260K"),
+        (config, "NOT_FOUND", "train.tokenizer: model \"nope\""),
+    ]:
+        with pytest.raises(sinkscope.RpcError) as e:
+            carol.train(bad, corpus="tinyshakespeare", name="bad", steps=1, batch_size=1, seq_len=8,
+                        tokenizer="nope" if code == "NOT_FOUND" else "aidreams260K")
+        assert code in str(e.value) and words in str(e.value), str(e.value)
+    with pytest.raises(sinkscope.RpcError) as e:
+        carol.train(config, corpus="tinyshakespeare", name="bad", steps=1, batch_size=1, seq_len=8)
+    assert "INVALID_ARGUMENT" in str(e.value) and "train.tokenizer" in str(e.value)
