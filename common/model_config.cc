@@ -44,6 +44,8 @@
 //   sinkscope_dyt_alpha0       DynamicTanh's initial alpha (default 0.5)
 //   sinkscope_attn_gate        "none" (default) | "headwise" | "elementwise" (gated attention)
 //   sinkscope_attn_fn          "softmax" (default) | "sigmoid" (no row normalisation)
+//   sinkscope_kv_bias          false (default) | true: a learned key/value slot per kv head
+//                              (ModelConfig::kv_bias; softmax, no soft-cap, no window)
 //   sinkscope_mlp              "gated" (default: act(x W_gate) * x W_up) | "plain" (act(x W_up))
 //   sinkscope_positions        "rope" (default) | "learned" (absolute table) | "none" (NoPE)
 //   hidden_act                 for these families also gelu, gelu_pytorch_tanh, relu
@@ -652,7 +654,7 @@ absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::str
   static const std::set<std::string> kKnown = {
       "sinkscope_norm_placement", "sinkscope_rope_layout", "sinkscope_norm_kind",
       "sinkscope_dyt_alpha0",     "sinkscope_attn_gate",   "sinkscope_attn_fn",
-      "sinkscope_mlp",            "sinkscope_positions"};
+      "sinkscope_mlp",            "sinkscope_positions",   "sinkscope_kv_bias"};
   for (const auto& item : j.items()) {
     if (absl::StartsWith(item.key(), "sinkscope_") && !kKnown.count(item.key())) {
       return FieldError(source, item.key(),
@@ -684,6 +686,11 @@ absl::Status ParseVariantKeys(const json& j, const FamilySpec& f, const std::str
   RETURN_IF_ERROR(choice("sinkscope_attn_fn", kAttnFns, &c->attn_fn));
   RETURN_IF_ERROR(choice("sinkscope_mlp", kMlpKinds, &c->gated_mlp));
   RETURN_IF_ERROR(choice("sinkscope_positions", kPositions, &c->positional));
+  RETURN_IF_ERROR(GetBool(j, "sinkscope_kv_bias", source, &c->kv_bias));
+  if (c->kv_bias && f.names != &kCanonicalNames) {
+    return FieldError(source, "sinkscope_kv_bias", absl::StrCat("is a training variant of the families with "
+                                                                 "Llama tensor names, not of ", f.model_type));
+  }
   return GetDouble(j, "sinkscope_dyt_alpha0", false, source, &c->dyt_alpha0);
 }
 
@@ -999,6 +1006,10 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
       add(p + "self_attn.gate_proj.weight",
           {c.attn_gate == AttnGate::kHeadwise ? c.n_heads : q_dim, c.d_model}, true);
     }
+    if (c.kv_bias) {
+      add(p + "self_attn.sink_key", {c.n_kv_heads, c.d_head});
+      add(p + "self_attn.sink_value", {c.n_kv_heads, c.d_head});
+    }
     add(p + "self_attn.o_proj.weight", {c.d_model, q_dim}, true);
     if (c.o_bias) add(p + "self_attn.o_proj.bias", {c.d_model});
     if (c.qk_norm) {
@@ -1099,6 +1110,12 @@ absl::Status ModelConfig::Validate() const {
         "parallel attention + MLP is implemented for pre-norm only, not ",
         NormPlacementName(norm_placement), " norm"));
   }
+  if (kv_bias && (attn_fn != AttnFn::kSoftmax || attn_softcap > 0 || sliding_window > 0 ||
+                  std::any_of(layer_windows.begin(), layer_windows.end(), [](int64_t w) { return w > 0; }))) {
+    return absl::InvalidArgumentError(
+        "kv_bias (a learned key/value slot) is implemented for softmax attention without soft-cap "
+        "or sliding window");
+  }
   if (norm_kind == NormKind::kDyT && (!(dyt_alpha0 > 0) || !std::isfinite(dyt_alpha0))) {
     return absl::InvalidArgumentError(absl::StrCat("dyt_alpha0 must be positive, got ", dyt_alpha0));
   }
@@ -1174,6 +1191,7 @@ std::string ModelConfig::Summary() const {
   if (norm_kind == NormKind::kDyT) absl::StrAppend(&s, " alpha0=", dyt_alpha0);
   if (attn_gate != AttnGate::kNone) absl::StrAppend(&s, " attn_gate=", AttnGateName(attn_gate));
   if (attn_fn != AttnFn::kSoftmax) absl::StrAppend(&s, " attn_fn=", AttnFnName(attn_fn));
+  if (kv_bias) absl::StrAppend(&s, " kv_bias");
   if (norm_gain_offset != 0) absl::StrAppend(&s, " gain=", norm_gain_offset, "+w");
   absl::StrAppend(&s, " act=", ActivationName(activation), gated_mlp ? " gated" : " ungated");
   if (positional != Positional::kRope) absl::StrAppend(&s, " positions=", PositionalName(positional));
@@ -1359,6 +1377,7 @@ absl::Status WriteHfConfig(const std::string& path, const ModelConfig& c) {
   if (c.norm_kind == NormKind::kDyT) j["sinkscope_dyt_alpha0"] = c.dyt_alpha0;
   if (c.attn_gate != AttnGate::kNone) j["sinkscope_attn_gate"] = AttnGateName(c.attn_gate);
   if (c.attn_fn != AttnFn::kSoftmax) j["sinkscope_attn_fn"] = AttnFnName(c.attn_fn);
+  if (c.kv_bias) j["sinkscope_kv_bias"] = true;
   if (!c.gated_mlp) j["sinkscope_mlp"] = "plain";
   if (c.positional != Positional::kRope) j["sinkscope_positions"] = PositionalName(c.positional);
   if (c.rope_layout == RopeLayout::kAdjacentPairs) {

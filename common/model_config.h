@@ -121,6 +121,12 @@ struct ModelConfig {
   double dyt_alpha0 = 0.5;
   AttnGate attn_gate = AttnGate::kNone;
   AttnFn attn_fn = AttnFn::kSoftmax;
+  /// Learnable key/value bias (Gu et al. 2025, sail-sg): per layer and kv
+  /// head a learned key k* and value v* (self_attn.sink_key / sink_value,
+  /// [n_kv_heads, d_head], not rotated) that every query attends to besides
+  /// the tokens: softmax over [q.k*, q.k_0..t], z = A* v* + sum_j A_j v_j. A
+  /// learned sink: attn.hook_pattern keeps the token keys (rows sum to 1 - A*).
+  bool kv_bias = false;
   Activation activation = Activation::kSilu;
   bool gated_mlp = true;        // down(act(gate x) * up x); false: down(act(up x)) (GPT-2)
   Positional positional = Positional::kRope;

@@ -4,6 +4,8 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/logsumexp.h>
 #include <ATen/ops/matmul.h>
@@ -52,6 +54,15 @@ AttentionSpec LayerAttention(const ModelConfig& c, int64_t layer) {
   return s;
 }
 
+at::Tensor PerQueryHead(const at::Tensor& per_kv_head, int64_t n_heads, c10::ScalarType dtype) {
+  const int64_t kv = per_kv_head.size(0), d = per_kv_head.size(1);
+  return per_kv_head.to(dtype).repeat_interleave(n_heads / kv, 0).view({1, n_heads, 1, d});
+}
+
+at::Tensor SinkSlotScores(const at::Tensor& qh, const AttentionSpec& spec) {
+  return ScaledCappedScores(qh, PerQueryHead(spec.sink_key, qh.size(1), qh.scalar_type()), spec);
+}
+
 at::Tensor PatternOfScores(const at::Tensor& scores, const AttentionSpec& spec) {
   return spec.sigmoid ? scores.sigmoid() : at::softmax(scores, -1);
 }
@@ -97,7 +108,17 @@ at::Tensor ChunkedAttention(const at::Tensor& qh, const at::Tensor& kh, const at
     at::Tensor kc = kh.narrow(2, c.k0, nk).contiguous();
     at::Tensor vc = vh.narrow(2, c.k0, nk).contiguous();
     at::Tensor zc;
-    if (spec.softcap > 0 || spec.sigmoid) {
+    if (spec.sink_key.defined()) {  // the learned slot first, visible to every query
+      TORCH_CHECK(spec.softcap <= 0 && !spec.sigmoid, "kv_bias needs softmax attention without soft-cap");
+      const int64_t D = qh.size(3);
+      at::Tensor ks = PerQueryHead(spec.sink_key, H, kh.scalar_type()).expand({B, H, 1, D});
+      at::Tensor vs = PerQueryHead(spec.sink_value, H, vh.scalar_type()).expand({B, H, 1, vh.size(3)});
+      at::Tensor mask = at::cat({at::ones({nq, 1}, at::TensorOptions().dtype(at::kBool).device(qh.device())),
+                                 AttendMask(c.q0, nq, c.k0, nk, spec.window, qh.device())},
+                                1);
+      zc = at::scaled_dot_product_attention(qc, at::cat({ks, kc}, 2), at::cat({vs, vc}, 2), mask, 0.0,
+                                            false, spec.scale);
+    } else if (spec.softcap > 0 || spec.sigmoid) {
       at::Tensor p = PatternOfScores(AttentionScores(qc, kc, c.q0, c.k0, spec).to(at::kFloat), spec)
                          .to(qh.scalar_type());
       zc = at::matmul(p, vc);
@@ -144,10 +165,18 @@ PatternStats ComputePatternStats(const at::Tensor& q, const at::Tensor& k,
     const int64_t r = rows > 0 ? rows : DefaultChunkRows(B * ng * rep, T, spec.window);
     for (const QueryChunk& c : QueryChunks(T, r, spec.window)) {
       const int64_t nq = c.q1 - c.q0, nk = c.q1 - c.k0;
-      at::Tensor s = AttentionScores(qg.narrow(1, g0, ng).narrow(3, c.q0, nq),
-                                     kg.narrow(1, g0, ng).narrow(3, c.k0, nk), c.q0, c.k0, spec)
+      at::Tensor qc = qg.narrow(1, g0, ng).narrow(3, c.q0, nq);
+      at::Tensor s = AttentionScores(qc, kg.narrow(1, g0, ng).narrow(3, c.k0, nk), c.q0, c.k0, spec)
                          .to(at::kFloat);  // [b, g, rep, nq, nk]
-      at::Tensor p = PatternOfScores(s, spec);
+      // With a learned key/value slot, the softmax runs over [slot, keys]
+      // and the statistics keep the keys.
+      at::Tensor full = s;
+      if (spec.sink_key.defined()) {
+        at::Tensor ks = spec.sink_key.narrow(0, g0, ng).to(qc.scalar_type()).view({1, ng, 1, 1, D});
+        full = at::cat({ScaledCappedScores(qc, ks, spec).to(at::kFloat), s}, -1);
+      }
+      at::Tensor p = PatternOfScores(full, spec);
+      if (spec.sink_key.defined()) p = p.narrow(-1, 1, nk);
       if (dtype != at::kFloat) p = p.to(dtype).to(at::kFloat);  // as hook_pattern is
       auto out = [&](const at::Tensor& acc, int64_t k0, int64_t n) {
         return acc.narrow(1, g0, ng).narrow(3, k0, n);
@@ -169,7 +198,7 @@ PatternStats ComputePatternStats(const at::Tensor& q, const at::Tensor& k,
       out(mom, c.q0, nq).copy_(rest_mom + top64 * top_key.to(at::kDouble));
       at::Tensor self = (at::arange(c.q0, c.q1, f64.dtype(at::kLong)) - c.k0).view({1, 1, 1, nq, 1});
       out(diag, c.q0, nq).copy_(p.gather(4, self.expand({B, ng, rep, nq, 1})).squeeze(4));
-      out(lse, c.q0, nq).copy_(at::logsumexp(s, {-1}));
+      out(lse, c.q0, nq).copy_(at::logsumexp(full, {-1}));
       at::Tensor visible = AttendMask(c.q0, nq, c.k0, nk, spec.window, q.device());
       out(ssum, c.q0, nq).copy_(at::where(visible, s, at::scalar_tensor(0.0, s.options())).sum(-1));
     }

@@ -25,9 +25,22 @@ struct AttentionSpec {
   double softcap = 0.0;  // c in c tanh(s / c) (Gemma 2); <= 0: none
   int64_t window = 0;    // sliding window: key k visible from t when t - k < window; <= 0: causal only
   bool sigmoid = false;  // AttnFn::kSigmoid: pattern = sigmoid(scores), no row normalisation
+  /// ModelConfig::kv_bias: the learned key k* and value v* [kv_head, d_head]
+  /// every query sees besides the tokens (a learned sink); undefined = none.
+  /// With them the softmax runs over [q.k*, q.k_0..] and the statistics below
+  /// keep the token keys (a row's token mass is 1 - A*).
+  at::Tensor sink_key, sink_value;
 };
-/// The spec of layer `layer` of `c`.
+/// The spec of layer `layer` of `c` (without the kv-bias tensors: Model::Attention adds them).
 AttentionSpec LayerAttention(const ModelConfig& c, int64_t layer);
+
+/// k* or v* [kv_head, d_head] per query head as [1, head, 1, d_head] in
+/// `dtype` (head h uses kv head h / (n_heads / n_kv_heads), as RepeatKv lays them out).
+at::Tensor PerQueryHead(const at::Tensor& per_kv_head, int64_t n_heads, c10::ScalarType dtype);
+
+/// Scores of queries qh [batch, head, nq, d_head] against the learned key of
+/// spec.sink_key: [batch, head, nq, 1], (q . k*) * scale, in qh's dtype.
+at::Tensor SinkSlotScores(const at::Tensor& qh, const AttentionSpec& spec);
 
 /// The pattern of float32 scores [..., nq, nk] (-inf where not visible):
 /// softmax over the last dim, or the elementwise sigmoid (invisible keys 0).
@@ -56,7 +69,8 @@ std::vector<QueryChunk> QueryChunks(int64_t T, int64_t rows, int64_t window);
 /// Attention output z [batch, head, pos, d_head] from query chunks sized by
 /// AttentionChunkRows (common/attention_chunks.h): memory O(chunk x T) instead
 /// of O(T^2). Without a soft-cap or sigmoid each chunk runs the fused
-/// scaled_dot_product_attention with its [chunk, keys] window mask; with one,
+/// scaled_dot_product_attention with its [chunk, keys] window mask (and the
+/// learned key/value slot first when spec.sink_key is set); with one,
 /// softmax(AttentionScores) in float32, cast to qh's dtype, times vh.
 /// qh, kh, vh: [batch, head, pos, d_head] (kv heads already repeated).
 at::Tensor ChunkedAttention(const at::Tensor& qh, const at::Tensor& kh, const at::Tensor& vh,
@@ -68,11 +82,11 @@ at::Tensor ChunkedAttention(const at::Tensor& qh, const at::Tensor& kh, const at
 /// the device of q.
 struct PatternStats {
   at::Tensor col_sum;      // float64, indexed by key k: sum_t A[t, k]
-  at::Tensor row_sum;      // float64: sum_k A[t, k] (1 up to rounding)
+  at::Tensor row_sum;      // float64: sum_k A[t, k] (1 up to rounding; 1 - A* with a learned slot)
   at::Tensor key_moment;   // float64: sum_k A[t, k] k (k in tokens, 0-based)
   at::Tensor diag;         // float64: A[t, t]
   at::Tensor score_sum;    // float64: sum of the scores of the keys t sees (attn_scores, float32)
-  at::Tensor logsumexp;    // float32: log sum_k exp(score[t, k]) over the keys t sees
+  at::Tensor logsumexp;    // float32: log sum_k exp(score[t, k]) over the keys t sees (and the learned slot)
   /// The row's largest entry: its key m_t (int64), and the mass and key
   /// moment of the other keys, summed without it (float64): accurate even when
   /// A[t, m_t] is within rounding of the row sum, where row_sum - A[t, m_t]

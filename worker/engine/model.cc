@@ -282,6 +282,16 @@ at::Tensor Model::weight(const std::string& name) const {
   return it == weights_.end() ? at::Tensor() : it->second;
 }
 
+AttentionSpec Model::Attention(int64_t layer) const {
+  AttentionSpec s = LayerAttention(config_, layer);
+  if (config_.kv_bias) {
+    const std::string p = absl::StrCat("model.layers.", layer, ".self_attn.");
+    s.sink_key = weight(p + "sink_key");
+    s.sink_value = weight(p + "sink_value");
+  }
+  return s;
+}
+
 std::vector<std::pair<std::string, at::Tensor>> Model::Parameters() {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& [name, w] : weights_) {
@@ -413,14 +423,21 @@ at::Tensor AttentionBlock(const ForwardContext& f, int64_t l, const at::Tensor& 
   at::Tensor qh = q.transpose(1, 2);                    // [batch, head, pos, d_head]
   at::Tensor kh = RepeatKv(k.transpose(1, 2), H / KV);  // [batch, head, pos, d_head]
   at::Tensor vh = RepeatKv(v.transpose(1, 2), H / KV);
-  const AttentionSpec spec = LayerAttention(c, l);
+  const AttentionSpec spec = f.model.Attention(l);
   at::Tensor z;  // [batch, head, pos, d_head]
   if (f.Wants(l, "attn.hook_attn_scores") || f.Wants(l, "attn.hook_pattern")) {
     at::Tensor scores = f.Hook(l, "attn.hook_attn_scores", AttentionScores(qh, kh, 0, 0, spec));
-    at::Tensor pattern = PatternOfScores(scores.to(at::kFloat), spec).to(f.dtype);
-    z = at::matmul(f.Hook(l, "attn.hook_pattern", pattern), vh);
-  } else if (c.attn_softcap > 0 || spec.sigmoid || (spec.window > 0 && T > spec.window)) {
-    // Soft-cap or sigmoid (no fused kernel) or a window: query chunks, O(chunk x T).
+    if (spec.sink_key.defined()) {
+      // The learned slot: softmax over [q.k*, scores]; the pattern keeps the tokens.
+      at::Tensor full = PatternOfScores(at::cat({SinkSlotScores(qh, spec), scores}, -1).to(at::kFloat), spec);
+      at::Tensor pattern = f.Hook(l, "attn.hook_pattern", full.narrow(-1, 1, T).to(f.dtype));
+      z = at::matmul(pattern, vh) + full.narrow(-1, 0, 1).to(f.dtype) * PerQueryHead(spec.sink_value, H, f.dtype);
+    } else {
+      at::Tensor pattern = PatternOfScores(scores.to(at::kFloat), spec).to(f.dtype);
+      z = at::matmul(f.Hook(l, "attn.hook_pattern", pattern), vh);
+    }
+  } else if (c.attn_softcap > 0 || spec.sigmoid || (spec.window > 0 && T > spec.window) || c.kv_bias) {
+    // Soft-cap or sigmoid (no fused kernel), a window or a learned slot: query chunks, O(chunk x T).
     z = ChunkedAttention(qh, kh, vh, spec);
   } else {
     z = at::scaled_dot_product_attention(qh.contiguous(), kh.contiguous(), vh.contiguous(), {}, 0.0,

@@ -22,6 +22,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "absl/status/statusor.h"
+#include "worker/engine/attention.h"
 #include "worker/engine/checkpoint.h"
 #include "worker/engine/config.h"
 #include "worker/engine/hooks.h"
@@ -87,6 +88,9 @@ class Model {
   /// Read-only: the mechanism analyses (mechanism.h) read W_gate/W_up/W_down,
   /// W_V/W_O and the norm gains.
   at::Tensor weight(const std::string& name) const;
+  /// How layer `l` turns queries and keys into a pattern (attention.h):
+  /// LayerAttention of the config plus, with kv_bias, its learned k* and v*.
+  AttentionSpec Attention(int64_t layer) const;
   /// The model's own weight tensors by canonical name, each once (a tied
   /// lm_head is the embedding and is left out), for training (train.h): the
   /// handles share storage with the model, so `requires_grad_` and in-place

@@ -120,7 +120,7 @@ void SinkAccumulator::Accumulate(int64_t l, int64_t T, const at::Tensor& q, cons
   // The pattern's row and column statistics from query chunks (O(T)
   // memory; attention.h), then float64 on the [b, h, T] results; the
   // distances use closed forms instead of [q, k] products.
-  const AttentionSpec spec = LayerAttention(model_.config(), l);
+  const AttentionSpec spec = model_.Attention(l);
   const PatternStats st = ComputePatternStats(q, k, spec, model_.dtype(), params_.query_chunk);
   const int64_t B = q.size(0);
   const auto f64 = at::TensorOptions().dtype(at::kDouble).device(q.device());
@@ -355,7 +355,7 @@ absl::StatusOr<SelfAttentionProfile> RunSelfAttentionProfile(
     for (int64_t l : out.profiled_layers) {
       AddQueryKeyProbes(&hooks, c, l, [&, l](const at::Tensor& q, const at::Tensor& k) {
         // A[t, t] from query chunks (O(T) memory; attention.h).
-        at::Tensor diag = ComputePatternStats(q, k, LayerAttention(c, l), model.dtype(),
+        at::Tensor diag = ComputePatternStats(q, k, model.Attention(l), model.dtype(),
                                               params.query_chunk)
                               .diag.cpu();  // [batch, head, pos]
         SelfAttentionLayer& a = acc[l];

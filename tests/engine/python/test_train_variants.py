@@ -7,6 +7,8 @@ block written here from the definitions, sharing no code with the engine:
 - sandwich norm with per-head QK-norm (model_type qwen3 + sinkscope_norm_placement);
 - gated attention (Qiu et al. 2025, G1): z_h *= sigmoid(x W_g), per head or per channel;
 - sigmoid attention without row normalisation (Gu et al. 2025);
+- learnable key/value bias (Gu et al. 2025, sail-sg): a learned key k* and value v*
+  per head that every query attends to besides the tokens (a learned sink);
 - the FFN: GeGLU (gated, tanh gelu), plain GELU and ReLU MLPs;
 - positions: none (NoPE) or a learned absolute table instead of RoPE.
 
@@ -14,8 +16,9 @@ Checked per variant: the engine's logits equal the float64 reference's on the sa
 weights (random, gains and DyT alphas perturbed so that they matter); 20 updates of
 `sinkscope-run train` from those weights give the losses of the reference trained by
 torch.optim.AdamW with the recipe of test_train.py (1e-5 relative, float32); for
-sigmoid attention, attn.hook_pattern and the sink analysis's per-head sink ratio
-(eq. 27-28) equal the reference's unnormalised pattern. Misspelt or unknown variant
+sigmoid attention and the key/value bias, attn.hook_pattern and the sink
+analysis's per-head sink ratio (eq. 27-28) equal the reference's pattern
+(unnormalised rows; token rows summing to 1 - the slot's mass). Misspelt or unknown variant
 keys are refused with the key named.
 """
 import json
@@ -41,6 +44,7 @@ VARIANTS = {
     "gate_headwise": {"model_type": "llama", "sinkscope_attn_gate": "headwise"},
     "gate_elementwise": {"model_type": "llama", "sinkscope_attn_gate": "elementwise"},
     "sigmoid_attention": {"model_type": "llama", "sinkscope_attn_fn": "sigmoid"},
+    "kv_bias": {"model_type": "llama", "sinkscope_kv_bias": True},
     "geglu": {"model_type": "llama", "hidden_act": "gelu_pytorch_tanh"},
     "relu_plain_mlp": {"model_type": "llama", "hidden_act": "relu", "sinkscope_mlp": "plain"},
     "gelu_plain_mlp": {"model_type": "llama", "hidden_act": "gelu", "sinkscope_mlp": "plain"},
@@ -66,6 +70,7 @@ def make_reference(torch, cfg):
     kind = cfg.get("sinkscope_norm_kind", "rmsnorm")
     gate = cfg.get("sinkscope_attn_gate", "none")
     sigmoid = cfg.get("sinkscope_attn_fn", "softmax") == "sigmoid"
+    kv_bias = cfg.get("sinkscope_kv_bias", False)
     qk_norm = cfg["model_type"] == "qwen3"
     positions = cfg.get("sinkscope_positions", "rope")
     gated_mlp = cfg.get("sinkscope_mlp", "gated") == "gated"
@@ -106,6 +111,9 @@ def make_reference(torch, cfg):
                 self.q_norm, self.k_norm = RmsHead(), RmsHead()
             if gate != "none":
                 self.gate_proj = nn.Linear(D, H if gate == "headwise" else H * DH, bias=False)
+            if kv_bias:  # k*, v* per (kv) head, not rotated
+                self.sink_key = nn.Parameter(torch.zeros(H, DH))
+                self.sink_value = nn.Parameter(torch.zeros(H, DH))
 
         def forward(self, x, patterns):
             B, T, _ = x.shape
@@ -130,10 +138,18 @@ def make_reference(torch, cfg):
             causal = torch.ones(T, T, dtype=torch.bool).tril()
             if sigmoid:
                 p = torch.sigmoid(s) * causal
+            elif kv_bias:  # softmax over [q.k*, q.k_0..t]; the slot adds A* v*
+                s0 = (q * self.sink_key[None, :, None, :]).sum(-1, keepdim=True) / math.sqrt(DH)
+                full = torch.softmax(torch.cat([s0, s.masked_fill(~causal, float("-inf"))], -1), -1)
+                p = full[..., 1:]
+                slot = full[..., :1] * self.sink_value[None, :, None, :]  # [B, H, T, DH]
             else:
                 p = torch.softmax(s.masked_fill(~causal, float("-inf")), -1)
             patterns.append(p)
-            z = (p @ v.transpose(1, 2)).transpose(1, 2)  # [B, T, H, DH]
+            pv = p @ v.transpose(1, 2)
+            if kv_bias:
+                pv = pv + slot
+            z = pv.transpose(1, 2)  # [B, T, H, DH]
             if gate == "headwise":
                 z = z * torch.sigmoid(self.gate_proj(x)).unsqueeze(-1)
             elif gate == "elementwise":
@@ -310,12 +326,57 @@ def test_sigmoid_pattern_and_sink_ratio_equal_reference(env):
         assert heads[h]["gu_first_key_score"] == pytest.approx(alpha[0], abs=1e-5), h
 
 
+def test_kv_bias_pattern_and_sink_ratio_equal_reference(env):
+    """The learned key/value slot takes attention mass: attn.hook_pattern holds
+    the token keys (rows sum to 1 - A*) and equals the float64 reference; the
+    sink analysis (eq. 27-28 from query chunks, the slot in each row's
+    normaliser) gives the reference's per-head importance of the tokens."""
+    torch, st, tmp, data = env
+    cfg = hf_config("kv_bias")
+    model = make_reference(torch, cfg).double()
+    with torch.no_grad():  # a loud learned key: the slot soaks up a good share of each row
+        for layer in model.model.layers:
+            layer.self_attn.sink_key.mul_(25.0)
+    ckpt = tmp / "kv_bias_sink"
+    write_checkpoint(st, model.float(), cfg, ckpt)
+    model = make_reference(torch, cfg).double()
+    from safetensors.torch import load_file as load_torch
+    model.load_state_dict({k: v.double() for k, v in load_torch(str(ckpt / "model.safetensors")).items()})
+    ids = [BOS] + list(b"to be or not to be, that is the question")
+    with torch.no_grad():
+        ref_logits = model(torch.tensor([ids])).logits[0].numpy()
+    ref = [p[0].numpy() for p in model.patterns]  # [head, q, k] per layer
+    slot_mass = 1.0 - ref[1].sum(-1)
+    assert slot_mass.max() > 0.3 and slot_mass.min() >= 0  # the slot is a real sink here
+    sinkscope_run("dump", "--model", str(ckpt), "--ids", ",".join(map(str, ids)),
+                  "--out", str(tmp / "kv_dump.safetensors"), "--hook", "blocks.1.attn.hook_pattern")
+    from safetensors.numpy import load_file
+    dumped = load_file(str(tmp / "kv_dump.safetensors"))
+    pat = next(v for k, v in dumped.items() if "blocks.1.attn.hook_pattern" in k)
+    np.testing.assert_allclose(pat.reshape(ref[1].shape), ref[1], atol=2e-6)
+    sinkscope_run("export-tensors", "--model", str(ckpt), "--out", str(tmp / "kv_logits.safetensors"),
+                  "--ids", ",".join(map(str, ids)))
+    got = load_file(str(tmp / "kv_logits.safetensors"))["sinkscope.logits"].reshape(ref_logits.shape)
+    np.testing.assert_allclose(got, ref_logits, atol=3e-5, rtol=1e-5)  # the chunked (SDPA) path
+    out = sinkscope_run("sinks", "--model", str(ckpt), "--ids", ",".join(map(str, ids)), "--json")
+    T = len(ids)
+    for l in range(L):
+        heads = out["layers"][l]["heads"]
+        for h in range(H):
+            alpha = ref[l][h].sum(0) / T
+            half = alpha[: max(1, T // 2)]
+            assert heads[h]["max_importance"] == pytest.approx(half.max(), abs=1e-5), (l, h)
+            assert heads[h]["argmax_key"] == int(half.argmax()), (l, h)
+            assert heads[h]["gu_first_key_score"] == pytest.approx(alpha[0], abs=1e-5), (l, h)
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("sinkscope_norm_kindd", "dyt", "sinkscope_norm_kindd"),
     ("sinkscope_norm_kind", "tanh", "unknown value 'tanh'"),
     ("sinkscope_attn_gate", "per-head", "unknown value 'per-head'"),
     ("sinkscope_norm_placement", "middle", "unknown norm placement 'middle'"),
     ("sinkscope_dyt_alpha0", -1.0, "dyt_alpha0 must be positive"),
+    ("sinkscope_kv_bias", "yes", "must be a boolean"),
 ])
 def test_bad_variant_keys_are_refused(env, key, value, message):
     torch, st, tmp, data = env
