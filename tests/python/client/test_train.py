@@ -2,6 +2,8 @@
 returns a job whose records give the loss curve as a DataFrame; its
 checkpoints are the owner's models RUN@STEP (profiled with RUN@*), unknown to
 another user."""
+import json
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,7 @@ def test_train_curve_checkpoints_and_profile(client, server):
 
 def test_train_through_a_catalog_tokenizer(client, server):
     """train.tokenizer: the corpus is read through aidreams260K's llama2c
-    tokenizer (512 pieces) instead of bytes; the run keeps a byte-identical copy
+    tokenizer (512 pieces) instead of bytes (in bfloat16 mixed precision); the run keeps a byte-identical copy
     of it, so RUN@STEP reads text as aidreams260K does. A vocabulary smaller than
     the tokenizer's, an unknown tokenizer model and a non-byte vocabulary with
     no tokenizer are refused at submission."""
@@ -72,9 +74,12 @@ def test_train_through_a_catalog_tokenizer(client, server):
     carol = sinkscope.connect(server.address, user="carol", timeout=30)
     config = dict(CONFIG, vocab_size=512, bos_token_id=1, eos_token_id=2)
     job = carol.train(config, corpus="tinyshakespeare", name="bpe", tokenizer="aidreams260K",
-                      steps=3, batch_size=2, seq_len=32, bos_id=1, checkpoint_every=3)
+                      steps=3, batch_size=2, seq_len=32, bos_id=1, checkpoint_every=3,
+                      precision="bfloat16")
     r = job.result(timeout=300, progress=False)
-    assert r.frame("summary").iloc[0].checkpoints == ["bpe@3"]
+    summary = r.frame("summary").iloc[0]
+    assert summary.checkpoints == ["bpe@3"]
+    assert json.loads(summary.recipe_json)["precision"] == "bfloat16"  # mixed precision, as a job
     copy = next(pathlib.Path(server.dir).rglob("bpe/tokenizer.bin"))
     assert copy.read_bytes() == pathlib.Path(tok).read_bytes()
     text = "ROMEO: the king is dead"
