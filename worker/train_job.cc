@@ -230,8 +230,19 @@ absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
     if (!params.has_sink_window()) {
       params.set_sink_window(static_cast<int32_t>(std::min<int64_t>(64, params.eval().chunk_length())));
     }
-    std::vector<int64_t> held(stream.end() - n_held, stream.end());
-    if (job.recipe.bos_id >= 0) held.insert(held.begin(), job.recipe.bos_id);
+    // The held-out split as training reads it: with a BOS id, every chunk is
+    // BOS + chunk_length - 1 held-out tokens (as train.h's own profiles).
+    std::vector<int64_t> held;
+    if (job.recipe.bos_id >= 0) {
+      const int64_t body = params.eval().chunk_length() - 1;
+      for (int64_t at = static_cast<int64_t>(stream.size()) - n_held; at + body <= static_cast<int64_t>(stream.size());
+           at += body) {
+        held.push_back(job.recipe.bos_id);
+        held.insert(held.end(), stream.begin() + at, stream.begin() + at + body);
+      }
+    } else {
+      held.assign(stream.end() - n_held, stream.end());
+    }
     bool hit = false;
     absl::StatusOr<std::shared_ptr<CachedModel>> cached =
         cache.Get(ModelKey{checkpoint_name(step), "hf", dir, run_tokenizer, "float32"}, &hit, 0, 0);

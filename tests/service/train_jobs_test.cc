@@ -205,7 +205,8 @@ TEST_F(TrainJobsTest, RunStreamsProgressAndItsCheckpointsAreTheOwnersModels) {
   }
 
   // The self-profiles: one row per checkpoint, each as the profile job gives
-  // for that checkpoint on the held-out split (BOS + its last 4000 bytes).
+  // for that checkpoint on the held-out split (its last 4000 bytes) read as
+  // training reads sequences: chunks of BOS + 63 bytes.
   std::vector<v1::ProfileRow> self_rows;
   for (const v1::ResultRecord& r : done.results()) {
     if (r.has_profile_row()) self_rows.push_back(r.profile_row());
@@ -217,7 +218,10 @@ TEST_F(TrainJobsTest, RunStreamsProgressAndItsCheckpointsAreTheOwnersModels) {
     const std::string corpus = MakeCorpus(40000);
     v1::SubmitJobRequest held;
     held.mutable_request()->set_model("tiny@30");
-    held.mutable_request()->add_sequences()->set_text(corpus.substr(corpus.size() - corpus.size() / 10));
+    const size_t held_at = corpus.size() - corpus.size() / 10;
+    for (size_t at = held_at; at + 63 <= corpus.size(); at += 63) {
+      held.mutable_request()->add_sequences()->set_text(corpus.substr(at, 63));  // + BOS
+    }
     v1::ProfileRequest* hp = held.mutable_request()->mutable_profile();
     hp->mutable_eval()->set_token_budget(256);
     hp->mutable_eval()->set_chunk_length(64);
