@@ -292,75 +292,13 @@ def test_variant_forward_and_training_equal_reference(env, variant):
             assert saved[key] == value, key  # the checkpoint keeps its variant
 
 
-def test_sigmoid_pattern_and_sink_ratio_equal_reference(env):
-    torch, st, tmp, data = env
-    cfg = hf_config("sigmoid_attention")
-    model = make_reference(torch, cfg).double()
-    with torch.no_grad():  # a loud BOS embedding: position 0's keys stand out
-        model.model.embed_tokens.weight[BOS] *= 6.0
-    ckpt = tmp / "sigmoid_sink"
-    write_checkpoint(st, model.float(), cfg, ckpt)
-    model = make_reference(torch, cfg).double()
-    from safetensors.torch import load_file as load_torch
-    model.load_state_dict({k: v.double() for k, v in load_torch(str(ckpt / "model.safetensors")).items()})
-    ids = [BOS] + list(b"to be or not to be, that is the question")
-    with torch.no_grad():
-        model(torch.tensor([ids]))
-    ref = [p[0].numpy() for p in model.patterns]  # [head, q, k] per layer, rows not normalised
-    assert abs(ref[1].sum(-1).mean() - 1.0) > 0.05  # really not softmax
-    sinkscope_run("dump", "--model", str(ckpt), "--ids", ",".join(map(str, ids)),
-                  "--out", str(tmp / "sig_dump.safetensors"), "--hook", "blocks.1.attn.hook_pattern")
-    from safetensors.numpy import load_file
-    dumped = load_file(str(tmp / "sig_dump.safetensors"))
-    pat = next(v for k, v in dumped.items() if "blocks.1.attn.hook_pattern" in k)
-    np.testing.assert_allclose(pat.reshape(ref[1].shape), ref[1], atol=2e-6)
-    # eq. 27: alpha_k = (1/T) sum_t A[t, k]; the head's ratio is max_k alpha_k (k < T/2).
+def assert_sink_heads_equal(ckpt, ids, ref, layers):
+    """The sinks job's per-head importance (eq. 27: alpha_k = (1/T) sum_t A[t, k];
+    the head's ratio is max_k alpha_k over k < T/2) equals the reference patterns'
+    `ref` ([head, q, k] per layer) on `layers`."""
     out = sinkscope_run("sinks", "--model", str(ckpt), "--ids", ",".join(map(str, ids)), "--json")
     T = len(ids)
-    heads = out["layers"][1]["heads"]
-    for h in range(H):
-        alpha = ref[1][h].sum(0) / T
-        half = alpha[: max(1, T // 2)]
-        assert heads[h]["max_importance"] == pytest.approx(half.max(), abs=1e-5), h
-        assert heads[h]["argmax_key"] == int(half.argmax()), h
-        assert heads[h]["gu_first_key_score"] == pytest.approx(alpha[0], abs=1e-5), h
-
-
-def test_kv_bias_pattern_and_sink_ratio_equal_reference(env):
-    """The learned key/value slot takes attention mass: attn.hook_pattern holds
-    the token keys (rows sum to 1 - A*) and equals the float64 reference; the
-    sink analysis (eq. 27-28 from query chunks, the slot in each row's
-    normaliser) gives the reference's per-head importance of the tokens."""
-    torch, st, tmp, data = env
-    cfg = hf_config("kv_bias")
-    model = make_reference(torch, cfg).double()
-    with torch.no_grad():  # a loud learned key: the slot soaks up a good share of each row
-        for layer in model.model.layers:
-            layer.self_attn.sink_key.mul_(25.0)
-    ckpt = tmp / "kv_bias_sink"
-    write_checkpoint(st, model.float(), cfg, ckpt)
-    model = make_reference(torch, cfg).double()
-    from safetensors.torch import load_file as load_torch
-    model.load_state_dict({k: v.double() for k, v in load_torch(str(ckpt / "model.safetensors")).items()})
-    ids = [BOS] + list(b"to be or not to be, that is the question")
-    with torch.no_grad():
-        ref_logits = model(torch.tensor([ids])).logits[0].numpy()
-    ref = [p[0].numpy() for p in model.patterns]  # [head, q, k] per layer
-    slot_mass = 1.0 - ref[1].sum(-1)
-    assert slot_mass.max() > 0.3 and slot_mass.min() >= 0  # the slot is a real sink here
-    sinkscope_run("dump", "--model", str(ckpt), "--ids", ",".join(map(str, ids)),
-                  "--out", str(tmp / "kv_dump.safetensors"), "--hook", "blocks.1.attn.hook_pattern")
-    from safetensors.numpy import load_file
-    dumped = load_file(str(tmp / "kv_dump.safetensors"))
-    pat = next(v for k, v in dumped.items() if "blocks.1.attn.hook_pattern" in k)
-    np.testing.assert_allclose(pat.reshape(ref[1].shape), ref[1], atol=2e-6)
-    sinkscope_run("export-tensors", "--model", str(ckpt), "--out", str(tmp / "kv_logits.safetensors"),
-                  "--ids", ",".join(map(str, ids)))
-    got = load_file(str(tmp / "kv_logits.safetensors"))["sinkscope.logits"].reshape(ref_logits.shape)
-    np.testing.assert_allclose(got, ref_logits, atol=3e-5, rtol=1e-5)  # the chunked (SDPA) path
-    out = sinkscope_run("sinks", "--model", str(ckpt), "--ids", ",".join(map(str, ids)), "--json")
-    T = len(ids)
-    for l in range(L):
+    for l in layers:
         heads = out["layers"][l]["heads"]
         for h in range(H):
             alpha = ref[l][h].sum(0) / T
@@ -368,6 +306,71 @@ def test_kv_bias_pattern_and_sink_ratio_equal_reference(env):
             assert heads[h]["max_importance"] == pytest.approx(half.max(), abs=1e-5), (l, h)
             assert heads[h]["argmax_key"] == int(half.argmax()), (l, h)
             assert heads[h]["gu_first_key_score"] == pytest.approx(alpha[0], abs=1e-5), (l, h)
+
+
+def planted_reference(env, variant, plant, ids):
+    """A reference of `variant` with `plant(model)` applied, written as a float32
+    checkpoint and read back in float64: (checkpoint, float64 logits of `ids`,
+    the attention patterns [head, q, k] per layer)."""
+    torch, st, tmp, data = env
+    cfg = hf_config(variant)
+    model = make_reference(torch, cfg).double()
+    with torch.no_grad():
+        plant(model)
+    ckpt = tmp / f"{variant}_planted"
+    write_checkpoint(st, model.float(), cfg, ckpt)
+    model = make_reference(torch, cfg).double()
+    from safetensors.torch import load_file as load_torch
+    model.load_state_dict({k: v.double() for k, v in load_torch(str(ckpt / "model.safetensors")).items()})
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].numpy()
+    return ckpt, logits, [p[0].numpy() for p in model.patterns]
+
+
+def dumped_hook(ckpt, ids, hook, out):
+    """The engine's value of `hook` on `ids` (sinkscope-run dump)."""
+    sinkscope_run("dump", "--model", str(ckpt), "--ids", ",".join(map(str, ids)), "--out", str(out),
+                  "--hook", hook)
+    from safetensors.numpy import load_file
+    return next(v for k, v in load_file(str(out)).items() if hook in k)
+
+
+SINK_IDS = [BOS] + list(b"to be or not to be, that is the question")
+
+
+def test_sigmoid_pattern_and_sink_ratio_equal_reference(env):
+    def plant(model):  # a loud BOS embedding: position 0's keys stand out
+        model.model.embed_tokens.weight[BOS] *= 6.0
+
+    ckpt, _, ref = planted_reference(env, "sigmoid_attention", plant, SINK_IDS)
+    assert abs(ref[1].sum(-1).mean() - 1.0) > 0.05  # rows not normalised: really not softmax
+    pat = dumped_hook(ckpt, SINK_IDS, "blocks.1.attn.hook_pattern", env[2] / "sig_dump.safetensors")
+    np.testing.assert_allclose(pat.reshape(ref[1].shape), ref[1], atol=2e-6)
+    assert_sink_heads_equal(ckpt, SINK_IDS, ref, layers=[1])
+
+
+def test_kv_bias_pattern_and_sink_ratio_equal_reference(env):
+    """The learned key/value slot takes attention mass: attn.hook_pattern holds
+    the token keys (rows sum to 1 - A*) and equals the float64 reference, as do
+    the logits of the fused (SDPA with the slot) path; the sink analysis (eq.
+    27-28 from query chunks, the slot in each row's normaliser) gives the
+    reference's per-head importance of the tokens."""
+    def plant(model):  # a loud learned key: the slot soaks up a good share of each row
+        for layer in model.model.layers:
+            layer.self_attn.sink_key.mul_(25.0)
+
+    ckpt, ref_logits, ref = planted_reference(env, "kv_bias", plant, SINK_IDS)
+    slot_mass = 1.0 - ref[1].sum(-1)
+    assert slot_mass.max() > 0.3 and slot_mass.min() >= 0  # the slot is a real sink here
+    tmp = env[2]
+    pat = dumped_hook(ckpt, SINK_IDS, "blocks.1.attn.hook_pattern", tmp / "kv_dump.safetensors")
+    np.testing.assert_allclose(pat.reshape(ref[1].shape), ref[1], atol=2e-6)
+    sinkscope_run("export-tensors", "--model", str(ckpt), "--out", str(tmp / "kv_logits.safetensors"),
+                  "--ids", ",".join(map(str, SINK_IDS)))
+    from safetensors.numpy import load_file
+    got = load_file(str(tmp / "kv_logits.safetensors"))["sinkscope.logits"].reshape(ref_logits.shape)
+    np.testing.assert_allclose(got, ref_logits, atol=3e-5, rtol=1e-5)
+    assert_sink_heads_equal(ckpt, SINK_IDS, ref, layers=range(L))
 
 
 @pytest.mark.parametrize("key,value,message", [
