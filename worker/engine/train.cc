@@ -427,6 +427,174 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
   return r;
 }
 
+namespace {
+
+// The model a run trains, ready: loaded (init_from / resume_from) or freshly
+// initialised, after every check that needs no work (train.h's Train errors),
+// with config.json written into the output directory.
+absl::StatusOr<std::unique_ptr<Model>> PrepareModel(const TrainJob& job, const std::vector<int64_t>& stream) {
+  const TrainRecipe& r = job.recipe;
+  Checkpoint ck;
+  const std::string from = !job.resume_from.empty() ? job.resume_from : job.init_from;
+  if (!from.empty()) {
+    ASSIGN_OR_RETURN(ck, LoadHfDirectory(from));
+  } else {
+    RETURN_IF_ERROR(job.config.Validate());
+    ck.config = job.config;
+  }
+  RETURN_IF_ERROR(CheckTrainable(ck.config));
+  RETURN_IF_ERROR(ValidateTrainRecipe(r, ck.config, static_cast<int64_t>(stream.size())));
+  {  // The config must be writable as config.json before any work is done.
+    std::error_code ec;
+    fs::create_directories(job.out_dir, ec);
+    if (ec) return absl::PermissionDeniedError(absl::StrCat(job.out_dir, ": cannot create: ", ec.message()));
+    RETURN_IF_ERROR(WriteHfConfig(job.out_dir + "/config.json", ck.config));
+  }
+  for (size_t i = 0; i < stream.size(); ++i) {
+    if (stream[i] < 0 || stream[i] >= ck.config.d_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("corpus: token id ", stream[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ", ck.config.d_vocab,
+                                                     ")"));
+    }
+  }
+  if (from.empty()) ck.tensors = InitialWeights(ck.config, r);
+  return Model::Create(ck, job.device, at::kFloat);
+}
+
+// One run in progress: the model, its parameters with their AdamW state and
+// the split of the stream (train.h's recipe, exactly).
+class Run {
+ public:
+  Run(const TrainJob& job, const std::vector<int64_t>& stream, std::unique_ptr<Model> model)
+      : job_(job), r_(job.recipe), stream_(stream), model_(std::move(model)) {
+    for (auto& [name, t] : model_->Parameters()) {
+      Param p;
+      p.name = name;
+      p.value = t;
+      p.value.requires_grad_(true);
+      p.exp_avg = at::zeros_like(t);
+      p.exp_avg_sq = at::zeros_like(t);
+      p.decay = t.dim() >= 2;
+      params_.push_back(std::move(p));
+    }
+    const int64_t n = static_cast<int64_t>(stream.size());
+    held_ = HeldoutTokens(r_, n);
+    n_train_ = n - held_;
+    need_ = Need(r_);
+    n_starts_ = static_cast<uint64_t>(n_train_ - need_ + 1);
+  }
+
+  const Model& model() const { return *model_; }
+  std::vector<Param>& params() { return params_; }
+
+  /// Update `step` (0-based) at learning rate `lr`: the batch's loss (before
+  /// the update) and the gradient norm before clipping.
+  absl::Status Update(int64_t step, double lr, double* loss_out, double* grad_norm) {
+    std::vector<int64_t> offsets(r_.batch_size);
+    for (int64_t b = 0; b < r_.batch_size; ++b) {
+      offsets[b] = static_cast<int64_t>(SequenceOffset(r_.seed, step, r_.batch_size, b, n_starts_));
+    }
+    at::Tensor inputs, targets;
+    MakeBatch(stream_, offsets, r_, &inputs, &targets);
+    at::Tensor loss;
+    {  // forward and loss under autocast, backward outside (as torch.autocast's docs)
+      BF16Autocast autocast(job_.device.type(), r_.precision == "bfloat16");
+      ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(inputs, no_hooks_));
+      loss = Loss(logits, targets, r_.loss_pos_min, r_.loss_pos_max < 0 ? r_.seq_len - 1 : r_.loss_pos_max);
+    }
+    for (Param& p : params_) p.value.mutable_grad().reset();
+    loss.backward();
+    at::Tensor total_norm = ClipGradients();
+    AdamW(step, lr);
+    *loss_out = loss.item<double>();
+    *grad_norm = total_norm.item<double>();
+    return absl::OkStatus();
+  }
+
+  /// Mean NLL over every position of the first eval_sequences consecutive
+  /// windows of the held-out split.
+  absl::StatusOr<double> HeldoutLoss() {
+    at::NoGradGuard no_grad;
+    const int64_t windows = std::min<int64_t>(r_.eval_sequences, held_ / need_);
+    double total = 0;
+    int64_t count = 0;
+    for (int64_t w0 = 0; w0 < windows; w0 += r_.batch_size) {
+      std::vector<int64_t> offsets;
+      for (int64_t w = w0; w < std::min(windows, w0 + r_.batch_size); ++w) offsets.push_back(n_train_ + w * need_);
+      at::Tensor in, tg;
+      MakeBatch(stream_, offsets, r_, &in, &tg);
+      ASSIGN_OR_RETURN(at::Tensor logits, model_->Forward(in, no_hooks_));
+      total += Loss(logits, tg, 0, r_.seq_len - 1).item<double>() * static_cast<double>(offsets.size());
+      count += static_cast<int64_t>(offsets.size());
+    }
+    return total / static_cast<double>(count);
+  }
+
+  /// The profile (profile.h) of the held-out split: chunks of seq_len, each
+  /// BOS + seq_len - 1 tokens when bos_id >= 0 (as training reads them).
+  absl::StatusOr<ProfileResult> Profile() {
+    at::NoGradGuard no_grad;
+    const int64_t body = r_.bos_id >= 0 ? r_.seq_len - 1 : r_.seq_len;
+    const int64_t chunks = std::min<int64_t>(r_.profile_sequences, held_ / body);
+    std::vector<int64_t> tokens;
+    for (int64_t w = 0; w < chunks; ++w) {
+      if (r_.bos_id >= 0) tokens.push_back(r_.bos_id);
+      const auto first = stream_.begin() + n_train_ + w * body;
+      tokens.insert(tokens.end(), first, first + body);
+    }
+    ProfileParams pp;
+    pp.eval.chunk_length = r_.seq_len;
+    pp.scan.abs_threshold = r_.profile_abs_threshold;
+    pp.scan.rel_threshold = r_.profile_rel_threshold;
+    return RunProfile(*model_, tokens, pp, nullptr, nullptr, job_.cancel);
+  }
+
+ private:
+  // torch.nn.utils.clip_grad_norm_: the global norm (of per-tensor norms), and
+  // every gradient scaled by min(1, max / (norm + 1e-6)). Returns the norm.
+  at::Tensor ClipGradients() {
+    std::vector<at::Tensor> norms;
+    for (Param& p : params_) {
+      if (!p.value.grad().defined()) p.value.mutable_grad() = at::zeros_like(p.value);
+      norms.push_back(at::linalg_vector_norm(p.value.grad(), 2));
+    }
+    at::Tensor total_norm = at::linalg_vector_norm(at::stack(norms), 2);
+    if (r_.grad_clip > 0) {
+      at::NoGradGuard no_grad;
+      at::Tensor coef = ((total_norm + 1e-6).reciprocal() * r_.grad_clip).clamp_max(1.0);
+      for (Param& p : params_) p.value.mutable_grad().mul_(coef);
+    }
+    return total_norm;
+  }
+
+  // torch.optim.AdamW, single-tensor path (torch/optim/adam.py _single_tensor_adam).
+  void AdamW(int64_t step, double lr) {
+    at::NoGradGuard no_grad;
+    const double t = static_cast<double>(step + 1);
+    const double step_size = lr / (1.0 - std::pow(r_.beta1, t));
+    const double bc2_sqrt = std::sqrt(1.0 - std::pow(r_.beta2, t));
+    for (Param& p : params_) {
+      const at::Tensor& g = p.value.grad();
+      if (p.decay && r_.weight_decay != 0) p.value.mul_(1.0 - lr * r_.weight_decay);
+      p.exp_avg.lerp_(g, 1.0 - r_.beta1);
+      p.exp_avg_sq.mul_(r_.beta2).addcmul_(g, g, 1.0 - r_.beta2);
+      at::Tensor denom = (p.exp_avg_sq.sqrt() / bc2_sqrt).add_(r_.eps);
+      p.value.addcdiv_(p.exp_avg, denom, -step_size);
+    }
+  }
+
+  const TrainJob& job_;
+  const TrainRecipe& r_;
+  const std::vector<int64_t>& stream_;
+  std::unique_ptr<Model> model_;
+  std::vector<Param> params_;
+  int64_t held_ = 0, n_train_ = 0, need_ = 0;
+  uint64_t n_starts_ = 1;
+  HookRegistry no_hooks_;
+};
+
+}  // namespace
+
 absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_t>& stream,
                                    const std::function<absl::Status(const TrainProgress&)>& on_progress) {
   const TrainRecipe& r = job.recipe;
@@ -435,102 +603,18 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
   }
   if (job.out_dir.empty()) return absl::InvalidArgumentError("no output directory given");
   try {
-    // ---- the model ----
-    Checkpoint ck;
-    const std::string from = !job.resume_from.empty() ? job.resume_from : job.init_from;
-    if (!from.empty()) {
-      ASSIGN_OR_RETURN(ck, LoadHfDirectory(from));
-    } else {
-      RETURN_IF_ERROR(job.config.Validate());
-      ck.config = job.config;
-    }
-    RETURN_IF_ERROR(CheckTrainable(ck.config));
-    RETURN_IF_ERROR(ValidateTrainRecipe(r, ck.config, static_cast<int64_t>(stream.size())));
-    {  // The config must be writable as config.json before any work is done.
-      std::error_code ec;
-      fs::create_directories(job.out_dir, ec);
-      if (ec) {
-        return absl::PermissionDeniedError(
-            absl::StrCat(job.out_dir, ": cannot create: ", ec.message()));
-      }
-      RETURN_IF_ERROR(WriteHfConfig(job.out_dir + "/config.json", ck.config));
-    }
-    for (size_t i = 0; i < stream.size(); ++i) {
-      if (stream[i] < 0 || stream[i] >= ck.config.d_vocab) {
-        return absl::InvalidArgumentError(absl::StrCat("corpus: token id ", stream[i], " at position ", i,
-                                                       " is outside the vocabulary [0, ",
-                                                       ck.config.d_vocab, ")"));
-      }
-    }
-    if (from.empty()) ck.tensors = InitialWeights(ck.config, r);
-    ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(ck, job.device, at::kFloat));
-    ck.tensors.clear();
-    const ModelConfig& c = model->config();
-
-    std::vector<Param> params;
-    for (auto& [name, t] : model->Parameters()) {
-      Param p;
-      p.name = name;
-      p.value = t;
-      p.value.requires_grad_(true);
-      p.exp_avg = at::zeros_like(t);
-      p.exp_avg_sq = at::zeros_like(t);
-      p.decay = t.dim() >= 2;
-      params.push_back(std::move(p));
-    }
+    ASSIGN_OR_RETURN(std::unique_ptr<Model> model, PrepareModel(job, stream));
+    Run run(job, stream, std::move(model));
     TrainSummary summary;
-    summary.n_params = model->n_params();
+    summary.n_params = run.model().n_params();
     std::vector<double> all_losses;
     int64_t step = 0;
     if (!job.resume_from.empty()) {
-      RETURN_IF_ERROR(LoadTrainerState(job.resume_from, r, &params, &step, &all_losses));
+      RETURN_IF_ERROR(LoadTrainerState(job.resume_from, r, &run.params(), &step, &all_losses));
       all_losses.resize(std::min<size_t>(all_losses.size(), static_cast<size_t>(step)));
     }
     summary.start_step = step;
-
-    const int64_t n = static_cast<int64_t>(stream.size());
-    const int64_t held = HeldoutTokens(r, n), n_train = n - held, need = Need(r);
-    const uint64_t n_starts = static_cast<uint64_t>(n_train - need + 1);
-    const int64_t lo = r.loss_pos_min, hi = r.loss_pos_max < 0 ? r.seq_len - 1 : r.loss_pos_max;
-    HookRegistry no_hooks;
-    const bool mixed = r.precision == "bfloat16";
-
-    auto heldout_loss = [&]() -> absl::StatusOr<double> {
-      at::NoGradGuard no_grad;
-      const int64_t windows = std::min<int64_t>(r.eval_sequences, held / need);
-      double total = 0;
-      int64_t count = 0;
-      for (int64_t w0 = 0; w0 < windows; w0 += r.batch_size) {
-        std::vector<int64_t> offsets;
-        for (int64_t w = w0; w < std::min(windows, w0 + r.batch_size); ++w) offsets.push_back(n_train + w * need);
-        at::Tensor in, tg;
-        MakeBatch(stream, offsets, r, &in, &tg);
-        ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(in, no_hooks));
-        total += Loss(logits, tg, 0, r.seq_len - 1).item<double>() * static_cast<double>(offsets.size());
-        count += static_cast<int64_t>(offsets.size());
-      }
-      return total / static_cast<double>(count);
-    };
-
-    // The held-out profile stream (train.h): chunks of seq_len, BOS-led when bos_id >= 0.
-    auto profile = [&]() -> absl::StatusOr<ProfileResult> {
-      at::NoGradGuard no_grad;
-      const int64_t body = r.bos_id >= 0 ? r.seq_len - 1 : r.seq_len;
-      const int64_t chunks = std::min<int64_t>(r.profile_sequences, held / body);
-      std::vector<int64_t> tokens;
-      for (int64_t w = 0; w < chunks; ++w) {
-        if (r.bos_id >= 0) tokens.push_back(r.bos_id);
-        const auto first = stream.begin() + n_train + w * body;
-        tokens.insert(tokens.end(), first, first + body);
-      }
-      ProfileParams pp;
-      pp.eval.chunk_length = r.seq_len;
-      pp.scan.abs_threshold = r.profile_abs_threshold;
-      pp.scan.rel_threshold = r.profile_rel_threshold;
-      return RunProfile(*model, tokens, pp, nullptr, nullptr, job.cancel);
-    };
     int64_t checkpoints_written = 0;
-
     const auto t_start = std::chrono::steady_clock::now();
     auto t_last = t_start;
     int64_t tokens_total = 0;
@@ -539,56 +623,11 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
       if (job.cancel && job.cancel->load(std::memory_order_relaxed)) {
         return absl::CancelledError(absl::StrCat("training cancelled after update ", step));
       }
-      const double lr = LearningRateAt(r, step);
-      std::vector<int64_t> offsets(r.batch_size);
-      for (int64_t b = 0; b < r.batch_size; ++b) {
-        offsets[b] = static_cast<int64_t>(SequenceOffset(r.seed, step, r.batch_size, b, n_starts));
-      }
-      at::Tensor inputs, targets;
-      MakeBatch(stream, offsets, r, &inputs, &targets);
-      at::Tensor loss;
-      {  // forward and loss under autocast, backward outside (as torch.autocast's docs)
-        BF16Autocast autocast(job.device.type(), mixed);
-        ASSIGN_OR_RETURN(at::Tensor logits, model->Forward(inputs, no_hooks));
-        loss = Loss(logits, targets, lo, hi);
-      }
-      for (Param& p : params) p.value.mutable_grad().reset();
-      loss.backward();
-      // Gradient clipping as torch.nn.utils.clip_grad_norm_ (norm of per-tensor norms).
-      std::vector<at::Tensor> norms;
-      for (Param& p : params) {
-        if (!p.value.grad().defined()) p.value.mutable_grad() = at::zeros_like(p.value);
-        norms.push_back(at::linalg_vector_norm(p.value.grad(), 2));
-      }
-      at::Tensor total_norm = at::linalg_vector_norm(at::stack(norms), 2);
-      {
-        at::NoGradGuard no_grad;
-        if (r.grad_clip > 0) {
-          at::Tensor coef = ((total_norm + 1e-6).reciprocal() * r.grad_clip).clamp_max(1.0);
-          for (Param& p : params) p.value.mutable_grad().mul_(coef);
-        }
-        // torch.optim.AdamW, single-tensor path (torch/optim/adam.py _single_tensor_adam).
-        const double t = static_cast<double>(step + 1);
-        const double bc1 = 1.0 - std::pow(r.beta1, t);
-        const double bc2 = 1.0 - std::pow(r.beta2, t);
-        const double step_size = lr / bc1;
-        const double bc2_sqrt = std::sqrt(bc2);
-        for (Param& p : params) {
-          const at::Tensor& g = p.value.grad();
-          if (p.decay && r.weight_decay != 0) p.value.mul_(1.0 - lr * r.weight_decay);
-          p.exp_avg.lerp_(g, 1.0 - r.beta1);
-          p.exp_avg_sq.mul_(r.beta2).addcmul_(g, g, 1.0 - r.beta2);
-          at::Tensor denom = (p.exp_avg_sq.sqrt() / bc2_sqrt).add_(r.eps);
-          p.value.addcdiv_(p.exp_avg, denom, -step_size);
-        }
-      }
-      ++step;
       TrainProgress rec;
-      rec.step = step;
+      rec.lr = LearningRateAt(r, step);
+      RETURN_IF_ERROR(run.Update(step, rec.lr, &rec.loss, &rec.grad_norm));
+      rec.step = ++step;
       rec.steps = r.steps;
-      rec.loss = loss.item<double>();
-      rec.lr = lr;
-      rec.grad_norm = total_norm.item<double>();
       all_losses.push_back(rec.loss);
       summary.losses.push_back(rec.loss);
       tokens_total += r.batch_size * r.seq_len;
@@ -597,16 +636,15 @@ absl::StatusOr<TrainSummary> Train(const TrainJob& job, const std::vector<int64_
       rec.tokens_per_s = update_s > 0 ? static_cast<double>(tokens_total) / update_s : 0.0;
       rec.elapsed_s = std::chrono::duration<double>(now - t_start).count();
       if (r.eval_every > 0 && (step % r.eval_every == 0 || step == r.steps)) {
-        ASSIGN_OR_RETURN(rec.heldout_loss, heldout_loss());
+        ASSIGN_OR_RETURN(rec.heldout_loss, run.HeldoutLoss());
       }
       if ((r.checkpoint_every > 0 && step % r.checkpoint_every == 0) || step == r.steps) {
         const std::string dir = absl::StrCat(job.out_dir, "/step-", step);
-        RETURN_IF_ERROR(SaveCheckpoint(dir, c, params, r, step, all_losses));
-        rec.checkpoint = dir;
-        summary.last_checkpoint = dir;
+        RETURN_IF_ERROR(SaveCheckpoint(dir, run.model().config(), run.params(), r, step, all_losses));
+        rec.checkpoint = summary.last_checkpoint = dir;
         ++checkpoints_written;
         if (r.profile_every > 0 && (checkpoints_written % r.profile_every == 0 || step == r.steps)) {
-          ASSIGN_OR_RETURN(rec.profile, profile());
+          ASSIGN_OR_RETURN(rec.profile, run.Profile());
         }
       }
       if (on_progress) RETURN_IF_ERROR(on_progress(rec));
