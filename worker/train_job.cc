@@ -124,6 +124,57 @@ std::string ByteLevelTokenizerJson(int64_t bos_id) {
   return j.dump(1);
 }
 
+/// The run's token stream: the corpus `text` through the catalog tokenizer the
+/// server chose (run.corpus().tokenizer_path(); no BOS), else its bytes. The
+/// run keeps that tokenizer as *run_tokenizer (RUN/tokenizer.json, .model or
+/// .bin; a byte-level tokenizer.json for bytes): RUN@STEP reads text with it.
+absl::StatusOr<std::vector<int64_t>> TrainStream(const v1::RunJobRequest& run, const TrainJob& job,
+                                                 const std::string& text, std::string* run_tokenizer) {
+  std::error_code ec;
+  const std::string& tok_path = run.corpus().tokenizer_path();
+  if (tok_path.empty()) {
+    std::vector<int64_t> stream(text.size());
+    for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
+    *run_tokenizer = job.out_dir + "/tokenizer.json";
+    if (!fs::exists(*run_tokenizer, ec)) {
+      RETURN_IF_ERROR(WriteAtomically(*run_tokenizer, ByteLevelTokenizerJson(job.recipe.bos_id)));
+    }
+    return stream;
+  }
+  int64_t d_vocab = job.config.d_vocab;
+  if (!job.init_from.empty()) {
+    ASSIGN_OR_RETURN(std::string cfg, ReadFile(job.init_from + "/config.json", "the starting model's config.json"));
+    ASSIGN_OR_RETURN(ModelConfig c, ParseHfConfig(cfg, "config.json"));
+    d_vocab = c.d_vocab;
+  }
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(tok_path, d_vocab);
+  if (!tok.ok()) return Annotate(tok.status(), "train: the corpus tokenizer");
+  ASSIGN_OR_RETURN(std::vector<int64_t> stream, (*tok)->Encode(text, /*add_bos=*/false));
+  const std::string ext = fs::path(tok_path).extension().string();
+  *run_tokenizer = job.out_dir + "/tokenizer" + (ext == ".json" || ext == ".model" ? ext : ".bin");
+  if (!fs::exists(*run_tokenizer, ec)) {
+    ASSIGN_OR_RETURN(std::string bytes, ReadFile(tok_path, "the corpus tokenizer"));
+    RETURN_IF_ERROR(WriteAtomically(*run_tokenizer, bytes));
+  }
+  return stream;
+}
+
+/// The last `n_held` tokens of `stream` as training reads sequences: with a
+/// BOS id (>= 0), chunks of BOS + chunk_length - 1 tokens (a shorter tail
+/// dropped), as train.h's own profiles; else the tokens as they are.
+std::vector<int64_t> HeldoutChunks(const std::vector<int64_t>& stream, int64_t n_held, int64_t bos_id,
+                                   int64_t chunk_length) {
+  const int64_t n = static_cast<int64_t>(stream.size());
+  if (bos_id < 0) return std::vector<int64_t>(stream.end() - n_held, stream.end());
+  std::vector<int64_t> held;
+  const int64_t body = chunk_length - 1;
+  for (int64_t at = n - n_held; at + body <= n; at += body) {
+    held.push_back(bos_id);
+    held.insert(held.end(), stream.begin() + at, stream.begin() + at + body);
+  }
+  return held;
+}
+
 absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
                          const v1::RunJobRequest& run, const EventSink& sink,
                          const std::atomic<bool>* cancel) {
@@ -144,35 +195,8 @@ absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
   std::error_code ec;
   fs::create_directories(job.out_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("train: cannot create the run directory: ", ec.message()));
-  // The stream: the corpus through the catalog tokenizer the server chose,
-  // else its bytes. The run keeps that tokenizer (RUN/tokenizer.*): RUN@STEP
-  // reads text and catalog corpora through it.
-  std::vector<int64_t> stream;
   std::string run_tokenizer;
-  if (const std::string& tok_path = run.corpus().tokenizer_path(); !tok_path.empty()) {
-    int64_t d_vocab = job.config.d_vocab;
-    if (!job.init_from.empty()) {
-      ASSIGN_OR_RETURN(std::string cfg, ReadFile(job.init_from + "/config.json", "the starting model's config.json"));
-      ASSIGN_OR_RETURN(ModelConfig c, ParseHfConfig(cfg, "config.json"));
-      d_vocab = c.d_vocab;
-    }
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadTokenizer(tok_path, d_vocab);
-    if (!tok.ok()) return Annotate(tok.status(), "train: the corpus tokenizer");
-    ASSIGN_OR_RETURN(stream, (*tok)->Encode(text, /*add_bos=*/false));
-    const std::string ext = fs::path(tok_path).extension().string();
-    run_tokenizer = job.out_dir + "/tokenizer" + (ext == ".json" || ext == ".model" ? ext : ".bin");
-    if (!fs::exists(run_tokenizer, ec)) {
-      ASSIGN_OR_RETURN(std::string bytes, ReadFile(tok_path, "the corpus tokenizer"));
-      RETURN_IF_ERROR(WriteAtomically(run_tokenizer, bytes));
-    }
-  } else {
-    stream.resize(text.size());
-    for (size_t i = 0; i < text.size(); ++i) stream[i] = static_cast<unsigned char>(text[i]);
-    run_tokenizer = job.out_dir + "/tokenizer.json";
-    if (!fs::exists(run_tokenizer, ec)) {
-      RETURN_IF_ERROR(WriteAtomically(run_tokenizer, ByteLevelTokenizerJson(job.recipe.bos_id)));
-    }
-  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> stream, TrainStream(run, job, text, &run_tokenizer));
   text.clear();
 
   bool gone = false;
@@ -230,19 +254,8 @@ absl::Status RunTrainJob(ModelCache& cache, const WorkerOptions& options,
     if (!params.has_sink_window()) {
       params.set_sink_window(static_cast<int32_t>(std::min<int64_t>(64, params.eval().chunk_length())));
     }
-    // The held-out split as training reads it: with a BOS id, every chunk is
-    // BOS + chunk_length - 1 held-out tokens (as train.h's own profiles).
-    std::vector<int64_t> held;
-    if (job.recipe.bos_id >= 0) {
-      const int64_t body = params.eval().chunk_length() - 1;
-      for (int64_t at = static_cast<int64_t>(stream.size()) - n_held; at + body <= static_cast<int64_t>(stream.size());
-           at += body) {
-        held.push_back(job.recipe.bos_id);
-        held.insert(held.end(), stream.begin() + at, stream.begin() + at + body);
-      }
-    } else {
-      held.assign(stream.end() - n_held, stream.end());
-    }
+    const std::vector<int64_t> held =
+        HeldoutChunks(stream, n_held, job.recipe.bos_id, params.eval().chunk_length());
     bool hit = false;
     absl::StatusOr<std::shared_ptr<CachedModel>> cached =
         cache.Get(ModelKey{checkpoint_name(step), "hf", dir, run_tokenizer, "float32"}, &hit, 0, 0);
