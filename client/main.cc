@@ -594,6 +594,9 @@ int main(int argc, char** argv) {
   CLI::Option* teval = train->add_option("--eval-every", train_eval, "Held-out loss every N updates");
   CLI::Option* tckpt = train->add_option("--checkpoint-every", train_ckpt, "Checkpoint every N updates");
   CLI::Option* tlog = train->add_option("--log-every", train_log, "A progress record every N updates");
+  std::vector<std::string> train_no_decay;
+  train->add_option("--no-weight-decay", train_no_decay,
+                    "Tensors whose name contains this get no weight decay (repeatable; e.g. embed_tokens)");
   train->add_option("--precision", train_precision,
                     "float32 (default) or bfloat16: mixed precision (bf16 matmuls, float32 weights and optimiser)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
@@ -898,6 +901,7 @@ int main(int argc, char** argv) {
     if (teval->count() > 0) r->set_eval_every(train_eval);
     if (tckpt->count() > 0) r->set_checkpoint_every(train_ckpt);
     if (!train_precision.empty()) r->set_precision(train_precision);
+    for (const std::string& n : train_no_decay) r->add_no_weight_decay(n);
     if (tlog->count() > 0) t->set_log_every(train_log);
     if (tprof->count() > 0) t->set_profile_every(train_profile_every);
     if (tprof_budget->count() > 0) t->mutable_profile()->mutable_eval()->set_token_budget(train_profile_budget);

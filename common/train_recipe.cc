@@ -56,6 +56,9 @@ absl::Status CheckTrainRecipeFields(const TrainRecipe& r, const ModelConfig& c,
       !finite(r.profile_rel_threshold) || r.profile_rel_threshold < 0) {
     return Bad(prefix, "profile_abs_threshold/profile_rel_threshold", "must be finite and >= 0");
   }
+  for (const std::string& n : r.no_weight_decay) {
+    if (n.empty()) return Bad(prefix, "no_weight_decay", "holds an empty name (it would match every tensor)");
+  }
   if (r.precision != "float32" && r.precision != "bfloat16") {
     return Bad(prefix, "precision", absl::StrCat("must be float32 or bfloat16 (mixed), got '", r.precision, "'"));
   }

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/model_config.h"
@@ -21,7 +22,11 @@ struct TrainRecipe {
   double min_lr_ratio = 0.1;  ///< the cosine ends at lr x min_lr_ratio
   int64_t warmup_steps = 0;   ///< linear warmup updates
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
-  double weight_decay = 0.1;  ///< decoupled, on rank >= 2 tensors only
+  double weight_decay = 0.1;  ///< decoupled, on rank >= 2 tensors only (and see no_weight_decay)
+  /// More parameters without weight decay: a tensor whose canonical name
+  /// contains any of these substrings (e.g. "embed_tokens", "lm_head") gets
+  /// none, as a second torch.optim.AdamW parameter group would.
+  std::vector<std::string> no_weight_decay;
   double grad_clip = 1.0;     ///< max global gradient L2 norm; 0 = off
   double init_std = 0.02;     ///< std of the normal init of matrices and embeddings
   int64_t loss_pos_min = 0;   ///< first input position with loss

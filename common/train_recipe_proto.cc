@@ -25,6 +25,7 @@ TrainRecipe TrainRecipeFromProto(const v1::TrainRecipe& p) {
   if (p.has_eval_sequences()) r.eval_sequences = p.eval_sequences();
   if (p.has_checkpoint_every()) r.checkpoint_every = p.checkpoint_every();
   if (p.has_precision()) r.precision = p.precision();
+  r.no_weight_decay.assign(p.no_weight_decay().begin(), p.no_weight_decay().end());
   return r;
 }
 

@@ -369,7 +369,8 @@ std::string TrainRecipeJson(const TrainRecipe& r) {
             {"profile_sequences", r.profile_sequences},
             {"profile_abs_threshold", r.profile_abs_threshold},
             {"profile_rel_threshold", r.profile_rel_threshold},
-            {"precision", r.precision}};
+            {"precision", r.precision},
+            {"no_weight_decay", r.no_weight_decay}};
   return j.dump();
 }
 
@@ -400,6 +401,12 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
         return absl::InvalidArgumentError(absl::StrCat(source, ": seed must be a non-negative integer, got ", v.dump()));
       }
       r.seed = v.get<uint64_t>();
+    } else if (k == "no_weight_decay") {
+      if (!v.is_array() || !std::all_of(v.begin(), v.end(), [](const json& e) { return e.is_string(); })) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": no_weight_decay must be a list of name substrings, got ", v.dump()));
+      }
+      r.no_weight_decay = v.get<std::vector<std::string>>();
     } else if (k == "precision") {
       if (!v.is_string()) {
         return absl::InvalidArgumentError(absl::StrCat(source, ": precision must be a string, got ", v.dump()));
@@ -416,7 +423,7 @@ absl::StatusOr<TrainRecipe> ParseTrainRecipe(const std::string& text, const std:
       }
       *d->second = v.get<double>();
     } else {
-      std::vector<std::string> known = {"seed", "precision"};
+      std::vector<std::string> known = {"seed", "precision", "no_weight_decay"};
       for (const auto& [n, _] : ints) known.push_back(n);
       for (const auto& [n, _] : doubles) known.push_back(n);
       std::sort(known.begin(), known.end());
@@ -474,7 +481,8 @@ class Run {
       p.value.requires_grad_(true);
       p.exp_avg = at::zeros_like(t);
       p.exp_avg_sq = at::zeros_like(t);
-      p.decay = t.dim() >= 2;
+      p.decay = t.dim() >= 2 && std::none_of(r_.no_weight_decay.begin(), r_.no_weight_decay.end(),
+                                             [&](const std::string& n) { return p.name.find(n) != std::string::npos; });
       params_.push_back(std::move(p));
     }
     const int64_t n = static_cast<int64_t>(stream.size());

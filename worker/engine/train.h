@@ -28,8 +28,8 @@
 //    every parameter's gradient, scaled by min(1, max / (norm + 1e-6))).
 //  - AdamW: torch.optim.AdamW's single-tensor update (decoupled weight decay
 //    p *= 1 - lr wd; bias-corrected moments); weight decay only on tensors of
-//    rank >= 2 (linear weights, embeddings, lm_head), none on norm gains and
-//    biases. Float32 parameters, gradients and moments.
+//    rank >= 2 (linear weights, embeddings, lm_head) whose name contains none
+//    of `no_weight_decay`, none on norm gains and biases. Float32 parameters, gradients and moments.
 //  - Precision "bfloat16": the forward and the loss run under
 //    torch.autocast(dtype=bfloat16) semantics (at::autocast: matmuls in
 //    bfloat16, norms and the residual stream as the model computes them in

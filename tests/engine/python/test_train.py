@@ -74,11 +74,17 @@ def lr_at(r, s):
 
 def torch_losses(torch, model, data, recipe, lo=0, hi=None):
     """The recipe trained by transformers + torch.optim.AdamW; the loss of each update.
-    recipe["precision"] == "bfloat16": forward and loss under torch.autocast (bf16)."""
+    recipe["precision"] == "bfloat16": forward and loss under torch.autocast (bf16);
+    recipe["no_weight_decay"]: names (substrings) moved to the no-decay group."""
     F = torch.nn.functional
     hi = recipe["seq_len"] - 1 if hi is None else hi
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    excluded = recipe.get("no_weight_decay", [])
+
+    def decays(name, p):
+        return p.dim() >= 2 and not any(n in name for n in excluded)
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=recipe["lr"], betas=(recipe["beta1"], recipe["beta2"]),
@@ -150,16 +156,21 @@ def losses_of(records):
     return {r["step"]: r["loss"] for r in records}
 
 
-@pytest.mark.parametrize("family,loss_range", [("llama", None), ("olmo2", None), ("qwen3", None),
-                                               ("gemma2", None), ("llama", (8, 20))])
-def test_losses_equal_transformers_adamw(env, family, loss_range):
+@pytest.mark.parametrize("family,loss_range,no_decay", [
+    ("llama", None, None), ("olmo2", None, None), ("qwen3", None, None), ("gemma2", None, None),
+    ("llama", (8, 20), None),
+    ("llama", None, ["embed_tokens", "lm_head"]),  # a second AdamW group without weight decay
+])
+def test_losses_equal_transformers_adamw(env, family, loss_range, no_decay):
     torch, transformers, tmp, data = env
-    name = f"{family}_{'all' if loss_range is None else 'range'}"
+    name = f"{family}_{'all' if loss_range is None else 'range'}{'_nodecay' if no_decay else ''}"
     model = make_model(torch, transformers, family)
     model.save_pretrained(tmp / f"{name}_init", safe_serialization=True)
     recipe = dict(RECIPE)
     if loss_range:
         recipe["loss_pos_min"], recipe["loss_pos_max"] = loss_range
+    if no_decay:
+        recipe["no_weight_decay"] = no_decay
     records = engine_train(tmp, name, {"init_from": str(tmp / f"{name}_init"), "recipe": recipe})
     ours = losses_of(records)
     assert sorted(ours) == list(range(1, 21))
@@ -320,6 +331,8 @@ def test_fresh_init_is_seeded_normal(env):
     (dict(RECIPE, warmup_steps=30), "warmup_steps must be in [0, steps = 20]"),
     (dict(RECIPE, beta2=1.0), "beta2 must be in [0, 1)"),
     (dict(RECIPE, precision="float16"), "precision must be float32 or bfloat16"),
+    (dict(RECIPE, no_weight_decay="lm_head"), "no_weight_decay must be a list of name substrings"),
+    (dict(RECIPE, no_weight_decay=[""]), "no_weight_decay holds an empty name"),
     (dict(RECIPE, heldout_fraction=0.5, seq_len=64, batch_size=1), None),  # valid
 ])
 def test_bad_recipes_fail_before_work(env, recipe, message):
