@@ -56,6 +56,20 @@ struct ExtraShape {
   int64_t hidden = 0;
 };
 
+// The entry's shape from a successful probe, or unavailable with the probe's
+// reason (and no nonsense left in its public shape).
+void SettleProbe(const absl::Status& probe, const ExtraShape& extra, CatalogEntry* e) {
+  e->available = probe.ok();
+  if (probe.ok()) {
+    e->d_ffn = extra.hidden > 0 ? extra.hidden : 0;
+    e->n_kv_heads = extra.n_kv_heads > 0 ? extra.n_kv_heads : e->n_heads;
+    e->d_head = extra.head_dim > 0 ? extra.head_dim : e->d_model / e->n_heads;
+  } else {
+    e->unavailable_reason = std::string(probe.message());
+    e->vocab_size = e->n_ctx = e->n_layers = e->d_model = e->n_heads = 0;
+  }
+}
+
 /// Checks that a probed shape makes sense. Messages name the field, never a path.
 absl::Status CheckShape(const CatalogEntry& e, const ExtraShape& x) {
   auto bad = [](const std::string& what) { return absl::DataLossError(what); };
@@ -393,17 +407,7 @@ absl::StatusOr<ModelCatalog> ModelCatalog::LoadFile(const std::string& path) {
           probe = absl::NotFoundError("its tokenizer file cannot be read");
         }
       }
-      if (probe.ok()) {
-        e.d_ffn = extra.hidden > 0 ? extra.hidden : 0;
-        e.n_kv_heads = extra.n_kv_heads > 0 ? extra.n_kv_heads : e.n_heads;
-        e.d_head = extra.head_dim > 0 ? extra.head_dim : e.d_model / e.n_heads;
-      }
-      e.available = probe.ok();
-      if (!probe.ok()) {
-        e.unavailable_reason = std::string(probe.message());
-        // Keep nonsense out of the public shape.
-        e.vocab_size = e.n_ctx = e.n_layers = e.d_model = e.n_heads = 0;
-      }
+      SettleProbe(probe, extra, &e);
       catalog.entries_.push_back(std::move(e));
     }
     const nlohmann::json empty = nlohmann::json::array();
@@ -491,16 +495,7 @@ ModelCatalog ModelCatalog::WithRunCheckpoints(const std::string& user_runs_dir) 
       ExtraShape extra;
       absl::Status probe = ProbeHf(&e, &extra);
       if (probe.ok()) probe = CheckShape(e, extra);
-      if (probe.ok()) {
-        e.d_ffn = extra.hidden > 0 ? extra.hidden : 0;
-        e.n_kv_heads = extra.n_kv_heads > 0 ? extra.n_kv_heads : e.n_heads;
-        e.d_head = extra.head_dim > 0 ? extra.head_dim : e.d_model / e.n_heads;
-      }
-      e.available = probe.ok();
-      if (!probe.ok()) {
-        e.unavailable_reason = std::string(probe.message());
-        e.vocab_size = e.n_ctx = e.n_layers = e.d_model = e.n_heads = 0;
-      }
+      SettleProbe(probe, extra, &e);
       out.entries_.push_back(std::move(e));
     }
   }
